@@ -1,0 +1,241 @@
+"""The public facade: load a model, get logits, entropies and patches (`blt_jax.from_pretrained`).
+
+Everything numerical runs in jitted functions compiled once per input shape; this layer only
+validates inputs (on the host, with clear messages) and routes between them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blt_jax.config import BLTConfig, EntropyLMConfig
+from blt_jax.convert.layout import WeightError
+from blt_jax.nn.blt import BLT
+from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+from blt_jax.params import abstract_params, init_params
+from blt_jax.patching.ids import lengths_from_starts
+from blt_jax.patching.rules import byte_starts, entropy_starts
+
+
+def _check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
+    """Raises WeightError naming every missing, unexpected or mis-shaped parameter."""
+    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    problems = [f"missing parameter {k} {tuple(want[k].shape)}" for k in sorted(set(want) - set(got))]
+    problems += [f"unexpected parameter {k}" for k in sorted(set(got) - set(want))]
+    problems += [
+        f"parameter {k} has shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
+        for k in sorted(set(got) & set(want))
+        if tuple(np.shape(got[k])) != tuple(want[k].shape)
+    ]
+    if problems:
+        raise WeightError(f"{source}: {len(problems)} parameter problem(s):\n  " + "\n  ".join(problems))
+
+
+def _as_tokens(tokens: Any, vocab_size: int) -> jax.Array:
+    """Validates int [B, N] token ids in [0, vocab) and returns them as int32."""
+    arr = np.asarray(jax.device_get(tokens))
+    if arr.ndim != 2:
+        raise ValueError(f"tokens must be an int array [B, N], got shape {arr.shape} (add a batch axis: tokens[None])")
+    if arr.shape[1] == 0:
+        raise ValueError("tokens must hold at least one position (N >= 1)")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {arr.min()} max {arr.max()}")
+    return jnp.asarray(arr, jnp.int32)
+
+
+def _check_lengths(lengths: Any, tokens: jax.Array) -> jax.Array:
+    arr = np.asarray(jax.device_get(lengths))
+    batch, n = tokens.shape
+    if arr.ndim != 2 or arr.shape[0] != batch:
+        raise ValueError(f"patch_lengths must be int [B={batch}, P], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer) or (arr.size and arr.min() < 0):
+        raise ValueError("patch_lengths must be non-negative integers")
+    sums = arr.sum(axis=1)
+    bad = np.nonzero(sums != n + 1)[0]
+    if bad.size:
+        raise ValueError(
+            f"patch_lengths of row {bad[0]} sum to {sums[bad[0]]}, expected N + 1 = {n + 1} "
+            "(the extra slot is the next byte; see blt_jax.patching.ids)"
+        )
+    if np.any(arr[:, 0] != 1):
+        raise ValueError("the first patch of every row must have length 1 (the BOS / first byte)")
+    return jnp.asarray(arr, jnp.int32)
+
+
+class BLTModel:
+    """A BLT with its parameters (and, for entropy patching, its entropy LM).
+
+    Attributes:
+      config: the model configuration.
+      params: BLT parameters (nested dict of arrays).
+      entropy_params: entropy LM parameters, or None.
+    """
+
+    def __init__(self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None):
+        _check_tree(params, abstract_params(config), "BLT parameters")
+        if entropy_params is not None:
+            if config.entropy_model is None:
+                raise ValueError("entropy_params given but config.entropy_model is None")
+            _check_tree(entropy_params, abstract_params(config.entropy_model), "entropy LM parameters")
+        self.config = config
+        self.params = jax.device_put(params)
+        self.entropy_params = None if entropy_params is None else jax.device_put(entropy_params)
+
+    # ---- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def random(cls, config: BLTConfig, seed: int = 0) -> "BLTModel":
+        """A randomly initialised model (reference init), with an entropy LM if the config has one."""
+        key_blt, key_ent = jax.random.split(jax.random.key(seed))
+        entropy = init_params(config.entropy_model, key_ent) if config.entropy_model is not None else None
+        return cls(config, init_params(config, key_blt), entropy)
+
+    def save(self, directory: str) -> None:
+        """Writes the model in our format (readable by `from_pretrained`)."""
+        from blt_jax.convert.native import save_native
+
+        save_native(directory, self.config, jax.device_get(self.params),
+                    None if self.entropy_params is None else jax.device_get(self.entropy_params))
+
+    # ---- numerics ------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _logits_fn(self):
+        module = BLT(self.config)
+        return jax.jit(lambda p, t, l: module.apply({"params": p}, t, l))
+
+    @functools.cached_property
+    def _entropy_fn(self):
+        module = EntropyLM(self.config.entropy_model)
+        return jax.jit(lambda p, t: entropies_from_logits(module.apply({"params": p}, t)))
+
+    @functools.cached_property
+    def _lengths_fn(self):
+        patching = self.config.patching
+
+        def fn(entropies, num_patches):
+            return lengths_from_starts(entropy_starts(entropies, patching), num_patches)
+
+        return jax.jit(fn, static_argnums=1)
+
+    def logits(self, tokens: Any, patch_lengths: Any = None) -> jax.Array:
+        """Next-byte logits.
+
+        Args:
+          tokens: int [B, N] (numpy or jax).
+          patch_lengths: int [B, P] summing to N + 1 with a first patch of length 1, or None to
+            patch with the model's own patcher.
+
+        Returns:
+          float32 [B, N, V]; position i predicts token i + 1.
+        """
+        toks = _as_tokens(tokens, self.config.vocab_size)
+        if patch_lengths is None:
+            lengths = np.asarray(self.patch_lengths(toks))
+            # Trailing all-empty patches change no real logit; drop them to shorten the latent pass
+            # (rounded up to a multiple of 16 so similar inputs share one compilation).
+            used = int(np.max(np.nonzero(lengths.any(axis=0))[0])) + 1
+            keep = min(lengths.shape[1], -(-used // 16) * 16)
+            lengths = jnp.asarray(lengths[:, :keep])
+        else:
+            lengths = _check_lengths(patch_lengths, toks)
+        return self._logits_fn(self.params, toks, lengths)
+
+    def entropies(self, tokens: Any) -> jax.Array:
+        """Entropy (nats) of the entropy LM's next-byte distribution at every position. float32 [B, N]."""
+        if self.entropy_params is None:
+            raise ValueError(
+                "this model has no entropy LM: load a checkpoint that includes the patcher, or give "
+                "patch lengths explicitly"
+            )
+        return self._entropy_fn(self.entropy_params, _as_tokens(tokens, self.config.vocab_size))
+
+    def patch_lengths(self, tokens: Any, max_patches: int | None = None) -> jax.Array:
+        """Patch lengths from the model's patching rule (next-token convention).
+
+        Args:
+          tokens: int [B, N].
+          max_patches: static P (default N + 1, which always suffices). With a smaller P, patches
+            past P - 1 are merged into the last one.
+
+        Returns:
+          int32 [B, P], trailing zeros, each row summing to N + 1.
+        """
+        toks = _as_tokens(tokens, self.config.vocab_size)
+        batch, n = toks.shape
+        num_patches = n + 1 if max_patches is None else int(max_patches)
+        if num_patches < 2:
+            raise ValueError(f"max_patches must be >= 2, got {num_patches}")
+        mode = self.config.patching.mode
+        if mode == "entropy":
+            return self._lengths_fn(self.entropies(toks), num_patches)
+        if mode == "byte":
+            return lengths_from_starts(byte_starts(batch, n), num_patches)
+        raise NotImplementedError(f"patching mode {mode!r} is not available in the facade yet; pass patch_lengths")
+
+    def generate(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
+        """Cached generation arrives with the generation work; use `logits` for now."""
+        raise NotImplementedError("generate() is not implemented yet (cached decoding is tracked separately)")
+
+
+def _detect_layout(path: str) -> str:
+    from blt_jax.convert.native import CONFIG_FILE
+
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        return "native"
+    config_json = os.path.join(path, "config.json")
+    if os.path.exists(config_json):
+        with open(config_json) as f:
+            cfg = json.load(f)
+        if "encoder_config" in cfg or cfg.get("model_type") == "blt":
+            return "hf"
+    if os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "consolidated.pth")):
+        return "meta"
+    raise FileNotFoundError(
+        f"{path}: not a BLT checkpoint directory. Expected one of: blt_jax.json + params.safetensors "
+        "(ours); config.json + model.safetensors (Hugging Face BltForCausalLM); params.json + "
+        "consolidated.pth (Meta)"
+    )
+
+
+def from_pretrained(path: str, entropy_path: str | None = None) -> BLTModel:
+    """Loads a BLT from our format, the Hugging Face layout, or Meta's layout (detected).
+
+    Args:
+      path: the model directory.
+      entropy_path: Meta layout only: the entropy model directory (default: `entropy_model/` inside
+        or beside `path`).
+
+    Returns:
+      A `BLTModel` with float32 parameters.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory")
+    layout = _detect_layout(path)
+    if layout == "native":
+        from blt_jax.convert.native import load_native
+
+        config, params, entropy = load_native(path)
+        if isinstance(config, EntropyLMConfig):
+            raise ValueError(f"{path} holds an entropy LM, not a BLT")
+    elif layout == "hf":
+        from blt_jax.convert.hf import load_hf
+
+        config, params, entropy = load_hf(path)
+    else:
+        from blt_jax.convert.meta import load_meta
+
+        config, params, entropy = load_meta(path, entropy_path)
+    return BLTModel(config, params, entropy)

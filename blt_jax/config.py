@@ -1,0 +1,383 @@
+"""Typed, frozen, validated model configurations.
+
+Experiment files under `experiments/` describe runs as `ml_collections.ConfigDict`s (easy to override on
+the command line); the program turns them into these frozen dataclasses at start-up with
+`model_config_from_dict`, so a typo or an impossible shape fails at once with the field's full path
+(`model.encoder.n_heads: ...`) instead of deep inside a traced function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any, Union
+
+import numpy as np
+
+# Largest hash-table size the 32-bit hash arithmetic supports (see nn/hash_embed.py).
+MAX_HASH_VOCAB = 1 << 23
+# Number of distinct hash functions the reference defines (one prime each).
+MAX_HASH_FUNCTIONS = 11
+PATCHING_MODES = ("entropy", "space", "static", "byte")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. `field` is the dotted path of the offending field."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with `prefix.` prepended to the field path."""
+        return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.reason)
+
+
+def swiglu_hidden(dim: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
+    """Hidden width of the reference's SwiGLU FFN: 2/3 of 4*dim, scaled, rounded up to `multiple_of`.
+
+    Examples: 768 -> 2048, 1024 -> 2816, 1280 -> 3584, 2048 -> 5632, 4096 -> 11008.
+    """
+    hidden = int(2 * (4 * dim) / 3)
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _require(cond: bool, field: str, reason: str) -> None:
+    if not cond:
+        raise ConfigError(field, reason)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """One stack of pre-norm transformer blocks (local encoder/decoder, latent, or entropy LM).
+
+    Attributes:
+      dim: model width D.
+      n_layers: number of blocks.
+      n_heads: attention heads; head_dim = dim // n_heads (must be even for RoPE).
+      ffn_hidden: SwiGLU hidden width F (the reference uses `swiglu_hidden(dim)`).
+      rope_theta: RoPE base (500000 for BLT stacks, 10000 for the entropy LM).
+      window: sliding attention window W (key j visible to query i iff i - W < j <= i), or None for
+        full causal attention (the latent transformer).
+      norm_eps: RMSNorm epsilon.
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    ffn_hidden: int
+    rope_theta: float = 500000.0
+    window: int | None = None
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("dim", "n_layers", "n_heads", "ffn_hidden"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
+        _require(
+            self.dim % self.n_heads == 0,
+            "n_heads",
+            f"dim={self.dim} is not divisible by n_heads={self.n_heads}; head_dim must be an integer",
+        )
+        _require(
+            (self.dim // self.n_heads) % 2 == 0,
+            "n_heads",
+            f"head_dim={self.dim // self.n_heads} (dim/n_heads) must be even: RoPE rotates pairs",
+        )
+        _require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta!r}")
+        if self.window is not None:
+            _require(
+                _is_int(self.window) and self.window >= 1,
+                "window",
+                f"must be None (full causal) or an integer >= 1, got {self.window!r}",
+            )
+        _require(0 < self.norm_eps < 1, "norm_eps", f"must be in (0, 1), got {self.norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class HashConfig:
+    """Hash n-gram embeddings of the local encoder.
+
+    Attributes:
+      group_sizes: the n of each n-gram table, in table order (released: 3..8).
+      vocab: buckets per table (released: 500002).
+      n_functions: hash functions (one prime each); tables = n_functions * len(group_sizes).
+    """
+
+    group_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    vocab: int = 500002
+    n_functions: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "group_sizes", tuple(int(n) for n in self.group_sizes))
+        _require(len(self.group_sizes) >= 1, "group_sizes", "must name at least one n-gram size")
+        for n in self.group_sizes:
+            _require(1 <= n <= 64, "group_sizes", f"every n must be in [1, 64], got {n}")
+        _require(
+            _is_int(self.vocab) and 1 <= self.vocab <= MAX_HASH_VOCAB,
+            "vocab",
+            f"must be an integer in [1, {MAX_HASH_VOCAB}] (32-bit hash arithmetic), got {self.vocab!r}",
+        )
+        _require(
+            _is_int(self.n_functions) and 1 <= self.n_functions <= MAX_HASH_FUNCTIONS,
+            "n_functions",
+            f"must be in [1, {MAX_HASH_FUNCTIONS}] (the reference defines {MAX_HASH_FUNCTIONS} primes), "
+            f"got {self.n_functions!r}",
+        )
+
+    @property
+    def n_tables(self) -> int:
+        return self.n_functions * len(self.group_sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchingConfig:
+    """How bytes are grouped into patches.
+
+    Attributes:
+      mode: "entropy" (threshold on the entropy LM), "space", "static" or "byte".
+      threshold: global entropy threshold in nats (released: 1.335442066192627).
+      monotonic: use the approximate-monotonic rule H_t - H_{t-1} > threshold instead.
+      threshold_add: if set, the combined rule H_t > threshold and H_t - H_{t-1} > threshold_add.
+      static_size: patch size of the "static" mode.
+      max_patch_length: split longer patches into chunks of this size (None: no limit).
+    """
+
+    mode: str = "entropy"
+    threshold: float = 1.335442066192627
+    monotonic: bool = False
+    threshold_add: float | None = None
+    static_size: int = 4
+    max_patch_length: int | None = None
+
+    def __post_init__(self):
+        _require(
+            self.mode in PATCHING_MODES,
+            "mode",
+            f"unknown patching mode {self.mode!r}; expected one of {', '.join(PATCHING_MODES)}",
+        )
+        _require(math.isfinite(float(self.threshold)), "threshold", f"must be finite, got {self.threshold!r}")
+        _require(
+            _is_int(self.static_size) and self.static_size >= 1,
+            "static_size",
+            f"must be an integer >= 1, got {self.static_size!r}",
+        )
+        if self.max_patch_length is not None:
+            _require(
+                _is_int(self.max_patch_length) and self.max_patch_length >= 1,
+                "max_patch_length",
+                f"must be None or an integer >= 1, got {self.max_patch_length!r}",
+            )
+        _require(
+            not (self.monotonic and self.threshold_add is not None),
+            "threshold_add",
+            "the combined rule (threshold_add) and the monotonic rule are exclusive; set one",
+        )
+
+
+def _check_dtype(value: str, field: str) -> None:
+    _require(value in DTYPES, field, f"unknown dtype {value!r}; expected one of {', '.join(DTYPES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyLMConfig:
+    """The small byte LM whose next-byte entropies place patch boundaries.
+
+    Attributes:
+      stack: its transformer (released: dim 768, 14 layers, 12 heads, FFN 2048, theta 10000,
+        window 512).
+      vocab_size: byte vocabulary (260).
+      dtype: compute dtype; params are kept in `param_dtype`.
+    """
+
+    stack: StackConfig
+    vocab_size: int = 260
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _require(
+            _is_int(self.vocab_size) and 4 < self.vocab_size <= 512,
+            "vocab_size",
+            f"must be in (4, 512] (byte ids + specials), got {self.vocab_size!r}",
+        )
+        _check_dtype(self.dtype, "dtype")
+        _check_dtype(self.param_dtype, "param_dtype")
+
+
+@dataclasses.dataclass(frozen=True)
+class BLTConfig:
+    """The Byte Latent Transformer.
+
+    Attributes:
+      encoder: local encoder stack (byte level, windowed).
+      latent: global latent transformer over patches (window None).
+      decoder: local decoder stack; its dim must equal the encoder's (it consumes encoder states).
+      cross_attn_k: query slots per patch (k); the latent input is k * encoder.dim wide.
+      cross_attn_heads: heads of every cross-attention (default: encoder.n_heads).
+      cross_attn_all_layers_encoder: cross-attention after every encoder layer (pooling once),
+        instead of after the last one only (released: False).
+      cross_attn_all_layers_decoder: cross-attention before every decoder layer, instead of the
+        first one only (released: True).
+      hash: hash n-gram embeddings, or None for none.
+      patching: patching rule used when the caller gives no patch lengths.
+      entropy_model: the entropy LM used by entropy patching (None if patches come from elsewhere).
+      vocab_size: 260.
+      dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    encoder: StackConfig
+    latent: StackConfig
+    decoder: StackConfig
+    cross_attn_k: int = 2
+    cross_attn_heads: int | None = None
+    cross_attn_all_layers_encoder: bool = False
+    cross_attn_all_layers_decoder: bool = True
+    hash: HashConfig | None = dataclasses.field(default_factory=HashConfig)
+    patching: PatchingConfig = dataclasses.field(default_factory=PatchingConfig)
+    entropy_model: EntropyLMConfig | None = None
+    vocab_size: int = 260
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.cross_attn_heads is None:
+            object.__setattr__(self, "cross_attn_heads", self.encoder.n_heads)
+        _require(
+            self.decoder.dim == self.encoder.dim,
+            "decoder.dim",
+            f"must equal encoder.dim={self.encoder.dim} (the decoder consumes the encoder's byte "
+            f"states), got {self.decoder.dim}",
+        )
+        _require(
+            _is_int(self.cross_attn_k) and self.cross_attn_k >= 1,
+            "cross_attn_k",
+            f"must be an integer >= 1, got {self.cross_attn_k!r}",
+        )
+        _require(
+            _is_int(self.cross_attn_heads)
+            and self.cross_attn_heads >= 1
+            and self.encoder.dim % self.cross_attn_heads == 0,
+            "cross_attn_heads",
+            f"must divide encoder.dim={self.encoder.dim}, got {self.cross_attn_heads!r}",
+        )
+        _require(
+            _is_int(self.vocab_size) and 4 < self.vocab_size <= 512,
+            "vocab_size",
+            f"must be in (4, 512] (byte ids + specials; the hash arithmetic assumes ids < 512), "
+            f"got {self.vocab_size!r}",
+        )
+        _check_dtype(self.dtype, "dtype")
+        _check_dtype(self.param_dtype, "param_dtype")
+        if self.patching.mode == "entropy" and self.entropy_model is not None:
+            _require(
+                self.entropy_model.vocab_size == self.vocab_size,
+                "entropy_model.vocab_size",
+                f"must equal vocab_size={self.vocab_size}",
+            )
+
+    @property
+    def latent_input_dim(self) -> int:
+        """Width of a patch vector entering the latent transformer: k * encoder.dim."""
+        return self.cross_attn_k * self.encoder.dim
+
+    @property
+    def has_latent_projection(self) -> bool:
+        """True when k * encoder.dim != latent.dim and an input projection is needed (7B)."""
+        return self.latent_input_dim != self.latent.dim
+
+
+ModelConfig = Union[BLTConfig, EntropyLMConfig]
+
+# ---------------------------------------------------------------------------------------------
+# Construction from plain mappings (ml_collections.ConfigDict, JSON) with full field paths.
+
+
+def _as_dict(value: Any, path: str) -> dict:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        raise ConfigError(path or "<root>", f"expected a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _build(cls, raw: Any, path: str, nested: Mapping[str, Any] | None = None):
+    """Builds dataclass `cls` from a mapping, rejecting unknown keys and prefixing errors with `path`."""
+    data = _as_dict(raw, path)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known fields: {', '.join(names)}"
+            raise ConfigError(f"{path}.{key}" if path else key, f"unknown field{hint}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else key
+        if nested and key in nested and value is not None:
+            value = nested[key](value, sub)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise e.under(path) from None
+    except TypeError as e:  # missing required fields
+        raise ConfigError(path or cls.__name__, str(e)) from None
+
+
+def stack_from_dict(raw: Any, path: str = "stack") -> StackConfig:
+    data = _as_dict(raw, path)
+    if data.get("ffn_hidden") is None and "dim" in data:
+        data["ffn_hidden"] = swiglu_hidden(int(data["dim"]))
+    return _build(StackConfig, data, path)
+
+
+def entropy_lm_from_dict(raw: Any, path: str = "entropy_model") -> EntropyLMConfig:
+    data = _as_dict(raw, path)
+    data.pop("kind", None)
+    return _build(EntropyLMConfig, data, path, nested={"stack": stack_from_dict})
+
+
+def blt_from_dict(raw: Any, path: str = "model") -> BLTConfig:
+    data = _as_dict(raw, path)
+    data.pop("kind", None)
+    nested = {
+        "encoder": stack_from_dict,
+        "latent": stack_from_dict,
+        "decoder": stack_from_dict,
+        "hash": lambda v, p: _build(HashConfig, v, p),
+        "patching": lambda v, p: _build(PatchingConfig, v, p),
+        "entropy_model": entropy_lm_from_dict,
+    }
+    return _build(BLTConfig, data, path, nested=nested)
+
+
+def model_config_from_dict(raw: Any, path: str = "model") -> ModelConfig:
+    """Builds a `BLTConfig` (kind "blt") or an `EntropyLMConfig` (kind "entropy_lm")."""
+    data = _as_dict(raw, path)
+    kind = data.get("kind", "blt")
+    if kind == "blt":
+        return blt_from_dict(data, path)
+    if kind == "entropy_lm":
+        return entropy_lm_from_dict(data, path)
+    raise ConfigError(f"{path}.kind", f"unknown model kind {kind!r}; expected 'blt' or 'entropy_lm'")
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    """JSON-friendly dict that `model_config_from_dict` turns back into the same config."""
+    out = dataclasses.asdict(config)
+    out["kind"] = "blt" if isinstance(config, BLTConfig) else "entropy_lm"
+    return out

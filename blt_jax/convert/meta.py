@@ -1,0 +1,203 @@
+"""Import of Meta's released layout: `params.json` + `consolidated.pth` per model directory.
+
+`facebook/blt` holds `blt_1b/`, `blt_7b/` and `entropy_model/`, each a training-args dump
+(`params.json`, model args under "model", or under "entropy_model" for the entropy LM) and
+`consolidated.pth` (`torch.save({"model": state_dict})`). Reading `.pth` needs torch (imported only
+here, only when such a file is loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from blt_jax.config import (
+    BLTConfig,
+    ConfigError,
+    EntropyLMConfig,
+    HashConfig,
+    PatchingConfig,
+    StackConfig,
+    swiglu_hidden,
+)
+from blt_jax.convert.layout import assemble, blt_entries, entropy_entries
+
+# The reference's realtime patcher forces this window whatever the entropy model's args say.
+ENTROPY_WINDOW = 512
+
+
+def _model_args(raw: Mapping[str, Any], keys: tuple[str, ...], marker: str) -> dict:
+    """The model arguments: the first mapping under `keys` (or the top level) holding `marker`."""
+    for key in keys:
+        if isinstance(raw.get(key), Mapping) and marker in raw[key]:
+            return dict(raw[key])
+    if marker in raw:
+        return dict(raw)
+    raise ConfigError(
+        "params.json", f"no model arguments with {marker!r} found (looked under {', '.join(keys)} and the top level)"
+    )
+
+
+def _hidden(args: Mapping[str, Any], dim: int) -> int:
+    return swiglu_hidden(dim, int(args.get("multiple_of") or 256), args.get("ffn_dim_multiplier"))
+
+
+def _check_heads(args: Mapping[str, Any], dim: int, heads: int, where: str) -> None:
+    head_dim = args.get("head_dim")
+    if head_dim is not None and int(head_dim) != dim // heads:
+        raise ConfigError(f"{where}.head_dim", f"head_dim={head_dim} != dim/n_heads={dim // heads} is not supported")
+
+
+def _stack(args, dim_key, layers_key, heads_key, window, theta) -> StackConfig:
+    dim, heads = int(args[dim_key]), int(args[heads_key])
+    _check_heads(args, dim, heads, "model")
+    try:
+        return StackConfig(
+            dim=dim,
+            n_layers=int(args[layers_key]),
+            n_heads=heads,
+            ffn_hidden=_hidden(args, dim),
+            rope_theta=float(theta),
+            window=None if window is None else int(window),
+            norm_eps=float(args.get("norm_eps", 1e-5)),
+        )
+    except ConfigError as e:
+        raise e.under(f"model.{dim_key}") from None
+
+
+def entropy_config_from_meta(raw: Mapping[str, Any]) -> EntropyLMConfig:
+    """Our entropy LM config from its `params.json` (training args) or `config.json` ({"args": ...})."""
+    args = _model_args(raw, ("entropy_model", "args", "model"), "dim")
+    dim, heads = int(args["dim"]), int(args["n_heads"])
+    _check_heads(args, dim, heads, "entropy_model")
+    kv = args.get("n_kv_heads")
+    if kv is not None and int(kv) != heads:
+        raise ConfigError("entropy_model.n_kv_heads", "grouped-query attention is not supported")
+    stack = StackConfig(
+        dim=dim,
+        n_layers=int(args["n_layers"]),
+        n_heads=heads,
+        ffn_hidden=_hidden(args, dim),
+        rope_theta=float(args.get("rope_theta", 10000.0)),
+        window=int(args.get("sliding_window") or ENTROPY_WINDOW),
+        norm_eps=float(args.get("norm_eps", 1e-5)),
+    )
+    return EntropyLMConfig(stack=stack, vocab_size=int(args.get("vocab_size", 260)))
+
+
+def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None) -> BLTConfig:
+    """Our BLT config from a `ByteLatentTransformerArgs` dump."""
+    args = _model_args(raw, ("model", "args"), "dim_global")
+    unsupported = {
+        "cross_attn_encoder": (True, "the encoder must build patches by cross-attention"),
+        "cross_attn_decoder": (True, "the decoder must read patches by cross-attention"),
+        "cross_attn_init_by_pooling": (True, "patch queries must start from pooled byte states"),
+        "use_rope": (True, "only RoPE positions are supported"),
+    }
+    for key, (want, why) in unsupported.items():
+        if key in args and bool(args[key]) != want:
+            raise ConfigError(f"model.{key}", f"{args[key]!r} is not supported: {why}")
+    pooling = args.get("downsampling_by_pooling") or "max"
+    if pooling != "max":
+        raise ConfigError("model.downsampling_by_pooling", f"only 'max' pooling is supported, got {pooling!r}")
+    for key in ("n_kv_heads", "n_kv_heads_global"):
+        if args.get(key) is not None:
+            raise ConfigError(f"model.{key}", "grouped-query attention is not supported")
+    if args.get("cross_attn_window_encoder") is not None or args.get("cross_attn_window_decoder") is not None:
+        raise ConfigError("model.cross_attn_window_encoder", "cross-attention windows are not supported")
+    theta = args.get("rope_theta", 500000.0)
+    window = args.get("local_attention_window_len")
+    sizes = args.get("encoder_hash_byte_group_size")
+    if isinstance(sizes, str):
+        sizes = [int(x) for x in sizes.split(",") if x]
+    hash_cfg = None
+    if sizes:
+        hash_cfg = HashConfig(
+            group_sizes=tuple(sizes),
+            vocab=int(args.get("encoder_hash_byte_group_vocab", 30000)),
+            n_functions=int(args.get("encoder_hash_byte_group_nb_functions", 3)),
+        )
+    patching = PatchingConfig(
+        mode=args.get("patching_mode") or "entropy",
+        threshold=float(args["patching_threshold"]) if args.get("patching_threshold") is not None else 1.335442066192627,
+        monotonic=bool(args.get("monotonicity", False)),
+        threshold_add=args.get("patching_threshold_add"),
+        max_patch_length=args.get("max_patch_length"),
+    )
+    return BLTConfig(
+        encoder=_stack(args, "dim_local_encoder", "n_layers_local_encoder", "n_heads_local_encoder", window, theta),
+        latent=_stack(args, "dim_global", "n_layers_global", "n_heads_global", None, theta),
+        decoder=_stack(args, "dim_local_decoder", "n_layers_local_decoder", "n_heads_local_decoder", window, theta),
+        cross_attn_k=int(args.get("cross_attn_k") or 1),
+        cross_attn_heads=int(args["cross_attn_nheads"]) if args.get("cross_attn_nheads") else None,
+        cross_attn_all_layers_encoder=bool(args.get("cross_attn_all_layers_encoder", False)),
+        cross_attn_all_layers_decoder=bool(args.get("cross_attn_all_layers_decoder", False)),
+        hash=hash_cfg,
+        patching=patching,
+        entropy_model=entropy,
+        vocab_size=int(args.get("vocab_size", 260)),
+    )
+
+
+def read_pth(path: str) -> dict[str, np.ndarray]:
+    """The state dict of a `consolidated.pth` as float32 numpy arrays (needs torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs PyTorch, which is not installed; install the CPU build with "
+            "'pip install torch==2.13.0' (or convert the checkpoint to safetensors elsewhere)"
+        ) from None
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}}), got {type(state).__name__}")
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def find_entropy_dir(model_dir: str) -> str | None:
+    """The entropy model directory next to (or inside) a Meta model directory, if any."""
+    for candidate in (os.path.join(model_dir, "entropy_model"), os.path.join(os.path.dirname(os.path.abspath(model_dir)), "entropy_model")):
+        if os.path.exists(os.path.join(candidate, "params.json")) and os.path.exists(os.path.join(candidate, "consolidated.pth")):
+            return candidate
+    return None
+
+
+def load_meta_entropy(directory: str, dtype: np.dtype = np.float32) -> tuple[EntropyLMConfig, dict]:
+    """Loads `entropy_model/` (params.json + consolidated.pth)."""
+    from blt_jax.params import abstract_params
+
+    with open(os.path.join(directory, "params.json")) as f:
+        config = entropy_config_from_meta(json.load(f))
+    tensors = read_pth(os.path.join(directory, "consolidated.pth"))
+    params = assemble(entropy_entries(config), tensors, abstract_params(config), dtype, directory)
+    return config, params
+
+
+def load_meta(directory: str, entropy_dir: str | None = None, dtype: np.dtype = np.float32):
+    """Loads a Meta BLT directory (and its entropy model when found).
+
+    Args:
+      directory: holds params.json and consolidated.pth.
+      entropy_dir: the entropy model directory; default: `entropy_model/` inside or beside it.
+
+    Returns:
+      (config, BLT params, entropy params or None).
+    """
+    from blt_jax.params import abstract_params
+
+    entropy_dir = entropy_dir or find_entropy_dir(directory)
+    entropy_cfg, entropy_params = (None, None)
+    if entropy_dir is not None:
+        entropy_cfg, entropy_params = load_meta_entropy(entropy_dir, dtype)
+    with open(os.path.join(directory, "params.json")) as f:
+        config = blt_config_from_meta(json.load(f), entropy_cfg)
+    tensors = read_pth(os.path.join(directory, "consolidated.pth"))
+    # Non-persistent RoPE buffers may appear in some dumps; they carry no weights.
+    ignore = frozenset(k for k in tensors if k.endswith("freqs_cis"))
+    params = assemble(blt_entries(config), tensors, abstract_params(config), dtype, directory, ignore)
+    return config, params, entropy_params

@@ -1,0 +1,58 @@
+"""Our own export format: `blt_jax.json` (config) + `params.safetensors` (+ `entropy.safetensors`).
+
+Parameters are stored in our layout under '/'-joined tree paths, in their own dtype. Training
+checkpoints (Orbax) are a separate, resumable format; this one is for sharing and for `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from blt_jax.config import BLTConfig, config_to_dict, model_config_from_dict
+from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
+
+CONFIG_FILE = "blt_jax.json"
+PARAMS_FILE = "params.safetensors"
+ENTROPY_FILE = "entropy.safetensors"
+FORMAT_VERSION = 1
+
+
+def _flatten(params: Mapping) -> dict[str, np.ndarray]:
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(params)).items()}
+
+
+def _unflatten(tensors: Mapping[str, np.ndarray], dtype) -> dict:
+    flat = {tuple(k.split("/")): np.asarray(v).astype(dtype) for k, v in tensors.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def save_native(directory: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> None:
+    """Writes a model directory that `blt_jax.from_pretrained` reads back."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump({"format_version": FORMAT_VERSION, "model": config_to_dict(config)}, f, indent=2)
+    write_safetensors(os.path.join(directory, PARAMS_FILE), _flatten(params))
+    if entropy_params is not None:
+        write_safetensors(os.path.join(directory, ENTROPY_FILE), _flatten(entropy_params))
+
+
+def load_native(directory: str, dtype=np.float32):
+    """Reads a directory written by `save_native`. Returns (config, params, entropy params or None).
+
+    Shapes are checked by the caller against the config's abstract parameters.
+    """
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+        meta = json.load(f)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{directory}: {CONFIG_FILE} has format_version {version!r}; this blt_jax reads {FORMAT_VERSION}")
+    config = model_config_from_dict(meta["model"], "model")
+    params = _unflatten(read_safetensors(os.path.join(directory, PARAMS_FILE)), dtype)
+    entropy_path = os.path.join(directory, ENTROPY_FILE)
+    entropy = _unflatten(read_safetensors(entropy_path), dtype) if os.path.exists(entropy_path) else None
+    return config, params, entropy

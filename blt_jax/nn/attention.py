@@ -1,0 +1,114 @@
+"""Self- and cross-attention with boolean masks; fully masked query rows give exact zeros.
+
+Empty patches (trailing zero-length patches, the "next byte" patch) produce query rows whose mask is
+all False. The reference's flex-attention returns 0 for them; a plain softmax over a row of -inf
+returns NaN, and a NaN in a masked value row still poisons the sums in XLA. Here masked scores are
+replaced by a finite floor, masked probabilities are zeroed explicitly and an empty row's normaliser
+is set to 1, so forward values and gradients are exactly zero for such rows.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blt_jax.nn import axes
+from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, trunc_normal
+
+_MASKED_SCORE = -1e30  # finite: keeps max/exp free of inf - inf
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scaled dot-product attention; softmax in fp32.
+
+    Args:
+      q: [B, T, H, K] queries.
+      k: [B, S, H, K] keys.
+      v: [B, S, H, K] values.
+      mask: bool [B, T, S] (True = may attend).
+
+    Returns:
+      [B, T, H, K] in q's dtype; rows with no visible key are exactly 0.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    m = mask[:, None, :, :]
+    scores = jnp.where(m, scores, _MASKED_SCORE)
+    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    probs = jnp.where(m, jnp.exp(scores), 0.0)
+    denom = jnp.sum(probs, axis=-1, keepdims=True)
+    probs = probs / jnp.where(denom > 0, denom, 1.0)
+    return jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)
+
+
+def _projections(module: nn.Module, dim: int, n_heads: int, std: float, dtype: Dtype):
+    head_dim = dim // n_heads
+    init = trunc_normal(std)
+    qkv_shape, qkv_names = (dim, n_heads, head_dim), (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+    wq = param(module, "wq", init, qkv_shape, qkv_names, dtype)
+    wk = param(module, "wk", init, qkv_shape, qkv_names, dtype)
+    wv = param(module, "wv", init, qkv_shape, qkv_names, dtype)
+    wo = param(module, "wo", init, (n_heads, head_dim, dim), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), dtype)
+    return wq, wk, wv, wo
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with interleaved RoPE on q and k (no biases, no GQA).
+
+    Attributes:
+      n_heads: H.
+      depth: block index in its stack (init scale).
+      dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    n_heads: int
+    depth: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """x [B, N, D], mask bool [B, N, N], rope (cos, sin) [B, N, K/2] -> [B, N, D]."""
+        dim = x.shape[-1]
+        std = dim**-0.5 / depth_factor(self.depth)
+        wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
+        x = x.astype(self.dtype)
+        q = jnp.einsum("bnd,dhk->bnhk", x, wq.astype(self.dtype))
+        k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
+        v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = masked_attention(q, k, v, mask)
+        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention between bytes and patch slots: separate RMSNorms on queries and keys/values,
+    no RoPE. Returns only the attention output; callers apply the reference's doubled residual.
+
+    Attributes:
+      n_heads: H.
+      depth: index among the stack's cross-attention layers (init scale).
+      eps: RMSNorm epsilon.
+      dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    n_heads: int
+    depth: int = 0
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kv: jax.Array, mask: jax.Array) -> jax.Array:
+        """x [B, T, D] queries, kv [B, S, D], mask bool [B, T, S] -> [B, T, D]."""
+        dim = x.shape[-1]
+        std = dim**-0.5 / depth_factor(self.depth)
+        xq = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm_q")(x)
+        xkv = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm_kv")(kv)
+        wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
+        q = jnp.einsum("bnd,dhk->bnhk", xq, wq.astype(self.dtype))
+        k = jnp.einsum("bnd,dhk->bnhk", xkv, wk.astype(self.dtype))
+        v = jnp.einsum("bnd,dhk->bnhk", xkv, wv.astype(self.dtype))
+        out = masked_attention(q, k, v, mask)
+        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))

@@ -1,0 +1,46 @@
+"""The Byte Latent Transformer: local encoder -> latent transformer -> local decoder."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blt_jax.config import BLTConfig
+from blt_jax.nn.latent import LatentTransformer, patch_document_ids
+from blt_jax.nn.local import LocalDecoder, LocalEncoder
+from blt_jax.nn.masks import document_ids
+from blt_jax.patching.ids import decoder_patch_ids, patch_ids_from_lengths
+
+
+class BLT(nn.Module):
+    """Next-byte logits of rows of bytes grouped into patches.
+
+    Attributes:
+      config: the BLT configuration.
+    """
+
+    config: BLTConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array) -> jax.Array:
+        """Forward pass.
+
+        Args:
+          tokens: int [B, N] token ids (bytes + 4; 0 BOE/pad, 1 BOS, 2 EOS).
+          patch_lengths: int [B, P], summing to N + 1 per row, first patch of length 1, trailing
+            zeros for unused patches.
+
+        Returns:
+          fp32 logits [B, N, V]; position i predicts token i + 1.
+        """
+        batch, length = tokens.shape
+        num_patches = patch_lengths.shape[1]
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        docs = document_ids(tokens)
+        patch_ids = patch_ids_from_lengths(patch_lengths, length)
+        h, patches = LocalEncoder(self.config, name="local_encoder")(tokens, patch_ids, num_patches, positions, docs)
+        patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
+        latent = LatentTransformer(self.config, name="global_transformer")(patches, patch_docs)
+        dec_ids = decoder_patch_ids(patch_lengths, length)
+        return LocalDecoder(self.config, name="local_decoder")(h, latent, dec_ids, positions, docs)

@@ -1,0 +1,62 @@
+"""The global latent transformer over patches (block-causal over documents, no final norm)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blt_jax.config import BLTConfig
+from blt_jax.nn import axes
+from blt_jax.nn.block import TransformerBlock
+from blt_jax.nn.layers import Dense, rope_tables
+from blt_jax.nn.masks import causal_mask
+from blt_jax.tokenizer import EOS_ID
+
+
+def patch_document_ids(tokens: jax.Array, patch_ids: jax.Array, num_patches: int) -> jax.Array:
+    """Document id of every patch: a patch document ends after each patch that contains an EOS.
+
+    Args:
+      tokens: int [B, N].
+      patch_ids: int [B, N] encoder patch id of every byte.
+      num_patches: P.
+
+    Returns:
+      int32 [B, P].
+    """
+
+    def one_row(toks, ids):
+        has_eos = jax.ops.segment_max((toks == EOS_ID).astype(jnp.int32), ids, num_segments=num_patches)
+        has_eos = jnp.maximum(has_eos, 0)  # empty patches: segment_max gives the dtype minimum
+        return jnp.cumsum(has_eos) - has_eos
+
+    return jax.vmap(one_row)(tokens, patch_ids)
+
+
+class LatentTransformer(nn.Module):
+    """Causal transformer over patch vectors; positions are patch indices.
+
+    Attributes:
+      config: the BLT configuration (uses `latent`, and the input projection when
+        k * encoder.dim != latent.dim).
+    """
+
+    config: BLTConfig
+
+    @nn.compact
+    def __call__(self, patches: jax.Array, patch_docs: jax.Array) -> jax.Array:
+        """patches [B, P, k * D_local], patch_docs int [B, P] -> [B, P, D_latent]."""
+        cfg, st = self.config, self.config.latent
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        x = patches.astype(dt)
+        if cfg.has_latent_projection:
+            x = Dense(st.dim, (axes.LATENT_IN, axes.EMBED), cfg.latent_input_dim**-0.5, dt, pdt,
+                      name="token_embedding_projection")(x)
+        batch, num_patches = x.shape[:2]
+        positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
+        mask = causal_mask(positions, positions, patch_docs, patch_docs, st.window)
+        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        for i in range(st.n_layers):
+            x = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
+        return x

@@ -1,0 +1,188 @@
+"""Basic layers shared by every stack: initialisers, RMSNorm, interleaved RoPE, SwiGLU FFN.
+
+All parameters are created through `param`, which attaches logical axis names; all computation is
+pure over an explicit params tree (Flax Linen init/apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blt_jax.nn import axes
+
+Dtype = Any
+Initializer = Any
+
+
+def trunc_normal(std: float) -> Initializer:
+    """Truncated normal at +-3 sigma, sigma of the untruncated law (torch's `trunc_normal_`)."""
+    return jax.nn.initializers.truncated_normal(stddev=std, lower=-3.0, upper=3.0)
+
+
+def depth_factor(depth: int) -> float:
+    """The reference's "current_depth" init factor: sqrt(2 * (depth + 1))."""
+    return float(np.sqrt(2.0 * (depth + 1)))
+
+
+def param(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: Sequence[int],
+    names: Sequence[str],
+    dtype: Dtype,
+) -> jax.Array:
+    """Declares a parameter annotated with logical axis `names` (one per dimension)."""
+    if len(names) != len(shape):
+        raise ValueError(f"{name}: {len(names)} axis names for a rank-{len(shape)} parameter")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(names)), tuple(shape), dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable scale and no bias; statistics in fp32.
+
+    Attributes:
+      eps: added to the mean square.
+      dtype: output dtype.
+      param_dtype: dtype of the scale.
+    """
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[..., D] -> [..., D]."""
+        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.NORM,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """Inverse frequencies theta^(-2j/K), j < K/2, computed in fp32 like the reference. [K/2]."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotation angles.
+
+    Args:
+      positions: int [B, N] (or [N]) absolute positions.
+      head_dim: K.
+      theta: RoPE base.
+
+    Returns:
+      (cos, sin), each fp32 [B, N, K/2] (or [N, K/2]).
+    """
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(head_dim, theta))
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates interleaved pairs (x_2j, x_2j+1) by the angle of pair j (Llama-1 convention).
+
+    Args:
+      x: [B, N, H, K].
+      cos, sin: [B, N, K/2].
+
+    Returns:
+      [B, N, H, K] in x's dtype; the rotation itself is computed in fp32.
+    """
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free linear map [..., Din] -> [..., Dout] with a [Din, Dout] kernel.
+
+    Attributes:
+      features: Dout.
+      names: logical axis names of the kernel (Din, Dout).
+      std: init std (truncated normal at +-3 sigma).
+      dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    features: int
+    names: tuple[str, str]
+    std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = param(
+            self, "kernel", trunc_normal(self.std), (x.shape[-1], self.features), self.names, self.param_dtype
+        )
+        return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU FFN: w2(silu(w1 x) * w3 x).
+
+    Attributes:
+      hidden: F.
+      depth: index of the block within its stack (init scale).
+      dtype / param_dtype: compute and parameter dtypes.
+    """
+
+    hidden: int
+    depth: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> [B, N, D]."""
+        dim = x.shape[-1]
+        factor = depth_factor(self.depth)
+        in_init = trunc_normal(dim**-0.5 / factor)
+        out_init = trunc_normal(self.hidden**-0.5 / factor)
+        w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+        w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+        w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
+        x = x.astype(self.dtype)
+        gate = jnp.einsum("bnd,df->bnf", x, w1.astype(self.dtype))
+        up = jnp.einsum("bnd,df->bnf", x, w3.astype(self.dtype))
+        return jnp.einsum("bnf,fd->bnd", nn.silu(gate) * up, w2.astype(self.dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, D] (logical axes vocab, embed).
+
+    Attributes:
+      num_embeddings: V.
+      features: D.
+      std: init std.
+      dtype / param_dtype: output and parameter dtypes.
+    """
+
+    num_embeddings: int
+    features: int
+    std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """int [B, N] -> [B, N, D]."""
+        table = param(
+            self,
+            "embedding",
+            trunc_normal(self.std),
+            (self.num_embeddings, self.features),
+            (axes.VOCAB, axes.EMBED),
+            self.param_dtype,
+        )
+        return jnp.take(table, ids, axis=0).astype(self.dtype)

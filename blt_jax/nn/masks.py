@@ -1,0 +1,75 @@
+"""Attention masks, built from small id arrays (never from Python loops).
+
+Every BLT mask is a predicate on per-position ids:
+  * local self-attention (encoder, decoder, entropy LM): causal, same EOS-delimited document, and
+    within a sliding window W: key j visible to query i iff i - W < j <= i and doc(j) == doc(i);
+  * latent self-attention: causal over patches within the same document of patches;
+  * cross-attention: a query and a key match iff they name the same patch.
+True means "may attend".
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from blt_jax.tokenizer import EOS_ID
+
+
+def document_ids(tokens: jax.Array, eos_id: int = EOS_ID) -> jax.Array:
+    """Index of the document of every position; a document ends *after* each EOS.
+
+    Args:
+      tokens: int [B, N].
+
+    Returns:
+      int32 [B, N]: number of EOS tokens strictly before each position.
+    """
+    is_eos = (tokens == eos_id).astype(jnp.int32)
+    return jnp.cumsum(is_eos, axis=-1) - is_eos
+
+
+def causal_mask(
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    q_doc: jax.Array,
+    k_doc: jax.Array,
+    window: int | None = None,
+) -> jax.Array:
+    """Causal (+ same document, + sliding window) mask.
+
+    Args:
+      q_pos: int [B, T] query positions.
+      k_pos: int [B, S] key positions.
+      q_doc: int [B, T] query document ids.
+      k_doc: int [B, S] key document ids.
+      window: W, or None for no window.
+
+    Returns:
+      bool [B, T, S].
+    """
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]
+    mask = (kp <= qp) & (q_doc[:, :, None] == k_doc[:, None, :])
+    if window is not None:
+        mask = mask & (kp > qp - window)
+    return mask
+
+
+def group_mask(q_group: jax.Array, k_group: jax.Array) -> jax.Array:
+    """Cross-attention mask: query and key must belong to the same patch.
+
+    Args:
+      q_group: int [B, T] (or [T]) patch id of each query.
+      k_group: int [B, S] (or [S]) patch id of each key.
+
+    Returns:
+      bool [B, T, S].
+    """
+    q = q_group if q_group.ndim == 2 else q_group[None]
+    k = k_group if k_group.ndim == 2 else k_group[None]
+    return q[:, :, None] == k[:, None, :]
+
+
+def slot_patch_ids(num_patches: int, k: int) -> jax.Array:
+    """Patch id of each of the P*k cross-attention slots: slot r belongs to patch r // k. int32 [P*k]."""
+    return jnp.arange(num_patches * k, dtype=jnp.int32) // k

@@ -1,0 +1,59 @@
+"""Model shapes of the released checkpoints (facebook/blt), as ConfigDicts for experiment files.
+
+Counts (checked by tests): blt-1b 4,533,879,808 parameters, blt-7b 10,553,570,560, entropy model
+99,512,064. Experiment files start from these and add data, training and hardware settings.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from blt_jax.config import swiglu_hidden
+
+RELEASED_THRESHOLD = 1.335442066192627
+
+
+def stack(dim: int, n_layers: int, n_heads: int, window: int | None, rope_theta: float = 500000.0,
+          ffn_hidden: int | None = None) -> dict:
+    """A stack description with the reference's FFN width rule unless given."""
+    return dict(dim=dim, n_layers=n_layers, n_heads=n_heads, ffn_hidden=ffn_hidden or swiglu_hidden(dim),
+                rope_theta=rope_theta, window=window, norm_eps=1e-5)
+
+
+def entropy_100m() -> ml_collections.ConfigDict:
+    """The released entropy model: 14 layers, dim 768, 12 heads, window 512, RoPE theta 10000."""
+    return ml_collections.ConfigDict(dict(
+        kind="entropy_lm",
+        stack=stack(768, 14, 12, window=512, rope_theta=10000.0),
+        vocab_size=260, dtype="float32", param_dtype="float32",
+    ))
+
+
+def _blt(local_dim, local_heads, dec_layers, global_dim, global_layers, global_heads, k) -> ml_collections.ConfigDict:
+    entropy = entropy_100m().to_dict()
+    entropy.pop("kind")
+    return ml_collections.ConfigDict(dict(
+        kind="blt",
+        encoder=stack(local_dim, 1, local_heads, window=512),
+        latent=stack(global_dim, global_layers, global_heads, window=None),
+        decoder=stack(local_dim, dec_layers, local_heads, window=512),
+        cross_attn_k=k,
+        cross_attn_heads=local_heads,
+        cross_attn_all_layers_encoder=False,
+        cross_attn_all_layers_decoder=True,
+        hash=dict(group_sizes=(3, 4, 5, 6, 7, 8), vocab=500002, n_functions=1),
+        patching=dict(mode="entropy", threshold=RELEASED_THRESHOLD, monotonic=False, threshold_add=None,
+                      static_size=4, max_patch_length=None),
+        entropy_model=entropy,
+        vocab_size=260, dtype="float32", param_dtype="float32",
+    ))
+
+
+def blt_1b() -> ml_collections.ConfigDict:
+    """blt-1b: local 1024 (1 enc / 9 dec layers, 16 heads), global 2048 x 25, k = 2."""
+    return _blt(1024, 16, 9, 2048, 25, 16, 2)
+
+
+def blt_7b() -> ml_collections.ConfigDict:
+    """blt-7b: local 1280 (1 enc / 6 dec layers, 20 heads), global 4096 x 32, k = 4 (input projection)."""
+    return _blt(1280, 20, 6, 4096, 32, 32, 4)

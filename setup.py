@@ -1,0 +1,42 @@
+"""Package definition for blt_jax (Byte Latent Transformer in JAX/Flax).
+
+Install for use:   pip install -c constraints.txt -e .
+Install for tests: pip install -c constraints.txt -e ".[test]"
+Install on TPU VMs: pip install -c constraints.txt -e ".[tpu]"
+"""
+
+from setuptools import find_packages, setup
+
+JAX_VERSION = "0.10.2"
+
+setup(
+    name="blt_jax",
+    version="0.1.0",
+    description="Byte Latent Transformer (BLT) in JAX/Flax, TPU-first",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["blt_jax", "blt_jax.*"]),
+    install_requires=[
+        f"jax=={JAX_VERSION}",
+        f"jaxlib=={JAX_VERSION}",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "ml_collections>=1.1.0",
+        "einops>=0.8.2",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.
+        # torch is pinned exactly: an open range would pull a multi-GB CUDA build.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6", "safetensors>=0.4"],
+        "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    },
+    entry_points={"console_scripts": ["blt-jax=blt_jax.cli:main"]},
+)
