@@ -210,32 +210,36 @@ def _detect_layout(path: str) -> str:
     )
 
 
-def from_pretrained(path: str, entropy_path: str | None = None) -> BLTModel:
+def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:
     """Loads a BLT from our format, the Hugging Face layout, or Meta's layout (detected).
 
     Args:
       path: the model directory.
       entropy_path: Meta layout only: the entropy model directory (default: `entropy_model/` inside
         or beside `path`).
+      dtype: dtype of the loaded parameters (float32; `jnp.bfloat16` halves host memory for the
+        released models, whose hash tables alone hold 3-4B parameters). Computation follows the
+        config's dtype.
 
     Returns:
-      A `BLTModel` with float32 parameters.
+      A `BLTModel`.
     """
+    dtype = np.dtype(dtype)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such directory")
     layout = _detect_layout(path)
     if layout == "native":
         from blt_jax.convert.native import load_native
 
-        config, params, entropy = load_native(path)
+        config, params, entropy = load_native(path, dtype)
         if isinstance(config, EntropyLMConfig):
             raise ValueError(f"{path} holds an entropy LM, not a BLT")
     elif layout == "hf":
         from blt_jax.convert.hf import load_hf
 
-        config, params, entropy = load_hf(path)
+        config, params, entropy = load_hf(path, dtype)
     else:
         from blt_jax.convert.meta import load_meta
 
-        config, params, entropy = load_meta(path, entropy_path)
+        config, params, entropy = load_meta(path, entropy_path, dtype)
     return BLTModel(config, params, entropy)

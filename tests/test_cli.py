@@ -63,3 +63,12 @@ def test_invalid_config_names_the_field(tmp_path):
     result = run("params", "--config", str(bad))
     assert result.returncode == 2
     assert "model.encoder.n_heads: dim=32 is not divisible by n_heads=5" in result.stderr
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "blt-jax")
+    assert os.path.exists(script), "install with: pip install -c constraints.txt -e '.[test]'"
+    result = subprocess.run([script, "params", "--config", "experiments/tiny.py"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    assert "280,192" in result.stdout

@@ -100,6 +100,17 @@ def test_bf16_checkpoint_loads(hf_dir, tmp_path, loaded):
     np.testing.assert_allclose(got, ref, rtol=1e-2, atol=1e-3)
 
 
+def test_load_in_bfloat16(hf_dir, loaded):
+    import ml_dtypes
+
+    half = blt_jax.from_pretrained(hf_dir, dtype=ml_dtypes.bfloat16)
+    kernel = half.params["local_decoder"]["output"]["kernel"]
+    assert kernel.dtype == ml_dtypes.bfloat16
+    tokens, lengths = rows()
+    ref = np.asarray(loaded.logits(tokens, lengths))
+    np.testing.assert_allclose(np.asarray(half.logits(tokens, lengths)), ref, atol=0.05, rtol=0.02)
+
+
 def test_unknown_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(FileNotFoundError, match="not a BLT checkpoint directory.*consolidated.pth"):
