@@ -22,7 +22,7 @@ from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import abstract_params, init_params
 from blt_jax.patching.ids import lengths_from_starts
-from blt_jax.patching.rules import byte_starts, entropy_starts
+from blt_jax.patching.rules import patch_starts
 
 
 def _check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
@@ -124,10 +124,10 @@ class BLTModel:
     def _lengths_fn(self):
         patching = self.config.patching
 
-        def fn(entropies, num_patches):
-            return lengths_from_starts(entropy_starts(entropies, patching), num_patches)
+        def fn(tokens, entropies, num_patches):
+            return lengths_from_starts(patch_starts(patching, tokens, entropies), num_patches)
 
-        return jax.jit(fn, static_argnums=1)
+        return jax.jit(fn, static_argnums=2)
 
     def logits(self, tokens: Any, patch_lengths: Any = None) -> jax.Array:
         """Next-byte logits.
@@ -162,7 +162,7 @@ class BLTModel:
         return self._entropy_fn(self.entropy_params, _as_tokens(tokens, self.config.vocab_size))
 
     def patch_lengths(self, tokens: Any, max_patches: int | None = None) -> jax.Array:
-        """Patch lengths from the model's patching rule (next-token convention).
+        """Patch lengths from the model's patching rule and `max_patch_length` (next-token convention).
 
         Args:
           tokens: int [B, N].
@@ -173,16 +173,12 @@ class BLTModel:
           int32 [B, P], trailing zeros, each row summing to N + 1.
         """
         toks = _as_tokens(tokens, self.config.vocab_size)
-        batch, n = toks.shape
+        n = toks.shape[1]
         num_patches = n + 1 if max_patches is None else int(max_patches)
         if num_patches < 2:
             raise ValueError(f"max_patches must be >= 2, got {num_patches}")
-        mode = self.config.patching.mode
-        if mode == "entropy":
-            return self._lengths_fn(self.entropies(toks), num_patches)
-        if mode == "byte":
-            return lengths_from_starts(byte_starts(batch, n), num_patches)
-        raise NotImplementedError(f"patching mode {mode!r} is not available in the facade yet; pass patch_lengths")
+        entropies = self.entropies(toks) if self.config.patching.mode == "entropy" else None
+        return self._lengths_fn(toks, entropies, num_patches)
 
     def generate(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
@@ -243,3 +239,38 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
 
         config, params, entropy = load_meta(path, entropy_path, dtype)
     return BLTModel(config, params, entropy)
+
+
+def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
+    """Loads just an entropy LM: from our format (a BLT or an entropy LM alone), an HF BLT directory
+    (its patcher), or Meta's layout (an `entropy_model/` directory, or a BLT directory beside one).
+
+    Returns:
+      (config, params).
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory")
+    from blt_jax.convert.native import CONFIG_FILE, load_native
+
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        config, params, entropy = load_native(path)
+        if isinstance(config, EntropyLMConfig):
+            _check_tree(params, abstract_params(config), path)
+            return config, params
+        if entropy is None or config.entropy_model is None:
+            raise ValueError(f"{path}: this BLT was saved without an entropy LM")
+        _check_tree(entropy, abstract_params(config.entropy_model), path)
+        return config.entropy_model, entropy
+    params_json = os.path.join(path, "params.json")
+    if os.path.exists(params_json):
+        with open(params_json) as f:
+            raw = json.load(f)
+        is_blt = any(isinstance(v, Mapping) and "dim_global" in v for v in (raw, raw.get("model"), raw.get("args")) if v)
+        if not is_blt:
+            from blt_jax.convert.meta import load_meta_entropy
+
+            return load_meta_entropy(path)
+    model = from_pretrained(path)
+    if model.entropy_params is None:
+        raise ValueError(f"{path}: the checkpoint has no entropy LM (patcher)")
+    return model.config.entropy_model, model.entropy_params

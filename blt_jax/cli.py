@@ -1,14 +1,19 @@
 """The `blt-jax` command (also `python -m blt_jax`).
 
 Subcommands:
-  smoke     build a model from an experiment config, patch a text, run the forward pass, report
-  params    parameter counts of an experiment config, split by sub-model (no allocation)
-  convert   read a checkpoint in any supported layout and write it in ours
+  smoke         build a model from an experiment config, patch a text, run the forward pass, report
+  params        parameter counts of an experiment config, split by sub-model (no allocation)
+  convert       read a checkpoint in any supported layout and write it in ours
+  patch         the entropy pass: corpus -> per-byte entropies in ArrayRecord shards + manifest
+  calibrate     the entropy threshold that gives a target mean patch length
+  plot-entropy  the entropy figure of a text (entropies, threshold, patches)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 import time
@@ -92,6 +97,120 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _entropy_model(args: argparse.Namespace):
+    """(config, params, description) of the entropy LM named by --checkpoint or --config/--seed."""
+    import jax
+
+    from blt_jax.api import load_entropy_model
+    from blt_jax.config import BLTConfig
+    from blt_jax.params import init_params
+
+    if args.checkpoint:
+        config, params = load_entropy_model(args.checkpoint)
+        return config, params, os.path.abspath(args.checkpoint)
+    if not args.config:
+        raise ValueError("name the entropy model: --checkpoint DIR, or --config FILE for a fresh random one")
+    config = _model_config(args.config)
+    if isinstance(config, BLTConfig):
+        if config.entropy_model is None:
+            raise ValueError(f"{args.config} has no entropy_model")
+        config = config.entropy_model
+    params = init_params(config, jax.random.key(args.seed))
+    return config, params, f"random init of {args.config} (seed {args.seed})"
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from blt_jax.data.sources import list_files
+    from blt_jax.patching.pass_ import PassOptions, run_pass
+
+    list_files(args.corpus)  # a wrong path fails before the model is built
+    config, params, description = _entropy_model(args)
+    options = PassOptions(docs_per_shard=args.docs_per_shard, chunk=args.chunk, lanes=args.lanes,
+                          text_field=args.text_field, strict=args.strict, progress=not args.no_progress)
+    start = time.perf_counter()
+    manifest = run_pass(args.corpus, args.out, config, params, description, options)
+    counts, elapsed = manifest["counts"], time.perf_counter() - start
+    print(f"wrote {len(manifest['shards'])} shard(s) to {args.out}: {counts['documents']:,} documents, "
+          f"{counts['bytes']:,} bytes, mean entropy {manifest['mean_entropy'] or 0:.4f} nats; skipped "
+          f"{counts['skipped_empty']} empty and {counts['skipped_bad']} bad item(s); {elapsed:.1f}s")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from blt_jax.patching.calibrate import RULES, calibrate
+    from blt_jax.patching.store import sample_stored
+
+    if args.entropies:
+        entropies = sample_stored(args.entropies, args.max_tokens)
+    elif args.corpus:
+        import itertools
+
+        from blt_jax.data.sources import iter_documents
+        from blt_jax.patching.stream import EntropyStreamer
+        from blt_jax.tokenizer import encode
+
+        config, params, _ = _entropy_model(args)
+        docs, tokens = [], 0
+        for doc in iter_documents(args.corpus, args.text_field):
+            docs.append(encode(doc.data))
+            tokens += len(docs[-1])
+            if args.max_tokens and tokens >= args.max_tokens:
+                break
+        entropies = EntropyStreamer(config, params)(docs)
+    else:
+        raise ValueError("give stored entropies (--entropies DIR from `blt-jax patch`) or --corpus with a model")
+    rules = RULES if args.rule == "both" else (args.rule,)
+    results = [calibrate(entropies, args.target, rule, args.max_patch_length) for rule in rules]
+    for result in results:
+        print(result.summary())
+    if args.json:
+        import dataclasses
+
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in results], f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_plot_entropy(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+    from blt_jax.patching.plot import save_entropy_figure
+    from blt_jax.tokenizer import encode
+
+    text = args.text if args.text is not None else open(args.text_file, "rb").read()
+    if not text:
+        raise ValueError("nothing to plot: give --text or --text-file with some content")
+    config, params, description = _entropy_model(args)
+    tokens = encode(text)
+    logits = EntropyLM(config).apply({"params": params}, tokens[None])
+    entropies = np.asarray(entropies_from_logits(logits))[0]
+    threshold = args.threshold
+    if threshold is None:
+        threshold = 1.335442066192627 if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
+    save_entropy_figure(args.out, tokens, entropies, threshold, title=args.title or description)
+    print(f"wrote {args.out} ({len(tokens)} bytes, threshold {threshold:.4f})")
+    return 0
+
+
+def _checkpoint_threshold(path: str) -> float:
+    """The patching threshold of a BLT checkpoint, or the released one."""
+    from blt_jax.api import from_pretrained
+
+    try:
+        return from_pretrained(path).config.patching.threshold
+    except (FileNotFoundError, ValueError):
+        return 1.335442066192627
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help="model directory (ours, HF or Meta) holding an entropy LM")
+    p.add_argument("--config", default=None, help="experiment file[:arg]: a fresh randomly initialised entropy LM")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (with --config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blt-jax", description="Byte Latent Transformer in JAX/Flax")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,11 +230,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="output directory")
     p.add_argument("--entropy", default=None, help="Meta layout: entropy model directory")
     p.set_defaults(fn=cmd_convert)
+
+    p = sub.add_parser("patch", help="entropy pass: corpus -> stored per-byte entropies")
+    p.add_argument("--corpus", required=True, help="directory, glob or file (.txt, .jsonl, .parquet, ...)")
+    p.add_argument("--out", required=True, help="output directory (resumed if it holds an earlier run)")
+    _add_model_args(p)
+    p.add_argument("--docs-per-shard", type=int, default=1024)
+    p.add_argument("--chunk", type=int, default=1024, help="bytes per lane per step")
+    p.add_argument("--lanes", type=int, default=None, help="rows per step (default 8 per device)")
+    p.add_argument("--text-field", default="text", help="JSON field / Parquet column of the text")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_patch)
+
+    p = sub.add_parser("calibrate", help="threshold for a target mean patch length")
+    p.add_argument("--entropies", default=None, help="a `blt-jax patch` output directory")
+    p.add_argument("--corpus", default=None, help="or a corpus sample, with a model (--checkpoint / --config)")
+    _add_model_args(p)
+    p.add_argument("--target", type=float, default=4.5, help="mean patch length in bytes (default 4.5)")
+    p.add_argument("--rule", choices=["global", "monotonic", "both"], default="both")
+    p.add_argument("--max-patch-length", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=16_000_000, help="sample size (0 = everything)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("plot-entropy", help="entropy figure of a text")
+    _add_model_args(p)
+    p.add_argument("--text", default=None)
+    p.add_argument("--text-file", default=None)
+    p.add_argument("--threshold", type=float, default=None, help="default: the checkpoint's, else the released one")
+    p.add_argument("--title", default=None)
+    p.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
+    p.set_defaults(fn=cmd_plot_entropy)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("blt_jax").setLevel(logging.INFO)
     try:
         code = args.fn(args)
     except (FileNotFoundError, ValueError, ImportError) as e:

@@ -72,3 +72,37 @@ def test_console_script_is_installed():
                             cwd=ROOT, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr
     assert "280,192" in result.stdout
+
+
+def test_patch_calibrate_plot_end_to_end(tmp_path):
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"{i}.txt").write_text(("Byte Latent Transformer patches bytes by entropy. " * (i + 1)).strip())
+    out = tmp_path / "entropies"
+    result = run("patch", "--corpus", str(corpus), "--out", str(out), "--config", "experiments/tiny.py",
+                 "--docs-per-shard", "2", "--chunk", "64")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 shard(s)" in result.stdout and "5 documents" in result.stdout
+    assert "B/s" in result.stderr  # the progress bar reports bytes per second
+
+    result = run("calibrate", "--entropies", str(out), "--target", "4.5", "--max-patch-length", "16",
+                 "--json", str(tmp_path / "cal.json"))
+    assert result.returncode == 0, result.stderr
+    assert "rule global: threshold" in result.stdout and "rule monotonic: threshold" in result.stdout
+    import json
+
+    rows = json.loads((tmp_path / "cal.json").read_text())
+    assert [r["rule"] for r in rows] == ["global", "monotonic"]
+    assert all(abs(r["achieved_mean"] - 4.5) < 1.0 for r in rows)
+
+    fig = tmp_path / "fig.png"
+    result = run("plot-entropy", "--config", "experiments/tiny.py", "--text", "Hello, BLT!", "--out", str(fig))
+    assert result.returncode == 0, result.stderr
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_patch_missing_corpus_fails_fast(tmp_path):
+    result = run("patch", "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--config", "experiments/tiny.py")
+    assert result.returncode == 2 and "no such file or directory" in result.stderr
+    assert not (tmp_path / "o").exists()

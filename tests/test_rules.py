@@ -3,13 +3,21 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from blt_jax.config import PatchingConfig
 from blt_jax.patching.ids import lengths_from_starts
-from blt_jax.patching.rules import byte_starts, entropy_starts
-from blt_jax.tokenizer import render
+from blt_jax.patching.rules import (
+    byte_starts,
+    entropy_starts,
+    patch_starts,
+    space_starts,
+    split_long_patches,
+    static_starts,
+)
+from blt_jax.tokenizer import encode, render
 
 
 def load_figure(fixtures_dir):
@@ -73,3 +81,128 @@ def test_rules_match_slow_statement(mode):
 def test_byte_rule_lengths_sum_to_n_plus_one():
     lengths = np.asarray(lengths_from_starts(byte_starts(2, 9), 10))
     assert (lengths == 1).all() and (lengths.sum(1) == 10).all()
+
+
+def slow_space(tokens):
+    """blt_spec.md 4.4 restated per byte (next-token convention)."""
+
+    def space_like(t):
+        if t < 4:
+            return True
+        b = t - 4
+        alnum = (48 <= b <= 57) or (65 <= b <= 90) or (97 <= b <= 122)
+        continuation = 0x80 <= b < 0xC0
+        return not alnum and not continuation
+
+    n = len(tokens)
+    starts = [True, True] + [False] * (n - 1)
+    for i in range(1, n):
+        first_of_run = space_like(tokens[i]) and not space_like(tokens[i - 1])
+        if first_of_run or tokens[i] < 4:
+            starts[i + 1] = True
+    return starts
+
+
+def test_space_rule_matches_slow_statement():
+    text = "Hi  there,\tworld!! ÉCOLE — naïve café...\n\nend"
+    ids = np.concatenate([[1], np.frombuffer(text.encode(), np.uint8).astype(np.int32) + 4, [2, 1, 50 + 4]])
+    rng_ids = np.random.default_rng(2).integers(0, 260, size=60).astype(np.int32)
+    for row in (ids, rng_ids):
+        got = np.asarray(space_starts(row[None]))[0]
+        assert got.tolist() == slow_space(row.tolist())
+        doc = np.asarray(space_starts(row[None], include_next=False))[0]
+        assert doc.tolist() == slow_space(row.tolist())[: len(row)]
+
+
+def test_space_rule_example():
+    ids = encode("a  bc d", add_eos=False)  # <s> a ' ' ' ' b c ' ' d
+    lengths = np.asarray(lengths_from_starts(space_starts(ids[None]), len(ids) + 1))[0]
+    bounds = np.cumsum([0] + [int(x) for x in lengths if x])
+    pieces = [render(np.append(ids, 0)[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    # Only the first space of a run ends a patch; the last patch holds the next-byte slot (id 0).
+    assert pieces == ["<s>", "a ", " bc ", "d<boe>"]
+
+
+@pytest.mark.parametrize("include_next", [True, False])
+def test_static_rule(include_next):
+    starts = np.asarray(static_starts(2, 10, 4, include_next))
+    lengths = np.asarray(lengths_from_starts(starts, 12))
+    total = 11 if include_next else 10
+    expected = [1, 4, 4, total - 9]
+    assert lengths[0][lengths[0] > 0].tolist() == expected and (lengths[0] == lengths[1]).all()
+
+
+def slow_split(lengths, m):
+    out = []
+    for n in lengths:
+        while n > m:
+            out.append(m)
+            n -= m
+        out.append(n)
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7])
+def test_max_patch_length_splits_like_the_reference(m):
+    rng = np.random.default_rng(m)
+    starts = rng.random((3, 40)) < 0.15
+    starts[:, :2] = True
+    split = np.asarray(split_long_patches(starts, m))
+    for row in range(3):
+        natural = np.asarray(lengths_from_starts(starts[row : row + 1], 40))[0]
+        natural = natural[natural > 0].tolist()
+        got = np.asarray(lengths_from_starts(split[row : row + 1], 40))[0]
+        assert got[got > 0].tolist() == slow_split(natural, m)
+        assert max(got) <= m
+
+
+@pytest.mark.parametrize("mode", ["entropy", "space", "static", "byte"])
+@pytest.mark.parametrize("include_next", [True, False])
+def test_dispatch_conventions_and_budget(mode, include_next):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 260, size=(2, 33)).astype(np.int32)
+    tokens[:, 0] = 1
+    entropies = rng.gamma(2.0, 0.8, size=(2, 33)).astype(np.float32)
+    config = PatchingConfig(mode=mode, threshold=1.5, static_size=5, max_patch_length=6)
+    fn = jax.jit(lambda t, e: lengths_from_starts(patch_starts(config, t, e, include_next), 34))
+    lengths = np.asarray(fn(tokens, entropies))
+    total = 34 if include_next else 33
+    assert lengths.shape == (2, 34) and (lengths.sum(1) == total).all()
+    assert (lengths[:, 0] == 1).all() and lengths.max() <= 6
+    for row in lengths:  # trailing zeros only
+        nz = np.flatnonzero(row)
+        assert (row[: nz[-1] + 1] > 0).all()
+    # Per row, with no dependence on the other rows of the batch.
+    alone = np.asarray(fn(tokens[:1], entropies[:1]))
+    assert (alone[0] == lengths[0]).all()
+
+
+def test_entropy_mode_needs_entropies():
+    with pytest.raises(ValueError, match="needs entropies"):
+        patch_starts(PatchingConfig(), np.ones((1, 3), np.int32))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PatchingConfig(threshold=1.4),
+        PatchingConfig(threshold=0.3, monotonic=True),
+        PatchingConfig(threshold=1.2, threshold_add=0.05),
+        PatchingConfig(mode="space"),
+        PatchingConfig(mode="static", static_size=3),
+        PatchingConfig(threshold=1.0, max_patch_length=4),
+    ],
+)
+def test_stream_of_documents_equals_each_document_alone(config):
+    """Rows that concatenate documents (doc-relative positions) patch each document as if alone."""
+    rng = np.random.default_rng(4)
+    docs = [encode(bytes(rng.integers(32, 127, size=n).astype(np.uint8))) for n in (0, 1, 5, 17, 40)]
+    ents = [rng.gamma(2.0, 0.8, size=len(d)).astype(np.float32) for d in docs]
+    stream = np.concatenate(docs)[None]
+    positions = np.concatenate([np.arange(len(d)) for d in docs])[None]
+    flags = np.asarray(patch_starts(config, stream, np.concatenate(ents)[None], False, positions))[0]
+    offset = 0
+    for d, e in zip(docs, ents):
+        alone = np.asarray(patch_starts(config, d[None], e[None], include_next=False))[0]
+        assert flags[offset : offset + len(d)].tolist() == alone.tolist()
+        offset += len(d)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import traverse_util
 
-from blt_jax.config import BLTConfig, config_to_dict, model_config_from_dict
+from blt_jax.config import ModelConfig, config_to_dict, model_config_from_dict
 from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "blt_jax.json"
@@ -31,8 +31,9 @@ def _unflatten(tensors: Mapping[str, np.ndarray], dtype) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def save_native(directory: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> None:
-    """Writes a model directory that `blt_jax.from_pretrained` reads back."""
+def save_native(directory: str, config: ModelConfig, params: Mapping, entropy_params: Mapping | None = None) -> None:
+    """Writes a model directory (a BLT, or an entropy LM alone) that `blt_jax.from_pretrained` /
+    `blt_jax.api.load_entropy_model` read back."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:
         json.dump({"format_version": FORMAT_VERSION, "model": config_to_dict(config)}, f, indent=2)

@@ -68,8 +68,24 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """x [B, N, D], mask bool [B, N, N], rope (cos, sin) [B, N, K/2] -> [B, N, D]."""
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
+        prefix: tuple[jax.Array, jax.Array] | None = None,
+    ):
+        """Self-attention over x, optionally also over cached keys/values of earlier positions.
+
+        Args:
+          x: [B, N, D].
+          mask: bool [B, N, M + N] (M = 0 without prefix).
+          rope: (cos, sin) [B, N, K/2] of x's positions.
+          prefix: (keys, values) [B, M, H, K] of earlier positions (keys already rotated).
+
+        Returns:
+          [B, N, D]; with a prefix, ([B, N, D], (keys, values) [B, N, H, K] of x for the cache).
+        """
         dim = x.shape[-1]
         std = dim**-0.5 / depth_factor(self.depth)
         wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
@@ -78,8 +94,13 @@ class SelfAttention(nn.Module):
         k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
         v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = masked_attention(q, k, v, mask)
-        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
+        if prefix is None:
+            out = masked_attention(q, k, v, mask)
+            return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
+        keys = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
+        values = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
+        out = masked_attention(q, keys, values, mask)
+        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), (k, v)
 
 
 class CrossAttention(nn.Module):

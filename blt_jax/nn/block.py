@@ -26,10 +26,23 @@ class TransformerBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """x [B, N, D], mask bool [B, N, N], rope (cos, sin) [B, N, K/2] -> [B, N, D]."""
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
+        prefix: tuple[jax.Array, jax.Array] | None = None,
+    ):
+        """x [B, N, D], mask bool [B, N, M + N], rope (cos, sin) [B, N, K/2] -> [B, N, D].
+
+        With `prefix` (cached keys/values [B, M, H, K] of earlier positions), returns
+        ([B, N, D], (keys, values) of x) so the caller can extend its cache.
+        """
         eps, dt, pdt = self.stack.norm_eps, self.dtype, self.param_dtype
         h = RMSNorm(eps, dt, pdt, name="attention_norm")(x)
-        x = x + SelfAttention(self.stack.n_heads, self.depth, dt, pdt, name="attention")(h, mask, rope)
+        attn = SelfAttention(self.stack.n_heads, self.depth, dt, pdt, name="attention")(h, mask, rope, prefix)
+        attn, kv = attn if prefix is not None else (attn, None)
+        x = x + attn
         h = RMSNorm(eps, dt, pdt, name="ffn_norm")(x)
-        return x + FeedForward(self.stack.ffn_hidden, self.depth, dt, pdt, name="feed_forward")(h)
+        x = x + FeedForward(self.stack.ffn_hidden, self.depth, dt, pdt, name="feed_forward")(h)
+        return x if prefix is None else (x, kv)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import TransformerBlock
+from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import causal_mask, document_ids
 
@@ -23,21 +24,55 @@ class EntropyLM(nn.Module):
     config: EntropyLMConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        """int [B, N] -> fp32 logits [B, N, V]; position t predicts token t + 1."""
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        docs: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ):
+        """Next-token logits.
+
+        Args:
+          tokens: int [B, N].
+          positions: int [B, N] RoPE positions (default 0..N-1).
+          docs: int [B, N] document ids (default: EOS-delimited documents of the row).
+          cache: keys/values of the previous positions (M slots per row). With a cache the call
+            continues a stream: queries also see the cached positions, and the updated cache
+            (the last M positions of cache + this chunk) is returned.
+
+        Returns:
+          fp32 logits [B, N, V] (position t predicts token t + 1); with a cache, (logits, new cache).
+        """
         cfg, st = self.config, self.config.stack
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         batch, length = tokens.shape
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        docs = document_ids(tokens)
-        mask = causal_mask(positions, positions, docs, docs, st.window)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if docs is None:
+            docs = document_ids(tokens)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         h = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
-        for i in range(st.n_layers):
-            h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+        if cache is None:
+            mask = causal_mask(positions, positions, docs, docs, st.window)
+            for i in range(st.n_layers):
+                h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+        else:
+            key_pos = jnp.concatenate([cache.pos, positions], axis=1)
+            key_doc = jnp.concatenate([cache.doc, docs], axis=1)
+            mask = causal_mask(positions, key_pos, docs, key_doc, st.window)
+            keep = cache.size
+            new_k, new_v = [], []
+            for i in range(st.n_layers):
+                block = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")
+                h, (k, v) = block(h, mask, rope, (cache.k[i], cache.v[i]))
+                new_k.append(jnp.concatenate([cache.k[i], k.astype(cache.k[i].dtype)], axis=1)[:, -keep:])
+                new_v.append(jnp.concatenate([cache.v[i], v.astype(cache.v[i].dtype)], axis=1)[:, -keep:])
+            cache = KVCache(tuple(new_k), tuple(new_v), key_pos[:, -keep:], key_doc[:, -keep:])
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")
-        return head(h).astype(jnp.float32)
+        logits = head(h).astype(jnp.float32)
+        return logits if cache is None else (logits, cache)
 
 
 def entropies_from_logits(logits: jax.Array) -> jax.Array:
