@@ -185,3 +185,23 @@ def test_boxed_init_carries_names():
     boxed = jax.eval_shape(BLT(config).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 5), jnp.int32))
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+
+
+def test_long_rows_use_banded_attention_and_match_numpy():
+    """130 bytes with a window of 8: the local stacks take the banded path (blocks of 32)."""
+    from blt_jax.nn.local_attention import use_banded
+    from blt_jax.nn.masks import CausalSpec
+
+    n = 130
+    assert use_banded(CausalSpec.self_attention(jnp.zeros((1, n)), jnp.zeros((1, n)), 8), n)
+    config = CONFIGS["projection_k3"]
+    params = scaled(init_params(config, jax.random.key(6)))
+    rng = np.random.default_rng(6)
+    tokens = rng.integers(4, 260, size=(1, n)).astype(np.int32)
+    tokens[0, [0, 50, 51, 90]] = [BOS_ID, EOS_ID, BOS_ID, EOS_ID]
+    lengths = np.zeros((1, 40), np.int32)
+    chunks = [1] + [4] * 32 + [2]  # sums to n + 1
+    lengths[0, : len(chunks)] = chunks
+    ours = np.asarray(jax.jit(lambda p, t, l: BLT(config).apply({"params": p}, t, l))(params, tokens, lengths))
+    ref = numpy_blt.blt_forward(params, config, tokens[0], lengths[0])
+    np.testing.assert_allclose(ours[0], ref, atol=1e-4, rtol=0)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 
 from blt_jax.nn import axes
 from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, trunc_normal
+from blt_jax.nn.local_attention import banded_attention, use_banded
+from blt_jax.nn.masks import CausalSpec
 
 _MASKED_SCORE = -1e30  # finite: keeps max/exp free of inf - inf
 
@@ -40,6 +42,16 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     denom = jnp.sum(probs, axis=-1, keepdims=True)
     probs = probs / jnp.where(denom > 0, denom, 1.0)
     return jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -> jax.Array:
+    """Causal self-attention from ids: banded when a window makes it worthwhile, dense otherwise.
+
+    q [B, T, H, K], k/v [B, S, H, K] -> [B, T, H, K].
+    """
+    if use_banded(spec, q.shape[1]):
+        return banded_attention(q, k, v, spec)
+    return masked_attention(q, k, v, spec.dense())
 
 
 def _projections(module: nn.Module, dim: int, n_heads: int, std: float, dtype: Dtype):
@@ -71,7 +83,7 @@ class SelfAttention(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array,
+        mask: CausalSpec,
         rope: tuple[jax.Array, jax.Array],
         prefix: tuple[jax.Array, jax.Array] | None = None,
     ):
@@ -79,7 +91,7 @@ class SelfAttention(nn.Module):
 
         Args:
           x: [B, N, D].
-          mask: bool [B, N, M + N] (M = 0 without prefix).
+          mask: ids of the N queries and the M + N keys (M = 0 without prefix).
           rope: (cos, sin) [B, N, K/2] of x's positions.
           prefix: (keys, values) [B, M, H, K] of earlier positions (keys already rotated).
 
@@ -95,11 +107,11 @@ class SelfAttention(nn.Module):
         v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if prefix is None:
-            out = masked_attention(q, k, v, mask)
+            out = causal_attention(q, k, v, mask)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
         keys = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
         values = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
-        out = masked_attention(q, keys, values, mask)
+        out = causal_attention(q, keys, values, mask)
         return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), (k, v)
 
 

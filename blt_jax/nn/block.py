@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import StackConfig
 from blt_jax.nn.attention import SelfAttention
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
+from blt_jax.nn.masks import CausalSpec
 
 
 class TransformerBlock(nn.Module):
@@ -29,11 +30,11 @@ class TransformerBlock(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array,
+        mask: CausalSpec,
         rope: tuple[jax.Array, jax.Array],
         prefix: tuple[jax.Array, jax.Array] | None = None,
     ):
-        """x [B, N, D], mask bool [B, N, M + N], rope (cos, sin) [B, N, K/2] -> [B, N, D].
+        """x [B, N, D], mask ids of N queries / M + N keys, rope (cos, sin) [B, N, K/2] -> [B, N, D].
 
         With `prefix` (cached keys/values [B, M, H, K] of earlier positions), returns
         ([B, N, D], (keys, values) of x) so the caller can extend its cache.

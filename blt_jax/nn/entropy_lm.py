@@ -11,7 +11,7 @@ from blt_jax.nn import axes
 from blt_jax.nn.block import TransformerBlock
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
-from blt_jax.nn.masks import causal_mask, document_ids
+from blt_jax.nn.masks import CausalSpec, document_ids
 
 
 class EntropyLM(nn.Module):
@@ -54,13 +54,13 @@ class EntropyLM(nn.Module):
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         h = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
         if cache is None:
-            mask = causal_mask(positions, positions, docs, docs, st.window)
+            mask = CausalSpec.self_attention(positions, docs, st.window)
             for i in range(st.n_layers):
                 h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
         else:
             key_pos = jnp.concatenate([cache.pos, positions], axis=1)
             key_doc = jnp.concatenate([cache.doc, docs], axis=1)
-            mask = causal_mask(positions, key_pos, docs, key_doc, st.window)
+            mask = CausalSpec(positions, docs, key_pos, key_doc, st.window)
             keep = cache.size
             new_k, new_v = [], []
             for i in range(st.n_layers):
@@ -79,3 +79,28 @@ def entropies_from_logits(logits: jax.Array) -> jax.Array:
     """Entropy in nats of each next-token distribution. [..., V] -> fp32 [...]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def row_groups(batch: int, rows_per_group: int) -> int:
+    """Rows per group when splitting a batch: the largest divisor of `batch` <= rows_per_group."""
+    return max(g for g in range(1, min(batch, rows_per_group) + 1) if batch % g == 0)
+
+
+def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1):
+    """A jittable `(params, tokens [B, N]) -> float32 entropies [B, N]`.
+
+    Rows are processed `rows_per_group` at a time in a loop (`lax.map`): the same work, but every
+    intermediate is a few MB, which on CPU avoids re-faulting large fresh buffers on every call
+    (the dominant cost above ~16 MB per buffer) and on accelerators bounds temporary memory.
+    """
+    module = EntropyLM(config)
+
+    def fn(params, tokens):
+        batch, length = tokens.shape
+        group = row_groups(batch, rows_per_group)
+        one = lambda rows: entropies_from_logits(module.apply({"params": params}, rows))  # noqa: E731
+        if group == batch:
+            return one(tokens)
+        return jax.lax.map(one, tokens.reshape(batch // group, group, length)).reshape(batch, length)
+
+    return fn

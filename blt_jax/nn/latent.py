@@ -10,7 +10,7 @@ from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import TransformerBlock
 from blt_jax.nn.layers import Dense, rope_tables
-from blt_jax.nn.masks import causal_mask
+from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
 
 
@@ -55,7 +55,7 @@ class LatentTransformer(nn.Module):
                       name="token_embedding_projection")(x)
         batch, num_patches = x.shape[:2]
         positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
-        mask = causal_mask(positions, positions, patch_docs, patch_docs, st.window)
+        mask = CausalSpec.self_attention(positions, patch_docs, st.window)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         for i in range(st.n_layers):
             x = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)

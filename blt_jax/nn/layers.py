@@ -152,10 +152,11 @@ class FeedForward(nn.Module):
         w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
         w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
         w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
-        x = x.astype(self.dtype)
-        gate = jnp.einsum("bnd,df->bnf", x, w1.astype(self.dtype))
-        up = jnp.einsum("bnd,df->bnf", x, w3.astype(self.dtype))
-        return jnp.einsum("bnf,fd->bnd", nn.silu(gate) * up, w2.astype(self.dtype))
+        # One matmul for both input projections ([D, 2, F]): cheaper than two on XLA:CPU, same math.
+        w13 = jnp.stack([w1, w3], axis=1).astype(self.dtype)
+        gate_up = jnp.einsum("bnd,dtf->bntf", x.astype(self.dtype), w13)
+        hidden = nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+        return jnp.einsum("bnf,fd->bnd", hidden, w2.astype(self.dtype))
 
 
 class Embed(nn.Module):

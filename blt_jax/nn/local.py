@@ -12,12 +12,12 @@ from blt_jax.nn.attention import CrossAttention
 from blt_jax.nn.block import TransformerBlock
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
-from blt_jax.nn.masks import causal_mask, group_mask, slot_patch_ids
+from blt_jax.nn.masks import CausalSpec, group_mask, slot_patch_ids
 
 
-def local_self_mask(positions: jax.Array, doc_ids: jax.Array, stack: StackConfig) -> jax.Array:
-    """Causal + same-document + sliding-window mask of a local stack. bool [B, N, N]."""
-    return causal_mask(positions, positions, doc_ids, doc_ids, stack.window)
+def local_self_mask(positions: jax.Array, doc_ids: jax.Array, stack: StackConfig) -> CausalSpec:
+    """Causal + same-document + sliding-window mask of a local stack (as ids)."""
+    return CausalSpec.self_attention(positions, doc_ids, stack.window)
 
 
 def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> jax.Array:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from blt_jax.tokenizer import EOS_ID
 
@@ -73,3 +74,32 @@ def group_mask(q_group: jax.Array, k_group: jax.Array) -> jax.Array:
 def slot_patch_ids(num_patches: int, k: int) -> jax.Array:
     """Patch id of each of the P*k cross-attention slots: slot r belongs to patch r // k. int32 [P*k]."""
     return jnp.arange(num_patches * k, dtype=jnp.int32) // k
+
+
+@struct.dataclass
+class CausalSpec:
+    """A causal (+ document, + window) self-attention mask described by ids, not materialised.
+
+    Queries are the last T of the S keys (T == S without a cache prefix). Positions must increase by
+    one per index within a document (true of every BLT row and stream), which lets windowed
+    attention compute only the band of keys the window allows.
+
+    Attributes:
+      q_pos, q_doc: int [B, T] query positions and document ids.
+      k_pos, k_doc: int [B, S] key positions and document ids.
+      window: W, or None (full causal).
+    """
+
+    q_pos: jax.Array
+    q_doc: jax.Array
+    k_pos: jax.Array
+    k_doc: jax.Array
+    window: int | None = struct.field(pytree_node=False, default=None)
+
+    @classmethod
+    def self_attention(cls, positions: jax.Array, docs: jax.Array, window: int | None) -> "CausalSpec":
+        return cls(positions, docs, positions, docs, window)
+
+    def dense(self) -> jax.Array:
+        """The mask as booleans. [B, T, S]."""
+        return causal_mask(self.q_pos, self.k_pos, self.q_doc, self.k_doc, self.window)
