@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn.cache import KVCache
-from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits, row_groups
 
 PAD_DOC = -2  # document id of lane padding: distinct from real documents and from empty cache slots
 
@@ -86,6 +86,7 @@ class EntropyStreamer:
       chunk: C, bytes per lane per step.
       lanes: B, rows per step (default: 8 per device); a multiple of the device count.
       devices: devices to run on (default: all).
+      rows_per_group: lanes computed together inside a step (the rest of the step loops over groups).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class EntropyStreamer:
         chunk: int = 1024,
         lanes: int | None = None,
         devices: Sequence[jax.Device] | None = None,
+        rows_per_group: int = 1,
     ):
         if config.stack.window is None:
             raise ValueError("streaming entropies needs an entropy LM with a sliding window (stack.window)")
@@ -107,7 +109,6 @@ class EntropyStreamer:
         self.config, self.chunk, self.lanes = config, chunk, lanes
         self.mesh = Mesh(np.array(devices), ("data",))
         rows = NamedSharding(self.mesh, PartitionSpec("data"))
-        self._rows = rows
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
         st = config.stack
         self._empty = lambda: KVCache.empty(lanes, st.window - 1, st.n_layers, st.n_heads, st.head_dim,  # noqa: E731
@@ -115,10 +116,29 @@ class EntropyStreamer:
         cache_sharding = jax.tree_util.tree_map(lambda _: rows, jax.eval_shape(self._empty))
         module = EntropyLM(config)
 
-        def step(p, cache, tokens, positions, docs):
+        group = row_groups(lanes // len(devices), rows_per_group)
+
+        def one_group(p, cache, tokens, positions, docs):
             logits, cache = module.apply({"params": p}, tokens, positions, docs, cache)
             return entropies_from_logits(logits), cache
 
+        def local_step(p, cache, tokens, positions, docs):
+            # This device's lanes, `group` at a time (lax.map): every intermediate stays small.
+            n = tokens.shape[0] // group
+            split = lambda x: x.reshape(n, group, *x.shape[1:])  # noqa: E731
+            merge = lambda x: x.reshape(n * group, *x.shape[2:])  # noqa: E731
+            xs = jax.tree_util.tree_map(split, (cache, tokens, positions, docs))
+            ent, cache = jax.lax.map(lambda x: one_group(p, *x), xs)
+            return merge(ent), jax.tree_util.tree_map(merge, cache)
+
+        lane_spec = PartitionSpec("data")
+        cache_spec = jax.tree_util.tree_map(lambda _: lane_spec, jax.eval_shape(self._empty))
+        step = jax.shard_map(
+            local_step,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), cache_spec, lane_spec, lane_spec, lane_spec),
+            out_specs=(lane_spec, cache_spec),
+        )
         self._step = jax.jit(
             step,
             in_shardings=(NamedSharding(self.mesh, PartitionSpec()), cache_sharding, rows, rows, rows),
