@@ -48,7 +48,7 @@ def swiglu_hidden(dim: int, multiple_of: int = 256, multiplier: float | None = N
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _require(cond: bool, field: str, reason: str) -> None:
+def require(cond: bool, field: str, reason: str) -> None:
     if not cond:
         raise ConfigError(field, reason)
 
@@ -83,25 +83,25 @@ class StackConfig:
     def __post_init__(self):
         for name in ("dim", "n_layers", "n_heads", "ffn_hidden"):
             value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
-        _require(
+            require(_is_int(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
+        require(
             self.dim % self.n_heads == 0,
             "n_heads",
             f"dim={self.dim} is not divisible by n_heads={self.n_heads}; head_dim must be an integer",
         )
-        _require(
+        require(
             (self.dim // self.n_heads) % 2 == 0,
             "n_heads",
             f"head_dim={self.dim // self.n_heads} (dim/n_heads) must be even: RoPE rotates pairs",
         )
-        _require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta!r}")
+        require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta!r}")
         if self.window is not None:
-            _require(
+            require(
                 _is_int(self.window) and self.window >= 1,
                 "window",
                 f"must be None (full causal) or an integer >= 1, got {self.window!r}",
             )
-        _require(0 < self.norm_eps < 1, "norm_eps", f"must be in (0, 1), got {self.norm_eps!r}")
+        require(0 < self.norm_eps < 1, "norm_eps", f"must be in (0, 1), got {self.norm_eps!r}")
 
     @property
     def head_dim(self) -> int:
@@ -124,15 +124,15 @@ class HashConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "group_sizes", tuple(int(n) for n in self.group_sizes))
-        _require(len(self.group_sizes) >= 1, "group_sizes", "must name at least one n-gram size")
+        require(len(self.group_sizes) >= 1, "group_sizes", "must name at least one n-gram size")
         for n in self.group_sizes:
-            _require(1 <= n <= 64, "group_sizes", f"every n must be in [1, 64], got {n}")
-        _require(
+            require(1 <= n <= 64, "group_sizes", f"every n must be in [1, 64], got {n}")
+        require(
             _is_int(self.vocab) and 1 <= self.vocab <= MAX_HASH_VOCAB,
             "vocab",
             f"must be an integer in [1, {MAX_HASH_VOCAB}] (32-bit hash arithmetic), got {self.vocab!r}",
         )
-        _require(
+        require(
             _is_int(self.n_functions) and 1 <= self.n_functions <= MAX_HASH_FUNCTIONS,
             "n_functions",
             f"must be in [1, {MAX_HASH_FUNCTIONS}] (the reference defines {MAX_HASH_FUNCTIONS} primes), "
@@ -165,24 +165,24 @@ class PatchingConfig:
     max_patch_length: int | None = None
 
     def __post_init__(self):
-        _require(
+        require(
             self.mode in PATCHING_MODES,
             "mode",
             f"unknown patching mode {self.mode!r}; expected one of {', '.join(PATCHING_MODES)}",
         )
-        _require(math.isfinite(float(self.threshold)), "threshold", f"must be finite, got {self.threshold!r}")
-        _require(
+        require(math.isfinite(float(self.threshold)), "threshold", f"must be finite, got {self.threshold!r}")
+        require(
             _is_int(self.static_size) and self.static_size >= 1,
             "static_size",
             f"must be an integer >= 1, got {self.static_size!r}",
         )
         if self.max_patch_length is not None:
-            _require(
+            require(
                 _is_int(self.max_patch_length) and self.max_patch_length >= 1,
                 "max_patch_length",
                 f"must be None or an integer >= 1, got {self.max_patch_length!r}",
             )
-        _require(
+        require(
             not (self.monotonic and self.threshold_add is not None),
             "threshold_add",
             "the combined rule (threshold_add) and the monotonic rule are exclusive; set one",
@@ -190,7 +190,7 @@ class PatchingConfig:
 
 
 def _check_dtype(value: str, field: str) -> None:
-    _require(value in DTYPES, field, f"unknown dtype {value!r}; expected one of {', '.join(DTYPES)}")
+    require(value in DTYPES, field, f"unknown dtype {value!r}; expected one of {', '.join(DTYPES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +210,7 @@ class EntropyLMConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self):
-        _require(
+        require(
             _is_int(self.vocab_size) and 4 < self.vocab_size <= 512,
             "vocab_size",
             f"must be in (4, 512] (byte ids + specials), got {self.vocab_size!r}",
@@ -257,25 +257,25 @@ class BLTConfig:
     def __post_init__(self):
         if self.cross_attn_heads is None:
             object.__setattr__(self, "cross_attn_heads", self.encoder.n_heads)
-        _require(
+        require(
             self.decoder.dim == self.encoder.dim,
             "decoder.dim",
             f"must equal encoder.dim={self.encoder.dim} (the decoder consumes the encoder's byte "
             f"states), got {self.decoder.dim}",
         )
-        _require(
+        require(
             _is_int(self.cross_attn_k) and self.cross_attn_k >= 1,
             "cross_attn_k",
             f"must be an integer >= 1, got {self.cross_attn_k!r}",
         )
-        _require(
+        require(
             _is_int(self.cross_attn_heads)
             and self.cross_attn_heads >= 1
             and self.encoder.dim % self.cross_attn_heads == 0,
             "cross_attn_heads",
             f"must divide encoder.dim={self.encoder.dim}, got {self.cross_attn_heads!r}",
         )
-        _require(
+        require(
             _is_int(self.vocab_size) and 4 < self.vocab_size <= 512,
             "vocab_size",
             f"must be in (4, 512] (byte ids + specials; the hash arithmetic assumes ids < 512), "
@@ -284,7 +284,7 @@ class BLTConfig:
         _check_dtype(self.dtype, "dtype")
         _check_dtype(self.param_dtype, "param_dtype")
         if self.patching.mode == "entropy" and self.entropy_model is not None:
-            _require(
+            require(
                 self.entropy_model.vocab_size == self.vocab_size,
                 "entropy_model.vocab_size",
                 f"must equal vocab_size={self.vocab_size}",

@@ -206,3 +206,27 @@ def test_stream_of_documents_equals_each_document_alone(config):
         alone = np.asarray(patch_starts(config, d[None], e[None], include_next=False))[0]
         assert flags[offset : offset + len(d)].tolist() == alone.tolist()
         offset += len(d)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PatchingConfig(threshold=1.4),
+        PatchingConfig(threshold=0.3, monotonic=True),
+        PatchingConfig(threshold=1.2, threshold_add=0.05, max_patch_length=5),
+        PatchingConfig(mode="space", max_patch_length=3),
+        PatchingConfig(mode="static", static_size=3),
+        PatchingConfig(mode="byte"),
+    ],
+)
+@pytest.mark.parametrize("include_next", [True, False])
+def test_numpy_and_jax_paths_agree(config, include_next):
+    """The host pipeline (NumPy) and jitted code (JAX) run the same rule code."""
+    rng = np.random.default_rng(9)
+    tokens = rng.integers(0, 260, size=(3, 45)).astype(np.int32)
+    entropies = rng.gamma(2.0, 0.8, size=(3, 45)).astype(np.float32)
+    positions = np.concatenate([np.arange(20), np.arange(25)])[None].repeat(3, 0)
+    host = patch_starts(config, tokens, entropies, include_next, positions)
+    assert isinstance(host, np.ndarray)
+    device = jax.jit(lambda t, e, p: patch_starts(config, t, e, include_next, p))(tokens, entropies, positions)
+    np.testing.assert_array_equal(host, np.asarray(device))

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blt_jax.data.sources import SourceError, SourceStats, iter_documents, list_files
+from blt_jax.data.sources import SourceError, SourceStats, iter_documents, list_files, open_corpus
 
 
 @pytest.fixture()
@@ -70,3 +70,16 @@ def test_missing_paths_fail_before_reading(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(SourceError, match="directory holds no files"):
         list_files(str(tmp_path / "d"))
+
+
+def test_random_access_across_parquet_row_groups_and_jsonl_lines(tmp_path):
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(10)]}), tmp_path / "t.parquet", row_group_size=3)
+    (tmp_path / "u.jsonl").write_text("".join(f'{{"text": "line {i}"}}\n' for i in range(5)))
+    source = open_corpus(str(tmp_path))
+    assert len(source) == 15
+    order = [9, 0, 4, 14, 3, 10, 7]
+    got = [source[i].data.decode() for i in order]
+    assert got == ["row 9", "row 0", "row 4", "line 4", "row 3", "line 0", "row 7"]
+    assert source[12].origin.endswith("u.jsonl:3") and source[2].origin.endswith("t.parquet#3")
+    with pytest.raises(IndexError):
+        source[15]

@@ -11,22 +11,38 @@ start a patch (the first patch is the single BOS / first byte). Two length conve
 The rules follow the reference (`bytelatent/data/patcher.py`) exactly, except `static`, whose
 reference form (first patch of k bytes) trips the model's first-patch-is-one-byte assertion; here
 the first byte is its own patch and fixed k-byte patches follow.
+
+Every function works on NumPy arrays (host-side data pipeline, no compilation per document length)
+and on JAX arrays / tracers (jitted model paths): the array module follows the inputs.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from blt_jax.config import PatchingConfig
 from blt_jax.tokenizer import OFFSET
 
 
-def _positions(batch: int, length: int) -> jax.Array:
-    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+def _xp(*arrays) -> ModuleType:
+    """NumPy when every given array is a NumPy array, else jax.numpy."""
+    given = [a for a in arrays if a is not None]
+    return np if given and all(isinstance(a, (np.ndarray, np.generic)) for a in given) else jnp
 
 
-def _flag_positions(batch: int, length: int, positions: jax.Array | None, include_next: bool) -> jax.Array:
+def _cummax(x, xp: ModuleType):
+    return np.maximum.accumulate(x, axis=1) if xp is np else jax.lax.cummax(x, axis=1)
+
+
+def _positions(batch: int, length: int, xp: ModuleType = jnp):
+    return xp.broadcast_to(xp.arange(length, dtype=xp.int32), (batch, length))
+
+
+def _flag_positions(batch: int, length: int, positions, include_next: bool, xp: ModuleType = jnp):
     """Index within its document of every flagged position. int32 [B, N + 1] (or [B, N]).
 
     Without `positions` a row is one document. With them (doc-relative indices of a stream of
@@ -34,18 +50,17 @@ def _flag_positions(batch: int, length: int, positions: jax.Array | None, includ
     the last document.
     """
     if positions is None:
-        return _positions(batch, length + int(include_next))
-    pos = jnp.asarray(positions, jnp.int32)
+        return _positions(batch, length + int(include_next), xp)
+    pos = xp.asarray(positions).astype(xp.int32)
     if include_next:
-        pos = jnp.concatenate([pos, pos[:, -1:] + 1], axis=1)
+        pos = xp.concatenate([pos, pos[:, -1:] + 1], axis=1)
     return pos
 
 
-def _finish(fire: jax.Array, doc_pos: jax.Array, first_free: int) -> jax.Array:
+def _finish(fire, doc_pos, first_free: int, xp: ModuleType):
     """Start flags from per-position decisions; the first `first_free` positions of every document
     (and position 0 of the row) always start a patch."""
-    starts = fire | (doc_pos < first_free)
-    return starts.at[:, 0].set(True)
+    return fire | (doc_pos < first_free) | (xp.arange(doc_pos.shape[1]) == 0)[None]
 
 
 def entropy_starts(
@@ -75,11 +90,12 @@ def entropy_starts(
     Returns:
       bool [B, N + 1] (or [B, N]).
     """
-    ent = entropies.astype(jnp.float32)
+    xp = _xp(entropies, positions)
+    ent = entropies.astype(xp.float32)
     theta = config.threshold if threshold is None else threshold
     batch, length = ent.shape
-    doc_pos = _flag_positions(batch, length, positions, include_next)
-    prev = jnp.concatenate([ent[:, :1], ent[:, :-1]], axis=1)
+    doc_pos = _flag_positions(batch, length, positions, include_next, xp)
+    prev = xp.concatenate([ent[:, :1], ent[:, :-1]], axis=1)
     if config.monotonic:
         fire, first_free = (ent - prev) > theta, 3
     elif config.threshold_add is not None:
@@ -87,15 +103,15 @@ def entropy_starts(
     else:
         fire, first_free = ent > theta, 2
     # fire[:, t] decides position t + 1.
-    fire = jnp.concatenate([jnp.ones((batch, 1), bool), fire], axis=1)[:, : doc_pos.shape[1]]
+    fire = xp.concatenate([xp.ones((batch, 1), bool), fire], axis=1)[:, : doc_pos.shape[1]]
     if config.threshold_add is not None:
         fire = fire & (doc_pos >= 4)  # decisions from t >= 3 only: position 3 never starts
-    return _finish(fire, doc_pos, first_free)
+    return _finish(fire, doc_pos, first_free, xp)
 
 
 def is_space_like(tokens: jax.Array) -> jax.Array:
     """The reference's space-like bytes: not [0-9A-Za-z], not a UTF-8 continuation byte; specials too."""
-    raw = tokens.astype(jnp.int32) - OFFSET
+    raw = tokens.astype(_xp(tokens).int32) - OFFSET
     return (
         (raw < ord("0"))
         | ((raw > ord("9")) & (raw < ord("A")))
@@ -118,30 +134,32 @@ def space_starts(tokens: jax.Array, include_next: bool = True, positions: jax.Ar
     Returns:
       bool [B, N + 1] (or [B, N]).
     """
+    xp = _xp(tokens, positions)
     batch, length = tokens.shape
-    doc_pos = _flag_positions(batch, length, positions, include_next)
+    doc_pos = _flag_positions(batch, length, positions, include_next, xp)
     space = is_space_like(tokens)
-    first_of_run = space & ~jnp.concatenate([jnp.zeros_like(space[:, :1]), space[:, :-1]], axis=1)
+    first_of_run = space & ~xp.concatenate([xp.zeros_like(space[:, :1]), space[:, :-1]], axis=1)
     ends = first_of_run | (tokens < OFFSET)
-    fire = jnp.concatenate([jnp.ones((batch, 1), bool), ends], axis=1)[:, : doc_pos.shape[1]]
-    return _finish(fire, doc_pos, 2)
+    fire = xp.concatenate([xp.ones((batch, 1), bool), ends], axis=1)[:, : doc_pos.shape[1]]
+    return _finish(fire, doc_pos, 2, xp)
 
 
 def static_starts(
-    batch: int, length: int, size: int, include_next: bool = True, positions: jax.Array | None = None
+    batch: int, length: int, size: int, include_next: bool = True, positions=None, xp: ModuleType = jnp
 ) -> jax.Array:
     """Start flags of static patching: byte 0 alone, then patches of `size` bytes from position 1.
 
     Returns:
       bool [B, N + 1] (or [B, N]).
     """
-    doc_pos = _flag_positions(batch, length, positions, include_next)
-    return _finish((doc_pos - 1) % size == 0, doc_pos, 1)
+    xp = _xp(positions) if positions is not None else xp
+    doc_pos = _flag_positions(batch, length, positions, include_next, xp)
+    return _finish((doc_pos - 1) % size == 0, doc_pos, 1, xp)
 
 
-def byte_starts(batch: int, length: int, include_next: bool = True) -> jax.Array:
+def byte_starts(batch: int, length: int, include_next: bool = True, xp: ModuleType = jnp) -> jax.Array:
     """Every byte its own patch. bool [B, N + 1] (or [B, N])."""
-    return jnp.ones((batch, length + 1 if include_next else length), bool)
+    return xp.ones((batch, length + 1 if include_next else length), bool)
 
 
 def split_long_patches(starts: jax.Array, max_length: int) -> jax.Array:
@@ -154,8 +172,9 @@ def split_long_patches(starts: jax.Array, max_length: int) -> jax.Array:
     Returns:
       bool [B, L].
     """
-    pos = _positions(*starts.shape)
-    last_start = jax.lax.cummax(jnp.where(starts, pos, 0), axis=1)
+    xp = _xp(starts)
+    pos = _positions(*starts.shape, xp)
+    last_start = _cummax(xp.where(starts, pos, 0), xp)
     offset = pos - last_start
     return starts | ((offset > 0) & (offset % max_length == 0))
 
@@ -181,6 +200,7 @@ def patch_starts(
       bool [B, N + 1] (or [B, N]).
     """
     batch, length = tokens.shape
+    xp = _xp(tokens, entropies, positions)
     if config.mode == "entropy":
         if entropies is None:
             raise ValueError("entropy patching needs entropies (run the entropy LM first)")
@@ -188,9 +208,9 @@ def patch_starts(
     elif config.mode == "space":
         starts = space_starts(tokens, include_next, positions)
     elif config.mode == "static":
-        starts = static_starts(batch, length, config.static_size, include_next, positions)
+        starts = static_starts(batch, length, config.static_size, include_next, positions, xp)
     elif config.mode == "byte":
-        starts = byte_starts(batch, length, include_next)
+        starts = byte_starts(batch, length, include_next, xp)
     else:  # PatchingConfig validates the mode; this guards direct misuse
         raise ValueError(f"unknown patching mode {config.mode!r}")
     if config.max_patch_length is not None:

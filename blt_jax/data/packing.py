@@ -1,0 +1,136 @@
+"""Packing a stream of patched documents into rows with a static byte budget N and patch budget P.
+
+The documents (BOS + bytes + EOS each, with per-document patch start flags) are laid end to end and
+cut into rows. A row holds n <= N real input bytes x = s[a : a + n] and their targets y = s[a + 1 :
+a + n + 1]; the next row starts at a + n, so concatenating the rows' real inputs gives the stream
+back exactly, and no byte is lost or repeated. Patch lengths cover the n + 1 positions a .. a + n
+(the last one is the byte still to be predicted, as the model expects), padded to N + 1 by growing the
+last patch, with trailing zero-length patches up to P. Every row starts with a one-byte patch (the
+reference's packer enforces the same), so a patch crossing a row boundary is split there. n is N
+unless the row would need more than P patches, in which case it stops at the last patch that fits
+and the rest is padding (token 0, mask False).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import grain
+import numpy as np
+
+ROW_KEYS = ("tokens", "targets", "mask", "patch_lengths")
+
+
+def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int) -> tuple[dict, int]:
+    """Builds one row from the head of a token stream.
+
+    Args:
+      tokens: int [L] the stream from the row's first byte on (L >= 2), at least N + 1 if available.
+      starts: bool [L] patch start flags of the stream (document convention, per document).
+      row_bytes: N.
+      row_patches: P (>= 2).
+
+    Returns:
+      (row, n): the row's arrays {tokens [N], targets [N], mask [N], patch_lengths [P]} and the number
+      n of real input bytes it consumed.
+    """
+    available = min(len(tokens) - 1, row_bytes)
+    flags = starts[: available + 1].copy()
+    flags[:2] = True  # the row's first byte is a patch of its own
+    count = np.cumsum(flags)
+    n = min(available, int(np.searchsorted(count, row_patches, side="right")) - 1)
+    first = np.flatnonzero(flags[: n + 1])
+    lengths = np.diff(np.append(first, n + 1))
+    lengths[-1] += row_bytes - n  # padding belongs to the last patch: lengths sum to N + 1
+    patch_lengths = np.zeros(row_patches, np.int32)
+    patch_lengths[: len(lengths)] = lengths
+    x = np.zeros(row_bytes, np.int32)
+    y = np.zeros(row_bytes, np.int32)
+    x[:n] = tokens[:n]
+    y[:n] = tokens[1 : n + 1]
+    mask = np.arange(row_bytes) < n
+    return {"tokens": x, "targets": y, "mask": mask, "patch_lengths": patch_lengths}, n
+
+
+class _PackIterator(grain.DatasetIterator):
+    """Pulls patched documents and emits rows; its state is (parent state before the first buffered
+    document, offset into it), so restoring re-reads at most one row's worth of documents."""
+
+    def __init__(self, parent: grain.DatasetIterator, row_bytes: int, row_patches: int):
+        super().__init__(parent)
+        self._n, self._p = row_bytes, row_patches
+        self._docs: deque = deque()  # (parent state before the doc, tokens, starts)
+        self._offset = 0
+        self._exhausted = False
+
+    def _fill(self) -> int:
+        """Buffers documents until N + 1 tokens (from the offset) are available or the input ends."""
+        have = sum(len(d[1]) for d in self._docs) - self._offset
+        while have < self._n + 1 and not self._exhausted:
+            state = self._parent.get_state()
+            try:
+                doc = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._docs.append((state, np.asarray(doc["tokens"], np.int32), np.asarray(doc["starts"], bool)))
+            have += len(doc["tokens"])
+        return have
+
+    def _head(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `count` (or fewer) buffered tokens and flags, copying only what is needed."""
+        tokens, starts, begin = [], [], self._offset
+        for _, doc_tokens, doc_starts in self._docs:
+            take = doc_tokens[begin : begin + count - sum(len(t) for t in tokens)]
+            tokens.append(take)
+            starts.append(doc_starts[begin : begin + len(take)])
+            begin = 0
+            if sum(len(t) for t in tokens) >= count:
+                break
+        return np.concatenate(tokens), np.concatenate(starts)
+
+    def __next__(self) -> dict:
+        if self._fill() < 2:
+            raise StopIteration
+        tokens, starts = self._head(self._n + 1)
+        row, used = pack_row(tokens, starts, self._n, self._p)
+        self._offset += used
+        while self._docs and self._offset >= len(self._docs[0][1]):
+            self._offset -= len(self._docs[0][1])
+            self._docs.popleft()
+        return row
+
+    def get_state(self) -> dict[str, Any]:
+        parent = self._docs[0][0] if self._docs else self._parent.get_state()
+        return {"parent": parent, "offset": int(self._offset)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._docs.clear()
+        self._offset = int(state["offset"])
+        self._exhausted = False
+
+
+class PackIterDataset(grain.IterDataset):
+    """Rows of N bytes / P patches from an IterDataset of {"tokens", "starts"} documents.
+
+    Args:
+      parent: documents (BOS + bytes + EOS token ids, bool patch starts, document convention).
+      row_bytes: N.
+      row_patches: P.
+    """
+
+    def __init__(self, parent: grain.IterDataset, row_bytes: int, row_patches: int):
+        if row_bytes < 1:
+            raise ValueError(f"row_bytes must be >= 1, got {row_bytes}")
+        if row_patches < 2:
+            raise ValueError(f"row_patches must be >= 2 (the first byte is a patch of its own), got {row_patches}")
+        super().__init__(parent)
+        self._n, self._p = row_bytes, row_patches
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(self._parent.__iter__(), self._n, self._p)
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(row_bytes={self._n}, row_patches={self._p})"
