@@ -281,3 +281,27 @@ def test_hugging_face_without_datasets_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(ImportError, match="pip install datasets"):
         build_dataset(DataConfig(source="hf:any"))
+
+
+def test_online_entropy_patching(corpus):
+    from blt_jax.config import EntropyLMConfig, StackConfig
+    from blt_jax.data.pipeline import OnlineEntropies
+    from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+    from blt_jax.params import init_params
+
+    config = EntropyLMConfig(StackConfig(32, 2, 4, 96, rope_theta=10000.0, window=16))
+    params = jax.tree_util.tree_map(lambda x: x * 3.0 if x.ndim >= 2 else x, init_params(config, jax.random.key(1)))
+    online = OnlineEntropies(config, params, chunk=32)
+    patching = PatchingConfig(mode="entropy", threshold=2.0)
+    single = jax.jit(lambda t: entropies_from_logits(EntropyLM(config).apply({"params": params}, t)))
+    docs = documents_in_order(corpus, 0, shuffle=False)
+    for doc in docs[:6]:
+        got = prepare_document(doc, patching, online)
+        tokens = encode(doc.data)
+        ent = np.asarray(single(tokens[None]))[0]
+        np.testing.assert_allclose(online(tokens), ent, atol=2e-5)
+        want = np.asarray(prepare_document(type(doc)(doc.data, doc.origin, ent), patching)["starts"])
+        np.testing.assert_array_equal(got["starts"], want)
+    data = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1, patching=patching)
+    rows = all_rows(data, online=online)
+    assert rows and all(check_row(r) > 0 for r in rows)

@@ -71,17 +71,42 @@ class DataConfig:
         require(self.read_threads >= 1, "read_threads", f"must be >= 1, got {self.read_threads}")
 
 
-def prepare_document(doc: Document, patching: PatchingConfig) -> dict:
+class OnlineEntropies:
+    """Entropies computed while reading, with a (small) entropy LM: for corpora without stored
+    entropies, e.g. a CPU quickstart. Exact for documents of any length (the cached streamer, one
+    document at a time, on one device; grain's reader threads may call it concurrently).
+
+    Args:
+      config: the entropy LM.
+      params: its parameters.
+      chunk: bytes per streamer step.
+    """
+
+    def __init__(self, config, params, chunk: int = 256):
+        from blt_jax.patching.stream import EntropyStreamer
+
+        self._streamer = EntropyStreamer(config, params, chunk=chunk, lanes=1, devices=jax.devices()[:1])
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """float32 entropies [L] of one document's tokens [L]."""
+        return self._streamer([tokens])[0]
+
+
+def prepare_document(doc: Document, patching: PatchingConfig, online: OnlineEntropies | None = None) -> dict:
     """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention)."""
     tokens = encode(doc.data)
     entropies = None
     if patching.mode == "entropy":
-        if doc.entropies is None:
+        if doc.entropies is not None:
+            entropies = np.asarray(doc.entropies, np.float32)[None]
+        elif online is not None:
+            entropies = online(tokens)[None]
+        else:
             raise SourceError(
                 f"{doc.origin}: entropy patching needs stored entropies; run `blt-jax patch` and read "
-                "its output directory, or choose patching mode space / static / byte"
+                "its output directory, give the pipeline an entropy model (online), or choose patching "
+                "mode space / static / byte"
             )
-        entropies = np.asarray(doc.entropies, np.float32)[None]
     starts = patch_starts(patching, tokens[None], entropies, include_next=False)[0]
     return {"tokens": tokens, "starts": np.asarray(starts)}
 
@@ -91,6 +116,7 @@ def build_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     stats: SourceStats | None = None,
+    online: OnlineEntropies | None = None,
 ) -> grain.IterDataset:
     """The pipeline as a grain IterDataset of per-process batches.
 
@@ -98,6 +124,7 @@ def build_dataset(
       config: what to read and how to shape it.
       process_index / process_count: this process's shard (default: jax.process_index/count()).
       stats: counters of documents, bytes, empty and bad items met while reading.
+      online: an entropy LM computing entropies of documents that have none stored.
 
     Raises:
       SourceError: if the corpus cannot be opened or holds no documents (before any batch).
@@ -106,7 +133,7 @@ def build_dataset(
     count = jax.process_count() if process_count is None else process_count
     if config.batch_size % count:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the {count} processes")
-    prepare = functools.partial(prepare_document, patching=config.patching)
+    prepare = functools.partial(prepare_document, patching=config.patching, online=online)
     if config.source.startswith(HF_PREFIX):  # a stream: sharded by example, no global shuffle
         name, _, split = config.source[len(HF_PREFIX):].partition(":")
         stream = HFStream(name, split or "train", config.text_field, config.hf_subset, index, count,
