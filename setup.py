@@ -35,6 +35,7 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.

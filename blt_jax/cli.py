@@ -7,6 +7,8 @@ Subcommands:
   patch         the entropy pass: corpus -> per-byte entropies in ArrayRecord shards + manifest
   calibrate     the entropy threshold that gives a target mean patch length
   plot-entropy  the entropy figure of a text (entropies, threshold, patches)
+  train         train a BLT or an entropy LM (absl flags, ml_collections overrides)
+  eval          bits per byte of a trained checkpoint
 """
 
 from __future__ import annotations
@@ -263,10 +265,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
     p.set_defaults(fn=cmd_plot_entropy)
+
+    sub.add_parser("train", help="train a BLT or an entropy LM (absl flags: --config F --workdir D "
+                                 "[--config.train.steps=N ...])", add_help=False)
+
+    p = sub.add_parser("eval", help="bits per byte of a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a training workdir")
+    p.add_argument("--data", default=None, help="corpus to evaluate on (default: the run's eval data)")
+    p.add_argument("--batches", type=int, default=0, help="at most this many batches (0 = one pass)")
+    p.add_argument("--batch-size", type=int, default=0)
+    p.set_defaults(fn=cmd_eval)
     return parser
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from blt_jax.data.pipeline import DataConfig
+    from blt_jax.train.loop import restore_params
+
+    start = time.perf_counter()
+    if os.path.isdir(os.path.join(args.checkpoint, "checkpoints")):
+        experiment, params = restore_params(args.checkpoint)
+    else:
+        raise ValueError(f"{args.checkpoint}: not a training workdir (it holds no checkpoints/)")
+    data = experiment.eval or experiment.data
+    overrides = {"num_epochs": 1, "shuffle": False}
+    if args.data:
+        overrides["source"] = args.data
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    import dataclasses
+
+    data = dataclasses.replace(data, **overrides)
+    from blt_jax.data.pipeline import build_dataset
+    from blt_jax.parallel import MeshConfig, make_mesh
+    from blt_jax.train.trainer import Trainer
+
+    trainer = Trainer(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
+    batches = []
+    for batch in build_dataset(data):
+        batches.append(batch)
+        if args.batches and len(batches) >= args.batches:
+            break
+    timer = time.perf_counter()
+    result = trainer.evaluate(params, batches)
+    elapsed = time.perf_counter() - timer
+    print(f"{args.checkpoint}: bits per byte {result['eval_bpb']:.4f} (loss {result['eval_loss']:.4f} nats) over "
+          f"{int(result['eval_bytes']):,} bytes of {data.source}; mean patch length "
+          f"{result['eval_mean_patch_len']:.2f}; {result['eval_bytes'] / elapsed:,.0f} bytes/s "
+          f"({time.perf_counter() - start:.1f}s total)")
+    del np
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # absl flags + ml_collections config overrides
+        from blt_jax.train.main import run
+
+        run(["blt-jax train", *argv[1:]])
+        return
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("blt_jax").setLevel(logging.INFO)

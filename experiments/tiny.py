@@ -27,4 +27,20 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                            vocab_size=260, dtype="float32", param_dtype="float32"),
         vocab_size=260, dtype="float32", param_dtype="float32",
     ))
+    # Training on the embedded default corpus (Python's standard library), space patching.
+    config.data = ml_collections.ConfigDict(dict(
+        source="default", text_field="text", batch_size=8, row_bytes=128, row_patches=48,
+        patching=dict(mode="space", threshold=presets.RELEASED_THRESHOLD, monotonic=False, threshold_add=None,
+                      static_size=4, max_patch_length=16),
+        seed=0, shuffle=True, num_epochs=None, strict=False, read_threads=2, prefetch=64, hf_subset=None,
+    ))
+    config.eval = ml_collections.ConfigDict(config.data.to_dict())
+    config.eval.source = "default:validation"
+    config.eval.shuffle = False
+    config.train = ml_collections.ConfigDict(dict(
+        steps=200, learning_rate=3e-3, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
+        eps=1e-8, clip_norm=1.0, grad_accum=1, seed=0, remat="none", log_every=10, eval_every=100, eval_batches=4,
+        checkpoint_every=100, keep_checkpoints=3, init_from=None, peak_flops=0.0,
+    ))
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     return config

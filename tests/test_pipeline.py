@@ -305,3 +305,12 @@ def test_online_entropy_patching(corpus):
     data = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1, patching=patching)
     rows = all_rows(data, online=online)
     assert rows and all(check_row(r) > 0 for r in rows)
+
+
+def test_byte_rows_without_patches(corpus):
+    config = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=0, num_epochs=1, shuffle=False)
+    rows = all_rows(config)
+    assert all("patch_lengths" not in r and r["mask"].sum() == N for r in rows[:-1])
+    stream = np.concatenate([encode(d.data) for d in documents_in_order(corpus, 0, shuffle=False)])
+    inputs = np.concatenate([r["tokens"][: int(r["mask"].sum())] for r in rows])
+    np.testing.assert_array_equal(inputs, stream[:-1])

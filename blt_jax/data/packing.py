@@ -29,13 +29,19 @@ def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches
       tokens: int [L] the stream from the row's first byte on (L >= 2), at least N + 1 if available.
       starts: bool [L] patch start flags of the stream (document convention, per document).
       row_bytes: N.
-      row_patches: P (>= 2).
+      row_patches: P (>= 2), or 0 for byte rows without patches (entropy LM training).
 
     Returns:
-      (row, n): the row's arrays {tokens [N], targets [N], mask [N], patch_lengths [P]} and the number
-      n of real input bytes it consumed.
+      (row, n): the row's arrays {tokens [N], targets [N], mask [N], patch_lengths [P]} (no
+      patch_lengths when P = 0) and the number n of real input bytes it consumed.
     """
     available = min(len(tokens) - 1, row_bytes)
+    x = np.zeros(row_bytes, np.int32)
+    y = np.zeros(row_bytes, np.int32)
+    if row_patches == 0:
+        x[:available] = tokens[:available]
+        y[:available] = tokens[1 : available + 1]
+        return {"tokens": x, "targets": y, "mask": np.arange(row_bytes) < available}, available
     flags = starts[: available + 1].copy()
     flags[:2] = True  # the row's first byte is a patch of its own
     count = np.cumsum(flags)
@@ -45,8 +51,6 @@ def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches
     lengths[-1] += row_bytes - n  # padding belongs to the last patch: lengths sum to N + 1
     patch_lengths = np.zeros(row_patches, np.int32)
     patch_lengths[: len(lengths)] = lengths
-    x = np.zeros(row_bytes, np.int32)
-    y = np.zeros(row_bytes, np.int32)
     x[:n] = tokens[:n]
     y[:n] = tokens[1 : n + 1]
     mask = np.arange(row_bytes) < n
@@ -74,7 +78,9 @@ class _PackIterator(grain.DatasetIterator):
             except StopIteration:
                 self._exhausted = True
                 break
-            self._docs.append((state, np.asarray(doc["tokens"], np.int32), np.asarray(doc["starts"], bool)))
+            starts = doc.get("starts")
+            starts = np.zeros(len(doc["tokens"]), bool) if starts is None else np.asarray(starts, bool)
+            self._docs.append((state, np.asarray(doc["tokens"], np.int32), starts))
             have += len(doc["tokens"])
         return have
 
@@ -118,14 +124,14 @@ class PackIterDataset(grain.IterDataset):
     Args:
       parent: documents (BOS + bytes + EOS token ids, bool patch starts, document convention).
       row_bytes: N.
-      row_patches: P.
+      row_patches: P, or 0 for byte rows without patch lengths.
     """
 
     def __init__(self, parent: grain.IterDataset, row_bytes: int, row_patches: int):
         if row_bytes < 1:
             raise ValueError(f"row_bytes must be >= 1, got {row_bytes}")
-        if row_patches < 2:
-            raise ValueError(f"row_patches must be >= 2 (the first byte is a patch of its own), got {row_patches}")
+        if row_patches == 1 or row_patches < 0:
+            raise ValueError(f"row_patches must be >= 2 (the first byte is a patch of its own), or 0, got {row_patches}")
         super().__init__(parent)
         self._n, self._p = row_bytes, row_patches
 

@@ -38,7 +38,8 @@ class DataConfig:
       text_field: JSON field / Parquet column of the text.
       batch_size: rows per step over all processes (each process makes batch_size / process_count).
       row_bytes: N, input bytes per row.
-      row_patches: P, patches per row (budget; rows stop early rather than exceed it).
+      row_patches: P, patches per row (budget; rows stop early rather than exceed it); 0 for byte
+        rows without patches (training the entropy LM).
       patching: the patch rule ("entropy" needs a source with stored entropies).
       seed: shuffle seed.
       shuffle: shuffle documents (per epoch).
@@ -66,7 +67,8 @@ class DataConfig:
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.row_bytes >= 1, "row_bytes", f"must be >= 1, got {self.row_bytes}")
-        require(self.row_patches >= 2, "row_patches", f"must be >= 2 (the first byte is its own patch), got {self.row_patches}")
+        require(self.row_patches >= 2 or self.row_patches == 0, "row_patches",
+                f"must be >= 2 (the first byte is its own patch), or 0 for no patches, got {self.row_patches}")
         require(self.num_epochs is None or self.num_epochs >= 1, "num_epochs", f"must be None or >= 1, got {self.num_epochs}")
         require(self.read_threads >= 1, "read_threads", f"must be >= 1, got {self.read_threads}")
 
@@ -92,9 +94,14 @@ class OnlineEntropies:
         return self._streamer([tokens])[0]
 
 
-def prepare_document(doc: Document, patching: PatchingConfig, online: OnlineEntropies | None = None) -> dict:
-    """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention)."""
+def prepare_document(
+    doc: Document, patching: PatchingConfig | None, online: OnlineEntropies | None = None
+) -> dict:
+    """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention);
+    no flags when `patching` is None."""
     tokens = encode(doc.data)
+    if patching is None:
+        return {"tokens": tokens}
     entropies = None
     if patching.mode == "entropy":
         if doc.entropies is not None:
@@ -133,7 +140,8 @@ def build_dataset(
     count = jax.process_count() if process_count is None else process_count
     if config.batch_size % count:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the {count} processes")
-    prepare = functools.partial(prepare_document, patching=config.patching, online=online)
+    patching = config.patching if config.row_patches else None
+    prepare = functools.partial(prepare_document, patching=patching, online=online)
     if config.source.startswith(HF_PREFIX):  # a stream: sharded by example, no global shuffle
         name, _, split = config.source[len(HF_PREFIX):].partition(":")
         stream = HFStream(name, split or "train", config.text_field, config.hf_subset, index, count,
@@ -161,8 +169,9 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) 
 def describe_batch(batch: Mapping[str, Any]) -> dict:
     """Numbers worth logging about a batch: real bytes, patches, mean patch length."""
     mask = np.asarray(batch["mask"])
-    lengths = np.asarray(batch["patch_lengths"])
     real = int(mask.sum())
-    patches = int((lengths > 0).sum())
+    if "patch_lengths" not in batch:
+        return {"bytes": real, "patches": real, "mean_patch_len": 1.0}
+    patches = int((np.asarray(batch["patch_lengths"]) > 0).sum())
     # Each row's patches cover its real bytes plus the next-byte slot.
     return {"bytes": real, "patches": patches, "mean_patch_len": (real + mask.shape[0]) / max(patches, 1)}

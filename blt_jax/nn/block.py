@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import StackConfig
+from blt_jax.nn import axes
 from blt_jax.nn.attention import SelfAttention
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
 from blt_jax.nn.masks import CausalSpec
@@ -46,4 +47,28 @@ class TransformerBlock(nn.Module):
         x = x + attn
         h = RMSNorm(eps, dt, pdt, name="ffn_norm")(x)
         x = x + FeedForward(self.stack.ffn_hidden, self.depth, dt, pdt, name="feed_forward")(h)
+        # Batch-sharded residual stream (a no-op outside a mesh + logical-rules context).
+        x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         return x if prefix is None else (x, kv)
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything in the backward pass
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def block_class(remat: str = "none") -> type[nn.Module]:
+    """TransformerBlock, rematerialised with the named policy (parameter paths are unchanged)."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; expected one of {', '.join(REMAT_POLICIES)}")
+    if remat == "none":
+        return TransformerBlock
+    return nn.remat(TransformerBlock, policy=REMAT_POLICIES[remat], prevent_cse=True)
+
+
+def stack_remat(remat: dict[str, str] | None, stack: str) -> str:
+    """The policy of one stack from a {stack or "all": policy} mapping."""
+    remat = remat or {}
+    return remat.get(stack, remat.get("all", "none"))

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
+from blt_jax.nn.block import stack_remat
 from blt_jax.nn.latent import LatentTransformer, patch_document_ids
 from blt_jax.nn.local import LocalDecoder, LocalEncoder
 from blt_jax.nn.masks import document_ids
@@ -21,6 +22,7 @@ class BLT(nn.Module):
     """
 
     config: BLTConfig
+    remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
 
     @nn.compact
     def __call__(self, tokens: jax.Array, patch_lengths: jax.Array) -> jax.Array:
@@ -39,8 +41,10 @@ class BLT(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         docs = document_ids(tokens)
         patch_ids = patch_ids_from_lengths(patch_lengths, length)
-        h, patches = LocalEncoder(self.config, name="local_encoder")(tokens, patch_ids, num_patches, positions, docs)
+        encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"), name="local_encoder")
+        h, patches = encoder(tokens, patch_ids, num_patches, positions, docs)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
-        latent = LatentTransformer(self.config, name="global_transformer")(patches, patch_docs)
+        latent = LatentTransformer(self.config, stack_remat(self.remat, "latent"), name="global_transformer")(patches, patch_docs)
         dec_ids = decoder_patch_ids(patch_lengths, length)
-        return LocalDecoder(self.config, name="local_decoder")(h, latent, dec_ids, positions, docs)
+        decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"), name="local_decoder")
+        return decoder(h, latent, dec_ids, positions, docs)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import TransformerBlock
+from blt_jax.nn.block import block_class
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
@@ -22,6 +22,7 @@ class EntropyLM(nn.Module):
     """
 
     config: EntropyLMConfig
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -56,7 +57,7 @@ class EntropyLM(nn.Module):
         if cache is None:
             mask = CausalSpec.self_attention(positions, docs, st.window)
             for i in range(st.n_layers):
-                h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+                h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
         else:
             key_pos = jnp.concatenate([cache.pos, positions], axis=1)
             key_doc = jnp.concatenate([cache.doc, docs], axis=1)
@@ -64,7 +65,7 @@ class EntropyLM(nn.Module):
             keep = cache.size
             new_k, new_v = [], []
             for i in range(st.n_layers):
-                block = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")
+                block = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")
                 h, (k, v) = block(h, mask, rope, (cache.k[i], cache.v[i]))
                 new_k.append(jnp.concatenate([cache.k[i], k.astype(cache.k[i].dtype)], axis=1)[:, -keep:])
                 new_v.append(jnp.concatenate([cache.v[i], v.astype(cache.v[i].dtype)], axis=1)[:, -keep:])

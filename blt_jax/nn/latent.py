@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import TransformerBlock
+from blt_jax.nn.block import block_class
 from blt_jax.nn.layers import Dense, rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
@@ -43,6 +43,7 @@ class LatentTransformer(nn.Module):
     """
 
     config: BLTConfig
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, patches: jax.Array, patch_docs: jax.Array) -> jax.Array:
@@ -58,5 +59,5 @@ class LatentTransformer(nn.Module):
         mask = CausalSpec.self_attention(positions, patch_docs, st.window)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         for i in range(st.n_layers):
-            x = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
+            x = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
         return x

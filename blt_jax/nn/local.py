@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import BLTConfig, StackConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import CrossAttention
-from blt_jax.nn.block import TransformerBlock
+from blt_jax.nn.block import block_class
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, group_mask, slot_patch_ids
@@ -49,6 +49,7 @@ class LocalEncoder(nn.Module):
     """
 
     config: BLTConfig
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -85,7 +86,7 @@ class LocalEncoder(nn.Module):
 
         patches = None
         for i in range(st.n_layers):
-            h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+            h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
             if i == st.n_layers - 1 or cfg.cross_attn_all_layers_encoder:
                 if patches is None:
                     # Queries start from the max-pooled states of this layer (pooled once, even
@@ -111,6 +112,7 @@ class LocalDecoder(nn.Module):
     """
 
     config: BLTConfig
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -149,7 +151,7 @@ class LocalDecoder(nn.Module):
             if i == 0 or cfg.cross_attn_all_layers_decoder:
                 ca = CrossAttention(cfg.cross_attn_heads, i, st.norm_eps, dt, pdt, name=f"cross_attn_layers_{i}")
                 h = 2 * h + ca(h, slots, cross_mask)  # doubled residual, as in the reference
-            h = TransformerBlock(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+            h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), dim**-0.5, dt, pdt, name="output")
         return head(h).astype(jnp.float32)

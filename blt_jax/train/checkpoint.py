@@ -1,0 +1,101 @@
+"""Training checkpoints (the only module that imports Orbax).
+
+One Orbax `CheckpointManager` per run directory, asynchronous, keeping the latest N. A checkpoint holds
+the train state (step, params, optimizer state), the data iterator's state (grain's handler) and the
+resolved configuration (JSON). Restores land directly in the target shardings. A latest checkpoint
+that cannot be read (corrupt or partial) is reported and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+logger = logging.getLogger("blt_jax.checkpoint")
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings, so restored arrays land sharded."""
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints of one run.
+
+    Args:
+      directory: where checkpoints go (e.g. `<workdir>/checkpoints`; local path or gs://).
+      keep: how many of the latest checkpoints to keep.
+      asynchronous: write in the background (the step loop does not wait).
+    """
+
+    def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            enable_async_checkpointing=asynchronous,
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        )
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints present, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator: Any, config: dict) -> None:
+        """Starts writing a checkpoint of `step` (returns before the write ends when asynchronous)."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config),
+        )
+        self._manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: Any, shardings: Any, data_iterator: Any) -> Any:
+        """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        )
+        return self._manager.restore(step, args=args)["state"]
+
+    def restore_latest(self, abstract_state: Any, shardings: Any, data_iterator: Any) -> tuple[int, Any] | None:
+        """(step, state) of the newest readable checkpoint, or None if there is none.
+
+        A checkpoint that fails to restore (corrupt files, a write cut short) is reported, renamed to
+        `<step>.unreadable` (kept for inspection, out of the way of new saves) and skipped.
+        """
+        for step in reversed(self.steps()):
+            try:
+                return step, self.restore(step, abstract_state, shardings, data_iterator)
+            except Exception as e:  # noqa: BLE001 - any read failure means "unusable", try the previous one
+                logger.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
+                               step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                self._set_aside(step)
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            path = epath.Path(self.directory) / str(step)
+            target = epath.Path(self.directory) / f"{step}.unreadable"
+            suffix = 1
+            while target.exists():
+                target = epath.Path(self.directory) / f"{step}.unreadable.{suffix}"
+                suffix += 1
+            path.rename(target)
+        self._manager.reload()
+
+    def config(self, step: int) -> dict:
+        """The resolved configuration saved with checkpoint `step`."""
+        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous writes are complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,154 @@
+"""Typed configuration of a training run, built from an experiment's ConfigDict.
+
+An experiment file's `get_config()` returns a ConfigDict with sections `model`, `data`, `eval`,
+`train` and `mesh`; `experiment_from_dict` validates every field (errors name the full path, e.g.
+`train.warmup_steps`) and returns frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from blt_jax.config import (
+    BLTConfig,
+    ConfigError,
+    ModelConfig,
+    PatchingConfig,
+    _as_dict,
+    _build,
+    model_config_from_dict,
+    require,
+)
+from blt_jax.data.pipeline import DataConfig
+from blt_jax.parallel import MeshConfig
+
+REMAT_POLICIES = ("none", "full", "save_dots")
+REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy")
+
+
+def parse_remat(spec: str) -> dict[str, str]:
+    """"full" -> {"all": "full"}; "latent=full,decoder=save_dots" -> per-stack policies."""
+    if "=" not in spec:
+        return {"all": spec}
+    out = {}
+    for part in spec.split(","):
+        stack, _, policy = part.partition("=")
+        out[stack.strip()] = policy.strip()
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of a run.
+
+    Attributes:
+      steps: optimizer steps.
+      learning_rate: peak learning rate.
+      warmup_steps: linear warmup from 0.
+      min_lr_ratio: the cosine decays to min_lr_ratio * peak at the last step.
+      weight_decay / b1 / b2 / eps: AdamW (applied to every parameter, as the reference does).
+      clip_norm: global gradient-norm clipping.
+      grad_accum: micro-batches per step (the batch is split; gradients are exact sums).
+      seed: parameter init and the per-step RNG (`fold_in(seed, step)`).
+      remat: activation rematerialisation of the blocks: a policy for all stacks ("none", "full",
+        "save_dots") or per stack ("latent=full,decoder=save_dots"; stacks encoder, latent,
+        decoder, entropy).
+      log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
+      eval_batches: batches per evaluation.
+      keep_checkpoints: how many recent checkpoints to keep.
+      init_from: initial weights (our checkpoint or any `from_pretrained` layout), or None.
+      peak_flops: FLOP/s per device for MFU; 0 = from the device table / a CPU probe.
+    """
+
+    steps: int = 1000
+    learning_rate: float = 4e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+    remat: str = "none"
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    init_from: str | None = None
+    peak_flops: float = 0.0
+
+    def __post_init__(self):
+        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b2", "b1 and b2 must be in [0, 1)")
+        require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        require(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
+        require(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        for stack, policy in parse_remat(self.remat).items():
+            require(stack in REMAT_STACKS, "remat", f"unknown stack {stack!r}; expected {', '.join(REMAT_STACKS)}")
+            require(policy in REMAT_POLICIES, "remat", f"unknown policy {policy!r}; expected {', '.join(REMAT_POLICIES)}")
+        for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
+            value = getattr(self, name)
+            require(value >= 0, name, f"must be >= 0, got {value}")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs: model, training data, evaluation data, optimisation, mesh."""
+
+    model: ModelConfig
+    data: DataConfig
+    eval: DataConfig | None
+    train: TrainConfig
+    mesh: MeshConfig
+
+    def __post_init__(self):
+        if self.data.batch_size % self.train.grad_accum:
+            raise ConfigError(
+                "data.batch_size",
+                f"{self.data.batch_size} is not divisible by train.grad_accum={self.train.grad_accum}",
+            )
+
+    @property
+    def is_blt(self) -> bool:
+        return isinstance(self.model, BLTConfig)
+
+
+def _data_from_dict(raw: Any, path: str, model: ModelConfig) -> DataConfig:
+    data = _as_dict(raw, path)
+    if "patching" in data and data["patching"] is not None:
+        data["patching"] = _build(PatchingConfig, data["patching"], f"{path}.patching")
+    elif isinstance(model, BLTConfig):
+        data["patching"] = model.patching
+    if not isinstance(model, BLTConfig):
+        data["row_patches"] = 0  # the entropy LM trains on plain byte rows
+    return _build(DataConfig, data, path)
+
+
+def experiment_from_dict(raw: Any) -> ExperimentConfig:
+    """Validates an experiment ConfigDict (sections model, data, eval, train, mesh)."""
+    data = _as_dict(raw, "")
+    unknown = set(data) - {"model", "data", "eval", "train", "mesh", "bench"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section; expected model, data, eval, train, mesh")
+    if "model" not in data:
+        raise ConfigError("model", "missing: the experiment defines no model")
+    model = model_config_from_dict(data["model"], "model")
+    train = _build(TrainConfig, data.get("train") or {}, "train")
+    mesh = _build(MeshConfig, data.get("mesh") or {}, "mesh")
+    training_data = _data_from_dict(data.get("data") or {}, "data", model)
+    eval_raw = data.get("eval")
+    evaluation = _data_from_dict(eval_raw, "eval", model) if eval_raw else None
+    try:
+        return ExperimentConfig(model, training_data, evaluation, train, mesh)
+    except ConfigError as e:
+        raise e from None

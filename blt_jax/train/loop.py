@@ -1,0 +1,257 @@
+"""The training loop: resume or initialise, step, log one step late, evaluate, checkpoint, stop cleanly.
+
+`train_and_evaluate(experiment, workdir)` is what `blt-jax train` runs and what a notebook calls. The
+workdir receives `config.json` (the resolved configuration), `shardings.json` (every parameter's
+PartitionSpec on the mesh), `metrics.jsonl`, TensorBoard events and `checkpoints/`. A run started again
+on the same workdir resumes from its newest readable checkpoint, data iterator included. SIGTERM (TPU
+preemption) makes the loop save a checkpoint after the current step and return normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from blt_jax.config import BLTConfig, config_to_dict
+from blt_jax.data.pipeline import build_dataset, describe_batch
+from blt_jax.data.sources import SourceStats
+from blt_jax.metrics.flops import training_flops_per_byte
+from blt_jax.metrics.perf import total_peak_flops
+from blt_jax.metrics.writers import MetricsWriter
+from blt_jax.parallel import describe_shardings
+from blt_jax.train.checkpoint import Checkpointer
+from blt_jax.train.config import ExperimentConfig, experiment_from_dict
+from blt_jax.train.trainer import Trainer
+
+logger = logging.getLogger("blt_jax.train")
+
+
+def experiment_to_dict(experiment: ExperimentConfig) -> dict:
+    """JSON-friendly dict that `experiment_from_dict` turns back into the same experiment."""
+    out = {
+        "model": config_to_dict(experiment.model),
+        "data": dataclasses.asdict(experiment.data),
+        "train": dataclasses.asdict(experiment.train),
+        "mesh": dataclasses.asdict(experiment.mesh),
+    }
+    if experiment.eval is not None:
+        out["eval"] = dataclasses.asdict(experiment.eval)
+    return json.loads(json.dumps(out))  # tuples -> lists
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after every step (restored on exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logger.warning("SIGTERM received: checkpointing after this step, then stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
+    """Parameters to start from: a training workdir / checkpoints directory of ours, or any layout
+    `from_pretrained` reads (for an entropy LM: any layout `load_entropy_model` reads)."""
+    from blt_jax.api import _check_tree, from_pretrained, load_entropy_model
+    from blt_jax.params import abstract_params
+
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # one of our training workdirs
+        _, params = restore_params(path)
+    elif isinstance(experiment.model, BLTConfig):
+        params = from_pretrained(path).params
+    else:
+        params = load_entropy_model(path)[1]
+    _check_tree(params, abstract_params(experiment.model), f"init_from {path}")
+    return params
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[ExperimentConfig, Any]:
+    """(experiment, params) of a training workdir's newest readable checkpoint (or `step`)."""
+    from blt_jax.parallel import MeshConfig, make_mesh
+
+    directory = os.path.join(workdir, "checkpoints")
+    checkpointer = Checkpointer(directory, asynchronous=False)
+    steps = checkpointer.steps()
+    if not steps:
+        raise FileNotFoundError(f"{workdir}: no checkpoints in {directory}")
+    experiment = experiment_from_dict(checkpointer.config(step if step is not None else steps[-1]))
+    trainer = Trainer(experiment, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    iterator = iter(build_dataset(experiment.data, process_index=0, process_count=1))
+    for candidate in reversed(steps if step is None else [step]):
+        try:
+            state = checkpointer.restore(candidate, trainer.abstract_state, trainer.state_shardings, iterator)
+            return experiment, state.params
+        except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
+            logger.warning("checkpoint %d of %s is unreadable (%s); trying the previous one", candidate, workdir, e)
+    raise FileNotFoundError(f"{workdir}: no readable checkpoint")
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _eval_batches(experiment: ExperimentConfig):
+    config = experiment.eval
+    if config is None:
+        return []
+    iterator = iter(build_dataset(config))
+    out = []
+    for _ in range(experiment.train.eval_batches):
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            break
+    return out
+
+
+def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True,
+                       stop_after: int | None = None) -> dict:
+    """Trains (or resumes) a run in `workdir`.
+
+    Args:
+      experiment: the run's configuration.
+      workdir: the run directory (created; resumed if it holds checkpoints).
+      progress: show a progress bar.
+      stop_after: stop after this many steps of this invocation without a final checkpoint (tests
+        use it to simulate a crash).
+
+    Returns:
+      Summary: final step, last logged metrics, last evaluation, whether SIGTERM stopped it.
+    """
+    train = experiment.train
+    lead = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    trainer = Trainer(experiment)
+    config_dict = experiment_to_dict(experiment)
+    if lead:
+        _write_json(os.path.join(workdir, "config.json"), config_dict)
+        _write_json(os.path.join(workdir, "shardings.json"), {
+            "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
+            "params": describe_shardings(trainer.param_shardings, trainer.abstract_state.params),
+        })
+
+    stats = SourceStats()
+    iterator = iter(build_dataset(experiment.data, stats=stats))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.keep_checkpoints)
+    restored = checkpointer.restore_latest(trainer.abstract_state, trainer.state_shardings, iterator)
+    if restored is not None:
+        start, state = restored
+        logger.info("resumed from step %d of %s", start, workdir)
+    else:
+        start = 0
+        if train.init_from:
+            state = trainer.init_from_params(load_initial_params(experiment, train.init_from))
+        else:
+            state = trainer.init()
+
+    writer = MetricsWriter(workdir)
+    peak = total_peak_flops(trainer.mesh.devices.flat, train.peak_flops)
+    row_bytes = experiment.data.row_bytes
+    summary: dict[str, Any] = {"start_step": start, "preempted": False, "metrics": {}, "eval": {}}
+    bar = tqdm(total=train.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
+    window = {"bytes": 0, "patches": 0, "rows": 0, "time": time.perf_counter()}
+    pending = None
+    step = start
+
+    def flush(entry, final: bool = False) -> None:
+        """Logs a finished step's metrics (fetched one step late, so the device never waits)."""
+        p_step, p_metrics, p_host = entry
+        if p_step == start:  # the first step includes compilation: not throughput
+            window.update(bytes=0, patches=0, rows=0, time=time.perf_counter())
+        else:
+            for key in ("bytes", "patches", "rows"):
+                window[key] += p_host[key]
+        if not ((p_step + 1) % train.log_every == 0 or final):
+            return
+        values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
+        timed = window["bytes"] > 0  # else only the compilation step is in the window
+        counts = window if timed else p_host
+        elapsed = max(time.perf_counter() - window["time"], 1e-9)
+        mean_len = (counts["bytes"] + counts["rows"]) / max(counts["patches"], 1)
+        flops_per_byte = training_flops_per_byte(experiment.model, row_bytes, mean_len)
+        bytes_per_s = window["bytes"] / elapsed if timed else None
+        row = {
+            "loss": values["loss"], "bpb": values["bpb"], "grad_norm": values["grad_norm"], "lr": values["lr"],
+            "bytes_per_s": bytes_per_s, "patches_per_s": window["patches"] / elapsed if timed else None,
+            "mean_patch_len": mean_len, "flops_per_byte": flops_per_byte,
+            "mfu": flops_per_byte * bytes_per_s / peak if timed else None,
+        }
+        writer.write(p_step + 1, row)
+        summary["metrics"] = {"step": p_step + 1, **row}
+        bar.set_postfix(loss=f"{row['loss']:.3f}", bpb=f"{row['bpb']:.3f}",
+                        Bps=f"{bytes_per_s:,.0f}" if timed else "-")
+        window.update(bytes=0, patches=0, rows=0, time=time.perf_counter())
+
+    with _Preemption() as preemption:
+        for step in range(start, train.steps):
+            host = next(iterator)
+            described = describe_batch(host)
+            state, metrics = trainer.step(state, trainer.global_batch(host))
+            if pending is not None:
+                flush(pending)
+            pending = (step, metrics, {"bytes": described["bytes"], "patches": described["patches"],
+                                       "rows": int(np.shape(host["tokens"])[0])})
+            bar.update(1)
+            done = step + 1
+            if train.eval_every and done % train.eval_every == 0 and done < train.steps:
+                result = trainer.evaluate(state.params, _eval_batches(experiment))
+                writer.write(done, result)
+                summary["eval"] = {"step": done, **result}
+                window["time"] = time.perf_counter()  # evaluation time is not training throughput
+            if preemption.requested:
+                checkpointer.save(done, state, iterator, config_dict)
+                summary["preempted"] = True
+                break
+            if train.checkpoint_every and done % train.checkpoint_every == 0:
+                checkpointer.save(done, state, iterator, config_dict)
+            if stop_after is not None and done - start >= stop_after:
+                pending = None  # as if the process died here
+                break
+        else:
+            if pending is not None:
+                flush(pending, final=True)
+                pending = None
+            done = train.steps
+            if done > start and (not checkpointer.steps() or checkpointer.steps()[-1] != done):
+                checkpointer.save(done, state, iterator, config_dict)
+            if experiment.eval is not None:
+                result = trainer.evaluate(state.params, _eval_batches(experiment))
+                writer.write(done, result)
+                summary["eval"] = {"step": done, **result}
+        if pending is not None:
+            flush(pending, final=True)
+    checkpointer.wait()
+    checkpointer.close()
+    bar.close()
+    writer.close()
+    summary["step"] = int(jax.device_get(state.step))
+    summary["data"] = stats.as_dict()
+    summary["state"] = state
+    if summary["eval"]:
+        logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])
+    return summary
+

@@ -1,0 +1,116 @@
+"""The compiled pieces of a run on a mesh: state init, train step, eval step, with their shardings.
+
+Parameters are sharded by the logical-axis rules (`parallel.LOGICAL_RULES`); the optimizer state
+inherits the sharding of the parameters it mirrors; batches are split over (data, fsdp). The train
+step is compiled once with `jax.jit(in_shardings, out_shardings, donate_argnums=0)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from blt_jax.params import abstract_params, logical_axes
+from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
+from blt_jax.train.config import ExperimentConfig, parse_remat
+from blt_jax.train.optimizer import learning_rate, make_optimizer
+from blt_jax.train.state import TrainState, init_state
+from blt_jax.train.step import eval_step, model_apply, train_step
+
+
+def _shard_like_params(tree: Any, params_def: Any, param_shardings: Any, fallback: Any) -> Any:
+    """Shardings of an optimizer state: subtrees shaped like the params get the params' shardings."""
+    is_params = lambda node: jax.tree_util.tree_structure(node) == params_def  # noqa: E731
+    return jax.tree_util.tree_map(lambda node: param_shardings if is_params(node) else fallback, tree, is_leaf=is_params)
+
+
+class Trainer:
+    """Jitted, sharded functions of one experiment on one mesh.
+
+    Args:
+      experiment: the run's configuration.
+      mesh: the device mesh (default: built from `experiment.mesh` over all devices).
+    """
+
+    def __init__(self, experiment: ExperimentConfig, mesh: Mesh | None = None):
+        self.experiment = experiment
+        self.mesh = mesh if mesh is not None else make_mesh(experiment.mesh)
+        model, train = experiment.model, experiment.train
+        self.tx = make_optimizer(train)
+        self.schedule = learning_rate(train)
+        self.apply = model_apply(model, parse_remat(train.remat))
+
+        abstract = abstract_params(model)
+        self.param_shardings = logical_to_shardings(logical_axes(model), abstract, self.mesh)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract)
+        opt_shardings = _shard_like_params(
+            abstract_opt, jax.tree_util.tree_structure(abstract), self.param_shardings, replicated(self.mesh)
+        )
+        self.state_shardings = TrainState(step=replicated(self.mesh), params=self.param_shardings,
+                                          opt_state=opt_shardings)
+        self.batch_sharding = batch_sharding(self.mesh)
+        self.abstract_state = jax.eval_shape(lambda: init_state(model, self.tx, jax.random.key(0)))
+
+        step = functools.partial(train_step, apply=self.apply, tx=self.tx, schedule=self.schedule,
+                                 grad_accum=train.grad_accum)
+        self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                             out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)
+        self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
+                             in_shardings=(self.param_shardings, self.batch_sharding),
+                             out_shardings=replicated(self.mesh))
+        self._init = jax.jit(lambda key: init_state(model, self.tx, key), out_shardings=self.state_shardings)
+        self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, params),
+                                    in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)
+
+    @contextlib.contextmanager
+    def context(self):
+        """The mesh and the logical rules, under which the step is traced (so that activation
+        sharding constraints named by logical axes apply)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_RULES):
+            yield
+
+    def init(self, seed: int | None = None) -> TrainState:
+        """A freshly initialised, sharded state."""
+        seed = self.experiment.train.seed if seed is None else seed
+        return self._init(jax.random.key(seed))
+
+    def init_from_params(self, params: Any) -> TrainState:
+        """A state whose parameters are `params` (e.g. pretrained), with a fresh optimizer state."""
+        return self._from_params(jax.device_put(params, self.param_shardings))
+
+    def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A per-process batch as global arrays split over (data, fsdp)."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()}
+
+    def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer step (the input state is donated)."""
+        with self.context():
+            return self._step(state, batch)
+
+    def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+        """Bits per byte (CE summed over real targets / (ln 2 x their number)), mean patch length."""
+        params = jax.device_put(params, self.param_shardings)  # a no-op when already laid out so
+        total = {"ce_sum": 0.0, "bytes": 0.0, "patches": 0.0}
+        rows = 0
+        for batch in batches:
+            with self.context():
+                sums = jax.device_get(self._eval(params, self.global_batch(batch)))
+            for key in total:
+                total[key] += float(sums[key])
+            rows += int(np.shape(batch["tokens"])[0]) * jax.process_count()
+        count = max(total["bytes"], 1.0)
+        # Each row's patches cover its real bytes plus the next-byte slot.
+        return {
+            "eval_loss": total["ce_sum"] / count,
+            "eval_bpb": total["ce_sum"] / (count * float(jnp.log(2.0))),
+            "eval_bytes": total["bytes"],
+            "eval_mean_patch_len": (total["bytes"] + rows) / max(total["patches"], 1.0),
+        }

@@ -1,0 +1,109 @@
+"""The sharded train step: equal on every mesh, exact gradient accumulation, optimizer schedule."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from blt_jax.config import ConfigError
+from blt_jax.data.pipeline import build_dataset
+from blt_jax.experiment import load_experiment
+from blt_jax.parallel import MeshConfig, make_mesh
+from blt_jax.train.config import experiment_from_dict
+from blt_jax.train.optimizer import learning_rate
+from blt_jax.train.trainer import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.py")
+
+
+def tiny_experiment(**train):
+    raw = load_experiment(TINY)
+    for key, value in train.items():
+        raw.train[key] = value
+    return experiment_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    exp = tiny_experiment()
+    it = iter(build_dataset(exp.data, process_index=0, process_count=1))
+    return [next(it) for _ in range(3)]
+
+
+def run(exp, mesh, batches):
+    trainer = Trainer(exp, mesh)
+    state = trainer.init()
+    losses = []
+    for batch in batches:
+        state, metrics = trainer.step(state, trainer.global_batch(batch))
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def single_device(batches):
+    exp = tiny_experiment()
+    return run(exp, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]), batches)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_step_equals_single_device(shape, batches, single_device):
+    exp = tiny_experiment()
+    losses, params = run(exp, make_mesh(MeshConfig(*shape)), batches)
+    np.testing.assert_allclose(losses, single_device[0], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(single_device[1])):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_parameters_are_sharded_by_the_rules():
+    trainer = Trainer(tiny_experiment(), make_mesh(MeshConfig(1, 4, 2)))
+    state = trainer.init()
+    wq = state.params["global_transformer"]["layers_0"]["attention"]["wq"]  # [embed, heads, head_dim]
+    assert wq.sharding.spec == jax.P("fsdp", "tensor", None)
+    mu = state.opt_state[1][0].mu["global_transformer"]["layers_0"]["attention"]["wq"]
+    assert mu.sharding.spec == wq.sharding.spec  # AdamW moments follow their parameters
+
+
+def test_gradient_accumulation_is_exact(batches):
+    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    whole = run(tiny_experiment(), mesh, batches[:2])
+    accumulated = run(tiny_experiment(grad_accum=2), mesh, batches[:2])
+    np.testing.assert_allclose(accumulated[0], whole[0], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(accumulated[1]), jax.tree_util.tree_leaves(whole[1])):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    exp = tiny_experiment(steps=110, warmup_steps=10, learning_rate=1e-3, min_lr_ratio=0.01)
+    lr = learning_rate(exp.train)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-4)
+    assert float(lr(10)) == pytest.approx(1e-3) and float(lr(60)) == pytest.approx(0.505e-3, rel=1e-4)
+    assert float(lr(110)) == pytest.approx(1e-5, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "section,key,value,field",
+    [
+        ("train", "warmup_steps", 5000, "train.warmup_steps"),
+        ("train", "remat", "latent=sometimes", "train.remat"),
+        ("train", "learnin_rate", 1.0, "train.learnin_rate"),
+        ("mesh", "fsdp", 0, "mesh.fsdp"),
+        ("data", "row_patches", 1, "data.row_patches"),
+    ],
+)
+def test_bad_configs_fail_fast_naming_the_field(section, key, value, field):
+    raw = load_experiment(TINY)
+    raw[section][key] = value
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict(raw)
+    assert info.value.field == field
+
+
+def test_batch_must_split_into_micro_batches():
+    raw = load_experiment(TINY)
+    raw.train.grad_accum = 3
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        experiment_from_dict(raw)
