@@ -31,5 +31,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         entropy_model=None,
         vocab_size=260, dtype="float32", param_dtype="float32",
     ))
-    config.bench = ml_collections.ConfigDict(dict(batch=8, bytes_per_row=1024, patch_pattern=(4, 5)))
+    config.data = ml_collections.ConfigDict(dict(
+        source="default", batch_size=8, row_bytes=1024, row_patches=240,
+        patching=dict(mode="space", threshold=presets.RELEASED_THRESHOLD, monotonic=False, threshold_add=None,
+                      static_size=4, max_patch_length=9),
+    ))
+    config.train = ml_collections.ConfigDict(dict(steps=1000, learning_rate=4e-4, warmup_steps=100))
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     return config

@@ -33,14 +33,21 @@ def losses(workdir):
         return {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
 
 
-def test_resume_after_a_crash_is_bitwise_exact(tmp_path):
-    straight = train_and_evaluate(experiment(), str(tmp_path / "straight"), progress=False)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted 12-step run, shared by the tests that only read its results."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    return workdir, train_and_evaluate(experiment(), workdir, progress=False)
+
+
+def test_resume_after_a_crash_is_bitwise_exact(tmp_path, straight):
+    straight_dir, straight = straight
     crashed = str(tmp_path / "crashed")
     first = train_and_evaluate(experiment(), crashed, progress=False, stop_after=6)
     assert first["step"] == 6 and sorted(os.listdir(os.path.join(crashed, "checkpoints"))) == ["6"]
     resumed = train_and_evaluate(experiment(), crashed, progress=False)
     assert resumed["start_step"] == 6 and resumed["step"] == 12
-    a, b = losses(str(tmp_path / "straight")), losses(crashed)
+    a, b = losses(straight_dir), losses(crashed)
     assert [a[s] for s in range(7, 13)] == [b[s] for s in range(7, 13)]  # same losses, bit for bit
     for x, y in zip(jax.tree_util.tree_leaves(straight["state"].params), jax.tree_util.tree_leaves(resumed["state"].params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -72,11 +79,10 @@ def test_tiny_model_overfits_a_small_text(tmp_path):
     assert summary["eval"]["eval_bpb"] < 0.3
 
 
-def test_workdir_files(tmp_path):
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(experiment(train__steps=2, train__warmup_steps=1, train__checkpoint_every=0), workdir, progress=False)
+def test_workdir_files(straight):
+    workdir = straight[0]
     with open(os.path.join(workdir, "config.json")) as f:
-        assert experiment_from_dict(json.load(f)) == experiment(train__steps=2, train__warmup_steps=1, train__checkpoint_every=0)
+        assert experiment_from_dict(json.load(f)) == experiment()
     with open(os.path.join(workdir, "shardings.json")) as f:
         shardings = json.load(f)
     assert shardings["params"]["['global_transformer']['layers_0']['attention']['wq']"]["shape"] == [64, 4, 16]
@@ -86,7 +92,7 @@ def test_workdir_files(tmp_path):
         assert key in rows[0], key
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     exp, params = restore_params(workdir)
-    assert exp.train.steps == 2 and "local_encoder" in params
+    assert exp.train.steps == 12 and "local_encoder" in params
 
 
 def test_init_from_a_saved_model(tmp_path):
@@ -124,14 +130,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert len(steps) == 1 and steps[0] >= 3
 
 
-def test_cli_bad_config_and_eval(tmp_path):
+def test_cli_bad_config_and_eval(tmp_path, straight):
     proc = cli("train", "--config", "experiments/tiny.py", "--workdir", str(tmp_path / "x"),
                "--config.train.warmup_steps=99999")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "train.warmup_steps" in err
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(experiment(train__steps=2, train__warmup_steps=1, train__checkpoint_every=0), workdir, progress=False)
-    proc = cli("eval", "--checkpoint", workdir, "--batches", "2")
+    proc = cli("eval", "--checkpoint", straight[0], "--batches", "2")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "bits per byte" in out and "mean patch length" in out

@@ -141,6 +141,41 @@ def config_from_hf(cfg: Mapping[str, Any], with_patcher: bool = True) -> tuple[B
     return config, entropy
 
 
+def hf_config_dict(config: BLTConfig) -> dict:
+    """The `transformers.BltConfig` keyword arguments of our config (for export and side-by-side
+    benchmarks). HF ties each stack's cross-attention heads to the stack's heads and has no EOS
+    document masks; the rest maps one to one."""
+    if config.cross_attn_heads != config.encoder.n_heads or config.encoder.n_heads != config.decoder.n_heads:
+        raise ConfigError("cross_attn_heads", "HF needs cross_attn_heads == encoder.n_heads == decoder.n_heads")
+    if config.encoder.window != config.decoder.window:
+        raise ConfigError("decoder.window", "HF uses one local window for encoder and decoder")
+
+    def stack(st, **extra):
+        return dict(hidden_size=st.dim, num_hidden_layers=st.n_layers, num_attention_heads=st.n_heads,
+                    intermediate_size=st.ffn_hidden, rms_norm_eps=st.norm_eps,
+                    rope_parameters={"rope_type": "default", "rope_theta": st.rope_theta}, **extra)
+
+    local = dict(cross_attn_k=config.cross_attn_k, hidden_size_global=config.latent.dim)
+    out = dict(
+        vocab_size=config.vocab_size,
+        cross_attn_k=config.cross_attn_k,
+        local_attention_window_len=config.encoder.window,
+        patching_threshold=config.patching.threshold,
+        max_patch_length=config.patching.max_patch_length,
+        encoder_config=stack(config.encoder, cross_attn_all_layers=config.cross_attn_all_layers_encoder, **local),
+        decoder_config=stack(config.decoder, cross_attn_all_layers=config.cross_attn_all_layers_decoder, **local),
+        global_config=stack(config.latent),
+        patch_in_forward=config.entropy_model is not None,
+    )
+    if config.hash is not None:
+        out.update(encoder_hash_byte_group_size=list(config.hash.group_sizes),
+                   encoder_hash_byte_group_vocab=config.hash.vocab,
+                   encoder_hash_byte_group_nb_functions=config.hash.n_functions)
+    if config.entropy_model is not None:
+        out["patcher_config"] = stack(config.entropy_model.stack, sliding_window=config.entropy_model.stack.window)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Weights
 
