@@ -17,6 +17,7 @@ from blt_jax.nn import axes
 from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, trunc_normal
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
+from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 
 _MASKED_SCORE = -1e30  # finite: keeps max/exp free of inf - inf
 
@@ -121,20 +122,35 @@ class CrossAttention(nn.Module):
 
     Attributes:
       n_heads: H.
+      slots_per_patch: k.
+      queries_are_slots: True in the encoder (slots attend their patch's bytes), False in the decoder
+        (bytes attend the slots of their decoder patch).
       depth: index among the stack's cross-attention layers (init scale).
       eps: RMSNorm epsilon.
       dtype / param_dtype: compute and parameter dtypes.
     """
 
     n_heads: int
+    slots_per_patch: int
+    queries_are_slots: bool
     depth: int = 0
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv: jax.Array, mask: jax.Array) -> jax.Array:
-        """x [B, T, D] queries, kv [B, S, D], mask bool [B, T, S] -> [B, T, D]."""
+    def __call__(self, x: jax.Array, kv: jax.Array, patch_ids: jax.Array) -> jax.Array:
+        """Cross-attention of x to kv.
+
+        Args:
+          x: queries, [B, P*k, D] slots (encoder) or [B, N, D] bytes (decoder).
+          kv: keys/values, [B, N, D] bytes (encoder) or [B, P*k, D] slots (decoder).
+          patch_ids: int [B, N]: the patch of each byte (encoder) or the patch each byte reads
+            (decoder, q(i) = p(i + 1) - 1).
+
+        Returns:
+          [B, T, D] like x.
+        """
         dim = x.shape[-1]
         std = dim**-0.5 / depth_factor(self.depth)
         xq = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm_q")(x)
@@ -143,5 +159,8 @@ class CrossAttention(nn.Module):
         q = jnp.einsum("bnd,dhk->bnhk", xq, wq.astype(self.dtype))
         k = jnp.einsum("bnd,dhk->bnhk", xkv, wk.astype(self.dtype))
         v = jnp.einsum("bnd,dhk->bnhk", xkv, wv.astype(self.dtype))
-        out = masked_attention(q, k, v, mask)
+        if self.queries_are_slots:
+            out = slots_attend_bytes(q, k, v, patch_ids, self.slots_per_patch)
+        else:
+            out = bytes_attend_slots(q, k, v, patch_ids, self.slots_per_patch)
         return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))

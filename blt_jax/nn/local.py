@@ -12,7 +12,7 @@ from blt_jax.nn.attention import CrossAttention
 from blt_jax.nn.block import block_class
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
-from blt_jax.nn.masks import CausalSpec, group_mask, slot_patch_ids
+from blt_jax.nn.masks import CausalSpec
 
 
 def local_self_mask(positions: jax.Array, doc_ids: jax.Array, stack: StackConfig) -> CausalSpec:
@@ -82,7 +82,6 @@ class LocalEncoder(nn.Module):
 
         mask = local_self_mask(positions, doc_ids, st)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
-        cross_mask = group_mask(slot_patch_ids(num_patches, k), patch_ids)  # [B, P*k, N]
 
         patches = None
         for i in range(st.n_layers):
@@ -97,9 +96,10 @@ class LocalEncoder(nn.Module):
                                  name="patch_embedding_projection")
                     patches = proj(pooled).reshape(batch, num_patches * k, dim)
                 j = i if cfg.cross_attn_all_layers_encoder else 0
-                ca = CrossAttention(cfg.cross_attn_heads, j, st.norm_eps, dt, pdt, name=f"cross_attn_layers_{j}")
+                ca = CrossAttention(cfg.cross_attn_heads, k, True, j, st.norm_eps, dt, pdt,
+                                    name=f"cross_attn_layers_{j}")
                 # The reference adds the residual twice (inside CrossAttention and again around it).
-                patches = 2 * patches + ca(patches, h, cross_mask)
+                patches = 2 * patches + ca(patches, h, patch_ids)
         return h, patches.reshape(batch, num_patches, k * dim)
 
 
@@ -142,15 +142,15 @@ class LocalDecoder(nn.Module):
         proj = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), cfg.latent.dim**-0.5, dt, pdt,
                      name="patch_embedding_projection")
         slots = proj(latent_out).reshape(batch, num_patches * k, dim)
-        cross_mask = group_mask(dec_patch_ids, slot_patch_ids(num_patches, k))  # [B, N, P*k]
         mask = local_self_mask(positions, doc_ids, st)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
 
         h = h.astype(dt)
         for i in range(st.n_layers):
             if i == 0 or cfg.cross_attn_all_layers_decoder:
-                ca = CrossAttention(cfg.cross_attn_heads, i, st.norm_eps, dt, pdt, name=f"cross_attn_layers_{i}")
-                h = 2 * h + ca(h, slots, cross_mask)  # doubled residual, as in the reference
+                ca = CrossAttention(cfg.cross_attn_heads, k, False, i, st.norm_eps, dt, pdt,
+                                    name=f"cross_attn_layers_{i}")
+                h = 2 * h + ca(h, slots, dec_patch_ids)  # doubled residual, as in the reference
             h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), dim**-0.5, dt, pdt, name="output")

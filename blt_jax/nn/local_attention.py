@@ -107,7 +107,8 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
         return None, out / jnp.where(denom > 0, denom, 1.0).astype(out.dtype)
 
     steps = jnp.arange(heads * groups)
-    _, out = jax.lax.scan(step, None, (steps, split(qh), split(kh), split(vh)))
+    # Rematerialised: the backward pass recomputes each tile instead of storing every tile's scores.
+    _, out = jax.lax.scan(jax.checkpoint(step), None, (steps, split(qh), split(kh), split(vh)))
     out = out.reshape(heads, batch, n_qb * block, dim)[:, :, :t_len]
     return jnp.moveaxis(out, 0, 2)
 
