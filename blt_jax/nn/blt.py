@@ -25,13 +25,14 @@ class BLT(nn.Module):
     remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None) -> jax.Array:
         """Forward pass.
 
         Args:
           tokens: int [B, N] token ids (bytes + 4; 0 BOE/pad, 1 BOS, 2 EOS).
           patch_lengths: int [B, P], summing to N + 1 per row, first patch of length 1, trailing
             zeros for unused patches.
+          embeds: optional precomputed encoder input [B, N, D] (`hash_embed.byte_embeddings`).
 
         Returns:
           fp32 logits [B, N, V]; position i predicts token i + 1.
@@ -42,7 +43,7 @@ class BLT(nn.Module):
         docs = document_ids(tokens)
         patch_ids = patch_ids_from_lengths(patch_lengths, length)
         encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"), name="local_encoder")
-        h, patches = encoder(tokens, patch_ids, num_patches, positions, docs)
+        h, patches = encoder(tokens, patch_ids, num_patches, positions, docs, embeds)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
         latent = LatentTransformer(self.config, stack_remat(self.remat, "latent"), name="global_transformer")(patches, patch_docs)
         dec_ids = decoder_patch_ids(patch_lengths, length)

@@ -90,6 +90,44 @@ def all_hash_ids(tokens: jax.Array, config: HashConfig) -> list[jax.Array]:
     ]
 
 
+def add_hash_embeddings(tables: jax.Array, tokens: jax.Array, config: HashConfig, embeds: jax.Array) -> jax.Array:
+    """embeds + the hash n-gram embeddings of tokens, one table at a time in the reference's order.
+
+    Args:
+      tables: [T, G, D] stacked tables.
+      tokens: int [B, N].
+      config: the hash configuration.
+      embeds: [B, N, D].
+
+    Returns:
+      [B, N, D] in embeds' dtype.
+    """
+    for t, ids in enumerate(all_hash_ids(tokens, config)):
+        embeds = embeds + jnp.take(tables[t], ids, axis=0).astype(embeds.dtype)
+    return embeds
+
+
+def byte_embeddings(encoder_params, tokens: jax.Array, config, dtype=jnp.float32) -> jax.Array:
+    """The local encoder's input: byte embedding + hash n-gram embeddings, from its parameters.
+
+    A pure function of `params["local_encoder"]` (the same computation the encoder module runs), so a
+    training step can compute it once per batch and differentiate the large tables once.
+
+    Args:
+      encoder_params: the local encoder's parameter dict.
+      tokens: int [B, N].
+      config: the BLTConfig.
+      dtype: compute dtype.
+
+    Returns:
+      [B, N, D].
+    """
+    h = jnp.take(encoder_params["tok_embeddings"]["embedding"], tokens, axis=0).astype(dtype)
+    if config.hash is not None:
+        h = add_hash_embeddings(encoder_params["hash_embeddings"]["embedding"], tokens, config.hash, h)
+    return h
+
+
 class HashEmbedding(nn.Module):
     """Adds the hash n-gram embeddings to a byte embedding.
 
@@ -115,7 +153,4 @@ class HashEmbedding(nn.Module):
             (axes.HASH_TABLES, axes.HASH_VOCAB, axes.EMBED),
             self.param_dtype,
         )
-        # Added one table at a time, in the reference's order (same fp32 summation order).
-        for t, ids in enumerate(all_hash_ids(tokens, self.config)):
-            embeds = embeds + jnp.take(tables[t], ids, axis=0).astype(self.dtype)
-        return embeds
+        return add_hash_embeddings(tables, tokens, self.config, embeds.astype(self.dtype))

@@ -59,6 +59,7 @@ class LocalEncoder(nn.Module):
         num_patches: int,
         positions: jax.Array,
         doc_ids: jax.Array,
+        embeds: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Encodes one batch of rows.
 
@@ -68,6 +69,8 @@ class LocalEncoder(nn.Module):
           num_patches: P.
           positions: int [B, N] RoPE positions.
           doc_ids: int [B, N] EOS-delimited document ids.
+          embeds: [B, N, D] precomputed byte + hash embeddings (`hash_embed.byte_embeddings`), or None
+            to compute them here.
 
         Returns:
           (h [B, N, D] byte states of the last layer (no final norm),
@@ -76,9 +79,12 @@ class LocalEncoder(nn.Module):
         cfg, st = self.config, self.config.encoder
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         batch, k, dim = tokens.shape[0], cfg.cross_attn_k, st.dim
-        h = Embed(cfg.vocab_size, dim, dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
-        if cfg.hash is not None:
-            h = HashEmbedding(cfg.hash, dim, dt, pdt, name="hash_embeddings")(tokens, h)
+        if embeds is not None:
+            h = embeds.astype(dt)
+        else:
+            h = Embed(cfg.vocab_size, dim, dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
+            if cfg.hash is not None:
+                h = HashEmbedding(cfg.hash, dim, dt, pdt, name="hash_embeddings")(tokens, h)
 
         mask = local_self_mask(positions, doc_ids, st)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)

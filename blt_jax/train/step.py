@@ -18,19 +18,46 @@ import optax
 from blt_jax.config import BLTConfig, ModelConfig
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM
+from blt_jax.nn.hash_embed import byte_embeddings
 from blt_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 
 
-def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None) -> Callable[[Any, Batch], jax.Array]:
-    """(params, batch) -> fp32 logits [B, N, V] for a BLT or an entropy LM."""
+def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None) -> Callable:
+    """(params, batch, embeds=None) -> fp32 logits [B, N, V] for a BLT or an entropy LM.
+
+    `embeds` (BLT only) is the precomputed encoder input (`hash_embed.byte_embeddings`)."""
     remat = dict(remat or {})
     if isinstance(model, BLTConfig):
         module = BLT(model, remat=remat)
-        return lambda params, batch: module.apply({"params": params}, batch["tokens"], batch["patch_lengths"])
+        return lambda params, batch, embeds=None: module.apply(
+            {"params": params}, batch["tokens"], batch["patch_lengths"], embeds)
     module = EntropyLM(model, remat=remat.get("entropy", remat.get("all", "none")))
-    return lambda params, batch: module.apply({"params": params}, batch["tokens"])
+    return lambda params, batch, embeds=None: module.apply({"params": params}, batch["tokens"])
+
+
+def embedding_fn(model: ModelConfig) -> Callable | None:
+    """(embedding params, tokens) -> the BLT encoder input, with the embedding params split from the
+    rest by `split_embedding_params`; None for models without a separate embedding."""
+    if not isinstance(model, BLTConfig):
+        return None
+    return lambda emb, tokens: byte_embeddings(emb, tokens, model, jnp.dtype(model.dtype))
+
+
+def split_embedding_params(params: Any) -> tuple[dict, dict]:
+    """(the byte and hash embedding tables of the local encoder, everything else)."""
+    encoder = dict(params["local_encoder"])
+    emb = {k: encoder.pop(k) for k in ("tok_embeddings", "hash_embeddings") if k in encoder}
+    rest = dict(params)
+    rest["local_encoder"] = encoder
+    return emb, rest
+
+
+def merge_embedding_params(emb: dict, rest: Any) -> dict:
+    params = dict(rest)
+    params["local_encoder"] = {**rest["local_encoder"], **emb}
+    return params
 
 
 def loss_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -45,6 +72,43 @@ def _split(batch: Batch, parts: int) -> Batch:
     return {k: v.reshape(parts, v.shape[0] // parts, *v.shape[1:]) for k, v in batch.items()}
 
 
+def _accumulated_grads(params, batch, apply, grad_accum, embed):
+    """Sum of CE, count and gradients over `grad_accum` micro-batches (a scan).
+
+    With `embed` (BLT), the encoder input is computed once for the whole batch and the large byte and
+    hash tables are differentiated once, from the summed gradient of that input, instead of building
+    a dense table-sized gradient in every micro-batch.
+    """
+    micro_batches = _split(batch, grad_accum)
+    if embed is None:
+        grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(apply(p, mb), mb), has_aux=True)
+
+        def accumulate(carry, mb):
+            (t, c), g = grad_fn(params, mb)
+            return jax.tree_util.tree_map(jnp.add, carry, (t, c, g)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
+        (total, count, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+        return total, count, grads
+
+    emb, rest = split_embedding_params(params)
+    embeds, emb_vjp = jax.vjp(lambda e: embed(e, batch["tokens"]), emb)
+    grad_fn = jax.value_and_grad(
+        lambda r, h, mb: loss_sums(apply(merge_embedding_params(emb, r), mb, h), mb), argnums=(0, 1), has_aux=True)
+
+    def accumulate(carry, xs):
+        mb, h = xs
+        (t, c), (g, dh) = grad_fn(rest, h, mb)
+        t0, c0, g0 = carry
+        return (t0 + t, c0 + c, jax.tree_util.tree_map(jnp.add, g0, g)), dh
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, rest))
+    split_embeds = embeds.reshape(grad_accum, embeds.shape[0] // grad_accum, *embeds.shape[1:])
+    (total, count, grads_rest), d_embeds = jax.lax.scan(accumulate, zeros, (micro_batches, split_embeds))
+    (grads_emb,) = emb_vjp(d_embeds.reshape(embeds.shape))
+    return total, count, merge_embedding_params(grads_emb, grads_rest)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -53,28 +117,21 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum: int = 1,
+    embed: Callable | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a batch (split into `grad_accum` micro-batches, gradients summed exactly).
+
+    Args:
+      embed: for a BLT, `embedding_fn(model)` (the big tables are then differentiated once per step).
 
     Returns:
       The new state and metrics: loss (nats/byte), bpb, grad_norm, lr, bytes (real targets), patches.
     """
-
-    def ce_sum(params, micro):
-        total, count = loss_sums(apply(params, micro), micro)
-        return total, count
-
-    grad_fn = jax.value_and_grad(ce_sum, has_aux=True)
     if grad_accum == 1:
+        grad_fn = jax.value_and_grad(lambda p, b: loss_sums(apply(p, b), b), has_aux=True)
         (total, count), grads = grad_fn(state.params, batch)
     else:
-
-        def accumulate(carry, micro):
-            (t, c), g = grad_fn(state.params, micro)
-            return jax.tree_util.tree_map(jnp.add, carry, (t, c, g)), None
-
-        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, state.params))
-        (total, count, grads), _ = jax.lax.scan(accumulate, zeros, _split(batch, grad_accum))
+        total, count, grads = _accumulated_grads(state.params, batch, apply, grad_accum, embed)
     count = jnp.maximum(count, 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -23,7 +23,7 @@ from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings
 from blt_jax.train.config import ExperimentConfig, parse_remat
 from blt_jax.train.optimizer import learning_rate, make_optimizer
 from blt_jax.train.state import TrainState, init_state
-from blt_jax.train.step import eval_step, model_apply, train_step
+from blt_jax.train.step import embedding_fn, eval_step, model_apply, train_step
 
 
 def _shard_like_params(tree: Any, params_def: Any, param_shardings: Any, fallback: Any) -> Any:
@@ -60,7 +60,7 @@ class Trainer:
         self.abstract_state = jax.eval_shape(lambda: init_state(model, self.tx, jax.random.key(0)))
 
         step = functools.partial(train_step, apply=self.apply, tx=self.tx, schedule=self.schedule,
-                                 grad_accum=train.grad_accum)
+                                 grad_accum=train.grad_accum, embed=embedding_fn(model))
         self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)
         self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
