@@ -180,10 +180,61 @@ class BLTModel:
         entropies = self.entropies(toks) if self.config.patching.mode == "entropy" else None
         return self._lengths_fn(toks, entropies, num_patches)
 
-    def generate(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
-        """Cached generation arrives with the generation work; use `logits` for now."""
-        raise NotImplementedError("generate() is not implemented yet (cached decoding is tracked separately)")
+    def generate(self, prompt: Any, max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 on_bytes: Any = None) -> Any:
+        """Generates text after a prompt with cached incremental decoding.
+
+        The latent transformer runs once per patch and every stack keeps a KV cache; patching runs
+        online with the model's rule (entropy patching needs the entropy LM).
+
+        Args:
+          prompt: text (encoded with BOS, no EOS), bytes, a 1-D array of token ids, or a list of
+            these (generated as one batch; rows may differ in length).
+          max_new_bytes: the most bytes generated per prompt.
+          temperature: 0 = greedy; else sampling temperature.
+          top_k / top_p: restrict sampling to the k most likely ids / the nucleus of mass p.
+          seed: PRNG seed of sampling.
+          on_bytes: optional `fn(row, bytes)` called as bytes are produced (streaming).
+
+        Returns:
+          The generated text (EOS dropped, invalid UTF-8 replaced by U+FFFD); a list of texts for a
+          list of prompts.
+        """
+        result = self.generate_tokens(prompt, max_new_bytes, temperature, top_k, top_p, seed, on_bytes)
+        texts = result.texts
+        return texts if isinstance(prompt, list) else texts[0]
+
+    def generate_tokens(self, prompt: Any, max_new_bytes: int = 256, temperature: float = 0.0,
+                        top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                        on_bytes: Any = None, record_logits: bool = False, stop_at_eos: bool = True):
+        """`generate`, returning the `inference.generate.Generation` (token ids, patch starts and,
+        with `record_logits`, the logits every byte was chosen from). `stop_at_eos=False` always
+        generates `max_new_bytes` (benchmarks)."""
+        from blt_jax.inference.generate import encode_prompts
+        from blt_jax.inference.sampling import SamplingConfig
+
+        if self.config.patching.mode == "entropy" and self.entropy_params is None:
+            raise ValueError("this model patches by entropy but has no entropy LM: load a checkpoint that "
+                             "includes the patcher")
+        if not isinstance(max_new_bytes, (int, np.integer)) or max_new_bytes < 1:
+            raise ValueError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
+        prompts = encode_prompts(prompt if isinstance(prompt, list) else [prompt])
+        sampling = SamplingConfig(float(temperature), top_k, top_p)
+        # Capacities are rounded up so that nearby prompt lengths share one compilation.
+        capacity = -(-(max(len(p) for p in prompts) + int(max_new_bytes)) // 64) * 64
+        generator = self._generator(len(prompts), capacity, sampling)
+        return generator.run(self.params, self.entropy_params, prompts, int(max_new_bytes), seed, on_bytes,
+                             record_logits, stop_at_eos)
+
+    def _generator(self, batch: int, capacity: int, sampling):
+        from blt_jax.inference.generate import Generator
+
+        cache = self.__dict__.setdefault("_generators", {})
+        key = (batch, capacity, sampling)
+        if key not in cache:
+            cache[key] = Generator(self.config, batch, capacity, sampling)
+        return cache[key]
 
 
 def _detect_layout(path: str) -> str:

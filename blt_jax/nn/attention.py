@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.nn import axes
+from blt_jax.nn.cache import LayerPrefix, attend_keys
 from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, trunc_normal
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
@@ -86,18 +87,18 @@ class SelfAttention(nn.Module):
         x: jax.Array,
         mask: CausalSpec,
         rope: tuple[jax.Array, jax.Array],
-        prefix: tuple[jax.Array, jax.Array] | None = None,
+        prefix: LayerPrefix | None = None,
     ):
         """Self-attention over x, optionally also over cached keys/values of earlier positions.
 
         Args:
           x: [B, N, D].
-          mask: ids of the N queries and the M + N keys (M = 0 without prefix).
+          mask: ids of the N queries and of the keys attended to (see `cache.plan`).
           rope: (cos, sin) [B, N, K/2] of x's positions.
-          prefix: (keys, values) [B, M, H, K] of earlier positions (keys already rotated).
+          prefix: this layer's cache view (keys already rotated).
 
         Returns:
-          [B, N, D]; with a prefix, ([B, N, D], (keys, values) [B, N, H, K] of x for the cache).
+          [B, N, D]; with a prefix, ([B, N, D], the layer's cache update (`cache.attend_keys`)).
         """
         dim = x.shape[-1]
         std = dim**-0.5 / depth_factor(self.depth)
@@ -110,17 +111,20 @@ class SelfAttention(nn.Module):
         if prefix is None:
             out = causal_attention(q, k, v, mask)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
-        keys = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
-        values = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
+        keys, values, update = attend_keys(prefix, k, v)
         out = causal_attention(q, keys, values, mask)
-        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), (k, v)
+        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), update
 
 
 class CrossAttention(nn.Module):
     """Cross-attention between bytes and patch slots: separate RMSNorms on queries and keys/values,
     no RoPE. Returns only the attention output; callers apply the reference's doubled residual.
 
+    Split into `keys_values` and `attend` so incremental decoding can project a patch's slots once
+    and reuse them for every byte that reads the patch.
+
     Attributes:
+      dim: D (queries and keys/values share it).
       n_heads: H.
       slots_per_patch: k.
       queries_are_slots: True in the encoder (slots attend their patch's bytes), False in the decoder
@@ -130,6 +134,7 @@ class CrossAttention(nn.Module):
       dtype / param_dtype: compute and parameter dtypes.
     """
 
+    dim: int
     n_heads: int
     slots_per_patch: int
     queries_are_slots: bool
@@ -138,29 +143,38 @@ class CrossAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array, kv: jax.Array, patch_ids: jax.Array) -> jax.Array:
-        """Cross-attention of x to kv.
+    def setup(self):
+        std = self.dim**-0.5 / depth_factor(self.depth)
+        self.norm_q = RMSNorm(self.eps, self.dtype, self.param_dtype)
+        self.norm_kv = RMSNorm(self.eps, self.dtype, self.param_dtype)
+        self.wq, self.wk, self.wv, self.wo = _projections(self, self.dim, self.n_heads, std, self.param_dtype)
+
+    def keys_values(self, kv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """kv [B, S, D] -> (keys, values) [B, S, H, K]."""
+        xkv = self.norm_kv(kv)
+        k = jnp.einsum("bnd,dhk->bnhk", xkv, self.wk.astype(self.dtype))
+        v = jnp.einsum("bnd,dhk->bnhk", xkv, self.wv.astype(self.dtype))
+        return k, v
+
+    def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.Array) -> jax.Array:
+        """Queries from x attend to projected keys/values.
 
         Args:
           x: queries, [B, P*k, D] slots (encoder) or [B, N, D] bytes (decoder).
-          kv: keys/values, [B, N, D] bytes (encoder) or [B, P*k, D] slots (decoder).
+          k, v: [B, S, H, K] from `keys_values`.
           patch_ids: int [B, N]: the patch of each byte (encoder) or the patch each byte reads
             (decoder, q(i) = p(i + 1) - 1).
 
         Returns:
           [B, T, D] like x.
         """
-        dim = x.shape[-1]
-        std = dim**-0.5 / depth_factor(self.depth)
-        xq = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm_q")(x)
-        xkv = RMSNorm(self.eps, self.dtype, self.param_dtype, name="norm_kv")(kv)
-        wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
-        q = jnp.einsum("bnd,dhk->bnhk", xq, wq.astype(self.dtype))
-        k = jnp.einsum("bnd,dhk->bnhk", xkv, wk.astype(self.dtype))
-        v = jnp.einsum("bnd,dhk->bnhk", xkv, wv.astype(self.dtype))
+        q = jnp.einsum("bnd,dhk->bnhk", self.norm_q(x), self.wq.astype(self.dtype))
         if self.queries_are_slots:
             out = slots_attend_bytes(q, k, v, patch_ids, self.slots_per_patch)
         else:
             out = bytes_attend_slots(q, k, v, patch_ids, self.slots_per_patch)
-        return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
+        return jnp.einsum("bnhk,hkd->bnd", out, self.wo.astype(self.dtype))
+
+    def __call__(self, x: jax.Array, kv: jax.Array, patch_ids: jax.Array) -> jax.Array:
+        """Cross-attention of x [B, T, D] to kv [B, S, D] (slots/bytes as in `attend`). -> [B, T, D]."""
+        return self.attend(x, *self.keys_values(kv), patch_ids)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import StackConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import SelfAttention
+from blt_jax.nn.cache import LayerPrefix
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
 from blt_jax.nn.masks import CausalSpec
 
@@ -33,12 +34,12 @@ class TransformerBlock(nn.Module):
         x: jax.Array,
         mask: CausalSpec,
         rope: tuple[jax.Array, jax.Array],
-        prefix: tuple[jax.Array, jax.Array] | None = None,
+        prefix: LayerPrefix | None = None,
     ):
         """x [B, N, D], mask ids of N queries / M + N keys, rope (cos, sin) [B, N, K/2] -> [B, N, D].
 
-        With `prefix` (cached keys/values [B, M, H, K] of earlier positions), returns
-        ([B, N, D], (keys, values) of x) so the caller can extend its cache.
+        With `prefix` (the layer's view of a KVCache, `cache.layer_prefix`), returns
+        ([B, N, D], the layer's cache update) for `cache.finish`.
         """
         eps, dt, pdt = self.stack.norm_eps, self.dtype, self.param_dtype
         h = RMSNorm(eps, dt, pdt, name="attention_norm")(x)

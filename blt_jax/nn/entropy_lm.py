@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class
-from blt_jax.nn.cache import KVCache
+from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
 
@@ -38,9 +38,9 @@ class EntropyLM(nn.Module):
           tokens: int [B, N].
           positions: int [B, N] RoPE positions (default 0..N-1).
           docs: int [B, N] document ids (default: EOS-delimited documents of the row).
-          cache: keys/values of the previous positions (M slots per row). With a cache the call
-            continues a stream: queries also see the cached positions, and the updated cache
-            (the last M positions of cache + this chunk) is returned.
+          cache: keys/values of the previous positions (`nn.cache.KVCache`, ordered or ring). With a
+            cache the call continues a stream: queries also see the cached positions, and the
+            updated cache is returned.
 
         Returns:
           fp32 logits [B, N, V] (position t predicts token t + 1); with a cache, (logits, new cache).
@@ -59,17 +59,13 @@ class EntropyLM(nn.Module):
             for i in range(st.n_layers):
                 h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
         else:
-            key_pos = jnp.concatenate([cache.pos, positions], axis=1)
-            key_doc = jnp.concatenate([cache.doc, docs], axis=1)
-            mask = CausalSpec(positions, docs, key_pos, key_doc, st.window)
-            keep = cache.size
-            new_k, new_v = [], []
+            cache_plan = plan(cache, positions, docs, st.window)
+            updates = []
             for i in range(st.n_layers):
                 block = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")
-                h, (k, v) = block(h, mask, rope, (cache.k[i], cache.v[i]))
-                new_k.append(jnp.concatenate([cache.k[i], k.astype(cache.k[i].dtype)], axis=1)[:, -keep:])
-                new_v.append(jnp.concatenate([cache.v[i], v.astype(cache.v[i].dtype)], axis=1)[:, -keep:])
-            cache = KVCache(tuple(new_k), tuple(new_v), key_pos[:, -keep:], key_doc[:, -keep:])
+                h, update = block(h, cache_plan.mask, rope, layer_prefix(cache, i, cache_plan))
+                updates.append(update)
+            cache = finish(cache, cache_plan, updates)
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")
         logits = head(h).astype(jnp.float32)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class
+from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
@@ -46,8 +47,26 @@ class LatentTransformer(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, patches: jax.Array, patch_docs: jax.Array) -> jax.Array:
-        """patches [B, P, k * D_local], patch_docs int [B, P] -> [B, P, D_latent]."""
+    def __call__(
+        self,
+        patches: jax.Array,
+        patch_docs: jax.Array,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+        store: jax.Array | None = None,
+    ):
+        """Latent states of patches.
+
+        Args:
+          patches: [B, P, k * D_local] patch vectors.
+          patch_docs: int [B, P] document of every patch.
+          positions: int [B, P] patch indices (default 0..P-1).
+          cache: keys/values of earlier patches (incremental decoding), or None.
+          store: bool [B, P], ring caches: which patches to keep in the cache (default all).
+
+        Returns:
+          [B, P, D_latent]; with a cache, (outputs, new cache).
+        """
         cfg, st = self.config, self.config.latent
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = patches.astype(dt)
@@ -55,9 +74,18 @@ class LatentTransformer(nn.Module):
             x = Dense(st.dim, (axes.LATENT_IN, axes.EMBED), cfg.latent_input_dim**-0.5, dt, pdt,
                       name="token_embedding_projection")(x)
         batch, num_patches = x.shape[:2]
-        positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
-        mask = CausalSpec.self_attention(positions, patch_docs, st.window)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        if cache is None:
+            mask = CausalSpec.self_attention(positions, patch_docs, st.window)
+            for i in range(st.n_layers):
+                x = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
+            return x
+        cache_plan = plan(cache, positions, patch_docs, st.window, store)
+        updates = []
         for i in range(st.n_layers):
-            x = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
-        return x
+            block = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")
+            x, update = block(x, cache_plan.mask, rope, layer_prefix(cache, i, cache_plan))
+            updates.append(update)
+        return x, finish(cache, cache_plan, updates)

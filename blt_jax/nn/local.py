@@ -10,6 +10,7 @@ from blt_jax.config import BLTConfig, StackConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import CrossAttention
 from blt_jax.nn.block import block_class
+from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec
@@ -40,18 +41,121 @@ def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> ja
     return jax.vmap(one_row)(h, patch_ids)
 
 
+def _stack_layers(h, layers, mask_or_plan, rope, cache: KVCache | None, before=None):
+    """Runs the blocks of a local stack, with or without a cache.
+
+    Args:
+      h: [B, T, D].
+      layers: the blocks.
+      mask_or_plan: a CausalSpec (no cache) or the cache's CachePlan.
+      rope: (cos, sin) [B, T, K/2].
+      cache: the stack's KVCache or None.
+      before: optional `fn(i, h) -> h` applied before block i (the decoder's cross-attention).
+
+    Returns:
+      (outputs of every block [n_layers x [B, T, D]], the updated cache or None).
+    """
+    outputs, updates = [], []
+    for i, layer in enumerate(layers):
+        if before is not None:
+            h = before(i, h)
+        if cache is None:
+            h = layer(h, mask_or_plan, rope)
+        else:
+            h, update = layer(h, mask_or_plan.mask, rope, layer_prefix(cache, i, mask_or_plan))
+            updates.append(update)
+        outputs.append(h)
+    return outputs, (None if cache is None else finish(cache, mask_or_plan, updates))
+
+
+def _mask_or_plan(positions, doc_ids, stack: StackConfig, cache: KVCache | None):
+    return local_self_mask(positions, doc_ids, stack) if cache is None else plan(cache, positions, doc_ids, stack.window)
+
+
 class LocalEncoder(nn.Module):
     """Embeds bytes (byte + hash n-gram embeddings), runs the windowed local stack, and builds k
     patch vectors per patch by max-pooling followed by cross-attention to the patch's own bytes.
 
+    The steps are separate methods so incremental decoding can run the byte stack one byte at a time
+    (`embed`, `byte_states` with a cache) and build a patch's vector when the patch closes
+    (`patch_vectors`).
+
     Attributes:
       config: the BLT configuration.
+      remat: rematerialisation policy of the blocks.
     """
 
     config: BLTConfig
     remat: str = "none"
 
-    @nn.compact
+    def setup(self):
+        cfg, st = self.config, self.config.encoder
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dim, k = st.dim, cfg.cross_attn_k
+        self.tok_embeddings = Embed(cfg.vocab_size, dim, dim**-0.5, dt, pdt)
+        if cfg.hash is not None:
+            self.hash_embeddings = HashEmbedding(cfg.hash, dim, dt, pdt)
+        self.layers = [block_class(self.remat)(st, i, dt, pdt) for i in range(st.n_layers)]
+        self.patch_embedding_projection = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), dim**-0.5, dt, pdt)
+        self.cross_attn_layers = [
+            CrossAttention(dim, cfg.cross_attn_heads, k, True, j, st.norm_eps, dt, pdt)
+            for j in range(len(self.cross_layer_indices()))
+        ]
+
+    def cross_layer_indices(self) -> list[int]:
+        """Layers after which cross-attention runs (all of them, or the last one)."""
+        n = self.config.encoder.n_layers
+        return list(range(n)) if self.config.cross_attn_all_layers_encoder else [n - 1]
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """Byte + hash n-gram embeddings. tokens int [B, N] (zero-padded left context for the hash
+        windows is implicit at position 0) -> [B, N, D]."""
+        h = self.tok_embeddings(tokens)
+        if self.config.hash is not None:
+            h = self.hash_embeddings(tokens, h)
+        return h
+
+    def byte_states(self, h: jax.Array, positions: jax.Array, doc_ids: jax.Array, cache: KVCache | None = None):
+        """Runs the local stack.
+
+        Args:
+          h: [B, T, D] embeddings.
+          positions: int [B, T] RoPE positions.
+          doc_ids: int [B, T] EOS-delimited document ids.
+          cache: the stack's KVCache (incremental use) or None.
+
+        Returns:
+          (states [n_cross x [B, T, D]] after each cross-attention layer, the updated cache or None).
+          The last entry is the last layer's output (no final norm), the decoder's input.
+        """
+        st = self.config.encoder
+        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        outputs, cache = _stack_layers(h.astype(self.config.dtype), self.layers,
+                                       _mask_or_plan(positions, doc_ids, st, cache), rope, cache)
+        return [outputs[i] for i in self.cross_layer_indices()], cache
+
+    def patch_vectors(self, states: list[jax.Array], patch_ids: jax.Array, num_patches: int) -> jax.Array:
+        """Patch vectors from byte states.
+
+        Args:
+          states: `byte_states` output, n_cross x [B, S, D].
+          patch_ids: int [B, S] patch of every byte (ids outside [0, P) are ignored).
+          num_patches: P.
+
+        Returns:
+          [B, P, k * D]; patches without bytes start from exact zeros.
+        """
+        batch, dim, k = patch_ids.shape[0], self.config.encoder.dim, self.config.cross_attn_k
+        # Queries start from the max-pooled states of the first cross-attention layer (pooled once,
+        # even when cross-attention follows every layer), projected to k slots per patch: slot r of
+        # the result belongs to patch r // k.
+        pooled = max_pool_patches(states[0], patch_ids, num_patches)
+        patches = self.patch_embedding_projection(pooled).reshape(batch, num_patches * k, dim)
+        for ca, h in zip(self.cross_attn_layers, states):
+            # The reference adds the residual twice (inside CrossAttention and again around it).
+            patches = 2 * patches + ca(patches, h, patch_ids)
+        return patches.reshape(batch, num_patches, k * dim)
+
     def __call__(
         self,
         tokens: jax.Array,
@@ -76,51 +180,90 @@ class LocalEncoder(nn.Module):
           (h [B, N, D] byte states of the last layer (no final norm),
            patches [B, P, k * D] patch vectors for the latent transformer).
         """
-        cfg, st = self.config, self.config.encoder
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        batch, k, dim = tokens.shape[0], cfg.cross_attn_k, st.dim
-        if embeds is not None:
-            h = embeds.astype(dt)
-        else:
-            h = Embed(cfg.vocab_size, dim, dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
-            if cfg.hash is not None:
-                h = HashEmbedding(cfg.hash, dim, dt, pdt, name="hash_embeddings")(tokens, h)
-
-        mask = local_self_mask(positions, doc_ids, st)
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
-
-        patches = None
-        for i in range(st.n_layers):
-            h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
-            if i == st.n_layers - 1 or cfg.cross_attn_all_layers_encoder:
-                if patches is None:
-                    # Queries start from the max-pooled states of this layer (pooled once, even
-                    # when cross-attention follows every layer), projected to k slots per patch:
-                    # slot r of the result belongs to patch r // k.
-                    pooled = max_pool_patches(h, patch_ids, num_patches)
-                    proj = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), dim**-0.5, dt, pdt,
-                                 name="patch_embedding_projection")
-                    patches = proj(pooled).reshape(batch, num_patches * k, dim)
-                j = i if cfg.cross_attn_all_layers_encoder else 0
-                ca = CrossAttention(cfg.cross_attn_heads, k, True, j, st.norm_eps, dt, pdt,
-                                    name=f"cross_attn_layers_{j}")
-                # The reference adds the residual twice (inside CrossAttention and again around it).
-                patches = 2 * patches + ca(patches, h, patch_ids)
-        return h, patches.reshape(batch, num_patches, k * dim)
+        h = self.embed(tokens) if embeds is None else embeds
+        states, _ = self.byte_states(h, positions, doc_ids)
+        return states[-1], self.patch_vectors(states, patch_ids, num_patches)
 
 
 class LocalDecoder(nn.Module):
     """Cross-attends every byte to the latent output of its decoder patch before each layer (or the
     first one), runs the windowed local stack, and predicts the next byte.
 
+    `slot_keys_values` (once per patch) and `decode` (with a cache, once per byte) are separate so
+    incremental decoding projects each patch's slots once.
+
     Attributes:
       config: the BLT configuration.
+      remat: rematerialisation policy of the blocks.
     """
 
     config: BLTConfig
     remat: str = "none"
 
-    @nn.compact
+    def setup(self):
+        cfg, st = self.config, self.config.decoder
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        k, dim = cfg.cross_attn_k, st.dim
+        self.patch_embedding_projection = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), cfg.latent.dim**-0.5, dt, pdt)
+        n_cross = st.n_layers if cfg.cross_attn_all_layers_decoder else 1
+        self.cross_attn_layers = [
+            CrossAttention(dim, cfg.cross_attn_heads, k, False, i, st.norm_eps, dt, pdt) for i in range(n_cross)
+        ]
+        self.layers = [block_class(self.remat)(st, i, dt, pdt) for i in range(st.n_layers)]
+        self.norm = RMSNorm(st.norm_eps, dt, pdt)
+        self.output = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), dim**-0.5, dt, pdt)
+
+    def slot_keys_values(self, latent_out: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Keys/values of the k slots of every patch, per cross-attention layer.
+
+        Args:
+          latent_out: [B, P, D_latent] latent transformer outputs.
+
+        Returns:
+          n_cross x (keys, values) [B, P*k, H, K].
+        """
+        batch, num_patches = latent_out.shape[:2]
+        k, dim = self.config.cross_attn_k, self.config.decoder.dim
+        slots = self.patch_embedding_projection(latent_out).reshape(batch, num_patches * k, dim)
+        return [ca.keys_values(slots) for ca in self.cross_attn_layers]
+
+    def decode(
+        self,
+        h: jax.Array,
+        slot_kv: list[tuple[jax.Array, jax.Array]],
+        dec_patch_ids: jax.Array,
+        positions: jax.Array,
+        doc_ids: jax.Array,
+        cache: KVCache | None = None,
+    ):
+        """Decodes bytes against projected slots.
+
+        Args:
+          h: [B, T, D] the encoder's byte states.
+          slot_kv: `slot_keys_values` output.
+          dec_patch_ids: int [B, T] decoder patch id q(i) = p(i + 1) - 1 of every byte (indexes the
+            patches of slot_kv).
+          positions: int [B, T] RoPE positions.
+          doc_ids: int [B, T] EOS-delimited document ids.
+          cache: the stack's KVCache (incremental use) or None.
+
+        Returns:
+          fp32 logits [B, T, V] (position i predicts byte i + 1); with a cache, (logits, new cache).
+        """
+        st = self.config.decoder
+        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+
+        def cross(i, x):
+            if i >= len(self.cross_attn_layers):
+                return x
+            ca = self.cross_attn_layers[i]
+            return 2 * x + ca.attend(x, *slot_kv[i], dec_patch_ids)  # doubled residual, as in the reference
+
+        outputs, new_cache = _stack_layers(h.astype(self.config.dtype), self.layers,
+                                           _mask_or_plan(positions, doc_ids, st, cache), rope, cache, cross)
+        logits = self.output(self.norm(outputs[-1])).astype(jnp.float32)
+        return logits if cache is None else (logits, new_cache)
+
     def __call__(
         self,
         h: jax.Array,
@@ -141,23 +284,4 @@ class LocalDecoder(nn.Module):
         Returns:
           fp32 logits [B, N, V]; position i predicts byte i + 1.
         """
-        cfg, st = self.config, self.config.decoder
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        batch, num_patches = latent_out.shape[:2]
-        k, dim = cfg.cross_attn_k, st.dim
-        proj = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), cfg.latent.dim**-0.5, dt, pdt,
-                     name="patch_embedding_projection")
-        slots = proj(latent_out).reshape(batch, num_patches * k, dim)
-        mask = local_self_mask(positions, doc_ids, st)
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
-
-        h = h.astype(dt)
-        for i in range(st.n_layers):
-            if i == 0 or cfg.cross_attn_all_layers_decoder:
-                ca = CrossAttention(cfg.cross_attn_heads, k, False, i, st.norm_eps, dt, pdt,
-                                    name=f"cross_attn_layers_{i}")
-                h = 2 * h + ca(h, slots, dec_patch_ids)  # doubled residual, as in the reference
-            h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
-        h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
-        head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), dim**-0.5, dt, pdt, name="output")
-        return head(h).astype(jnp.float32)
+        return self.decode(h, self.slot_keys_values(latent_out), dec_patch_ids, positions, doc_ids)

@@ -115,5 +115,5 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
 
 def use_banded(spec: CausalSpec, t_len: int) -> bool:
     """Banded attention pays off once the queries span a few blocks beyond the window."""
-    return spec.window is not None and t_len >= 2 * default_block(spec.window) and t_len > spec.window // 2
+    return spec.ordered and spec.window is not None and t_len >= 2 * default_block(spec.window) and t_len > spec.window // 2
 

@@ -88,6 +88,8 @@ class CausalSpec:
       q_pos, q_doc: int [B, T] query positions and document ids.
       k_pos, k_doc: int [B, S] key positions and document ids.
       window: W, or None (full causal).
+      ordered: keys are in position order with the queries last (a ring cache's keys are not), which
+        is what lets windowed attention compute only a band.
     """
 
     q_pos: jax.Array
@@ -95,6 +97,7 @@ class CausalSpec:
     k_pos: jax.Array
     k_doc: jax.Array
     window: int | None = struct.field(pytree_node=False, default=None)
+    ordered: bool = struct.field(pytree_node=False, default=True)
 
     @classmethod
     def self_attention(cls, positions: jax.Array, docs: jax.Array, window: int | None) -> "CausalSpec":

@@ -1,0 +1,268 @@
+"""Cached incremental decoding equals the full recompute; sampling rules; the generate facade and CLI.
+
+The reference decodes by re-running patching and the whole model on the full prefix for every byte.
+Ours caches every stack; these tests hold it to that recompute (fp32, 1e-4) across hundreds of
+bytes: far past the local windows (16 bytes here), across many patches, with documents (EOS) inside
+the rows, with patches cut by max_patch_length, and for every patching rule.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blt_jax import tokenizer
+from blt_jax.api import BLTModel
+from blt_jax.config import BLTConfig, ConfigError, EntropyLMConfig, HashConfig, PatchingConfig, StackConfig
+from blt_jax.inference.decode import Decoder
+from blt_jax.inference.generate import encode_prompts
+from blt_jax.inference.sampling import SamplingConfig, allowed_ids, sample
+from blt_jax.patching.ids import starts_from_lengths
+from blt_jax.tokenizer import EOS_ID
+
+TOL = 1e-4
+WINDOW = 16
+TEXT_A = ("The quick brown fox jumps over the lazy dog; then it naps. " * 8)[:330]
+TEXT_B = ("Pack my box with five dozen liquor jugs! 0123456789 {}[] " * 8)[:330]
+
+
+def scaled(params, factor):
+    """Random init is near uniform; scaling matrices makes outputs peaked (hides fewer bugs)."""
+    return jax.tree_util.tree_map(lambda x: x * factor if x.ndim >= 2 else x, params)
+
+
+def make_model(patching: PatchingConfig, **overrides) -> BLTModel:
+    config = BLTConfig(
+        encoder=StackConfig(32, 2, 4, 96, window=WINDOW),
+        latent=StackConfig(64, 2, 4, 192),
+        decoder=StackConfig(32, 2, 4, 96, window=WINDOW),
+        cross_attn_k=2,
+        cross_attn_all_layers_encoder=True,
+        hash=HashConfig((3, 4, 6), 509, 2),
+        patching=patching,
+        entropy_model=EntropyLMConfig(StackConfig(32, 2, 4, 96, window=WINDOW, rope_theta=10000.0)),
+    )
+    config = dataclasses.replace(config, **overrides)
+    model = BLTModel.random(config, seed=1)
+    return BLTModel(config, scaled(model.params, 2.0), scaled(model.entropy_params, 3.0))
+
+
+CASES = {
+    # Entropy rule (threshold near the median entropy of these texts) with patches capped at 6 bytes,
+    # cross-attention after every encoder layer.
+    "entropy_max_len": lambda: make_model(PatchingConfig(mode="entropy", threshold=2.6, max_patch_length=6)),
+    # Monotonic rule, k = 3 slots with a latent input projection, decoder cross-attention in layer 0 only.
+    "monotonic_k3": lambda: make_model(PatchingConfig(mode="entropy", threshold=0.2, monotonic=True),
+                                       cross_attn_k=3, cross_attn_heads=2, cross_attn_all_layers_decoder=False),
+    # Space patching (no entropy LM runs), no hash embeddings, a latent window of 8 patches.
+    "space_latent_window": lambda: make_model(PatchingConfig(mode="space"), hash=None,
+                                              latent=StackConfig(64, 2, 4, 192, window=8)),
+}
+
+
+def rows_with_documents() -> np.ndarray:
+    """Two 331-token rows; the second holds an EOS-separated second document."""
+    a = tokenizer.encode(TEXT_A, add_eos=False)
+    b = tokenizer.encode(TEXT_B, add_eos=False)
+    b[150], b[151] = EOS_ID, tokenizer.BOS_ID
+    return np.stack([a, b]).astype(np.int32)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def teacher_forced(request):
+    """Per-step logits and patch starts of the cached path fed a fixed text, and the full recompute's."""
+    model = CASES[request.param]()
+    tokens = rows_with_documents()
+    batch, length = tokens.shape
+    decoder = Decoder(model.config, capacity=length + 4)
+    prefill, step = jax.jit(decoder.prefill), jax.jit(decoder.step, donate_argnums=2)
+    first = 7
+    state, logits = prefill(model.params, model.entropy_params, jnp.asarray(tokens[:, :first]))
+    cached = [np.asarray(logits)]
+    for t in range(first, length - 1):
+        state, logits = step(model.params, model.entropy_params, state, jnp.asarray(tokens[:, t]))
+        cached.append(np.asarray(logits))
+    cached = np.stack(cached, axis=1)  # logits of positions first-1 .. length-2
+    full = np.asarray(model.logits(tokens))[:, first - 1 : length - 1]
+    full_starts = np.asarray(starts_from_lengths(model.patch_lengths(tokens), length + 1))[:, :length]
+    return dict(model=model, cached=cached, full=full, starts=np.asarray(state.starts)[:, :length],
+                full_starts=full_starts, n_closed=np.asarray(state.n_closed))
+
+
+def test_cached_logits_equal_full_recompute(teacher_forced):
+    diff = np.abs(teacher_forced["cached"] - teacher_forced["full"])
+    assert teacher_forced["cached"].shape[1] >= 300
+    assert diff.max() < TOL, f"max |cached - full| = {diff.max():.2e} at step {np.unravel_index(diff.argmax(), diff.shape)}"
+
+
+def test_cached_patch_boundaries_equal_patching_at_once(teacher_forced):
+    starts, full = teacher_forced["starts"], teacher_forced["full_starts"]
+    np.testing.assert_array_equal(starts, full)
+    n_patches = full.sum(axis=1)
+    assert (n_patches > 40).all(), n_patches  # many patches, not one long one
+    assert (n_patches < full.shape[1]).all()  # and not one byte each
+    # Latent steps ran once per closed patch.
+    np.testing.assert_array_equal(teacher_forced["n_closed"], full[:, 1:].sum(axis=1))
+
+
+@pytest.fixture(scope="module")
+def sampled_generation():
+    """300+ sampled bytes after two prompts of different lengths, with the logits of every choice."""
+    model = CASES["entropy_max_len"]()
+    prompts = ["Hello there, ", "A rather longer prompt that keeps going"]
+    result = model.generate_tokens(prompts, max_new_bytes=320, temperature=1.0, top_k=100, seed=5,
+                                   record_logits=True, stop_at_eos=False)
+    return model, encode_prompts(prompts), result
+
+
+def test_generated_logits_equal_full_recompute(sampled_generation):
+    model, prompts, result = sampled_generation
+    for row, prompt in enumerate(prompts):
+        generated = result.tokens[row]
+        assert len(generated) == 320
+        sequence = np.concatenate([prompt, generated])[None]
+        full = np.asarray(model.logits(sequence[:, :-1]))[0, len(prompt) - 1 :]
+        np.testing.assert_allclose(result.logits[row], full, atol=TOL, rtol=0)
+        full_starts = np.asarray(starts_from_lengths(model.patch_lengths(sequence[:, :-1]), sequence.shape[1]))[0]
+        np.testing.assert_array_equal(result.starts[row, : sequence.shape[1]], full_starts[: sequence.shape[1]])
+
+
+def test_generated_logits_equal_recompute_on_each_prefix(sampled_generation):
+    """The full-sequence comparison relies on prefix stability; check it against real prefixes too."""
+    model, prompts, result = sampled_generation
+    sequence = np.concatenate([prompts[0], result.tokens[0]])
+    for n_new in (1, 97, 320):
+        prefix = sequence[: len(prompts[0]) + n_new - 1][None]
+        logits = np.asarray(model.logits(prefix))[0, -1]
+        np.testing.assert_allclose(result.logits[0][n_new - 1], logits, atol=TOL, rtol=0)
+
+
+def test_sampling_never_emits_invalid_ids():
+    logits = jnp.zeros((4, 260)).at[:, :4].set(50.0)  # specials made overwhelmingly likely
+    for config in (SamplingConfig(), SamplingConfig(1.0), SamplingConfig(2.0, top_k=3), SamplingConfig(1.0, top_p=0.5)):
+        for seed in range(5):
+            ids = np.asarray(sample(logits, jax.random.key(seed), config))
+            assert ((ids >= 4) | (ids == EOS_ID)).all(), (config, ids)
+    assert np.asarray(sample(logits, jax.random.key(0), SamplingConfig())).tolist() == [EOS_ID] * 4
+    allowed = np.asarray(allowed_ids(260))
+    assert allowed.sum() == 257 and not allowed[[0, 1, 3]].any()
+
+
+def test_sampling_rules():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 260)) * 3, jnp.float32)
+    masked = np.where(np.asarray(allowed_ids(260)), np.asarray(logits), -np.inf)
+    greedy = np.asarray(sample(logits, jax.random.key(0), SamplingConfig()))
+    np.testing.assert_array_equal(greedy, masked.argmax(-1))
+    # top_k = 1 and a tiny nucleus both reduce to greedy, whatever the key.
+    for seed in range(3):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(np.asarray(sample(logits, key, SamplingConfig(1.0, top_k=1))), greedy)
+        np.testing.assert_array_equal(np.asarray(sample(logits, key, SamplingConfig(1.0, top_p=1e-6))), greedy)
+    # top_k = 5: every draw is among the 5 most likely allowed ids of its row.
+    top5 = np.argsort(-masked, axis=-1)[:, :5]
+    draws = np.stack([np.asarray(sample(logits, jax.random.key(s), SamplingConfig(1.5, top_k=5))) for s in range(40)])
+    assert all(np.isin(draws[:, r], top5[r]).all() for r in range(3))
+    assert len(np.unique(draws[:, 0])) > 1  # it does sample
+    # top_p: draws stay inside the nucleus of the tempered distribution.
+    probs = np.exp(masked - masked.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1)
+    draws = np.stack([np.asarray(sample(logits, jax.random.key(s), SamplingConfig(1.0, top_p=0.6))) for s in range(40)])
+    for r in range(3):
+        mass_before = np.cumsum(probs[r, order[r]]) - probs[r, order[r]]
+        nucleus = order[r][mass_before < 0.6]
+        assert np.isin(draws[:, r], nucleus).all()
+    # The same key gives the same draws.
+    a = sample(logits, jax.random.key(9), SamplingConfig(1.0))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(sample(logits, jax.random.key(9), SamplingConfig(1.0))))
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(temperature=1.0, top_k=0),
+                                    dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_p=1.5),
+                                    dict(temperature=0.0, top_k=5)])
+def test_bad_sampling_configs_fail_fast(kwargs):
+    with pytest.raises(ConfigError):
+        SamplingConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return CASES["space_latent_window"]()
+
+
+def test_generate_facade(small_model):
+    text = small_model.generate("Hello", max_new_bytes=12, temperature=0.0)
+    assert isinstance(text, str)
+    again = small_model.generate("Hello", max_new_bytes=12, temperature=0.0)
+    assert text == again  # greedy is deterministic
+    result = small_model.generate_tokens("Hello", max_new_bytes=12, stop_at_eos=False)
+    assert len(result.tokens[0]) == 12
+    assert text == tokenizer.decode(result.tokens[0][: np.argmax(np.append(result.tokens[0] == EOS_ID, True))])
+    texts = small_model.generate(["Hi", "A longer prompt here"], max_new_bytes=8, temperature=0.9, top_p=0.9, seed=3)
+    assert isinstance(texts, list) and len(texts) == 2
+    assert texts == small_model.generate(["Hi", "A longer prompt here"], max_new_bytes=8, temperature=0.9,
+                                         top_p=0.9, seed=3)
+    with pytest.raises(ValueError, match="max_new_bytes"):
+        small_model.generate("Hi", max_new_bytes=0)
+    with pytest.raises(ValueError, match="empty"):
+        small_model.generate([np.zeros((0,), np.int32)], max_new_bytes=4)
+
+
+def with_output_kernel(model: BLTModel, fill) -> BLTModel:
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    kernel = np.zeros_like(params["local_decoder"]["output"]["kernel"])
+    fill(kernel)
+    params["local_decoder"]["output"] = {"kernel": kernel}
+    return BLTModel(model.config, params)
+
+
+def test_generation_stops_at_eos(small_model):
+    # All logits equal: greedy takes the lowest allowed id, EOS (2), so every row stops at once.
+    model = with_output_kernel(small_model, lambda k: None)
+    result = model.generate_tokens(["Hello", "Hi"], max_new_bytes=100)
+    assert [r.tolist() for r in result.tokens] == [[EOS_ID], [EOS_ID]]
+    assert model.generate(["Hello", "Hi"], max_new_bytes=100) == ["", ""]
+    assert result.steps <= 16  # the loop notices that every row is done (it asks every 16 steps)
+
+
+def test_invalid_utf8_is_replaced(small_model):
+    # Only 0xFF and 0xC3 can win (whatever the sign of feature 0): never valid UTF-8 in any order.
+    def fill(kernel):
+        kernel[0, 0xFF + 4], kernel[0, 0xC3 + 4] = 1e3, -1e3
+
+    model = with_output_kernel(small_model, fill)
+    result = model.generate_tokens("Hello", max_new_bytes=8)
+    assert set(result.tokens[0].tolist()) <= {0xFF + 4, 0xC3 + 4} and len(result.tokens[0]) == 8
+    text = model.generate("Hello", max_new_bytes=8)
+    assert text and set(text) == {"\ufffd"}
+
+
+def test_generate_cli(small_model, tmp_path):
+    model_dir = str(tmp_path / "model")
+    small_model.save(model_dir)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("BLT_JAX_TEST_CACHE",
+                                                      os.path.expanduser("~/.cache/blt_jax/jax_test_cache"))
+    cmd = [sys.executable, "-m", "blt_jax", "generate", "--checkpoint", model_dir, "--max-new-bytes", "10"]
+    out = subprocess.run(cmd + ["--prompt", "Hello"], capture_output=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr.decode()
+    expected = small_model.generate("Hello", max_new_bytes=10)
+    assert out.stdout.decode("utf-8") == expected + "\n"
+    assert b"bytes/s" in out.stderr
+    # Prompts from stdin, one per line: one JSON line each, in order.
+    out = subprocess.run(cmd + ["--prompt-file", "-", "--lines"], input=b"Hello\n\nWorld\n", capture_output=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr.decode()
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert [x["prompt"] for x in lines] == ["Hello", "World"]
+    assert lines[0]["completion"] == small_model.generate(["Hello", "World"], max_new_bytes=10)[0]
+    # Bad use: a clear error, exit code 2.
+    out = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    assert out.returncode == 2 and b"--prompt" in out.stderr
