@@ -399,7 +399,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.batches and len(batches) >= args.batches:
             break
     timer = time.perf_counter()
-    result = trainer.evaluate(params, batches)
+    result = trainer.evaluate(trainer.train_layout(params), batches)
     elapsed = time.perf_counter() - timer
     print(f"{args.checkpoint}: bits per byte {result['eval_bpb']:.4f} (loss {result['eval_loss']:.4f} nats) over "
           f"{int(result['eval_bytes']):,} bytes of {data.source}; mean patch length "

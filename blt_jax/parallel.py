@@ -41,6 +41,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     (axes.HASH_VOCAB, None),
     (axes.PATCH_SLOTS, "tensor"),
     (axes.LATENT_IN, "tensor"),
+    (axes.LAYERS, None),  # scanned stacks: every device holds its shard of every layer
     # Activations.
     (axes.ACT_BATCH, BATCH_AXES),
     (axes.ACT_LENGTH, None),

@@ -39,7 +39,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.eval.shuffle = False
     config.train = ml_collections.ConfigDict(dict(
         steps=200, learning_rate=3e-3, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
-        eps=1e-8, clip_norm=1.0, grad_accum=1, seed=0, remat="none", log_every=10, eval_every=100, eval_batches=4,
+        eps=1e-8, clip_norm=1.0, grad_accum=1, seed=0, remat="none", scan="", log_every=10, eval_every=100, eval_batches=4,
         checkpoint_every=100, keep_checkpoints=3, init_from=None, peak_flops=0.0,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))

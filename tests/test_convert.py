@@ -242,8 +242,10 @@ def test_facade_rejects_bad_inputs(loaded):
     first = np.array([[2, 3, 4, 4, 4, 4, 0], [1, 2, 9, 3, 6, 0, 0]])
     with pytest.raises(ValueError, match="first patch"):
         loaded.logits(tokens, first)
-    with pytest.raises(NotImplementedError):
-        loaded.generate("hello")
+    with pytest.raises(ValueError, match="max_new_bytes"):
+        loaded.generate("hello", max_new_bytes=0)
+    with pytest.raises(ValueError, match="prompt 0"):
+        loaded.generate([np.array([[1, 2]])])
 
 
 def test_facade_patch_lengths_contract(loaded):

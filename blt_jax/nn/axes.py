@@ -15,6 +15,7 @@ HASH_TABLES = "hash_tables"  # hash n-gram tables T
 HASH_VOCAB = "hash_vocab"  # buckets per hash table G
 PATCH_SLOTS = "patch_slots"  # k * D_local outputs of a patch projection
 LATENT_IN = "latent_in"  # k * D_local input of the latent input projection
+LAYERS = "layers"  # the stacked layer axis of a scanned stack (`nn.scan` over layers)
 
 # Activations.
 ACT_BATCH = "act_batch"

@@ -27,6 +27,7 @@ class TransformerBlock(nn.Module):
     depth: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    scan_output: bool = False  # return (x, None), the carry/output pair `nn.scan` expects
 
     @nn.compact
     def __call__(
@@ -50,6 +51,8 @@ class TransformerBlock(nn.Module):
         x = x + FeedForward(self.stack.ffn_hidden, self.depth, dt, pdt, name="feed_forward")(h)
         # Batch-sharded residual stream (a no-op outside a mesh + logical-rules context).
         x = nn.with_logical_constraint(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        if self.scan_output:
+            return x, None
         return x if prefix is None else (x, kv)
 
 
@@ -73,3 +76,23 @@ def stack_remat(remat: dict[str, str] | None, stack: str) -> str:
     """The policy of one stack from a {stack or "all": policy} mapping."""
     remat = remat or {}
     return remat.get(stack, remat.get("all", "none"))
+
+
+def scanned_blocks(stack: StackConfig, dtype: Dtype, param_dtype: Dtype, remat: str = "none", name: str = "layers"):
+    """All blocks of a stack as one `nn.scan` over a stacked layer axis (parameters [L, ...] under
+    `name`, logical axis `layers` first). Call as `(x, mask, rope) -> x`.
+
+    Compiles one block instead of L (the compile time and program size of deep stacks on pods).
+    The stacked layout is `blt_jax.nn.scan.stack_layers` of the per-layer one; initialise the
+    per-layer model (its init scales depend on depth) and stack.
+    """
+    scan = nn.scan(
+        block_class(remat),
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=stack.n_layers,
+        metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+    )
+    module = scan(stack, 0, dtype, param_dtype, scan_output=True, name=name)
+    return lambda x, mask, rope: module(x, mask, rope)[0]

@@ -23,6 +23,7 @@ class BLT(nn.Module):
 
     config: BLTConfig
     remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
+    scan: tuple[str, ...] = ()  # stacks run as one nn.scan over stacked layers: ("latent",) or ()
 
     @nn.compact
     def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None) -> jax.Array:
@@ -45,7 +46,8 @@ class BLT(nn.Module):
         encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"), name="local_encoder")
         h, patches = encoder(tokens, patch_ids, num_patches, positions, docs, embeds)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
-        latent = LatentTransformer(self.config, stack_remat(self.remat, "latent"), name="global_transformer")(patches, patch_docs)
+        latent = LatentTransformer(self.config, stack_remat(self.remat, "latent"), "latent" in self.scan,
+                                   name="global_transformer")(patches, patch_docs)
         dec_ids = decoder_patch_ids(patch_lengths, length)
         decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"), name="local_decoder")
         return decoder(h, latent, dec_ids, positions, docs)

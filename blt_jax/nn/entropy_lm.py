@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class
+from blt_jax.nn.block import block_class, scanned_blocks
 from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
@@ -23,6 +23,7 @@ class EntropyLM(nn.Module):
 
     config: EntropyLMConfig
     remat: str = "none"
+    scan: bool = False  # one nn.scan over stacked layers (training; no cache)
 
     @nn.compact
     def __call__(
@@ -56,8 +57,12 @@ class EntropyLM(nn.Module):
         h = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
         if cache is None:
             mask = CausalSpec.self_attention(positions, docs, st.window)
-            for i in range(st.n_layers):
+            if self.scan:
+                h = scanned_blocks(st, dt, pdt, self.remat)(h, mask, rope)
+            for i in range(0 if self.scan else st.n_layers):
                 h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
+        elif self.scan:
+            raise ValueError("a scanned entropy LM has no cached path; unstack its parameters to stream")
         else:
             cache_plan = plan(cache, positions, docs, st.window)
             updates = []

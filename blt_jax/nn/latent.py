@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class
+from blt_jax.nn.block import block_class, scanned_blocks
 from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, rope_tables
 from blt_jax.nn.masks import CausalSpec
@@ -45,6 +45,7 @@ class LatentTransformer(nn.Module):
 
     config: BLTConfig
     remat: str = "none"
+    scan: bool = False  # one nn.scan over stacked layers (training; no cache)
 
     @nn.compact
     def __call__(
@@ -79,9 +80,13 @@ class LatentTransformer(nn.Module):
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         if cache is None:
             mask = CausalSpec.self_attention(positions, patch_docs, st.window)
+            if self.scan:
+                return scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope)
             for i in range(st.n_layers):
                 x = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
             return x
+        if self.scan:
+            raise ValueError("a scanned latent stack has no cached path; unstack its parameters to decode")
         cache_plan = plan(cache, positions, patch_docs, st.window, store)
         updates = []
         for i in range(st.n_layers):

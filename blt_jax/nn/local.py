@@ -33,6 +33,11 @@ def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> ja
       [B, P, D].
     """
 
+    if num_patches == 1:  # one patch (incremental decoding): a masked max, no scatter
+        member = (patch_ids == 0)[:, :, None]
+        pooled = jnp.max(jnp.where(member, h, jnp.finfo(h.dtype).min), axis=1, keepdims=True)
+        return jnp.where(jnp.any(member, axis=1, keepdims=True), pooled, jnp.zeros_like(pooled))
+
     def one_row(states, ids):
         pooled = jax.ops.segment_max(states, ids, num_segments=num_patches)
         count = jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=num_patches)

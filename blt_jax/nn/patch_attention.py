@@ -36,6 +36,8 @@ def slots_attend_bytes(q: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.
     batch, total, heads, dim = q.shape
     kk = slots_per_patch
     num = total // kk
+    if num == 1:
+        return _one_patch(q, k, v, patch_ids == 0)
     qs = q.reshape(batch, num, kk, heads, dim)
     valid = (patch_ids >= 0) & (patch_ids < num)
     ids = jnp.where(valid, patch_ids, num)  # num = a dump segment, dropped below
@@ -52,6 +54,21 @@ def slots_attend_bytes(q: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.
 
     out = jax.vmap(per_row)(scores, v.astype(jnp.float32), ids)
     return out.reshape(batch, total, heads, dim).astype(q.dtype)
+
+
+def _one_patch(q: jax.Array, k: jax.Array, v: jax.Array, member: jax.Array) -> jax.Array:
+    """slots_attend_bytes for a single patch (incremental decoding closes one at a time): a plain
+    masked softmax over the member bytes, without the scatters of segment reductions.
+
+    q [B, k, H, K], k/v [B, N, H, K], member bool [B, N] -> [B, k, H, K].
+    """
+    scores = jnp.einsum("bjhd,bnhd->bhjn", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    m = member[:, None, None, :]
+    scores = jnp.where(m, scores, _NEG)
+    e = jnp.where(m, jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))), 0.0)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    probs = e / jnp.where(denom > 0, denom, 1.0)
+    return jnp.einsum("bhjn,bnhd->bjhd", probs, v.astype(jnp.float32)).astype(q.dtype)
 
 
 def bytes_attend_slots(q: jax.Array, k: jax.Array, v: jax.Array, dec_ids: jax.Array, slots_per_patch: int) -> jax.Array:

@@ -38,6 +38,28 @@ def parse_remat(spec: str) -> dict[str, str]:
     return out
 
 
+SCAN_STACKS = ("all", "latent", "entropy")
+
+
+def parse_scan(spec: str) -> tuple[str, ...]:
+    """"latent,entropy" -> ("latent", "entropy"); "" -> ()."""
+    return tuple(part.strip() for part in spec.split(",") if part.strip())
+
+
+def resolve_scan(spec: str, model: ModelConfig) -> tuple[str, ...]:
+    """The scanned stacks of `spec` for this model ("all" = every scannable one)."""
+    from blt_jax.nn.scan import scannable
+
+    stacks = parse_scan(spec)
+    if "all" in stacks:
+        return scannable(model)
+    for stack in stacks:
+        require(stack in scannable(model), "train.scan",
+                f"stack {stack!r} cannot be scanned for a {type(model).__name__} (scannable: "
+                f"{', '.join(scannable(model))})")
+    return stacks
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and bookkeeping of a run.
@@ -54,6 +76,9 @@ class TrainConfig:
       remat: activation rematerialisation of the blocks: a policy for all stacks ("none", "full",
         "save_dots") or per stack ("latent=full,decoder=save_dots"; stacks encoder, latent,
         decoder, entropy).
+      scan: stacks run as one `nn.scan` over stacked layers ("" none, "latent" for a BLT, "entropy"
+        for an entropy LM, "all" = every scannable stack). Compiles one block instead of L; the
+        checkpoints then hold stacked layers ([L, ...]); `restore_params` returns per-layer ones.
       log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
       eval_batches: batches per evaluation.
       keep_checkpoints: how many recent checkpoints to keep.
@@ -73,6 +98,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     remat: str = "none"
+    scan: str = ""
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 4
@@ -94,6 +120,8 @@ class TrainConfig:
         for stack, policy in parse_remat(self.remat).items():
             require(stack in REMAT_STACKS, "remat", f"unknown stack {stack!r}; expected {', '.join(REMAT_STACKS)}")
             require(policy in REMAT_POLICIES, "remat", f"unknown policy {policy!r}; expected {', '.join(REMAT_POLICIES)}")
+        for stack in parse_scan(self.scan):
+            require(stack in SCAN_STACKS, "scan", f"unknown stack {stack!r}; expected {', '.join(SCAN_STACKS)}")
         for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
             value = getattr(self, name)
             require(value >= 0, name, f"must be >= 0, got {value}")
@@ -117,6 +145,7 @@ class ExperimentConfig:
                 "data.batch_size",
                 f"{self.data.batch_size} is not divisible by train.grad_accum={self.train.grad_accum}",
             )
+        resolve_scan(self.train.scan, self.model)  # a stack this model cannot scan fails here
 
     @property
     def is_blt(self) -> bool:

@@ -88,7 +88,8 @@ def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[ExperimentConfig, Any]:
-    """(experiment, params) of a training workdir's newest readable checkpoint (or `step`)."""
+    """(experiment, params) of a training workdir's newest readable checkpoint (or `step`); params in
+    the per-layer layout even when the run scanned its stacks."""
     from blt_jax.parallel import MeshConfig, make_mesh
 
     directory = os.path.join(workdir, "checkpoints")
@@ -102,7 +103,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ExperimentCon
     for candidate in reversed(steps if step is None else [step]):
         try:
             state = checkpointer.restore(candidate, trainer.abstract_state, trainer.state_shardings, iterator)
-            return experiment, state.params
+            return experiment, trainer.canonical(state.params)
         except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
             logger.warning("checkpoint %d of %s is unreadable (%s); trying the previous one", candidate, workdir, e)
     raise FileNotFoundError(f"{workdir}: no readable checkpoint")

@@ -24,16 +24,17 @@ from blt_jax.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None) -> Callable:
+def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None, scan: tuple[str, ...] = ()) -> Callable:
     """(params, batch, embeds=None) -> fp32 logits [B, N, V] for a BLT or an entropy LM.
 
-    `embeds` (BLT only) is the precomputed encoder input (`hash_embed.byte_embeddings`)."""
+    `embeds` (BLT only) is the precomputed encoder input (`hash_embed.byte_embeddings`); `scan` names
+    the stacks whose parameters are in the stacked layout (`nn.scan.stack_layers`)."""
     remat = dict(remat or {})
     if isinstance(model, BLTConfig):
-        module = BLT(model, remat=remat)
+        module = BLT(model, remat=remat, scan=tuple(scan))
         return lambda params, batch, embeds=None: module.apply(
             {"params": params}, batch["tokens"], batch["patch_lengths"], embeds)
-    module = EntropyLM(model, remat=remat.get("entropy", remat.get("all", "none")))
+    module = EntropyLM(model, remat=remat.get("entropy", remat.get("all", "none")), scan="entropy" in scan)
     return lambda params, batch, embeds=None: module.apply({"params": params}, batch["tokens"])
 
 

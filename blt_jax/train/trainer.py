@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from blt_jax.params import abstract_params, logical_axes
+from blt_jax.nn import axes
+from blt_jax.nn.scan import stack_layers, stacked_axes, unstack_layers
+from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
-from blt_jax.train.config import ExperimentConfig, parse_remat
+from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
 from blt_jax.train.optimizer import learning_rate, make_optimizer
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import embedding_fn, eval_step, model_apply, train_step
@@ -46,10 +48,13 @@ class Trainer:
         model, train = experiment.model, experiment.train
         self.tx = make_optimizer(train)
         self.schedule = learning_rate(train)
-        self.apply = model_apply(model, parse_remat(train.remat))
+        self.scan = resolve_scan(train.scan, model)
+        self.apply = model_apply(model, parse_remat(train.remat), self.scan)
 
-        abstract = abstract_params(model)
-        self.param_shardings = logical_to_shardings(logical_axes(model), abstract, self.mesh)
+        stack = lambda params: stack_layers(params, model, self.scan)  # noqa: E731
+        abstract = jax.eval_shape(stack, abstract_params(model))
+        axes_tree = stacked_axes(logical_axes(model), model, self.scan, axes.LAYERS)
+        self.param_shardings = logical_to_shardings(axes_tree, abstract, self.mesh)
         abstract_opt = jax.eval_shape(self.tx.init, abstract)
         opt_shardings = _shard_like_params(
             abstract_opt, jax.tree_util.tree_structure(abstract), self.param_shardings, replicated(self.mesh)
@@ -57,7 +62,9 @@ class Trainer:
         self.state_shardings = TrainState(step=replicated(self.mesh), params=self.param_shardings,
                                           opt_state=opt_shardings)
         self.batch_sharding = batch_sharding(self.mesh)
-        self.abstract_state = jax.eval_shape(lambda: init_state(model, self.tx, jax.random.key(0)))
+        # Per-layer init (its scales depend on depth), then the training layout.
+        fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))  # noqa: E731
+        self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
         step = functools.partial(train_step, apply=self.apply, tx=self.tx, schedule=self.schedule,
                                  grad_accum=train.grad_accum, embed=embedding_fn(model))
@@ -66,9 +73,11 @@ class Trainer:
         self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
                              in_shardings=(self.param_shardings, self.batch_sharding),
                              out_shardings=replicated(self.mesh))
-        self._init = jax.jit(lambda key: init_state(model, self.tx, key), out_shardings=self.state_shardings)
-        self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, params),
-                                    in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)
+        self._init = jax.jit(fresh, out_shardings=self.state_shardings)
+        self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, stack(params)),
+                                    out_shardings=self.state_shardings)
+        self._to_train_layout = jax.jit(stack, out_shardings=self.param_shardings)
+        self._canonical = lambda params: unstack_layers(params, model, self.scan)  # noqa: E731
 
     @contextlib.contextmanager
     def context(self):
@@ -83,8 +92,17 @@ class Trainer:
         return self._init(jax.random.key(seed))
 
     def init_from_params(self, params: Any) -> TrainState:
-        """A state whose parameters are `params` (e.g. pretrained), with a fresh optimizer state."""
-        return self._from_params(jax.device_put(params, self.param_shardings))
+        """A state whose parameters are `params` (per-layer layout, e.g. pretrained), with a fresh
+        optimizer state."""
+        return self._from_params(params)
+
+    def train_layout(self, params: Any) -> Any:
+        """Per-layer parameters in this trainer's layout (stacked for scanned stacks), sharded."""
+        return self._to_train_layout(params)
+
+    def canonical(self, params: Any) -> Any:
+        """This trainer's parameters in the per-layer layout (checkpoint conversion, decoding)."""
+        return self._canonical(params)
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """A per-process batch as global arrays split over (data, fsdp)."""
