@@ -37,13 +37,34 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
-    m = mask[:, None, :, :]
-    scores = jnp.where(m, scores, _MASKED_SCORE)
-    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    probs = jnp.where(m, jnp.exp(scores), 0.0)
-    denom = jnp.sum(probs, axis=-1, keepdims=True)
-    probs = probs / jnp.where(denom > 0, denom, 1.0)
+    probs = _masked_softmax(scores, mask[:, None, :, :])
     return jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)
+
+
+def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax over the last axis where mask is True; rows with nothing visible are exactly 0."""
+    scores = jnp.where(mask, scores, _MASKED_SCORE)
+    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    probs = jnp.where(mask, jnp.exp(scores), 0.0)
+    denom = jnp.sum(probs, axis=-1, keepdims=True)
+    return probs / jnp.where(denom > 0, denom, 1.0)
+
+
+def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -> jax.Array:
+    """Attention of a few queries to a head-major ring cache (incremental decoding).
+
+    Args:
+      q: [B, T, H, K] queries.
+      k: [B, H, K, S] the ring's keys, v: [B, H, S, K] its values (this step's already written).
+      spec: ids of the T queries and the S slots.
+
+    Returns:
+      [B, T, H, K].
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = jnp.einsum("bthk,bhks->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    probs = _masked_softmax(scores, spec.dense()[:, None, :, :])
+    return jnp.einsum("bhts,bhsk->bthk", probs.astype(v.dtype), v)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -> jax.Array:
@@ -112,7 +133,8 @@ class SelfAttention(nn.Module):
             out = causal_attention(q, k, v, mask)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
         keys, values, update = attend_keys(prefix, k, v)
-        out = causal_attention(q, keys, values, mask)
+        attend = ring_attention if prefix.mode == "ring" else causal_attention
+        out = attend(q, keys, values, mask)
         return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), update
 
 

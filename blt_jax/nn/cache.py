@@ -8,7 +8,9 @@ Two layouts share one type:
   * ring (`ring=True`): S slots written at slot = position % S, each slot remembering its position and
     document, so the mask needs no ordering. A single new position is written first and attends to
     the S slots in place: no copy of the cache per step, which is what incremental decoding needs
-    (S >= W for a windowed stack; S >= every position for a full-causal one). A longer chunk attends
+    (S >= W for a windowed stack; S >= every position for a full-causal one). Rings are stored in
+    the layouts the attention matmuls read directly (keys [B, H, K, S], values [B, H, S, K]): in
+    the query-major layout XLA:CPU would transpose every layer's ring on every step. A longer chunk attends
     to [slots, chunk] (or, filling an empty ring at prompt prefill, to itself) and then writes its
     last S positions.
 
@@ -32,8 +34,8 @@ class KVCache:
     """Keys and values of every layer of a stack.
 
     Attributes:
-      k: per layer, keys [B, M, H, K] (RoPE already applied).
-      v: per layer, values [B, M, H, K].
+      k: per layer, keys [B, M, H, K] (RoPE already applied); rings: [B, H, K, M].
+      v: per layer, values [B, M, H, K]; rings: [B, H, M, K].
       pos: int32 [B, M] position (RoPE index) of each slot.
       doc: int32 [B, M] document id of each slot (EMPTY_DOC when unused).
       ring: layout (static): ring buffer indexed by position % M, or the last M positions in order.
@@ -51,10 +53,11 @@ class KVCache:
     def empty(cls, batch: int, size: int, n_layers: int, n_heads: int, head_dim: int, dtype=jnp.float32,
               ring: bool = False) -> "KVCache":
         """An all-empty cache of M = `size` slots."""
-        zeros = lambda: jnp.zeros((batch, size, n_heads, head_dim), dtype)  # noqa: E731
+        v_shape = (batch, n_heads, size, head_dim) if ring else (batch, size, n_heads, head_dim)
+        k_shape = (batch, n_heads, head_dim, size) if ring else v_shape
         return cls(
-            k=tuple(zeros() for _ in range(n_layers)),
-            v=tuple(zeros() for _ in range(n_layers)),
+            k=tuple(jnp.zeros(k_shape, dtype) for _ in range(n_layers)),
+            v=tuple(jnp.zeros(v_shape, dtype) for _ in range(n_layers)),
             pos=jnp.zeros((batch, size), jnp.int32),
             doc=jnp.full((batch, size), EMPTY_DOC, jnp.int32),
             ring=ring,
@@ -120,6 +123,22 @@ def _scatter(buffer: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Arra
     return buffer.at[rows, slots].set(values.astype(buffer.dtype), mode="drop")
 
 
+def _scatter_ring(ring: jax.Array, slots: jax.Array, values: jax.Array, keys: bool) -> jax.Array:
+    """A ring (keys [B, H, K, M] or values [B, H, M, K]) with values [B, T, H, K] written at slots
+    [B, T] (slot M = skip)."""
+    rows = jnp.arange(ring.shape[0])[:, None, None]
+    head = jnp.arange(ring.shape[1])[None, :, None]
+    new = jnp.swapaxes(values, 1, 2).astype(ring.dtype)  # [B, H, T, K]
+    if keys:  # advanced indices around a slice: the indexed region is laid out [B, H, T, K]
+        return ring.at[rows, head, :, slots[:, None, :]].set(new, mode="drop")
+    return ring.at[rows, head, slots[:, None, :]].set(new, mode="drop")
+
+
+def _ring_as_chunk(ring: jax.Array, keys: bool) -> jax.Array:
+    """A ring in the [B, M, H, K] layout of a chunk's keys/values."""
+    return jnp.transpose(ring, (0, 3, 1, 2)) if keys else jnp.swapaxes(ring, 1, 2)
+
+
 def plan(cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | None,
          valid: jax.Array | None = None) -> CachePlan:
     """The shared part of a cached call.
@@ -165,20 +184,21 @@ def attend_keys(prefix: LayerPrefix, k: jax.Array, v: jax.Array):
       k, v: [B, T, H, K] keys (rotated) and values of the new positions.
 
     Returns:
-      (keys, values, update): update is (k, v) of the new positions (ordered caches) or the written
-      ring (ring caches).
+      (keys, values, update): keys/values [B, S, H, K], or the ring's layouts in mode "ring";
+      update is (k, v) of the new positions (ordered caches) or the written ring (ring caches).
     """
     if prefix.mode == "append":
         keys = jnp.concatenate([prefix.k.astype(k.dtype), k], axis=1)
         values = jnp.concatenate([prefix.v.astype(v.dtype), v], axis=1)
         return keys, values, (k, v)
-    ring_k, ring_v = _scatter(prefix.k, prefix.slots, k), _scatter(prefix.v, prefix.slots, v)
-    if prefix.mode == "ring":
+    ring_k = _scatter_ring(prefix.k, prefix.slots, k, keys=True)
+    ring_v = _scatter_ring(prefix.v, prefix.slots, v, keys=False)
+    if prefix.mode == "ring":  # read in place by `attention.ring_attention`
         return ring_k.astype(k.dtype), ring_v.astype(v.dtype), (ring_k, ring_v)
     if prefix.mode == "fresh":
         return k, v, (ring_k, ring_v)
-    keys = jnp.concatenate([prefix.k.astype(k.dtype), k], axis=1)
-    values = jnp.concatenate([prefix.v.astype(v.dtype), v], axis=1)
+    keys = jnp.concatenate([_ring_as_chunk(prefix.k, True).astype(k.dtype), k], axis=1)
+    values = jnp.concatenate([_ring_as_chunk(prefix.v, False).astype(v.dtype), v], axis=1)
     return keys, values, (ring_k, ring_v)
 
 
