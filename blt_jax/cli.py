@@ -10,6 +10,7 @@ Subcommands:
   train         train a BLT or an entropy LM (absl flags, ml_collections overrides)
   eval          bits per byte of a trained checkpoint
   generate      generate text after a prompt (cached decoding), streamed to stdout
+  aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
 """
 
 from __future__ import annotations
@@ -293,7 +294,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("aot", help="compile the train step for a TPU topology (no TPU needed): memory and FLOPs")
+    p.add_argument("--config", required=True, help="experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32")
+    p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.remat=full (repeatable)")
+    p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
+    p.set_defaults(fn=cmd_aot)
     return parser
+
+
+def _apply_overrides(raw, overrides: list[str]):
+    """KEY=VALUE overrides of an experiment ConfigDict (values parsed as Python literals when possible)."""
+    import ast
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        *parents, leaf = key.split(".")
+        node = raw
+        for name in parents:
+            if name not in node:
+                raise ValueError(f"--set {key}: no section {name!r}")
+            node = node[name]
+        node[leaf] = parsed
+    return raw
+
+
+def cmd_aot(args: argparse.Namespace) -> int:
+    from blt_jax.aot import aot_train_step, require_fit
+    from blt_jax.experiment import load_experiment
+    from blt_jax.train.config import experiment_from_dict
+
+    experiment = experiment_from_dict(_apply_overrides(load_experiment(args.config), args.set))
+    report = aot_train_step(experiment, args.topology)
+    report["config"] = args.config
+    print(json.dumps(report, indent=2))
+    if args.require_fit:
+        try:
+            require_fit(report)
+        except ValueError as e:
+            print(f"blt-jax aot: {e}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _generation_model(checkpoint: str, entropy_checkpoint: str | None):

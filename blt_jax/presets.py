@@ -57,3 +57,32 @@ def blt_1b() -> ml_collections.ConfigDict:
 def blt_7b() -> ml_collections.ConfigDict:
     """blt-7b: local 1280 (1 enc / 6 dec layers, 20 heads), global 4096 x 32, k = 4 (input projection)."""
     return _blt(1280, 20, 6, 4096, 32, 32, 4)
+
+
+# Hardware profiles: per TPU slice, the batch, mesh, rematerialisation and scan of a training run at
+# the reference's sequence budgets (BLT rows of 24,576 bytes / 4,096 patches; entropy LM rows of 8,192
+# bytes). Each is checked to compile and fit by `blt-jax aot --config <file>:<profile> --topology <name>`.
+BLT_ROW_BYTES, BLT_ROW_PATCHES, ENTROPY_ROW_BYTES = 24_576, 4_096, 8_192
+
+
+def training_profile(name: str, profiles: dict, row_bytes: int, row_patches: int) -> dict:
+    """The data / train / mesh sections of a named profile (ValueError naming the known ones)."""
+    if name not in profiles:
+        raise ValueError(f"unknown hardware profile {name!r}; this config has: {', '.join(sorted(profiles))}")
+    p = profiles[name]
+    data = dict(source=p.get("source", "default"), batch_size=p["batch"], row_bytes=row_bytes,
+                row_patches=row_patches, patching=dict(mode="space", threshold=RELEASED_THRESHOLD, monotonic=False,
+                                                       threshold_add=None, static_size=4, max_patch_length=None))
+    train = dict(steps=p.get("steps", 100_000), learning_rate=p.get("learning_rate", 4e-4), warmup_steps=2_000,
+                 grad_accum=p.get("grad_accum", 1), remat=p["remat"], scan=p["scan"], log_every=50,
+                 eval_every=2_000, checkpoint_every=1_000)
+    return dict(data=data, train=train, mesh=dict(data=p.get("data", 1), fsdp=-1, tensor=p.get("tensor", 1)))
+
+
+def with_profile(config: ml_collections.ConfigDict, arg: str | None, profiles: dict, row_bytes: int,
+                 row_patches: int) -> ml_collections.ConfigDict:
+    """`config` (a model section) plus the sections of hardware profile `arg` (none: model only)."""
+    if arg:
+        for section, values in training_profile(arg, profiles, row_bytes, row_patches).items():
+            config[section] = ml_collections.ConfigDict(values)
+    return config

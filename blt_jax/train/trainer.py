@@ -94,11 +94,12 @@ class Trainer:
     def init_from_params(self, params: Any) -> TrainState:
         """A state whose parameters are `params` (per-layer layout, e.g. pretrained), with a fresh
         optimizer state."""
-        return self._from_params(params)
+        # Via the host: the params may live on other devices (another trainer's mesh).
+        return self._from_params(jax.device_get(params))
 
     def train_layout(self, params: Any) -> Any:
         """Per-layer parameters in this trainer's layout (stacked for scanned stacks), sharded."""
-        return self._to_train_layout(params)
+        return self._to_train_layout(jax.device_get(params))
 
     def canonical(self, params: Any) -> Any:
         """This trainer's parameters in the per-layer layout (checkpoint conversion, decoding)."""
