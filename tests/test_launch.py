@@ -1,0 +1,62 @@
+"""The TPU launch script's dry runs: the commands a pod launch would execute, in order."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "launch", "tpu.py")
+
+
+def dry_run(*args):
+    out = subprocess.run([sys.executable, SCRIPT, *args, "--dry-run"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    return out.returncode, [line.removeprefix("[dry-run] ") for line in out.stdout.splitlines()], out.stderr
+
+
+POD = ["pod", "--name", "blt-1b", "--zone", "us-east5-a", "--accelerator", "v5p-32",
+       "--config", "experiments/blt_1b.py:v5p-32", "--workdir", "gs://bucket/blt-1b"]
+
+
+def test_pod_dry_run_lists_every_stage_in_order():
+    code, lines, err = dry_run(*POD, "--stages", "create,copy,install,train,logs,delete",
+                               "--override=--config.train.steps=10")
+    assert code == 0, err
+    words = [shlex.split(line) for line in lines]
+    assert words[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "blt-1b"]
+    assert "--accelerator-type=v5p-32" in words[0] and "--version=v2-alpha-tpuv5" in words[0]
+    assert words[1][4] == "scp" and "--worker=all" in words[1]
+    install, train = words[2], words[3]
+    assert "--worker=all" in install and "pip install -q -c constraints.txt -e '.[tpu]'" in install[-2]
+    assert "--worker=all" in train and train[-2].startswith("--command=tmux new-session -d -s blt")
+    assert ("blt-jax train --config experiments/blt_1b.py:v5p-32 --workdir gs://bucket/blt-1b "
+            "--config.train.steps=10") in train[-2]
+    assert any("tail -n 50" in w for w in words[4]) and words[5] == ["mkdir", "-p", "logs/blt-1b"]
+    assert words[-1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "blt-1b"]
+    assert all("--zone=us-east5-a" in w for w in words if w[0] == "gcloud")
+
+
+def test_pod_needs_a_shared_workdir():
+    code, _, err = dry_run(*POD[:-1], "/tmp/local")
+    assert code == 2 and "gs://" in err
+
+
+def test_queued_resource_resumes_after_preemption():
+    code, lines, err = dry_run("queued", "--name", "q", "--zone", "z", "--accelerator", "v5litepod-16", "--spot",
+                               "--config", "experiments/tiny.py", "--workdir", "gs://b/t", "--code", "gs://b/code",
+                               "--watch")
+    assert code == 0, err
+    text = "\n".join(lines)
+    assert "queued-resources describe q" in text and "when SUSPENDED or FAILED" in text
+    assert "queued-resources create q" in text and "--spot" in text
+    assert "blt-jax train --config experiments/tiny.py --workdir gs://b/t" in text
+
+
+def test_xpk_workload():
+    code, lines, err = dry_run("xpk", "--name", "w", "--zone", "z", "--accelerator", "v5p-128", "--cluster", "c",
+                               "--image", "img", "--config", "experiments/blt_7b.py:v5p-128", "--workdir", "gs://b/7b")
+    assert code == 0, err
+    words = shlex.split(lines[0])
+    assert words[:3] == ["xpk", "workload", "create"] and "--tpu-type=v5p-128" in words
+    assert "--command=blt-jax train --config experiments/blt_7b.py:v5p-128 --workdir gs://b/7b" in words
