@@ -9,6 +9,7 @@ are from what XLA actually runs, before anyone pays for a slice.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -139,35 +140,103 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     compile_s = time.perf_counter() - start
 
     data = experiment.data
-    n = len(devices)
-    step_bytes = data.batch_size * data.row_bytes
     # The compiled program runs every patch slot: compare at the static budget's patch length.
     mean_patch = data.row_bytes / data.row_patches if isinstance(experiment.model, BLTConfig) else 1.0
-    analytic = training_flops_per_byte(experiment.model, data.row_bytes, mean_patch) * step_bytes / n
-    compiled_flops = _flops(compiled)
+    analytic = training_flops_per_byte(experiment.model, data.row_bytes, mean_patch) * data.batch_size \
+        * data.row_bytes / len(devices)
+    report = _report("train_step", topology, devices, mesh, compiled, compile_s,
+                     batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
+                            "grad_accum": experiment.train.grad_accum},
+                     remat=experiment.train.remat, scan=experiment.train.scan)
+    report["analytic_flops_per_device"] = analytic
+    report["compiled_over_analytic"] = report["compiled_flops_per_device"] / analytic if analytic else None
+    return report
+
+
+def _report(program: str, topology: str, devices: list, mesh, compiled, compile_s: float, **extra) -> dict:
     memory = _memory(compiled)
     kind = devices[0].device_kind
     hbm = hbm_bytes(kind)
     return {
-        "program": "train_step",
+        "program": program,
         "topology": libtpu_name(topology),
         "requested": topology,
-        "devices": n,
+        "devices": len(devices),
         "device_kind": kind,
         "mesh": dict(mesh.shape),
-        "batch": {"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": getattr(data, "row_patches", 0),
-                  "grad_accum": experiment.train.grad_accum},
-        "remat": experiment.train.remat,
-        "scan": experiment.train.scan,
+        **extra,
         **{f"{k}_per_device": v for k, v in memory.items()},
         "hbm_bytes_per_device": hbm,
         "fits": None if hbm is None else memory["peak_bytes"] <= hbm,
         "hbm_headroom_bytes": None if hbm is None else hbm - memory["peak_bytes"],
-        "compiled_flops_per_device": compiled_flops,
-        "analytic_flops_per_device": analytic,
-        "compiled_over_analytic": compiled_flops / analytic if analytic else None,
+        "compiled_flops_per_device": _flops(compiled),
         "compile_seconds": round(compile_s, 2),
     }
+
+
+def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: int = 2048) -> dict:
+    """Compiles one cached decoding step (`inference.decode.Decoder.step`) of a BLT for a topology:
+    one prompt per data-parallel shard, caches for `capacity` positions, parameters sharded by the
+    rules table. Without an entropy LM in the config the step patches by spaces (same shapes)."""
+    import flax.linen as nn
+
+    from blt_jax.inference.decode import Decoder
+    from blt_jax.params import abstract_params, logical_axes
+    from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings, replicated
+
+    config = experiment.model
+    if not isinstance(config, BLTConfig):
+        raise ValueError("the generation step needs a BLT config")
+    if config.patching.mode == "entropy" and config.entropy_model is None:
+        config = dataclasses.replace(config, patching=dataclasses.replace(config.patching, mode="space"))
+    devices = topology_devices(topology)
+    mesh = make_mesh(experiment.mesh, devices)
+    batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    start = time.perf_counter()
+    decoder = Decoder(config, capacity)
+    params = abstract_params(config)
+    params = _abstract(params, logical_to_shardings(logical_axes(config), params, mesh))
+    entropy = None
+    if config.patching.mode == "entropy":
+        entropy = abstract_params(config.entropy_model)
+        entropy = _abstract(entropy, logical_to_shardings(logical_axes(config.entropy_model), entropy, mesh))
+    prompt = jax.ShapeDtypeStruct((batch, 16), jnp.int32)
+    state = jax.eval_shape(decoder.prefill, params, entropy, prompt)[0]
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
+    state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows if x.ndim and x.shape[0] == batch
+                                       else replicated(mesh)), state)
+    token = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        compiled = jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token).compile()
+    return _report("generation_step", topology, devices, mesh, compiled, time.perf_counter() - start,
+                   batch={"prompts": batch, "capacity": capacity}, patching=config.patching.mode)
+
+
+def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | None = None) -> dict:
+    """Compiles the entropy pass's jitted forward (entropies of rows of `window` bytes, rows split over
+    the data-parallel axes) of an entropy LM (or of a BLT's entropy model) for a topology."""
+    from blt_jax.config import EntropyLMConfig
+    from blt_jax.nn.entropy_lm import entropies_fn
+    from blt_jax.params import abstract_params, logical_axes
+    from blt_jax.parallel import BATCH_AXES, logical_to_shardings
+
+    config = experiment.model if isinstance(experiment.model, EntropyLMConfig) else experiment.model.entropy_model
+    if config is None:
+        raise ValueError("this config has no entropy LM")
+    devices = topology_devices(topology)
+    mesh = make_mesh(experiment.mesh, devices)
+    window = window or experiment.data.row_bytes
+    rows_n = experiment.data.batch_size
+    start = time.perf_counter()
+    params = abstract_params(config)
+    params = _abstract(params, logical_to_shardings(logical_axes(config), params, mesh))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
+    tokens = jax.ShapeDtypeStruct((rows_n, window), jnp.int32, sharding=rows)
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens).compile()
+    return _report("entropy_pass", topology, devices, mesh, compiled, time.perf_counter() - start,
+                   batch={"rows": rows_n, "window": window})
 
 
 def require_fit(report: dict) -> None:

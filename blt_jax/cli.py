@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.remat=full (repeatable)")
+    p.add_argument("--program", choices=("train", "generate", "entropy"), default="train",
+                   help="the train step (default), one cached generation step, or the entropy pass")
     p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
     p.set_defaults(fn=cmd_aot)
     return parser
@@ -328,12 +330,13 @@ def _apply_overrides(raw, overrides: list[str]):
 
 
 def cmd_aot(args: argparse.Namespace) -> int:
-    from blt_jax.aot import aot_train_step, require_fit
+    from blt_jax.aot import aot_entropy_pass, aot_generation_step, aot_train_step, require_fit
     from blt_jax.experiment import load_experiment
     from blt_jax.train.config import experiment_from_dict
 
     experiment = experiment_from_dict(_apply_overrides(load_experiment(args.config), args.set))
-    report = aot_train_step(experiment, args.topology)
+    compile_fn = {"train": aot_train_step, "generate": aot_generation_step, "entropy": aot_entropy_pass}[args.program]
+    report = compile_fn(experiment, args.topology)
     report["config"] = args.config
     print(json.dumps(report, indent=2))
     if args.require_fit:

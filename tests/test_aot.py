@@ -84,3 +84,15 @@ def test_parameter_shardings_match_the_golden_file():
     assert not changed, changed
     # The big tables are sharded (not replicated) on this 8-device mesh.
     assert any(axis for axis in specs["['local_encoder']['hash_embeddings']['embedding']"])
+
+
+def test_generation_step_and_entropy_pass_compile():
+    from blt_jax.aot import aot_entropy_pass, aot_generation_step
+
+    experiment = experiment_from_dict(load_experiment(TINY))
+    generate = aot_generation_step(experiment, "v5e:2x2", capacity=256)
+    assert generate["program"] == "generation_step" and generate["batch"] == {"prompts": 4, "capacity": 256}
+    assert generate["fits"] is True and generate["compiled_flops_per_device"] > 0
+    entropy = aot_entropy_pass(experiment, "v5e:2x2")
+    assert entropy["program"] == "entropy_pass" and entropy["batch"] == {"rows": 8, "window": 128}
+    assert entropy["fits"] is True and entropy["peak_bytes_per_device"] > 0
