@@ -40,7 +40,8 @@ setup(
     extras_require={
         # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.
         # torch is pinned exactly: an open range would pull a multi-GB CUDA build.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.23,<6", "safetensors>=0.4",
+        # pytest-xdist runs test files in parallel workers (XLA compiles on one core per process).
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "transformers>=5.23,<6", "safetensors>=0.4",
                  # The notebook test executes notebooks/quickstart.ipynb in a kernel.
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],

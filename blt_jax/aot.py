@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any
 
@@ -112,6 +113,41 @@ def _memory(compiled) -> dict:
     return out
 
 
+_OOM = re.compile(r"memory required for (?P<what>[^(]+?) \((?P<need>[\d.]+)(?P<unit>[KMGT]?)\) exceeds available HBM "
+                  r"\((?P<have>[\d.]+)(?P<have_unit>[KMGT]?)\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class DoesNotFit(Exception):
+    """The TPU compiler refused the program: it needs more HBM than the chip has.
+
+    Attributes:
+      needed_bytes: what the compiler said it needs (of the kind in `what`).
+      available_bytes: what it said is available.
+      what: what it counted ("HLO temporaries", ...).
+      message: the compiler's message.
+    """
+
+    def __init__(self, needed_bytes: int, available_bytes: int, what: str, message: str):
+        super().__init__(message)
+        self.needed_bytes, self.available_bytes, self.what, self.message = needed_bytes, available_bytes, what, message
+
+
+def compile_lowered(lowered):
+    """`lowered.compile()`, with the TPU compiler's out-of-HBM refusal turned into `DoesNotFit` (the
+    numbers of how far over it is), so a profile that does not fit is a report, not a traceback."""
+    try:
+        return lowered.compile()
+    except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only RESOURCE_EXHAUSTED is ours
+        text = str(e)
+        match = _OOM.search(text)
+        if "RESOURCE_EXHAUSTED" not in text or match is None:
+            raise
+        need = int(float(match["need"]) * _UNITS[match["unit"]])
+        have = int(float(match["have"]) * _UNITS[match["have_unit"]])
+        raise DoesNotFit(need, have, match["what"].strip(), text.strip().splitlines()[-1]) from None
+
+
 def _flops(compiled) -> float:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -136,7 +172,7 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     state = _abstract(trainer.abstract_state, trainer.state_shardings)
     batch = abstract_batch(experiment, trainer.batch_sharding)
     with trainer.context():
-        compiled = trainer._step.lower(state, batch).compile()
+        compiled = compile_lowered(trainer._step.lower(state, batch))
     compile_s = time.perf_counter() - start
 
     data = experiment.data
@@ -208,7 +244,7 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
                                        else replicated(mesh)), state)
     token = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        compiled = jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token).compile()
+        compiled = compile_lowered(jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token))
     return _report("generation_step", topology, devices, mesh, compiled, time.perf_counter() - start,
                    batch={"prompts": batch, "capacity": capacity}, patching=config.patching.mode)
 
@@ -234,13 +270,39 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
     tokens = jax.ShapeDtypeStruct((rows_n, window), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh):
-        compiled = jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens).compile()
+        compiled = compile_lowered(jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens))
     return _report("entropy_pass", topology, devices, mesh, compiled, time.perf_counter() - start,
                    batch={"rows": rows_n, "window": window})
 
 
+def refused_report(error: DoesNotFit, topology: str, config: str, program: str) -> dict:
+    """The report of a program the TPU compiler refused for lack of HBM."""
+    devices = topology_devices(topology)
+    return {
+        "program": program,
+        "topology": libtpu_name(topology),
+        "requested": topology,
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "fits": False,
+        "refused_by_compiler": error.message,
+        "needed_bytes_per_device": error.needed_bytes,
+        "needed_for": error.what,
+        "available_bytes_per_device": error.available_bytes,
+        "hbm_bytes_per_device": hbm_bytes(devices[0].device_kind),
+        "over_bytes_per_device": error.needed_bytes - error.available_bytes,
+        "config": config,
+    }
+
+
 def require_fit(report: dict) -> None:
     """Raises ValueError with the numbers when a compiled program does not fit its chips' HBM."""
+    if report.get("refused_by_compiler"):
+        need, have = report["needed_bytes_per_device"], report["available_bytes_per_device"]
+        raise ValueError(
+            f"{report['program']} does not fit {report['device_kind']} ({report['topology']}): the compiler needs "
+            f"{need / 2**30:.2f} GiB per device for {report['needed_for']}, has {have / 2**30:.2f} GiB "
+            f"({(need - have) / 2**30:.2f} GiB over); lower the batch per device, raise fsdp, or remat more")
     if report.get("fits") is False:
         need, have = report["peak_bytes_per_device"], report["hbm_bytes_per_device"]
         raise ValueError(

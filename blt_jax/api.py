@@ -293,8 +293,9 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
 
 
 def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
-    """Loads just an entropy LM: from our format (a BLT or an entropy LM alone), an HF BLT directory
-    (its patcher), or Meta's layout (an `entropy_model/` directory, or a BLT directory beside one).
+    """Loads just an entropy LM: from a training workdir of ours (`blt-jax train` of an entropy LM),
+    our format (a BLT or an entropy LM alone), an HF BLT directory (its patcher), or Meta's layout (an
+    `entropy_model/` directory, or a BLT directory beside one).
 
     Returns:
       (config, params).
@@ -303,6 +304,13 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
         raise FileNotFoundError(f"{path}: no such directory")
     from blt_jax.convert.native import CONFIG_FILE, load_native
 
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir of ours
+        from blt_jax.train.loop import restore_params
+
+        experiment, params = restore_params(path)
+        if not isinstance(experiment.model, EntropyLMConfig):
+            raise ValueError(f"{path} trained a BLT, not an entropy LM")
+        return experiment.model, params
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         config, params, entropy = load_native(path)
         if isinstance(config, EntropyLMConfig):
@@ -325,3 +333,31 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
     if model.entropy_params is None:
         raise ValueError(f"{path}: the checkpoint has no entropy LM (patcher)")
     return model.config.entropy_model, model.entropy_params
+
+
+def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel:
+    """A BLT from a training workdir's newest checkpoint, patching with the rule the run trained with.
+
+    Args:
+      workdir: a `blt-jax train` run directory of a BLT.
+      entropy_path: the entropy LM (any form `load_entropy_model` reads, e.g. its training workdir);
+        required when the run patched by entropy.
+
+    Returns:
+      A `BLTModel` whose config carries the run's patching rule (and threshold).
+    """
+    import dataclasses
+
+    from blt_jax.train.loop import restore_params
+
+    experiment, params = restore_params(workdir)
+    if not isinstance(experiment.model, BLTConfig):
+        raise ValueError(f"{workdir} trained an entropy LM, not a BLT")
+    patching = experiment.data.patching
+    entropy_config, entropy_params = None, None
+    if patching.mode == "entropy":
+        if entropy_path is None:
+            raise ValueError(f"{workdir} was trained with entropy patching: name its entropy LM (--entropy-checkpoint DIR)")
+        entropy_config, entropy_params = load_entropy_model(entropy_path)
+    config = dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config)
+    return BLTModel(config, params, entropy_params)

@@ -147,8 +147,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.entropies:
         entropies = sample_stored(args.entropies, args.max_tokens)
     elif args.corpus:
-        import itertools
-
         from blt_jax.data.sources import iter_documents
         from blt_jax.patching.stream import EntropyStreamer
         from blt_jax.tokenizer import encode
@@ -177,7 +175,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_entropy(args: argparse.Namespace) -> int:
-    import jax
     import numpy as np
 
     from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
@@ -304,7 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the train step (default), one cached generation step, or the entropy pass")
     p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
     p.set_defaults(fn=cmd_aot)
+
+    p = sub.add_parser("quickstart", help="train an entropy LM and a BLT on the default corpus, evaluate, plot, generate")
+    p.add_argument("--workdir", default="runs/quickstart", help="where everything goes; a re-run resumes it")
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget on a 2-core CPU (sets the steps)")
+    p.add_argument("--scale", choices=("small", "tiny"), default="small", help="model sizes (tiny: CI and notebooks)")
+    p.add_argument("--target-patch-length", type=float, default=4.5, help="mean patch length to calibrate to")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", action="append", default=None, metavar="STAGE",
+                   help="run just this stage (repeatable): corpus, entropy_lm, entropy_pass, calibrate, blt, "
+                        "baseline, plots, generate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_quickstart)
     return parser
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from blt_jax.quickstart import run_quickstart
+
+    run_quickstart(args.workdir, args.minutes, args.scale, args.target_patch_length, args.seed,
+                   progress=not args.no_progress, only=tuple(args.only) if args.only else None)
+    return 0
 
 
 def _apply_overrides(raw, overrides: list[str]):
@@ -330,14 +347,18 @@ def _apply_overrides(raw, overrides: list[str]):
 
 
 def cmd_aot(args: argparse.Namespace) -> int:
-    from blt_jax.aot import aot_entropy_pass, aot_generation_step, aot_train_step, require_fit
+    from blt_jax.aot import (DoesNotFit, aot_entropy_pass, aot_generation_step, aot_train_step, refused_report,
+                             require_fit)
     from blt_jax.experiment import load_experiment
     from blt_jax.train.config import experiment_from_dict
 
     experiment = experiment_from_dict(_apply_overrides(load_experiment(args.config), args.set))
     compile_fn = {"train": aot_train_step, "generate": aot_generation_step, "entropy": aot_entropy_pass}[args.program]
-    report = compile_fn(experiment, args.topology)
-    report["config"] = args.config
+    try:
+        report = compile_fn(experiment, args.topology)
+        report["config"] = args.config
+    except DoesNotFit as e:  # the compiler's refusal is the answer: it does not fit, by this much
+        report = refused_report(e, args.topology, args.config, args.program)
     print(json.dumps(report, indent=2))
     if args.require_fit:
         try:
@@ -351,26 +372,11 @@ def cmd_aot(args: argparse.Namespace) -> int:
 def _generation_model(checkpoint: str, entropy_checkpoint: str | None):
     """A BLTModel from a model directory, or from a training workdir's newest checkpoint (patching with
     the rule the run was trained with)."""
-    import dataclasses
+    from blt_jax.api import from_pretrained, from_training_run
 
-    from blt_jax.api import BLTModel, from_pretrained, load_entropy_model
-    from blt_jax.config import BLTConfig
-
-    if not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-        return from_pretrained(checkpoint)
-    from blt_jax.train.loop import restore_params
-
-    experiment, params = restore_params(checkpoint)
-    if not isinstance(experiment.model, BLTConfig):
-        raise ValueError(f"{checkpoint} trained an entropy LM, not a BLT; generate with a BLT")
-    patching = experiment.data.patching
-    entropy_config, entropy_params = None, None
-    if patching.mode == "entropy":
-        if entropy_checkpoint is None:
-            raise ValueError(f"{checkpoint} was trained with entropy patching: give --entropy-checkpoint DIR")
-        entropy_config, entropy_params = load_entropy_model(entropy_checkpoint)
-    config = dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config)
-    return BLTModel(config, params, entropy_params)
+    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+        return from_training_run(checkpoint, entropy_checkpoint)
+    return from_pretrained(checkpoint)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -421,9 +427,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from blt_jax.data.pipeline import DataConfig
     from blt_jax.train.loop import restore_params
 
     start = time.perf_counter()
@@ -457,7 +460,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{int(result['eval_bytes']):,} bytes of {data.source}; mean patch length "
           f"{result['eval_mean_patch_len']:.2f}; {result['eval_bytes'] / elapsed:,.0f} bytes/s "
           f"({time.perf_counter() - start:.1f}s total)")
-    del np
     return 0
 
 

@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from blt_jax.config import PatchingConfig, model_config_from_dict
 from blt_jax.data.pipeline import DataConfig, build_dataset

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blt_jax.config import ConfigError, PatchingConfig
-from blt_jax.data.packing import PackIterDataset, pack_row
+from blt_jax.data.packing import pack_row
 from blt_jax.data.pipeline import DataConfig, build_dataset, prepare_document, to_global
 from blt_jax.data.sources import SourceError, SourceStats, open_corpus
 from blt_jax.tokenizer import encode

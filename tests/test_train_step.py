@@ -1,6 +1,5 @@
 """The sharded train step: equal on every mesh, exact gradient accumulation, optimizer schedule."""
 
-import dataclasses
 import os
 
 import jax

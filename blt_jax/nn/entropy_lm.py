@@ -12,6 +12,7 @@ from blt_jax.nn.block import block_class, scanned_blocks
 from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
+from blt_jax.parallel import merge_rows, scan_rows, split_rows
 
 
 class EntropyLM(nn.Module):
@@ -99,10 +100,10 @@ def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1):
 
     def fn(params, tokens):
         batch, length = tokens.shape
-        group = row_groups(batch, rows_per_group)
+        group = scan_rows(batch, rows_per_group)  # at least one row per batch shard of the mesh
         one = lambda rows: entropies_from_logits(module.apply({"params": params}, rows))  # noqa: E731
         if group == batch:
             return one(tokens)
-        return jax.lax.map(one, tokens.reshape(batch // group, group, length)).reshape(batch, length)
+        return merge_rows(jax.lax.map(one, split_rows(tokens, group)))
 
     return fn

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.nn.masks import CausalSpec
+from blt_jax.parallel import merge_rows, scan_rows, split_rows
 
 _MASKED_SCORE = -1e30
 _PAD_POS = -(1 << 30)  # padded keys: farther than any window from every query
@@ -84,15 +85,18 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
         & (kb_doc[:, :, None, :] == q_doc[:, :, :, None])
     )  # [B, n_qb, block, span]
 
-    # Rows per scan step: as many as fit the tile budget (a divisor of B).
-    per_row = n_qb * block * span * 4
-    rows = max([g for g in range(1, batch + 1) if batch % g == 0 and g * per_row <= _TILE_BYTES] or [1])
+    # Rows per scan step: as many as fit the tile budget (small tiles keep XLA:CPU from re-faulting
+    # large fresh buffers), and at least one per batch shard of the mesh.
+    rows = scan_rows(batch, max(1, _TILE_BYTES // (n_qb * block * span * 4)))
     groups = batch // rows
 
+    # The scan runs over (head, g) and each step takes rows r = 0..rows-1 of b = r * groups + g, so a
+    # batch sharded over the mesh stays sharded (each device scans its own rows).
     def split(x):  # [H, B, ...] -> [H * groups, rows, ...]
-        return x.reshape(heads * groups, rows, *x.shape[2:])
+        x = split_rows(x, rows, axis=1)
+        return x.reshape(heads * groups, rows, *x.shape[3:])
 
-    masks = mask.reshape(groups, rows, *mask.shape[1:])
+    masks = split_rows(mask, rows)  # [groups, rows, ...]
 
     def step(_, xs):
         index, qg, kg, vg = xs
@@ -109,7 +113,7 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     steps = jnp.arange(heads * groups)
     # Rematerialised: the backward pass recomputes each tile instead of storing every tile's scores.
     _, out = jax.lax.scan(jax.checkpoint(step), None, (steps, split(qh), split(kh), split(vh)))
-    out = out.reshape(heads, batch, n_qb * block, dim)[:, :, :t_len]
+    out = merge_rows(out.reshape(heads, groups, rows, n_qb * block, dim), axis=1)[:, :, :t_len]
     return jnp.moveaxis(out, 0, 2)
 
 

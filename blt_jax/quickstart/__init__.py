@@ -1,0 +1,99 @@
+"""`blt-jax quickstart`: the whole BLT pipeline on a laptop CPU in one command (see stages.py).
+
+    from blt_jax.quickstart import run_quickstart
+    results = run_quickstart("runs/quickstart", minutes=12)
+
+Stage by stage from Python: `make_plan`, then the `stage_*` functions of `blt_jax.quickstart.stages`
+with a `Paths(workdir)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from blt_jax.quickstart import plan as planning
+from blt_jax.quickstart.plan import DEFAULT_MINUTES, QuickstartPlan, make_plan
+from blt_jax.quickstart.report import summary_table
+from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result, write_json
+
+PLAN_FILE = "plan.json"
+
+__all__ = ["DEFAULT_MINUTES", "Paths", "QuickstartPlan", "StageResult", "make_plan", "open_plan", "run_quickstart"]
+
+
+def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
+    """The plan of `workdir`: `plan` for a new workdir; the stored one (which must equal `plan`) when
+    resuming, so a re-run never mixes budgets.
+
+    Raises:
+      ValueError: the workdir was planned with other options.
+    """
+    path = os.path.join(workdir, PLAN_FILE)
+    if os.path.exists(path):
+        stored = planning.load_plan(path)
+        if stored != plan:
+            raise ValueError(
+                f"{workdir} holds a quickstart planned with --minutes {stored.minutes:g} --scale {stored.scale} "
+                f"--target-patch-length {stored.target_patch_length:g} --seed {stored.seed}; re-run with those "
+                "options to resume it, or choose another --workdir"
+            )
+        return stored
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, planning.describe(plan))
+    return plan
+
+
+def run_quickstart(workdir: str, minutes: float = DEFAULT_MINUTES, scale: str = "small",
+                   target_patch_length: float = 4.5, seed: int = 0, progress: bool = True,
+                   only: tuple[str, ...] | None = None) -> list[StageResult]:
+    """Runs (or resumes) every stage and prints the summary table.
+
+    Args:
+      workdir: where everything goes; a re-run resumes it.
+      minutes: wall-clock budget on a 2-core CPU (sets the training steps; see plan.py).
+      scale: "small" (default) or "tiny" (CI, notebooks).
+      target_patch_length: mean patch length to calibrate the entropy threshold to.
+      seed: data sample, order and initialisation.
+      progress: progress bars.
+      only: run just these stages (their prerequisites must have finished).
+
+    Returns:
+      The result of every stage, in order.
+    """
+    import jax
+
+    plan = open_plan(workdir, make_plan(minutes, scale, target_patch_length, seed))
+    if plan.spec.batch_size % jax.device_count():
+        raise ValueError(f"the quickstart's {plan.spec.batch_size} rows per step cannot be split over "
+                         f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
+    paths = Paths(workdir)
+    names = [name for name, _ in STAGES]
+    for name in only or ():
+        if name not in names:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(names)}")
+    print(f"blt-jax quickstart in {workdir}: {plan.scale} models, {plan.entropy_steps} entropy-LM steps, "
+          f"{plan.blt_steps} BLT and baseline steps of {plan.bytes_per_step:,} bytes, "
+          f"target patch length {plan.target_patch_length:g}", flush=True)
+    results = []
+    for index, (name, stage) in enumerate(STAGES, 1):
+        done = load_result(paths, name)
+        if done is not None:
+            print(f"[{index}/{len(STAGES)}] {name}: done earlier ({done.seconds:.1f}s), skipped", flush=True)
+            results.append(done)
+            continue
+        if only and name not in only:
+            continue
+        print(f"[{index}/{len(STAGES)}] {name}: {stage.__doc__.splitlines()[0]}", flush=True)
+        start = time.perf_counter()
+        result = stage(paths, plan, progress)
+        save_result(paths, result)
+        results.append(result)
+        print(f"[{index}/{len(STAGES)}] {name}: finished in {time.perf_counter() - start:.1f}s", flush=True)
+    table = summary_table(results)
+    print("\n" + table)
+    write_json(os.path.join(workdir, "summary.json"), [dataclasses.asdict(r) for r in results])
+    with open(os.path.join(workdir, "summary.txt"), "w") as f:
+        f.write(table + "\n")
+    return results
