@@ -318,9 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from blt_jax.quickstart import run_quickstart
+    from blt_jax.quickstart.stages import StageInterrupted
 
-    run_quickstart(args.workdir, args.minutes, args.scale, args.target_patch_length, args.seed,
-                   progress=not args.no_progress, only=tuple(args.only) if args.only else None)
+    try:
+        run_quickstart(args.workdir, args.minutes, args.scale, args.target_patch_length, args.seed,
+                       progress=not args.no_progress, only=tuple(args.only) if args.only else None)
+    except StageInterrupted as e:
+        print(f"blt-jax quickstart: {e}", file=sys.stderr)
+        return 130  # the shell's code for "interrupted"
     return 0
 
 

@@ -137,3 +137,17 @@ def test_experiment_file_gives_the_runs_the_quickstart_trained(run):
         assert json.loads(json.dumps(experiment_to_dict(experiment))) == trained, name
     with pytest.raises(ValueError, match="unknown quickstart run"):
         load_experiment(os.path.join(root, "experiments", "quickstart.py:bogus"))
+
+
+def test_interrupted_stage_exits_130_with_how_to_resume(monkeypatch, tmp_path, capsys):
+    import blt_jax.quickstart as quickstart
+    from blt_jax.quickstart.stages import StageInterrupted
+
+    def stopped(*args, **kwargs):
+        raise StageInterrupted("blt", "SIGINT", 17)
+
+    monkeypatch.setattr(quickstart, "run_quickstart", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["quickstart", "--workdir", str(tmp_path / "w"), *TINY])
+    assert exit_.value.code == 130
+    assert "stage blt stopped by SIGINT at step 17" in capsys.readouterr().err

@@ -139,3 +139,27 @@ def test_cli_bad_config_and_eval(tmp_path, straight):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "bits per byte" in out and "mean patch length" in out
+
+
+def test_first_ctrl_c_asks_for_a_checkpoint_second_one_interrupts():
+    """SIGINT takes the SIGTERM path (checkpoint after the step; covered end to end above) once; a
+    second SIGINT raises at once; the previous handlers come back afterwards."""
+    import threading
+
+    from blt_jax.train.loop import _Preemption
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with _Preemption() as preemption:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert preemption.requested and preemption.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with _Preemption() as preemption:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert preemption.requested and preemption.signal_name == "SIGTERM"

@@ -35,6 +35,15 @@ SAMPLE_TEXT = 'def greet(name):\n    return "Hello, " + name + "!"\n'
 PROMPT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def "
 
 
+class StageInterrupted(Exception):
+    """A training stage stopped on SIGTERM / Ctrl-C after saving a checkpoint (re-running resumes it)."""
+
+    def __init__(self, stage: str, signal_name: str, step: int):
+        super().__init__(f"stage {stage} stopped by {signal_name} at step {step} after saving a checkpoint; "
+                         "run the same command again to resume")
+        self.stage, self.signal_name, self.step = stage, signal_name, step
+
+
 @dataclasses.dataclass(frozen=True)
 class StageResult:
     """What a stage reports in the summary table.
@@ -177,7 +186,7 @@ def _train(name: str, raw: dict, workdir: str, progress: bool, extra: dict | Non
     summary = train_and_evaluate(experiment, workdir, progress=progress)
     seconds = time.perf_counter() - start
     if summary["preempted"]:
-        raise KeyboardInterrupt(f"stage {name} was stopped by SIGTERM after a checkpoint; re-run to resume")
+        raise StageInterrupted(name, summary.get("stop_signal") or "a signal", summary["step"])
     rows = [r for r in read_metrics(workdir) if r.get("bytes_per_s") is not None]
     rates = [r["bytes_per_s"] for r in rows]
     evaluation = summary["eval"]

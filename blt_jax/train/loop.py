@@ -49,26 +49,42 @@ def experiment_to_dict(experiment: ExperimentConfig) -> dict:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after every step (restored on exit)."""
+    """Turns SIGTERM (preemption) and a first Ctrl-C (SIGINT) into a flag the loop checks after every
+    step, so it checkpoints and stops cleanly; a second Ctrl-C interrupts at once. Handlers are
+    restored on exit.
+
+    Attributes:
+      requested: a stop was asked for.
+      signal_name: which signal asked ("SIGTERM" / "SIGINT").
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = None
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some notebook runners): no handler
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
-        logger.warning("SIGTERM received: checkpointing after this step, then stopping")
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without the checkpoint
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        hint = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        logger.warning("%s received: checkpointing after this step, then stopping%s", self.signal_name, hint)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
@@ -141,7 +157,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         use it to simulate a crash).
 
     Returns:
-      Summary: final step, last logged metrics, last evaluation, whether SIGTERM stopped it.
+      Summary: final step, last logged metrics, last evaluation, whether SIGTERM or Ctrl-C stopped it
+      ("preempted", "stop_signal").
     """
     train = experiment.train
     lead = jax.process_index() == 0
@@ -226,6 +243,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             if preemption.requested:
                 checkpointer.save(done, state, iterator, config_dict)
                 summary["preempted"] = True
+                summary["stop_signal"] = preemption.signal_name
                 break
             if train.checkpoint_every and done % train.checkpoint_every == 0:
                 checkpointer.save(done, state, iterator, config_dict)

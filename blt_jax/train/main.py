@@ -55,7 +55,8 @@ def _main(argv) -> None:
         print(f"eval at step {evaluation['step']}: bpb {evaluation['eval_bpb']:.4f}, "
               f"mean patch {evaluation['eval_mean_patch_len']:.2f}")
     if summary["preempted"]:
-        print(f"stopped by SIGTERM at step {summary['step']}; checkpoint saved in {FLAGS.workdir}")
+        print(f"stopped by {summary.get('stop_signal') or 'SIGTERM'} at step {summary['step']}; checkpoint saved in "
+              f"{FLAGS.workdir}; the same command resumes")
 
 
 def run(argv: list[str]) -> None:
