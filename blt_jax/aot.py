@@ -172,28 +172,29 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     state = _abstract(trainer.abstract_state, trainer.state_shardings)
     batch = abstract_batch(experiment, trainer.batch_sharding)
     with trainer.context():
-        compiled = compile_lowered(trainer._step.lower(state, batch))
-    compile_s = time.perf_counter() - start
+        lowered = trainer._step.lower(state, batch)
 
     data = experiment.data
     # The compiled program runs every patch slot: compare at the static budget's patch length.
     mean_patch = data.row_bytes / data.row_patches if isinstance(experiment.model, BLTConfig) else 1.0
     analytic = training_flops_per_byte(experiment.model, data.row_bytes, mean_patch) * data.batch_size \
         * data.row_bytes / len(devices)
-    report = _report("train_step", topology, devices, mesh, compiled, compile_s,
+    report = _report("train_step", topology, devices, mesh, lowered, start,
                      batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
                             "grad_accum": experiment.train.grad_accum},
                      remat=experiment.train.remat, scan=experiment.train.scan)
     report["analytic_flops_per_device"] = analytic
-    report["compiled_over_analytic"] = report["compiled_flops_per_device"] / analytic if analytic else None
+    if "compiled_flops_per_device" in report:  # absent when the compiler refused the program
+        report["compiled_over_analytic"] = report["compiled_flops_per_device"] / analytic if analytic else None
     return report
 
 
-def _report(program: str, topology: str, devices: list, mesh, compiled, compile_s: float, **extra) -> dict:
-    memory = _memory(compiled)
+def _report(program: str, topology: str, devices: list, mesh, lowered, start: float, **extra) -> dict:
+    """Compiles `lowered` and reports memory per device against HBM, FLOPs and compile time; a program
+    the TPU compiler refuses for lack of HBM is reported too (`fits: false`, by how much), not raised."""
     kind = devices[0].device_kind
     hbm = hbm_bytes(kind)
-    return {
+    report = {
         "program": program,
         "topology": libtpu_name(topology),
         "requested": topology,
@@ -201,12 +202,24 @@ def _report(program: str, topology: str, devices: list, mesh, compiled, compile_
         "device_kind": kind,
         "mesh": dict(mesh.shape),
         **extra,
-        **{f"{k}_per_device": v for k, v in memory.items()},
         "hbm_bytes_per_device": hbm,
+    }
+    try:
+        compiled = compile_lowered(lowered)
+    except DoesNotFit as error:
+        return {**report, "fits": False, "refused_by_compiler": error.message,
+                "needed_bytes_per_device": error.needed_bytes, "needed_for": error.what,
+                "available_bytes_per_device": error.available_bytes,
+                "over_bytes_per_device": error.needed_bytes - error.available_bytes,
+                "compile_seconds": round(time.perf_counter() - start, 2)}
+    memory = _memory(compiled)
+    return {
+        **report,
+        **{f"{k}_per_device": v for k, v in memory.items()},
         "fits": None if hbm is None else memory["peak_bytes"] <= hbm,
         "hbm_headroom_bytes": None if hbm is None else hbm - memory["peak_bytes"],
         "compiled_flops_per_device": _flops(compiled),
-        "compile_seconds": round(compile_s, 2),
+        "compile_seconds": round(time.perf_counter() - start, 2),
     }
 
 
@@ -244,8 +257,8 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
                                        else replicated(mesh)), state)
     token = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        compiled = compile_lowered(jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token))
-    return _report("generation_step", topology, devices, mesh, compiled, time.perf_counter() - start,
+        lowered = jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token)
+    return _report("generation_step", topology, devices, mesh, lowered, start,
                    batch={"prompts": batch, "capacity": capacity}, patching=config.patching.mode)
 
 
@@ -270,29 +283,9 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
     tokens = jax.ShapeDtypeStruct((rows_n, window), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh):
-        compiled = compile_lowered(jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens))
-    return _report("entropy_pass", topology, devices, mesh, compiled, time.perf_counter() - start,
+        lowered = jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens)
+    return _report("entropy_pass", topology, devices, mesh, lowered, start,
                    batch={"rows": rows_n, "window": window})
-
-
-def refused_report(error: DoesNotFit, topology: str, config: str, program: str) -> dict:
-    """The report of a program the TPU compiler refused for lack of HBM."""
-    devices = topology_devices(topology)
-    return {
-        "program": program,
-        "topology": libtpu_name(topology),
-        "requested": topology,
-        "devices": len(devices),
-        "device_kind": devices[0].device_kind,
-        "fits": False,
-        "refused_by_compiler": error.message,
-        "needed_bytes_per_device": error.needed_bytes,
-        "needed_for": error.what,
-        "available_bytes_per_device": error.available_bytes,
-        "hbm_bytes_per_device": hbm_bytes(devices[0].device_kind),
-        "over_bytes_per_device": error.needed_bytes - error.available_bytes,
-        "config": config,
-    }
 
 
 def require_fit(report: dict) -> None:

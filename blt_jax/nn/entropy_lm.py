@@ -84,11 +84,6 @@ def entropies_from_logits(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def row_groups(batch: int, rows_per_group: int) -> int:
-    """Rows per group when splitting a batch: the largest divisor of `batch` <= rows_per_group."""
-    return max(g for g in range(1, min(batch, rows_per_group) + 1) if batch % g == 0)
-
-
 def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1):
     """A jittable `(params, tokens [B, N]) -> float32 entropies [B, N]`.
 

@@ -27,7 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn.cache import KVCache
-from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits, row_groups
+from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+from blt_jax.parallel import scan_rows
 
 PAD_DOC = -2  # document id of lane padding: distinct from real documents and from empty cache slots
 
@@ -116,7 +117,8 @@ class EntropyStreamer:
         cache_sharding = jax.tree_util.tree_map(lambda _: rows, jax.eval_shape(self._empty))
         module = EntropyLM(config)
 
-        group = row_groups(lanes // len(devices), rows_per_group)
+        # Inside shard_map each device loops over its own lanes: no mesh sharding to respect.
+        group = scan_rows(lanes // len(devices), rows_per_group, shards=1)
 
         def one_group(p, cache, tokens, positions, docs):
             logits, cache = module.apply({"params": p}, tokens, positions, docs, cache)

@@ -24,8 +24,8 @@ __all__ = ["DEFAULT_MINUTES", "Paths", "QuickstartPlan", "StageResult", "make_pl
 
 
 def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
-    """The plan of `workdir`: `plan` for a new workdir; the stored one (which must equal `plan`) when
-    resuming, so a re-run never mixes budgets.
+    """The plan of `workdir`: `plan` for a new workdir; the stored one (made with the same options)
+    when resuming, so a re-run never mixes budgets.
 
     Raises:
       ValueError: the workdir was planned with other options.
@@ -33,7 +33,10 @@ def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
     path = os.path.join(workdir, PLAN_FILE)
     if os.path.exists(path):
         stored = planning.load_plan(path)
-        if stored != plan:
+        options = lambda p: (p.minutes, p.scale, p.target_patch_length, p.seed)  # noqa: E731
+        # Only the options must match: the stored step counts win, even if a newer version would plan
+        # other ones, so a run always finishes the plan it started.
+        if options(stored) != options(plan):
             raise ValueError(
                 f"{workdir} holds a quickstart planned with --minutes {stored.minutes:g} --scale {stored.scale} "
                 f"--target-patch-length {stored.target_patch_length:g} --seed {stored.seed}; re-run with those "
