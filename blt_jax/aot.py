@@ -76,8 +76,10 @@ def topology_devices(topology: str) -> list:
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown to it
-        raise ValueError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); AOT compilation "
-                         "needs libtpu: pip install -c constraints.txt -e \".[tpu]\"") from e
+        hint = ("another process holds libtpu; when processes only compile (no TPU is opened), set "
+                "ALLOW_MULTIPLE_LIBTPU_LOAD=1" if "lockfile" in str(e) else
+                "AOT compilation needs libtpu: pip install -c constraints.txt -e \".[tpu]\"")
+        raise ValueError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); {hint}") from e
 
 
 def hbm_bytes(device_kind: str) -> int | None:

@@ -4,9 +4,10 @@ After byte t is known (sampled, or read from the prompt), one `decode_step`:
   1. runs one entropy-LM step (windowed ring cache) -> H_t, and applies the patching rule to decide
      whether byte t + 1 starts a patch (the rule needs only H_{t-1}, H_t, bytes t-1 and t, and the
      length of the open patch: patching is prefix-stable);
-  2. runs one local-encoder step (hash n-grams read the last bytes) and appends byte t's states to the
-     buffer of the open patch;
-  3. if byte t + 1 starts a patch, closes the open patch: max-pool + cross-attention over its bytes,
+  2. runs one local-encoder step (hash n-grams read the last bytes), folds byte t's state into the open
+     patch's running max and appends its cross-attention keys/values to the open patch's buffer;
+  3. if byte t + 1 starts a patch, closes the open patch: cross-attention from the pooled slots to its
+     bytes' buffered keys/values,
      one latent step with the latent cache, and the decoder's cross-attention keys/values of the new
      patch's k slots (computed once per patch);
   4. runs one local-decoder step against the slots of the last closed patch -> logits of byte t + 1.
@@ -31,7 +32,7 @@ from blt_jax.config import BLTConfig
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.nn.latent import LatentTransformer, patch_document_ids
-from blt_jax.nn.local import LocalDecoder, LocalEncoder
+from blt_jax.nn.local import LocalDecoder, LocalEncoder, max_pool_patches
 from blt_jax.nn.masks import document_ids
 from blt_jax.patching.ids import decoder_patch_ids, lengths_from_starts, patch_ids_from_lengths
 from blt_jax.patching.rules import patch_starts
@@ -49,7 +50,11 @@ class DecodeState:
       ent_cache: the entropy LM's ring cache (None unless entropy patching).
       ent_prev: float32 [B] entropy H_{t-1} of the last consumed byte.
       enc_cache: the local encoder's ring cache.
-      buf: n_cross x [B, S, D] encoder states of the open patch's bytes (S = longest possible patch).
+      pool: [B, D] running max of the open patch's first-cross-layer encoder states (the dtype's
+        lowest value while the patch is empty).
+      buf_kv: per encoder cross-attention layer, (keys, values) [B, S, H, K] of the open patch's bytes
+        (S = longest possible patch). Projected as bytes arrive, so closing a patch costs no more
+        than its attention, whatever S is.
       buf_len: int32 [B] bytes in the open patch.
       open_eos: bool [B] the open patch holds an EOS (the next patch starts a new patch document).
       patch_doc: int32 [B] patch-document id of the open patch.
@@ -66,7 +71,8 @@ class DecodeState:
     ent_cache: KVCache | None
     ent_prev: jax.Array
     enc_cache: KVCache
-    buf: tuple[jax.Array, ...]
+    pool: jax.Array
+    buf_kv: tuple[tuple[jax.Array, jax.Array], ...]
     buf_len: jax.Array
     open_eos: jax.Array
     patch_doc: jax.Array
@@ -167,7 +173,9 @@ class Decoder:
         embeds = self._encoder(params, "embed", tokens)
         states, enc_cache = self._encoder(params, "byte_states", embeds, positions, docs,
                                           self._ring(batch, cfg.encoder))
-        patches = self._encoder(params, "patch_vectors", states, patch_ids, num_patches)
+        byte_kv = self._encoder(params, "byte_keys_values", states)
+        pooled = max_pool_patches(states[0], patch_ids, num_patches)
+        patches = self._encoder(params, "slot_vectors", pooled, byte_kv, patch_ids)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
         # A patch is closed once the next one has started; only closed patches enter the latent cache.
         n_closed = jnp.sum(starts[:, 1:], axis=1, dtype=jnp.int32)
@@ -191,11 +199,12 @@ class Decoder:
         buf_len = jnp.where(closed_now, 0, length - open_start).astype(jnp.int32)
         span = self.patch_buffer
 
-        def open_patch(x):  # [B, L0, D] -> [B, S, D]: the open patch's bytes first
-            padded = jnp.pad(x, ((0, 0), (0, span), (0, 0)))
+        def open_patch(x):  # [B, L0, ...] -> [B, S, ...]: the open patch's bytes first
+            padded = jnp.pad(x, [(0, 0), (0, span)] + [(0, 0)] * (x.ndim - 2))
             return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, span, axis=0))(padded, open_start)
 
         in_open = (jnp.arange(length)[None] >= open_start[:, None]) & ~closed_now[:, None]
+        lowest = jnp.finfo(states[0].dtype).min
         recent = jnp.pad(tokens, ((0, 0), (self.context, 0)))[:, -self.context:]
         start_flags = jnp.zeros((batch, self.capacity + 1), bool).at[:, : length + 1].set(starts)
         state = DecodeState(
@@ -205,7 +214,8 @@ class Decoder:
             ent_cache=ent_cache,
             ent_prev=ent_prev,
             enc_cache=enc_cache,
-            buf=tuple(open_patch(s) for s in states),
+            pool=jnp.max(jnp.where(in_open[:, :, None], states[0], lowest), axis=1),
+            buf_kv=tuple((open_patch(kk), open_patch(vv)) for kk, vv in byte_kv),
             buf_len=buf_len,
             open_eos=jnp.any(in_open & (tokens == EOS_ID), axis=1),
             patch_doc=jnp.take_along_axis(patch_docs, n_closed[:, None], axis=1)[:, 0],
@@ -230,11 +240,11 @@ class Decoder:
         longest = self.config.patching.max_patch_length
         return starts if longest is None else starts | (buf_len >= longest)
 
-    def _close(self, params, state: DecodeState, buf, buf_len, close):
+    def _close(self, params, state: DecodeState, pool, buf_kv, buf_len, close):
         """Latent cache and decoder slots after closing the open patch of the rows in `close`."""
         span = self.patch_buffer
         ids = jnp.where(jnp.arange(span)[None, :] < buf_len[:, None], 0, 1)  # id 1 = not in the patch
-        vector = self._encoder(params, "patch_vectors", list(buf), ids, 1)  # [B, 1, k * D]
+        vector = self._encoder(params, "slot_vectors", pool[:, None], list(buf_kv), ids)  # [B, 1, k * D]
         latent_out, latent_cache = self._latent(params, vector, state.patch_doc[:, None], state.n_closed[:, None],
                                                 state.latent_cache, close[:, None])
         new_kv = self._decoder(params, "slot_keys_values", latent_out)
@@ -267,12 +277,15 @@ class Decoder:
 
         embeds = self._encoder(params, "embed", recent)[:, -1:]
         states, enc_cache = self._encoder(params, "byte_states", embeds, positions, docs, state.enc_cache)
-        write = jax.vmap(lambda b, s, i: jax.lax.dynamic_update_slice_in_dim(b, s, i, axis=0))
-        buf = tuple(write(b, s.astype(b.dtype), state.buf_len) for b, s in zip(state.buf, states))
+        pool = jnp.maximum(state.pool, states[0][:, 0].astype(state.pool.dtype))
+        write = jax.vmap(lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis=0))
+        buf_kv = tuple(
+            (write(bk, kk.astype(bk.dtype), state.buf_len), write(bv, vv.astype(bv.dtype), state.buf_len))
+            for (bk, bv), (kk, vv) in zip(state.buf_kv, self._encoder(params, "byte_keys_values", states)))
 
         latent_cache, slot_kv = jax.lax.cond(
             jnp.any(close),
-            lambda: self._close(params, state, buf, buf_len, close),
+            lambda: self._close(params, state, pool, buf_kv, buf_len, close),
             lambda: (state.latent_cache, state.slot_kv),
         )
         open_eos = state.open_eos | (token == EOS_ID)
@@ -286,7 +299,8 @@ class Decoder:
             ent_cache=ent_cache,
             ent_prev=state.ent_prev if entropy is None else entropy,
             enc_cache=enc_cache,
-            buf=buf,
+            pool=jnp.where(close[:, None], jnp.finfo(pool.dtype).min, pool),
+            buf_kv=buf_kv,
             buf_len=jnp.where(close, 0, buf_len),
             open_eos=open_eos & ~close,
             patch_doc=state.patch_doc + (close & open_eos).astype(jnp.int32),

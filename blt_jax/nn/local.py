@@ -82,8 +82,8 @@ class LocalEncoder(nn.Module):
     patch vectors per patch by max-pooling followed by cross-attention to the patch's own bytes.
 
     The steps are separate methods so incremental decoding can run the byte stack one byte at a time
-    (`embed`, `byte_states` with a cache) and build a patch's vector when the patch closes
-    (`patch_vectors`).
+    (`embed`, `byte_states` with a cache, `byte_keys_values`) and build a patch's vector when the
+    patch closes (`slot_vectors`).
 
     Attributes:
       config: the BLT configuration.
@@ -150,15 +150,44 @@ class LocalEncoder(nn.Module):
         Returns:
           [B, P, k * D]; patches without bytes start from exact zeros.
         """
-        batch, dim, k = patch_ids.shape[0], self.config.encoder.dim, self.config.cross_attn_k
         # Queries start from the max-pooled states of the first cross-attention layer (pooled once,
-        # even when cross-attention follows every layer), projected to k slots per patch: slot r of
-        # the result belongs to patch r // k.
+        # even when cross-attention follows every layer).
         pooled = max_pool_patches(states[0], patch_ids, num_patches)
+        return self.slot_vectors(pooled, self.byte_keys_values(states), patch_ids)
+
+    def byte_keys_values(self, states: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+        """Keys and values the patch slots attend, per cross-attention layer.
+
+        Separate from `slot_vectors` so incremental decoding projects each byte once, as it arrives,
+        instead of re-projecting a whole patch buffer when the patch closes.
+
+        Args:
+          states: `byte_states` output, n_cross x [B, S, D].
+
+        Returns:
+          n_cross x (keys, values), each [B, S, H, K].
+        """
+        return [ca.keys_values(h) for ca, h in zip(self.cross_attn_layers, states)]
+
+    def slot_vectors(self, pooled: jax.Array, keys_values: list[tuple[jax.Array, jax.Array]],
+                     patch_ids: jax.Array) -> jax.Array:
+        """Patch vectors from pooled states and the bytes' keys/values.
+
+        Args:
+          pooled: [B, P, D] max-pooled first-cross-layer states of every patch (zeros if empty).
+          keys_values: `byte_keys_values` output, n_cross x ([B, S, H, K], [B, S, H, K]).
+          patch_ids: int [B, S] patch of every byte (ids outside [0, P) are ignored).
+
+        Returns:
+          [B, P, k * D].
+        """
+        batch, num_patches, dim = pooled.shape
+        k = self.config.cross_attn_k
+        # Slot r of the projection belongs to patch r // k.
         patches = self.patch_embedding_projection(pooled).reshape(batch, num_patches * k, dim)
-        for ca, h in zip(self.cross_attn_layers, states):
+        for ca, (keys, values) in zip(self.cross_attn_layers, keys_values):
             # The reference adds the residual twice (inside CrossAttention and again around it).
-            patches = 2 * patches + ca(patches, h, patch_ids)
+            patches = 2 * patches + ca.attend(patches, keys, values, patch_ids)
         return patches.reshape(batch, num_patches, k * dim)
 
     def __call__(
