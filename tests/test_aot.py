@@ -174,7 +174,7 @@ def test_memory_per_device_does_not_grow_with_the_global_batch():
 
 
 # The released sizes' profiles and bench_small, compiled as configured. Together ~20 minutes of
-# compilation on 2 CPU cores (1B v5e-256 alone ~7), so they are a separate tier, not part of the
+# compilation on 2 CPU cores (1B v5e-256 alone 7-12), so they are a separate tier, not part of the
 # 15-minute suite: CI runs them after it (the README's release-check command) with
 #   BLT_JAX_AOT_RELEASED=1 python -m pytest -m released -n 2 --dist worksteal -rP tests/test_aot.py
 PROFILES = [
