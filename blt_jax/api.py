@@ -211,7 +211,7 @@ class BLTModel:
         """`generate`, returning the `inference.generate.Generation` (token ids, patch starts and,
         with `record_logits`, the logits every byte was chosen from). `stop_at_eos=False` always
         generates `max_new_bytes` (benchmarks)."""
-        from blt_jax.inference.generate import CHUNK, encode_prompts
+        from blt_jax.inference.generate import capacity_for, encode_prompts
         from blt_jax.inference.sampling import SamplingConfig
 
         if self.config.patching.mode == "entropy" and self.entropy_params is None:
@@ -221,9 +221,8 @@ class BLTModel:
             raise ValueError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
         prompts = encode_prompts(prompt if isinstance(prompt, list) else [prompt])
         sampling = SamplingConfig(float(temperature), top_k, top_p)
-        # Capacities are rounded up so that nearby prompt lengths share one compilation.
-        capacity = -(-(max(len(p) for p in prompts) + int(max_new_bytes) + CHUNK) // 64) * 64
-        generator = self._generator(len(prompts), capacity, sampling)
+        generator = self._generator(len(prompts), capacity_for(max(len(p) for p in prompts), int(max_new_bytes)),
+                                    sampling)
         return generator.run(self.params, self.entropy_params, prompts, int(max_new_bytes), seed, on_bytes,
                              record_logits, stop_at_eos)
 

@@ -29,6 +29,12 @@ PREFILL_MULTIPLE = 16  # prefill lengths are rounded down to this (fewer compila
 CHUNK = 16  # decoding steps per compiled call
 
 
+def capacity_for(longest_prompt: int, max_new_bytes: int) -> int:
+    """Positions a generator needs for these lengths (with the last chunk's overrun), rounded up to a
+    multiple of 64 so that nearby lengths share one compilation."""
+    return -(-(longest_prompt + max_new_bytes + CHUNK) // 64) * 64
+
+
 def encode_prompts(prompts: Sequence[Any]) -> list[np.ndarray]:
     """Token ids of prompts: text or bytes (encoded with BOS, no EOS, as the reference does), or
     sequences of token ids (used as given). Each must hold at least one token."""
