@@ -22,6 +22,7 @@ import numpy as np
 from blt_jax import tokenizer
 from blt_jax.config import BLTConfig
 from blt_jax.inference.decode import Decoder, DecodeState
+from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.sampling import SamplingConfig, sample
 from blt_jax.tokenizer import EOS_ID
 
@@ -93,6 +94,7 @@ class Generator:
         self.config, self.batch, self.capacity, self.sampling = config, batch, capacity, sampling
         self.decoder = Decoder(config, capacity)
         self._prefill = jax.jit(self.decoder.prefill)
+        self._fused: tuple[list, Any] = ([], None)  # (source leaves, their decoding layout)
         self._advance = jax.jit(self._advance_chunk, donate_argnums=(2,))
 
     def _advance_chunk(self, params, entropy_params, carry, prompt, prompt_len, key, max_new, eos):
@@ -113,6 +115,16 @@ class Generator:
         chosen_from = logits
         state, logits = self.decoder.step(params, entropy_params, state, token)
         return (state, logits, done, count), token, emitted, chosen_from
+
+    def _decoding_layout(self, params, entropy_params):
+        """`fuse_projections` of both trees, kept while the same arrays are passed again (stacking
+        copies every projection, so it runs once per parameter set, not once per call)."""
+        leaves = jax.tree_util.tree_leaves((params, entropy_params))
+        cached, fused = self._fused
+        if len(cached) != len(leaves) or any(a is not b for a, b in zip(cached, leaves)):
+            fused = (fuse_projections(params), fuse_projections(entropy_params))
+            self._fused = (leaves, fused)
+        return fused
 
     def prefill_length(self, lengths: Sequence[int]) -> int:
         """Bytes of the common prefix run in parallel (the rest of longer prompts is fed by steps)."""
@@ -157,6 +169,7 @@ class Generator:
         for row, ids in enumerate(prompts):
             padded[row, : len(ids)] = ids
         first = self.prefill_length(lengths)
+        params, entropy_params = self._decoding_layout(params, entropy_params)
         state, logits = self._prefill(params, entropy_params, jnp.asarray(padded[:, :first]))
         carry = (state, logits, jnp.zeros((self.batch,), bool), jnp.zeros((self.batch,), jnp.int32))
         prompt, prompt_len = jnp.asarray(padded), jnp.asarray(lengths, jnp.int32)

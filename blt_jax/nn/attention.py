@@ -21,6 +21,7 @@ from blt_jax.nn.masks import CausalSpec
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 
 _MASKED_SCORE = -1e30  # finite: keeps max/exp free of inf - inf
+FUSED_QKV = "wqkv"  # [D, 3, H, K]: wq, wk, wv stacked (`blt_jax.inference.fused`)
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -122,12 +123,18 @@ class SelfAttention(nn.Module):
           [B, N, D]; with a prefix, ([B, N, D], the layer's cache update (`cache.attend_keys`)).
         """
         dim = x.shape[-1]
-        std = dim**-0.5 / depth_factor(self.depth)
-        wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
         x = x.astype(self.dtype)
-        q = jnp.einsum("bnd,dhk->bnhk", x, wq.astype(self.dtype))
-        k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
-        v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
+        if self.has_variable("params", FUSED_QKV):  # decoding layout (`inference.fused`): one product
+            wqkv = self.get_variable("params", FUSED_QKV).astype(self.dtype)  # [D, 3, H, K]
+            wo = self.get_variable("params", "wo")
+            qkv = jnp.einsum("bnd,dthk->bnthk", x, wqkv)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            std = dim**-0.5 / depth_factor(self.depth)
+            wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
+            q = jnp.einsum("bnd,dhk->bnhk", x, wq.astype(self.dtype))
+            k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
+            v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if prefix is None:
             out = causal_attention(q, k, v, mask)

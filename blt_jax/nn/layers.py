@@ -129,6 +129,7 @@ class Dense(nn.Module):
 
 
 FUSED_FFN_MIN_TOKENS = 64  # tokens per call from which FeedForward fuses w1 and w3 into one matmul
+FUSED_W13 = "w13"  # [D, 2, F]: w1, w3 stacked (`blt_jax.inference.fused`)
 
 
 class FeedForward(nn.Module):
@@ -149,20 +150,26 @@ class FeedForward(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
         dim = x.shape[-1]
-        factor = depth_factor(self.depth)
-        in_init = trunc_normal(dim**-0.5 / factor)
-        out_init = trunc_normal(self.hidden**-0.5 / factor)
-        w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
-        w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
-        w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
         x = x.astype(self.dtype)
-        if x.shape[0] * x.shape[1] >= FUSED_FFN_MIN_TOKENS:
-            # One matmul for both input projections ([D, 2, F]): cheaper than two on XLA:CPU, same
-            # math. The stacked copy of the weights is paid once per call, so only for many tokens.
-            w13 = jnp.stack([w1, w3], axis=1).astype(self.dtype)
-            gate_up = jnp.einsum("bnd,dtf->bntf", x, w13)
+        w1 = w3 = None
+        if self.has_variable("params", FUSED_W13):  # decoding layout (`inference.fused`), stacked once
+            w13, w2 = self.get_variable("params", FUSED_W13), self.get_variable("params", "w2")
+        else:
+            factor = depth_factor(self.depth)
+            in_init = trunc_normal(dim**-0.5 / factor)
+            out_init = trunc_normal(self.hidden**-0.5 / factor)
+            w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+            w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+            w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
+            # One matmul for both input projections ([D, 2, F]) is cheaper than two on XLA:CPU, same
+            # math. Stacking here copies the weights every call, so only for many tokens; a few tokens
+            # (incremental decoding) use two products unless the layout was stacked beforehand.
+            many = x.shape[0] * x.shape[1] >= FUSED_FFN_MIN_TOKENS
+            w13 = jnp.stack([w1, w3], axis=1) if many else None
+        if w13 is not None:
+            gate_up = jnp.einsum("bnd,dtf->bntf", x, w13.astype(self.dtype))
             gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
-        else:  # a few tokens (incremental decoding): copying the weights would cost more than the matmuls
+        else:
             gate = jnp.einsum("bnd,df->bnf", x, w1.astype(self.dtype))
             up = jnp.einsum("bnd,df->bnf", x, w3.astype(self.dtype))
         hidden = nn.silu(gate) * up
