@@ -6,7 +6,9 @@ three products over wq, wk, wv cost more than one over the same bytes stacked as
 two over w1, w3 more than one over [D, 2, F]). Stacking them inside the step would copy the weights
 every byte; `fuse_projections` stacks them once, before decoding, and `SelfAttention` /
 `FeedForward` use the stacked form when they find it. The math is unchanged (same products, same
-accumulation per output), only the number of calls.
+accumulation per output), only the number of calls. The generator applies it on CPU only: it keeps
+a stacked copy of every projection next to the originals, which on a TPU would cost device memory
+without a measured gain.
 
 Only self-attention (`attention`) and FFN (`feed_forward`) sub-trees of unstacked blocks are changed;
 cross-attention keeps its own projections (keys/values of a patch are computed once per patch).
