@@ -42,4 +42,4 @@ def fuse_projections(params: Any) -> Any:
     """
     if params is None:
         return None
-    return _fuse_node("", dict(params))
+    return _fuse_node("", params)

@@ -97,7 +97,7 @@ class Generator:
         # The stacked layout is measured to pay on XLA:CPU (a fixed cost per small product); on an
         # accelerator it would hold a second copy of every projection in device memory for no
         # measured gain, so there the parameters are used as they are.
-        self.fuse_projections = jax.default_backend() == "cpu"
+        self.stacked_layout = jax.default_backend() == "cpu"
         self._fused: tuple[list, Any] = ([], None)  # (source leaves, their decoding layout)
         self._advance = jax.jit(self._advance_chunk, donate_argnums=(2,))
 
@@ -123,7 +123,7 @@ class Generator:
     def _decoding_layout(self, params, entropy_params):
         """`fuse_projections` of both trees, kept while the same arrays are passed again (stacking
         copies every projection, so it runs once per parameter set, not once per call)."""
-        if not self.fuse_projections:
+        if not self.stacked_layout:
             return params, entropy_params
         leaves = jax.tree_util.tree_leaves((params, entropy_params))
         cached, fused = self._fused
