@@ -34,6 +34,7 @@ from blt_jax.experiment import load_experiment
 from blt_jax.inference.decode import Decoder
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.generate import capacity_for, encode_prompts
+from blt_jax.nn.layers import FUSED_W2T
 from blt_jax.params import init_params
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,18 +126,20 @@ def model_gemv_bandwidth(model: BLTModel, runs: int = 7) -> float:
     """GB/s XLA:CPU reaches on this model's own matrices: one batch-1 matrix-vector product per local
     weight (entropy LM, encoder, decoder: the per-byte reads) in the decoding layout, in a jitted loop.
     Small matrices (256 x 256 .. 256 x 1536) run well below the large-matrix rate: each product has
-    a fixed cost and runs on one thread."""
+    a fixed cost, and the narrower its output the slower it streams."""
     tree = local_weights(fuse_projections(model.params), fuse_projections(model.entropy_params))
-    mats = []
+    mats, transposed = [], []
     for path, w in jax.tree_util.tree_leaves_with_path(tree):
         if w.ndim >= 2:  # output projections `wo` [H, K, D] contract two axes, every other kernel one
-            inputs = 2 if getattr(path[-1], "key", None) == "wo" else 1
-            mats.append(w.reshape(int(np.prod(w.shape[:inputs])), -1))
+            name = getattr(path[-1], "key", None)
+            mats.append(w.reshape(int(np.prod(w.shape[:2 if name == "wo" else 1])), -1))
+            transposed.append(name == FUSED_W2T)  # stored [D, F], contracted on its last axis
 
     def step(y, mats):
         total = y[0, 0]
-        for w in mats:  # each product depends on the previous one, as in a decoding step
-            total = total + 1e-9 * jnp.sum(jnp.broadcast_to(total, (1, w.shape[0])) @ w)
+        for w, t in zip(mats, transposed):  # each product depends on the previous one, as in a decoding step
+            v = jnp.broadcast_to(total, (1, w.shape[1] if t else w.shape[0]))
+            total = total + 1e-9 * jnp.sum(v @ w.T if t else v @ w)
         return total.reshape(1, 1)
 
     return _looped_bandwidth(step, mats, sum(w.size * w.dtype.itemsize for w in mats), runs)

@@ -130,6 +130,7 @@ class Dense(nn.Module):
 
 FUSED_FFN_MIN_TOKENS = 64  # tokens per call from which FeedForward fuses w1 and w3 into one matmul
 FUSED_W13 = "w13"  # [D, 2, F]: w1, w3 stacked (`blt_jax.inference.fused`)
+FUSED_W2T = "w2t"  # [D, F]: w2 transposed, stored with FUSED_W13 (`blt_jax.inference.fused`)
 
 
 class FeedForward(nn.Module):
@@ -151,29 +152,30 @@ class FeedForward(nn.Module):
         """[B, N, D] -> [B, N, D]."""
         dim = x.shape[-1]
         x = x.astype(self.dtype)
-        w1 = w3 = None
-        if self.has_variable("params", FUSED_W13):  # decoding layout (`inference.fused`), stacked once
-            w13, w2 = self.get_variable("params", FUSED_W13), self.get_variable("params", "w2")
-        else:
-            factor = depth_factor(self.depth)
-            in_init = trunc_normal(dim**-0.5 / factor)
-            out_init = trunc_normal(self.hidden**-0.5 / factor)
-            w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
-            w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
-            w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
-            # One matmul for both input projections ([D, 2, F]) is cheaper than two on XLA:CPU, same
-            # math. Stacking here copies the weights every call, so only for many tokens; a few tokens
-            # (incremental decoding) use two products unless the layout was stacked beforehand.
-            many = x.shape[0] * x.shape[1] >= FUSED_FFN_MIN_TOKENS
-            w13 = jnp.stack([w1, w3], axis=1) if many else None
-        if w13 is not None:
-            gate_up = jnp.einsum("bnd,dtf->bntf", x, w13.astype(self.dtype))
-            gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
+        if self.has_variable("params", FUSED_W13):  # decoding layout (`inference.fused`), made once
+            w13 = self.get_variable("params", FUSED_W13).astype(self.dtype)  # [D, 2, F]
+            w2t = self.get_variable("params", FUSED_W2T).astype(self.dtype)  # [D, F]
+            return jnp.einsum("bnf,df->bnd", _gated(jnp.einsum("bnd,dtf->bntf", x, w13)), w2t)
+        factor = depth_factor(self.depth)
+        in_init = trunc_normal(dim**-0.5 / factor)
+        out_init = trunc_normal(self.hidden**-0.5 / factor)
+        w1 = param(self, "w1", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+        w3 = param(self, "w3", in_init, (dim, self.hidden), (axes.EMBED, axes.MLP), self.param_dtype)
+        w2 = param(self, "w2", out_init, (self.hidden, dim), (axes.MLP, axes.EMBED), self.param_dtype)
+        # One matmul for both input projections ([D, 2, F]) is cheaper than two on XLA:CPU, same
+        # math. Stacking here copies the weights every call, so only for many tokens; a few tokens
+        # (incremental decoding) use two products unless the layout was stacked beforehand.
+        if x.shape[0] * x.shape[1] >= FUSED_FFN_MIN_TOKENS:
+            hidden = _gated(jnp.einsum("bnd,dtf->bntf", x, jnp.stack([w1, w3], axis=1).astype(self.dtype)))
         else:
             gate = jnp.einsum("bnd,df->bnf", x, w1.astype(self.dtype))
-            up = jnp.einsum("bnd,df->bnf", x, w3.astype(self.dtype))
-        hidden = nn.silu(gate) * up
+            hidden = nn.silu(gate) * jnp.einsum("bnd,df->bnf", x, w3.astype(self.dtype))
         return jnp.einsum("bnf,fd->bnd", hidden, w2.astype(self.dtype))
+
+
+def _gated(gate_up: jax.Array) -> jax.Array:
+    """SwiGLU's silu(gate) * up from the stacked products [B, N, 2, F] -> [B, N, F]."""
+    return nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
 
 
 class Embed(nn.Module):
