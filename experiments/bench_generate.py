@@ -216,5 +216,6 @@ def main() -> None:
         print(f"  {label}: {bandwidth:.1f} GB/s -> floor {floor_ms:.2f} ms/byte ({1e3 / floor_ms:.0f} bytes/s); "
               f"ours {1e3 * per_byte[n]:.2f} ms/byte = {1e3 * per_byte[n] / floor_ms:.2f}x that floor")
 
+
 if __name__ == "__main__":
     main()

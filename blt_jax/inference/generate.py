@@ -94,9 +94,9 @@ class Generator:
         self.config, self.batch, self.capacity, self.sampling = config, batch, capacity, sampling
         self.decoder = Decoder(config, capacity)
         self._prefill = jax.jit(self.decoder.prefill)
-        # The stacked layout is measured to pay on XLA:CPU (a fixed cost per small product); on an
-        # accelerator it would hold a second copy of every projection in device memory for no
-        # measured gain, so there the parameters are used as they are.
+        # The decoding layout (`fuse_projections`: stacked q/k/v and w1/w3, transposed w2) is measured
+        # to pay on XLA:CPU; on an accelerator it would hold a second copy of every projection in
+        # device memory for no measured gain, so there the parameters are used as they are.
         self.stacked_layout = jax.default_backend() == "cpu"
         self._fused: tuple[list, Any] = ([], None)  # (source leaves, their decoding layout)
         self._advance = jax.jit(self._advance_chunk, donate_argnums=(2,))
