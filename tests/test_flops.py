@@ -20,11 +20,21 @@ def compiled_flops(fn, *args):
     return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
 
 
-def test_blt_forward_within_ten_percent_of_compiled():
-    """The compiled forward does a little more than the model FLOPs: attention inside a block of
-    keys is computed densely and masked (the analytic count keeps the causal half), cross-attention
-    scores every (slot, byte) pair before masking (analytic: a slot only sees its patch), and XLA
-    counts element-wise work (norms, RoPE, softmax) that model FLOPs leave out. Measured: +2.5%."""
+@pytest.fixture
+def dense_attention(monkeypatch):
+    """Local attention without loops. XLA's cost analysis counts a while loop's body once, not once
+    per iteration, so chunked attention (a scan over heads) would be undercounted several times over;
+    dense masked attention scores every (query, key) pair, a superset of what the model needs."""
+    from blt_jax.nn import attention
+
+    monkeypatch.setattr(attention, "use_banded", lambda spec, t_len: False)
+
+
+def test_blt_forward_within_ten_percent_of_compiled(dense_attention):
+    """The compiled forward does a little more than the model FLOPs: attention is computed densely
+    and masked (the analytic count keeps the causal half), cross-attention scores every (slot, byte)
+    pair before masking (analytic: a slot only sees its patch), and XLA counts element-wise work
+    (norms, RoPE, softmax) that model FLOPs leave out. Measured: +3.2%."""
     config = BLTConfig(encoder=StackConfig(128, 1, 4, 384, window=64), latent=StackConfig(256, 2, 4, 768),
                        decoder=StackConfig(128, 2, 4, 384, window=64), cross_attn_k=2, hash=HashConfig((3, 4), 1021, 1))
     lengths = np.array([[1] + [4] * 16] * B, np.int32)
@@ -35,7 +45,8 @@ def test_blt_forward_within_ten_percent_of_compiled():
     assert 1.0 <= compiled / analytic < 1.10, compiled / analytic
 
 
-def test_entropy_lm_forward_within_ten_percent_of_compiled():
+def test_entropy_lm_forward_within_ten_percent_of_compiled(dense_attention):
+    """As above for the entropy LM. Measured: +2.5%."""
     config = EntropyLMConfig(StackConfig(256, 2, 4, 768, rope_theta=1e4, window=64))
     compiled = compiled_flops(lambda p, t: EntropyLM(config).apply({"params": p}, t), abstract_params(config),
                               jax.ShapeDtypeStruct((B, N), jnp.int32))

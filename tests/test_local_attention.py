@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blt_jax.nn.attention import masked_attention
-from blt_jax.nn.local_attention import banded_attention, default_block
+from blt_jax.nn.local_attention import banded_attention, default_chunk
 from blt_jax.nn.masks import CausalSpec, document_ids
 
 
@@ -54,5 +54,20 @@ def test_rows_without_keys_are_zero():
     assert np.all(out[0, 10:20] == 0.0) and np.abs(out[0, :10]).max() > 0
 
 
-def test_default_block():
-    assert [default_block(w) for w in (1, 16, 64, 512, 4096)] == [32, 32, 32, 256, 256]
+def test_default_chunk():
+    assert [default_chunk(w) for w in (1, 16, 64, 100, 200, 512, 4096)] == [32, 32, 32, 32, 64, 128, 1024]
+
+
+def test_long_rows_loop_over_chunks_and_equal_dense():
+    """700 queries after 5 earlier keys, window 16, chunks of 32: one short chunk at the start, 20
+    full chunks in a loop (more than it unrolls at once, so the loop and its remainder both run), and a
+    short chunk at the end."""
+    from blt_jax.nn.local_attention import _MAX_UNROLL, _plan
+
+    before, _, n_loop, after = _plan(700, 705, 16, 32)
+    assert len(before) == 1 and n_loop > _MAX_UNROLL and n_loop % _MAX_UNROLL and len(after) == 1
+    q, k, v, pos, docs = inputs(2, 700, 705, seed=5)
+    spec = CausalSpec(pos[:, -700:], docs[:, -700:], pos, docs, 16)
+    dense = masked_attention(q, k, v, spec.dense())
+    banded = jax.jit(banded_attention, static_argnums=4)(q, k, v, spec, 32)
+    np.testing.assert_allclose(np.asarray(banded), np.asarray(dense), atol=2e-6, rtol=0)

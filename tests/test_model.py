@@ -188,7 +188,7 @@ def test_boxed_init_carries_names():
 
 
 def test_long_rows_use_banded_attention_and_match_numpy():
-    """130 bytes with a window of 8: the local stacks take the banded path (blocks of 32)."""
+    """130 bytes with a window of 8: the local stacks take the banded path (chunks of 32)."""
     from blt_jax.nn.local_attention import use_banded
     from blt_jax.nn.masks import CausalSpec
 
