@@ -101,7 +101,6 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     batch, t_len, heads, dim = q.shape
     chunk = chunk or default_chunk(window)
     before, loop_start, n_loop, after = _plan(t_len, k.shape[1], window, chunk)
-    unrolled = before + after
     span = chunk + window - 1  # keys of a looped chunk
     key_offset = k.shape[1] - t_len - window + 1  # first key of the chunk whose queries start at 0
 
@@ -110,16 +109,16 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     rows = scan_rows(batch, max(1, _TILE_BYTES // (chunk * span * 4)))
     groups = batch // rows
 
-    # Masks once for all heads: [groups, rows, C_i, L_i] per unrolled chunk.
+    # Masks once for all heads: [groups, rows, C_i, L_i] per unrolled chunk (those before the loop first).
     masks = [split_rows(_chunk_mask(spec.q_pos[:, c.start:c.stop], spec.q_doc[:, c.start:c.stop],
                                     spec.k_pos[:, c.key_start:c.key_stop], spec.k_doc[:, c.key_start:c.key_stop],
-                                    window), rows) for c in unrolled]
+                                    window), rows) for c in before + after]
     if n_loop:  # the looped chunks' query ids reshaped, their key ids gathered by a static index table
         key_index = jnp.asarray((loop_start + key_offset + chunk * np.arange(n_loop))[:, None] + np.arange(span))
-        q_ids = [x[:, loop_start:loop_start + n_loop * chunk].reshape(batch, n_loop, chunk)
-                 for x in (spec.q_pos, spec.q_doc)]
-        k_ids = [jnp.take(x, key_index, axis=1) for x in (spec.k_pos, spec.k_doc)]  # [B, n_loop, L]
-        mask = _chunk_mask(q_ids[0], q_ids[1], k_ids[0], k_ids[1], window)  # [B, n_loop, C, L]
+        q_pos, q_doc = (x[:, loop_start:loop_start + n_loop * chunk].reshape(batch, n_loop, chunk)
+                        for x in (spec.q_pos, spec.q_doc))
+        k_pos, k_doc = (jnp.take(x, key_index, axis=1) for x in (spec.k_pos, spec.k_doc))  # [B, n_loop, L]
+        mask = _chunk_mask(q_pos, q_doc, k_pos, k_doc, window)  # [B, n_loop, C, L]
         loop_masks = jnp.swapaxes(split_rows(mask, rows), 1, 2)  # [groups, n_loop, rows, C, L]
 
     qh = jnp.moveaxis(q * (dim**-0.5), 2, 0)  # [H, B, T, K]
@@ -134,8 +133,11 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     def step(_, xs):
         index, qg, kg, vg = xs  # qg [rows, T, K], kg/vg [rows, S, K]
         g = index % groups
-        outs = {c.start: _attend(qg[:, c.start:c.stop], kg[:, c.key_start:c.key_stop],
-                                 vg[:, c.key_start:c.key_stop], m[g]) for c, m in zip(unrolled, masks)}
+
+        def unrolled_out(c: _Chunk, m: jax.Array) -> jax.Array:  # [rows, C_i, K]
+            return _attend(qg[:, c.start:c.stop], kg[:, c.key_start:c.key_stop], vg[:, c.key_start:c.key_stop], m[g])
+
+        parts = [unrolled_out(c, m) for c, m in zip(before, masks)]
         if n_loop:
             def one(args):
                 i, m = args
@@ -144,11 +146,12 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
                 return _attend(jax.lax.dynamic_slice_in_dim(qg, a, chunk, axis=1), kc, vc, m)
 
             # Unrolled (up to _MAX_UNROLL chunks per loop iteration): each iteration of an XLA:CPU
-            # while loop costs more than a chunk's arithmetic (20% of the entropy pass when looped).
+            # while loop costs more than a chunk's arithmetic (looped, the entropy pass took 1.22x).
             _, looped = jax.lax.scan(lambda carry, xs: (carry, one(xs)), None, (jnp.arange(n_loop), loop_masks[g]),
                                      unroll=min(n_loop, _MAX_UNROLL))  # [n_loop, rows, C, K]
-            outs[loop_start] = jnp.swapaxes(looped, 0, 1).reshape(rows, n_loop * chunk, dim)
-        return None, jnp.concatenate([outs[a] for a in sorted(outs)], axis=1)
+            parts.append(jnp.swapaxes(looped, 0, 1).reshape(rows, n_loop * chunk, dim))
+        parts += [unrolled_out(c, m) for c, m in zip(after, masks[len(before):])]
+        return None, jnp.concatenate(parts, axis=1)
 
     steps = jnp.arange(heads * groups)
     # Rematerialised: the backward pass recomputes each tile instead of storing every tile's scores.
@@ -159,4 +162,6 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
 
 def use_banded(spec: CausalSpec, t_len: int) -> bool:
     """Chunked attention pays off once the queries span a few chunks beyond the window."""
-    return spec.ordered and spec.window is not None and t_len >= 2 * default_chunk(spec.window) and t_len > spec.window // 2
+    if not spec.ordered or spec.window is None:
+        return False
+    return t_len >= 2 * default_chunk(spec.window) and t_len > spec.window // 2
