@@ -22,6 +22,7 @@ from blt_jax.config import BLTConfig
 from blt_jax.metrics.flops import training_flops_per_byte
 from blt_jax.parallel import make_mesh
 from blt_jax.train.config import ExperimentConfig
+from blt_jax.errors import InputError
 
 # Cloud names -> libtpu topology names. v4 / v5p counts are TensorCores (2 per chip); v5e / v6e counts
 # are chips.
@@ -62,7 +63,7 @@ def libtpu_name(topology: str) -> str:
     if ":" in topology:
         return topology
     if topology not in CLOUD_TOPOLOGIES:
-        raise ValueError(f"unknown topology {topology!r}: use a libtpu name such as v5p:2x2x2 or one of "
+        raise InputError(f"unknown topology {topology!r}: use a libtpu name such as v5p:2x2x2 or one of "
                          f"{', '.join(CLOUD_TOPOLOGIES)}")
     return CLOUD_TOPOLOGIES[topology]
 
@@ -70,6 +71,9 @@ def libtpu_name(topology: str) -> str:
 def topology_devices(topology: str) -> list:
     """Abstract devices of a TPU topology (needs libtpu: `pip install -e ".[tpu]"`)."""
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # a single (virtual) host: no discovery
+    # Without a TPU, libtpu would print a "Failed to find host bounds" error looking for this host's
+    # place in a slice; the topology compiled for is named explicitly, so no bounds are needed.
+    os.environ.setdefault("TPU_HOST_BOUNDS", "1,1,1")
     from jax.experimental import topologies
 
     name = libtpu_name(topology)
@@ -79,7 +83,7 @@ def topology_devices(topology: str) -> list:
         hint = ("another process holds libtpu; when processes only compile (no TPU is opened), set "
                 "ALLOW_MULTIPLE_LIBTPU_LOAD=1" if "lockfile" in str(e) else
                 "AOT compilation needs libtpu: pip install -c constraints.txt -e \".[tpu]\"")
-        raise ValueError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); {hint}") from e
+        raise InputError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); {hint}") from e
 
 
 def hbm_bytes(device_kind: str) -> int | None:
@@ -237,7 +241,7 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
 
     config = experiment.model
     if not isinstance(config, BLTConfig):
-        raise ValueError("the generation step needs a BLT config")
+        raise InputError("the generation step needs a BLT config")
     if config.patching.mode == "entropy" and config.entropy_model is None:
         config = dataclasses.replace(config, patching=dataclasses.replace(config.patching, mode="space"))
     devices = topology_devices(topology)
@@ -274,7 +278,7 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
 
     config = experiment.model if isinstance(experiment.model, EntropyLMConfig) else experiment.model.entropy_model
     if config is None:
-        raise ValueError("this config has no entropy LM")
+        raise InputError("this config has no entropy LM")
     devices = topology_devices(topology)
     mesh = make_mesh(experiment.mesh, devices)
     window = window or experiment.data.row_bytes
@@ -294,13 +298,13 @@ def require_fit(report: dict) -> None:
     """Raises ValueError with the numbers when a compiled program does not fit its chips' HBM."""
     if report.get("refused_by_compiler"):
         need, have = report["needed_bytes_per_device"], report["available_bytes_per_device"]
-        raise ValueError(
+        raise InputError(
             f"{report['program']} does not fit {report['device_kind']} ({report['topology']}): the compiler needs "
             f"{need / 2**30:.2f} GiB per device for {report['needed_for']}, has {have / 2**30:.2f} GiB "
             f"({(need - have) / 2**30:.2f} GiB over); lower the batch per device, raise fsdp, or remat more")
     if report.get("fits") is False:
         need, have = report["peak_bytes_per_device"], report["hbm_bytes_per_device"]
-        raise ValueError(
+        raise InputError(
             f"{report['program']} does not fit {report['device_kind']} ({report['topology']}): needs "
             f"{need / 2**30:.2f} GiB per device, has {have / 2**30:.2f} GiB ({(need - have) / 2**30:.2f} GiB over); "
             "lower the batch per device, raise fsdp, or remat more")

@@ -7,8 +7,6 @@ validates inputs (on the host, with clear messages) and routes between them.
 from __future__ import annotations
 
 import functools
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,41 +14,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from blt_jax import loading
 from blt_jax.config import BLTConfig, EntropyLMConfig
-from blt_jax.convert.layout import WeightError
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import abstract_params, init_params
 from blt_jax.patching.ids import lengths_from_starts
 from blt_jax.patching.rules import patch_starts
-
-
-def _check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
-    """Raises WeightError naming every missing, unexpected or mis-shaped parameter."""
-    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-    problems = [f"missing parameter {k} {tuple(want[k].shape)}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected parameter {k}" for k in sorted(set(got) - set(want))]
-    problems += [
-        f"parameter {k} has shape {tuple(np.shape(got[k]))}, expected {tuple(want[k].shape)}"
-        for k in sorted(set(got) & set(want))
-        if tuple(np.shape(got[k])) != tuple(want[k].shape)
-    ]
-    if problems:
-        raise WeightError(f"{source}: {len(problems)} parameter problem(s):\n  " + "\n  ".join(problems))
+from blt_jax.errors import InputError
 
 
 def _as_tokens(tokens: Any, vocab_size: int) -> jax.Array:
     """Validates int [B, N] token ids in [0, vocab) and returns them as int32."""
     arr = np.asarray(jax.device_get(tokens))
     if arr.ndim != 2:
-        raise ValueError(f"tokens must be an int array [B, N], got shape {arr.shape} (add a batch axis: tokens[None])")
+        raise InputError(f"tokens must be an int array [B, N], got shape {arr.shape} (add a batch axis: tokens[None])")
     if arr.shape[1] == 0:
-        raise ValueError("tokens must hold at least one position (N >= 1)")
+        raise InputError("tokens must hold at least one position (N >= 1)")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        raise InputError(f"tokens must be integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got min {arr.min()} max {arr.max()}")
+        raise InputError(f"token ids must be in [0, {vocab_size}), got min {arr.min()} max {arr.max()}")
     return jnp.asarray(arr, jnp.int32)
 
 
@@ -58,18 +42,18 @@ def _check_lengths(lengths: Any, tokens: jax.Array) -> jax.Array:
     arr = np.asarray(jax.device_get(lengths))
     batch, n = tokens.shape
     if arr.ndim != 2 or arr.shape[0] != batch:
-        raise ValueError(f"patch_lengths must be int [B={batch}, P], got shape {arr.shape}")
+        raise InputError(f"patch_lengths must be int [B={batch}, P], got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer) or (arr.size and arr.min() < 0):
-        raise ValueError("patch_lengths must be non-negative integers")
+        raise InputError("patch_lengths must be non-negative integers")
     sums = arr.sum(axis=1)
     bad = np.nonzero(sums != n + 1)[0]
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"patch_lengths of row {bad[0]} sum to {sums[bad[0]]}, expected N + 1 = {n + 1} "
             "(the extra slot is the next byte; see blt_jax.patching.ids)"
         )
     if np.any(arr[:, 0] != 1):
-        raise ValueError("the first patch of every row must have length 1 (the BOS / first byte)")
+        raise InputError("the first patch of every row must have length 1 (the BOS / first byte)")
     return jnp.asarray(arr, jnp.int32)
 
 
@@ -83,11 +67,11 @@ class BLTModel:
     """
 
     def __init__(self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None):
-        _check_tree(params, abstract_params(config), "BLT parameters")
+        loading.check_tree(params, abstract_params(config), "BLT parameters")
         if entropy_params is not None:
             if config.entropy_model is None:
-                raise ValueError("entropy_params given but config.entropy_model is None")
-            _check_tree(entropy_params, abstract_params(config.entropy_model), "entropy LM parameters")
+                raise InputError("entropy_params given but config.entropy_model is None")
+            loading.check_tree(entropy_params, abstract_params(config.entropy_model), "entropy LM parameters")
         self.config = config
         self.params = jax.device_put(params)
         self.entropy_params = None if entropy_params is None else jax.device_put(entropy_params)
@@ -155,7 +139,7 @@ class BLTModel:
     def entropies(self, tokens: Any) -> jax.Array:
         """Entropy (nats) of the entropy LM's next-byte distribution at every position. float32 [B, N]."""
         if self.entropy_params is None:
-            raise ValueError(
+            raise InputError(
                 "this model has no entropy LM: load a checkpoint that includes the patcher, or give "
                 "patch lengths explicitly"
             )
@@ -176,7 +160,7 @@ class BLTModel:
         n = toks.shape[1]
         num_patches = n + 1 if max_patches is None else int(max_patches)
         if num_patches < 2:
-            raise ValueError(f"max_patches must be >= 2, got {num_patches}")
+            raise InputError(f"max_patches must be >= 2, got {num_patches}")
         entropies = self.entropies(toks) if self.config.patching.mode == "entropy" else None
         return self._lengths_fn(toks, entropies, num_patches)
 
@@ -215,10 +199,10 @@ class BLTModel:
         from blt_jax.inference.sampling import SamplingConfig
 
         if self.config.patching.mode == "entropy" and self.entropy_params is None:
-            raise ValueError("this model patches by entropy but has no entropy LM: load a checkpoint that "
+            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
                              "includes the patcher")
         if not isinstance(max_new_bytes, (int, np.integer)) or max_new_bytes < 1:
-            raise ValueError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
+            raise InputError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
         prompts = encode_prompts(prompt if isinstance(prompt, list) else [prompt])
         sampling = SamplingConfig(float(temperature), top_k, top_p)
         generator = self._generator(len(prompts), capacity_for(max(len(p) for p in prompts), int(max_new_bytes)),
@@ -236,33 +220,15 @@ class BLTModel:
         return cache[key]
 
 
-def _detect_layout(path: str) -> str:
-    from blt_jax.convert.native import CONFIG_FILE
-
-    if os.path.exists(os.path.join(path, CONFIG_FILE)):
-        return "native"
-    config_json = os.path.join(path, "config.json")
-    if os.path.exists(config_json):
-        with open(config_json) as f:
-            cfg = json.load(f)
-        if "encoder_config" in cfg or cfg.get("model_type") == "blt":
-            return "hf"
-    if os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "consolidated.pth")):
-        return "meta"
-    raise FileNotFoundError(
-        f"{path}: not a BLT checkpoint directory. Expected one of: blt_jax.json + params.safetensors "
-        "(ours); config.json + model.safetensors (Hugging Face BltForCausalLM); params.json + "
-        "consolidated.pth (Meta)"
-    )
-
-
 def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:
-    """Loads a BLT from our format, the Hugging Face layout, or Meta's layout (detected).
+    """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
+    run of ours (its newest checkpoint; the run's corpus is not needed).
 
     Args:
-      path: the model directory.
-      entropy_path: Meta layout only: the entropy model directory (default: `entropy_model/` inside
-        or beside `path`).
+      path: the model directory or training workdir (relative, `~` or `gs://`).
+      entropy_path: Meta layout: the entropy model directory (default: `entropy_model/` inside or
+        beside `path`). Training run patched by entropy: its entropy LM (any form
+        `load_entropy_model` reads).
       dtype: dtype of the loaded parameters (float32; `jnp.bfloat16` halves host memory for the
         released models, whose hash tables alone hold 3-4B parameters). Computation follows the
         config's dtype.
@@ -270,24 +236,7 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
     Returns:
       A `BLTModel`.
     """
-    dtype = np.dtype(dtype)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    layout = _detect_layout(path)
-    if layout == "native":
-        from blt_jax.convert.native import load_native
-
-        config, params, entropy = load_native(path, dtype)
-        if isinstance(config, EntropyLMConfig):
-            raise ValueError(f"{path} holds an entropy LM, not a BLT")
-    elif layout == "hf":
-        from blt_jax.convert.hf import load_hf
-
-        config, params, entropy = load_hf(path, dtype)
-    else:
-        from blt_jax.convert.meta import load_meta
-
-        config, params, entropy = load_meta(path, entropy_path, dtype)
+    config, params, entropy = loading.load_blt(path, entropy_path, dtype)
     return BLTModel(config, params, entropy)
 
 
@@ -299,64 +248,20 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
     Returns:
       (config, params).
     """
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    from blt_jax.convert.native import CONFIG_FILE, load_native
-
-    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir of ours
-        from blt_jax.train.loop import restore_params
-
-        experiment, params = restore_params(path)
-        if not isinstance(experiment.model, EntropyLMConfig):
-            raise ValueError(f"{path} trained a BLT, not an entropy LM")
-        return experiment.model, params
-    if os.path.exists(os.path.join(path, CONFIG_FILE)):
-        config, params, entropy = load_native(path)
-        if isinstance(config, EntropyLMConfig):
-            _check_tree(params, abstract_params(config), path)
-            return config, params
-        if entropy is None or config.entropy_model is None:
-            raise ValueError(f"{path}: this BLT was saved without an entropy LM")
-        _check_tree(entropy, abstract_params(config.entropy_model), path)
-        return config.entropy_model, entropy
-    params_json = os.path.join(path, "params.json")
-    if os.path.exists(params_json):
-        with open(params_json) as f:
-            raw = json.load(f)
-        is_blt = any(isinstance(v, Mapping) and "dim_global" in v for v in (raw, raw.get("model"), raw.get("args")) if v)
-        if not is_blt:
-            from blt_jax.convert.meta import load_meta_entropy
-
-            return load_meta_entropy(path)
-    model = from_pretrained(path)
-    if model.entropy_params is None:
-        raise ValueError(f"{path}: the checkpoint has no entropy LM (patcher)")
-    return model.config.entropy_model, model.entropy_params
+    return loading.load_entropy_lm(path)
 
 
 def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel:
     """A BLT from a training workdir's newest checkpoint, patching with the rule the run trained with.
 
     Args:
-      workdir: a `blt-jax train` run directory of a BLT.
+      workdir: a `blt-jax train` run directory of a BLT (its corpus is not needed).
       entropy_path: the entropy LM (any form `load_entropy_model` reads, e.g. its training workdir);
         required when the run patched by entropy.
 
     Returns:
       A `BLTModel` whose config carries the run's patching rule (and threshold).
     """
-    import dataclasses
-
-    from blt_jax.train.loop import restore_params
-
-    experiment, params = restore_params(workdir)
-    if not isinstance(experiment.model, BLTConfig):
-        raise ValueError(f"{workdir} trained an entropy LM, not a BLT")
-    patching = experiment.data.patching
-    entropy_config, entropy_params = None, None
-    if patching.mode == "entropy":
-        if entropy_path is None:
-            raise ValueError(f"{workdir} was trained with entropy patching: name its entropy LM (--entropy-checkpoint DIR)")
-        entropy_config, entropy_params = load_entropy_model(entropy_path)
-    config = dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config)
-    return BLTModel(config, params, entropy_params)
+    if not loading.is_training_run(workdir):
+        raise loading.CheckpointError(f"{workdir}: not a training workdir (it holds no checkpoints/)")
+    return from_pretrained(workdir, entropy_path)

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+from blt_jax.errors import InputError
+
 DEFAULT_SMOKE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "tiny.py")
 SMOKE_TEXT = "Daenerys Targaryen is in Game of Thrones, a fantasy epic by George R.R. Martin."
 
@@ -111,13 +113,13 @@ def _entropy_model(args: argparse.Namespace):
 
     if args.checkpoint:
         config, params = load_entropy_model(args.checkpoint)
-        return config, params, os.path.abspath(args.checkpoint)
+        return config, params, args.checkpoint
     if not args.config:
-        raise ValueError("name the entropy model: --checkpoint DIR, or --config FILE for a fresh random one")
+        raise InputError("name the entropy model: --checkpoint DIR, or --config FILE for a fresh random one")
     config = _model_config(args.config)
     if isinstance(config, BLTConfig):
         if config.entropy_model is None:
-            raise ValueError(f"{args.config} has no entropy_model")
+            raise InputError(f"{args.config} has no entropy_model")
         config = config.entropy_model
     params = init_params(config, jax.random.key(args.seed))
     return config, params, f"random init of {args.config} (seed {args.seed})"
@@ -160,7 +162,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 break
         entropies = EntropyStreamer(config, params)(docs)
     else:
-        raise ValueError("give stored entropies (--entropies DIR from `blt-jax patch`) or --corpus with a model")
+        raise InputError("give stored entropies (--entropies DIR from `blt-jax patch`) or --corpus with a model")
     rules = RULES if args.rule == "both" else (args.rule,)
     results = [calibrate(entropies, args.target, rule, args.max_patch_length) for rule in rules]
     for result in results:
@@ -168,8 +170,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
 
-        with open(args.json, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in results], f, indent=2)
+        from blt_jax import paths
+
+        paths.write_json(args.json, [dataclasses.asdict(r) for r in results])
         print(f"wrote {args.json}")
     return 0
 
@@ -181,9 +184,11 @@ def cmd_plot_entropy(args: argparse.Namespace) -> int:
     from blt_jax.patching.plot import save_entropy_figure
     from blt_jax.tokenizer import encode
 
-    text = args.text if args.text is not None else open(args.text_file, "rb").read()
+    from blt_jax import paths
+
+    text = args.text if args.text is not None else paths.read_bytes(args.text_file)
     if not text:
-        raise ValueError("nothing to plot: give --text or --text-file with some content")
+        raise InputError("nothing to plot: give --text or --text-file with some content")
     config, params, description = _entropy_model(args)
     tokens = encode(text)
     logits = EntropyLM(config).apply({"params": params}, tokens[None])
@@ -265,11 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
     p.set_defaults(fn=cmd_plot_entropy)
 
-    sub.add_parser("train", help="train a BLT or an entropy LM (absl flags: --config F --workdir D "
-                                 "[--config.train.steps=N ...])", add_help=False)
+    p = sub.add_parser("train", help="train a BLT or an entropy LM: --config FILE[:arg] --workdir DIR "
+                                     "[--config.train.steps=N ...]")
+    p.add_argument("--config", required=True, help="experiment file[:arg]; override any field with --config.a.b=v")
+    p.add_argument("--workdir", required=True, help="run directory: local, ~ or gs:// (resumed if it holds checkpoints)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=True, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", "--noprogress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(fn=cmd_train, overrides=[])
+
+    p = sub.add_parser("export", help="a training run -> a self-contained model directory (from_pretrained)")
+    p.add_argument("run", help="a training workdir of a BLT (local, ~ or gs://)")
+    p.add_argument("dest", help="output directory (our format: the BLT, its entropy LM, the run's patching rule)")
+    p.add_argument("--entropy-checkpoint", default=None,
+                   help="the entropy LM of a run patched by entropy (default: the one its entropy pass names)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("eval", help="bits per byte of a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a training workdir")
+    p.add_argument("--checkpoint", required=True, help="a training workdir (local, ~ or gs://; its corpus is not needed)")
     p.add_argument("--data", default=None, help="corpus to evaluate on (default: the run's eval data)")
     p.add_argument("--batches", type=int, default=0, help="at most this many batches (0 = one pass)")
     p.add_argument("--batch-size", type=int, default=0)
@@ -296,16 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32")
     p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.remat=full (repeatable)")
+                   help="the same as --config.KEY=VALUE, e.g. --config.train.remat=full (repeatable)")
     p.add_argument("--program", choices=("train", "generate", "entropy"), default="train",
                    help="the train step (default), one cached generation step, or the entropy pass")
     p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
-    p.set_defaults(fn=cmd_aot)
+    p.set_defaults(fn=cmd_aot, overrides=[])
 
     p = sub.add_parser("quickstart", help="train an entropy LM and a BLT on the default corpus, evaluate, plot, generate")
     p.add_argument("--workdir", default="runs/quickstart", help="where everything goes; a re-run resumes it")
-    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget on a 2-core CPU (sets the steps)")
-    p.add_argument("--scale", choices=("small", "tiny"), default="small", help="model sizes (tiny: CI and notebooks)")
+    preset = _quickstart_preset()
+    p.add_argument("--minutes", type=float, default=preset["minutes"],
+                   help="wall-clock budget on a 2-core CPU (sets the steps)")
+    p.add_argument("--scale", choices=("small", "tiny"), default=preset["scale"],
+                   help="model sizes (tiny: CI and notebooks)")
     p.add_argument("--target-patch-length", type=float, default=4.5, help="mean patch length to calibrate to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", action="append", default=None, metavar="STAGE",
@@ -314,6 +334,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_quickstart)
     return parser
+
+
+# Arguments that name files or directories (resolved: ~ expanded, made absolute; gs:// kept).
+_PATH_ARGS = ("checkpoint", "entropy_checkpoint", "workdir", "out", "entropies", "json", "text_file", "source",
+              "dest", "entropy", "run")
+
+
+def _resolve_paths(args: argparse.Namespace) -> None:
+    from blt_jax import paths
+
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and value != "-":
+            setattr(args, name, paths.resolve(value))
+    if getattr(args, "prompt_file", None) not in (None, "-"):
+        args.prompt_file = paths.resolve(args.prompt_file)
+
+
+QUICKSTART_PRESETS = {"": {"minutes": 12.0, "scale": "small"}, "tiny": {"minutes": 0.01, "scale": "tiny"}}
+
+
+def _quickstart_preset() -> dict:
+    """Defaults of `blt-jax quickstart`; BLT_JAX_QUICKSTART_PRESET=tiny shrinks them to the tiny
+    scale (CI runs the README's command as printed with it)."""
+    name = os.environ.get("BLT_JAX_QUICKSTART_PRESET", "")
+    if name not in QUICKSTART_PRESETS:
+        raise InputError(f"BLT_JAX_QUICKSTART_PRESET={name!r}: expected one of {', '.join(p for p in QUICKSTART_PRESETS if p)}")
+    return QUICKSTART_PRESETS[name]
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -329,34 +377,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_overrides(raw, overrides: list[str]):
-    """KEY=VALUE overrides of an experiment ConfigDict (values parsed as Python literals when possible)."""
-    import ast
-
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        *parents, leaf = key.split(".")
-        node = raw
-        for name in parents:
-            if name not in node:
-                raise ValueError(f"--set {key}: no section {name!r}")
-            node = node[name]
-        node[leaf] = parsed
-    return raw
-
-
 def cmd_aot(args: argparse.Namespace) -> int:
     from blt_jax.aot import aot_entropy_pass, aot_generation_step, aot_train_step, require_fit
     from blt_jax.experiment import load_experiment
     from blt_jax.train.config import experiment_from_dict
 
-    experiment = experiment_from_dict(_apply_overrides(load_experiment(args.config), args.set))
+    experiment = experiment_from_dict(load_experiment(args.config, [*args.set, *args.overrides]))
     compile_fn = {"train": aot_train_step, "generate": aot_generation_step, "entropy": aot_entropy_pass}[args.program]
     report = compile_fn(experiment, args.topology)
     report["config"] = args.config
@@ -370,29 +396,20 @@ def cmd_aot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_model(checkpoint: str, entropy_checkpoint: str | None):
-    """A BLTModel from a model directory, or from a training workdir's newest checkpoint (patching with
-    the rule the run was trained with)."""
-    from blt_jax.api import from_pretrained, from_training_run
-
-    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-        return from_training_run(checkpoint, entropy_checkpoint)
-    return from_pretrained(checkpoint)
-
-
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     if (args.prompt is None) == (args.prompt_file is None):
-        raise ValueError("give the prompt with --prompt TEXT or --prompt-file PATH (- = stdin), not both")
+        raise InputError("give the prompt with --prompt TEXT or --prompt-file PATH (- = stdin), not both")
     if args.prompt is not None:
         return list(args.prompt)
     if args.prompt_file == "-":
         text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
     else:
-        with open(args.prompt_file, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
+        from blt_jax import paths
+
+        text = paths.read_bytes(args.prompt_file).decode("utf-8", errors="replace")
     prompts = [line for line in text.splitlines() if line.strip()] if args.lines else [text]
     if not prompts or not any(prompts):
-        raise ValueError(f"{args.prompt_file}: no prompt in it")
+        raise InputError(f"{args.prompt_file}: no prompt in it")
     return prompts
 
 
@@ -401,7 +418,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     prompts = _read_prompts(args)
     sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # generated bytes are UTF-8 (or U+FFFD)
-    model = _generation_model(args.checkpoint, args.entropy_checkpoint)
+    from blt_jax.api import from_pretrained
+
+    model = from_pretrained(args.checkpoint, entropy_path=args.entropy_checkpoint)
     start = time.perf_counter()
     if len(prompts) == 1:
         # Bytes arrive one at a time; an incremental decoder holds back a split UTF-8 character.
@@ -428,26 +447,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from blt_jax.train.loop import restore_params
+    import dataclasses
+
+    from blt_jax import loading
+    from blt_jax.data.pipeline import build_dataset
+    from blt_jax.parallel import MeshConfig, make_mesh
+    from blt_jax.train.trainer import Trainer
 
     start = time.perf_counter()
-    if os.path.isdir(os.path.join(args.checkpoint, "checkpoints")):
-        experiment, params = restore_params(args.checkpoint)
-    else:
-        raise ValueError(f"{args.checkpoint}: not a training workdir (it holds no checkpoints/)")
+    experiment, params = loading.read_run(args.checkpoint)
     data = experiment.eval or experiment.data
     overrides = {"num_epochs": 1, "shuffle": False}
     if args.data:
         overrides["source"] = args.data
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    import dataclasses
-
     data = dataclasses.replace(data, **overrides)
-    from blt_jax.data.pipeline import build_dataset
-    from blt_jax.parallel import MeshConfig, make_mesh
-    from blt_jax.train.trainer import Trainer
-
     trainer = Trainer(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
     batches = []
     for batch in build_dataset(data):
@@ -464,20 +479,88 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":  # absl flags + ml_collections config overrides
-        from blt_jax.train.main import run
+def cmd_train(args: argparse.Namespace) -> int:
+    from blt_jax.train.main import train_from_file
 
-        run(["blt-jax train", *argv[1:]])
+    summary = train_from_file(args.config, args.overrides, args.workdir, progress=args.progress)
+    metrics, evaluation = summary["metrics"], summary["eval"]
+    if metrics:
+        rate = "" if metrics["bytes_per_s"] is None else (
+            f", {metrics['bytes_per_s']:,.0f} bytes/s, MFU {100 * metrics['mfu']:.1f}%")
+        print(f"step {metrics['step']}: loss {metrics['loss']:.4f}, bpb {metrics['bpb']:.4f}, "
+              f"mean patch {metrics['mean_patch_len']:.2f}{rate}")
+    if evaluation:
+        print(f"eval at step {evaluation['step']}: bpb {evaluation['eval_bpb']:.4f}, "
+              f"mean patch {evaluation['eval_mean_patch_len']:.2f}")
+    if summary["preempted"]:
+        print(f"stopped by {summary.get('stop_signal') or 'SIGTERM'} at step {summary['step']}; checkpoint saved in "
+              f"{args.workdir}; the same command resumes")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from blt_jax.api import from_pretrained
+
+    model = from_pretrained(args.run, entropy_path=args.entropy_checkpoint)
+    model.save(args.dest)
+    patching = model.config.patching
+    rule = f"{patching.mode} patching" + (f", threshold {patching.threshold:.4f}" if patching.mode == "entropy" else "")
+    print(f"wrote {args.dest}: {type(model.config).__name__} ({rule}; entropy LM: "
+          f"{'included' if model.entropy_params is not None else 'none'})")
+    return 0
+
+
+def _quiet_tpu_probe() -> None:
+    """On a host without TPUs, keep jax from starting libtpu (installed by the `tpu` extra), whose
+    start-up prints alarming errors there. Explicit JAX_PLATFORMS settings are left alone."""
+    if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
         return
-    args = build_parser().parse_args(argv)
+    try:
+        from jax._src import hardware_utils
+
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+        gpu = hardware_utils.has_visible_nvidia_gpu()
+    except Exception:  # noqa: BLE001 - a jax without these helpers: leave platform choice to jax
+        return
+    if chips == 0 and not gpu:
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
+
+
+def _verbose(argv: list[str]) -> bool:
+    return "--verbose" in argv or os.environ.get("BLT_JAX_VERBOSE", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry of `blt-jax`: bad input ends in one line on stderr and exit code 2 (`--verbose` or
+    BLT_JAX_VERBOSE=1 adds the traceback); bugs keep their traceback."""
+    from blt_jax.errors import UserError
+    from blt_jax.experiment import split_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _verbose(argv)
+    argv = [a for a in argv if a != "--verbose"]
+    command = argv[0] if argv and not argv[0].startswith("-") else "?"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("blt_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and grain log every save at INFO
+    _quiet_tpu_probe()
     try:
+        rest, overrides = split_overrides(argv)
+        args = build_parser().parse_args(rest)
+        if overrides and not hasattr(args, "overrides"):
+            raise InputError(f"--config.{overrides[0]}: `blt-jax {args.command}` takes no config overrides")
+        if hasattr(args, "overrides"):
+            args.overrides = overrides
+        _resolve_paths(args)
         code = args.fn(args)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        # Bad input (missing file, invalid config, mismatched weights): one clear line, no traceback.
-        print(f"blt-jax {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"blt-jax {command}: error: {message}", file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from blt_jax.errors import InputError
+
 # Largest hash-table size the 32-bit hash arithmetic supports (see nn/hash_embed.py).
 MAX_HASH_VOCAB = 1 << 23
 # Number of distinct hash functions the reference defines (one prime each).
@@ -24,7 +26,7 @@ PATCHING_MODES = ("entropy", "space", "static", "byte")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is invalid. `field` is the dotted path of the offending field."""
 
     def __init__(self, field: str, reason: str):

@@ -12,6 +12,7 @@ from blt_jax.config import ConfigError
 from blt_jax.quickstart import make_plan, open_plan, run_quickstart
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.stages import PROMPT, STAGES, Paths
+from user import TPU_NOISE, blt_jax
 
 UNTRAINED_BPB = 8.0  # log2(260) = 8.02 bits: a uniform guess over the vocabulary
 # Forty tiny steps take the BLT from ~8.0 to ~5 bits per byte; demand at least 1.5 bits.
@@ -21,12 +22,26 @@ TINY = ["--scale", "tiny", "--minutes", "0.01", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The workdir of one tiny quickstart run through the CLI."""
-    workdir = str(tmp_path_factory.mktemp("quickstart") / "run")
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["quickstart", "--workdir", workdir, *TINY])
-    assert exit_.value.code == 0
+    """The workdir of one quickstart run made by the README's command as printed (`blt-jax
+    quickstart`, default relative workdir), from a fresh directory, shrunk by the documented
+    BLT_JAX_QUICKSTART_PRESET=tiny."""
+    cwd = tmp_path_factory.mktemp("fresh")
+    result = blt_jax("quickstart", cwd=cwd, BLT_JAX_QUICKSTART_PRESET="tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in (*TPU_NOISE, "Traceback"):
+        assert noise not in result.stderr, result.stderr[-3000:]
+    assert "total" in result.stdout  # the summary table
+    workdir = str(cwd / "runs" / "quickstart")
+    assert os.path.isdir(workdir)
     return workdir
+
+
+def test_the_printed_command_run_again_skips_every_stage(run):
+    cwd = os.path.dirname(os.path.dirname(run))
+    result = blt_jax("quickstart", cwd=cwd, BLT_JAX_QUICKSTART_PRESET="tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, _ in STAGES:
+        assert f"{name}: done earlier" in result.stdout, (name, result.stdout)
 
 
 def _png_size(path: str) -> tuple[int, int]:

@@ -13,7 +13,8 @@ import pytest
 
 from blt_jax.experiment import load_experiment
 from blt_jax.train.config import experiment_from_dict
-from blt_jax.train.loop import load_initial_params, restore_params, train_and_evaluate
+from blt_jax.loading import read_run
+from blt_jax.train.loop import load_initial_params, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
@@ -91,7 +92,7 @@ def test_workdir_files(straight):
                 "flops_per_byte", "mfu"):
         assert key in rows[0], key
     assert os.listdir(os.path.join(workdir, "tensorboard"))
-    exp, params = restore_params(workdir)
+    exp, params = read_run(workdir)
     assert exp.train.steps == 12 and "local_encoder" in params
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from blt_jax.config import BLTConfig, EntropyLMConfig, StackConfig
+from blt_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,7 @@ def to_torch(kind: str, array: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown layout kind {kind!r}")
 
 
-class WeightError(ValueError):
+class WeightError(InputError):
     """A checkpoint's tensors do not match the model: lists every missing, extra or mis-shaped one."""
 
 

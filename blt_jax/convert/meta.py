@@ -25,6 +25,7 @@ from blt_jax.config import (
     swiglu_hidden,
 )
 from blt_jax.convert.layout import assemble, blt_entries, entropy_entries
+from blt_jax.errors import InputError
 
 # The reference's realtime patcher forces this window whatever the entropy model's args say.
 ENTROPY_WINDOW = 512
@@ -155,7 +156,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}}), got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict (or {{'model': state_dict}}), got {type(state).__name__}")
     return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 

@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from blt_jax.config import ModelConfig, config_to_dict, model_config_from_dict
 from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
+from blt_jax.errors import InputError, NotFound
 
 CONFIG_FILE = "blt_jax.json"
 PARAMS_FILE = "params.safetensors"
@@ -47,11 +48,19 @@ def load_native(directory: str, dtype=np.float32):
 
     Shapes are checked by the caller against the config's abstract parameters.
     """
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        meta = json.load(f)
+    config_path = os.path.join(directory, CONFIG_FILE)
+    try:
+        with open(config_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{config_path}: unreadable ({e})") from e
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise InputError(f"{config_path}: no model configuration in it")
+    if not os.path.exists(os.path.join(directory, PARAMS_FILE)):
+        raise NotFound(f"{directory}: {CONFIG_FILE} without {PARAMS_FILE}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{directory}: {CONFIG_FILE} has format_version {version!r}; this blt_jax reads {FORMAT_VERSION}")
+        raise InputError(f"{directory}: {CONFIG_FILE} has format_version {version!r}; this blt_jax reads {FORMAT_VERSION}")
     config = model_config_from_dict(meta["model"], "model")
     params = _unflatten(read_safetensors(os.path.join(directory, PARAMS_FILE)), dtype)
     entropy_path = os.path.join(directory, ENTROPY_FILE)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
+from blt_jax.errors import InputError, NotFound
+
 _DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -28,7 +30,7 @@ _DTYPES = {
 }
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(InputError):
     """The file is not a readable safetensors file."""
 
 
@@ -85,7 +87,7 @@ def read_checkpoint_dir(directory: str) -> dict[str, np.ndarray]:
         return tensors
     single = os.path.join(directory, "model.safetensors")
     if not os.path.exists(single):
-        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+        raise NotFound(f"{directory}: no model.safetensors or model.safetensors.index.json")
     return read_safetensors(single)
 
 

@@ -27,6 +27,7 @@ from blt_jax.data.packing import PackIterDataset
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
 from blt_jax.patching.rules import patch_starts
 from blt_jax.tokenizer import encode
+from blt_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +140,7 @@ def build_dataset(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if config.batch_size % count:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by the {count} processes")
+        raise InputError(f"batch_size={config.batch_size} must be divisible by the {count} processes")
     patching = config.patching if config.row_patches else None
     prepare = functools.partial(prepare_document, patching=patching, online=online)
     if config.source.startswith(HF_PREFIX):  # a stream: sharded by example, no global shuffle

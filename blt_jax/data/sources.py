@@ -36,6 +36,9 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from blt_jax import paths
+from blt_jax.errors import InputError
+
 logger = logging.getLogger("blt_jax.data")
 
 JSONL_EXTENSIONS = (".jsonl", ".json")
@@ -45,7 +48,7 @@ DEFAULT_CORPUS = "default"
 VALIDATION_PERCENT = 3  # share of the default corpus's files held out (by path hash)
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The corpus cannot be read (missing path), or bad input met with strict=True."""
 
 
@@ -114,8 +117,7 @@ class TextFiles:
     def __getitem__(self, index: int) -> Document | None:
         path = self.files[index]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = paths.read_bytes(path)
         except OSError as e:
             self.report.bad(f"{path}: cannot read ({e.strerror or e})")
             return None
@@ -128,7 +130,7 @@ class JsonlFile:
     def __init__(self, path: str, text_field: str, report: _Reporter):
         self.path, self.text_field, self.report = path, text_field, report
         offsets, position = [], 0
-        with open(path, "rb") as f:
+        with paths.open_file(path, "rb") as f:
             for line in f:
                 offsets.append(position)
                 position += len(line)
@@ -141,7 +143,7 @@ class JsonlFile:
     def _line(self, index: int) -> bytes:
         handle = getattr(self._local, "handle", None)
         if handle is None:
-            handle = self._local.handle = open(self.path, "rb")
+            handle = self._local.handle = paths.open_file(self.path, "rb")
         handle.seek(self.offsets[index])
         return handle.readline()
 
@@ -172,7 +174,7 @@ class ParquetFile:
         import pyarrow.parquet as pq
 
         self.path, self.column, self.report = path, column, report
-        self._file = pq.ParquetFile(path)
+        self._file = pq.ParquetFile(paths.open_file(path, "rb") if paths.is_uri(path) else path)
         names = self._file.schema_arrow.names
         if column not in names:
             raise SourceError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
@@ -201,14 +203,19 @@ class ParquetFile:
 class StoredShards:
     """Documents with stored entropies from `blt-jax patch` ArrayRecord shards."""
 
-    def __init__(self, paths: Sequence[str], report: _Reporter):
+    def __init__(self, shards: Sequence[str], report: _Reporter):
         import grain
 
         from blt_jax.patching.store import decode_record
 
+        remote = [str(p) for p in shards if paths.is_uri(str(p))]
+        if remote:
+            raise SourceError(f"{remote[0]}: stored entropy shards (ArrayRecord) are read from a local or "
+                              "mounted path; mount the bucket with gcsfuse (launch/tpu.py --mount-bucket) and "
+                              "read them under the mount point")
         self._decode = decode_record
         self.report = report
-        self._source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+        self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
 
     def __len__(self) -> int:
         return len(self._source)
@@ -258,8 +265,41 @@ def stdlib_files(split: str = "train") -> list[str]:
     return sorted(chosen)
 
 
+def _list_uri(spec: str) -> list[str]:
+    """Files of a directory, glob or file on an object store (`gs://...`)."""
+    from etils import epath
+
+    if any(ch in spec for ch in "*?["):
+        scheme, _, rest = spec.partition("://")
+        root, _, pattern = rest.partition("/")
+        files = sorted(str(p) for p in epath.Path(f"{scheme}://{root}").glob(pattern) if p.is_file())
+        if not files:
+            raise SourceError(f"{spec}: pattern matches no files")
+        return files
+    if paths.isdir(spec):
+        files = sorted(str(p) for p in epath.Path(spec).rglob("*")
+                       if not any(part.startswith(".") for part in p.parts) and p.is_file())
+        if not files:
+            raise SourceError(f"{spec}: directory holds no files")
+        return files
+    if paths.isfile(spec):
+        return [spec]
+    raise SourceError(f"{spec}: no such file or directory")
+
+
+def resolve_spec(spec: str) -> str:
+    """A corpus spec with its path resolved (`~`, relative); named corpora ("default", "hf:...") and
+    URIs unchanged."""
+    if spec == DEFAULT_CORPUS or spec.startswith((DEFAULT_CORPUS + ":", HF_PREFIX)) or paths.is_uri(spec):
+        return spec
+    return paths.resolve(spec)
+
+
 def list_files(spec: str) -> list[str]:
     """The files of a corpus spec, sorted. Raises SourceError if there are none."""
+    spec = resolve_spec(spec)
+    if paths.is_uri(spec):
+        return _list_uri(spec)
     if os.path.isdir(spec):
         files = []
         for root, dirs, names in os.walk(spec):
@@ -318,14 +358,15 @@ def open_corpus(spec: str, text_field: str = "text", strict: bool = False, stats
         files = stdlib_files(spec.partition(":")[2] or "train")
         stats.files += len(files)
         return TextFiles(files, report)
-    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "manifest.json")):
+    spec = resolve_spec(spec)
+    if paths.isdir(spec) and paths.exists(paths.join(spec, "manifest.json")):
         from blt_jax.patching.store import shard_paths
 
-        paths = shard_paths(spec)
-        if not paths:
+        shards = shard_paths(spec)
+        if not shards:
             raise SourceError(f"{spec}: the entropy pass wrote no shards")
-        stats.files += len(paths)
-        return StoredShards(paths, report)
+        stats.files += len(shards)
+        return StoredShards(shards, report)
     files = list_files(spec)
     stats.files += len(files)
     parts, plain = [], []

@@ -25,6 +25,7 @@ from blt_jax.inference.decode import Decoder, DecodeState
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.sampling import SamplingConfig, sample
 from blt_jax.tokenizer import EOS_ID
+from blt_jax.errors import InputError
 
 PREFILL_MULTIPLE = 16  # prefill lengths are rounded down to this (fewer compilations)
 CHUNK = 16  # decoding steps per compiled call
@@ -46,14 +47,14 @@ def encode_prompts(prompts: Sequence[Any]) -> list[np.ndarray]:
         else:
             ids = np.asarray(prompt)
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"prompt {i}: expected text, bytes or a 1-D sequence of token ids")
+                raise InputError(f"prompt {i}: expected text, bytes or a 1-D sequence of token ids")
             if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.VOCAB_SIZE):
-                raise ValueError(f"prompt {i}: token ids must be in [0, {tokenizer.VOCAB_SIZE})")
+                raise InputError(f"prompt {i}: token ids must be in [0, {tokenizer.VOCAB_SIZE})")
         if ids.size == 0:
-            raise ValueError(f"prompt {i} is empty")
+            raise InputError(f"prompt {i} is empty")
         out.append(ids.astype(np.int32))
     if not out:
-        raise ValueError("no prompts given")
+        raise InputError("no prompts given")
     return out
 
 
@@ -164,12 +165,12 @@ class Generator:
           A Generation.
         """
         if len(prompts) != self.batch:
-            raise ValueError(f"this generator runs batches of {self.batch} prompts, got {len(prompts)}")
+            raise InputError(f"this generator runs batches of {self.batch} prompts, got {len(prompts)}")
         if max_new_bytes < 1:
-            raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
+            raise InputError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
         lengths = [len(p) for p in prompts]
         if max(lengths) + max_new_bytes + CHUNK - 1 > self.capacity:
-            raise ValueError(f"longest prompt ({max(lengths)}) + max_new_bytes ({max_new_bytes}) + {CHUNK - 1} "
+            raise InputError(f"longest prompt ({max(lengths)}) + max_new_bytes ({max_new_bytes}) + {CHUNK - 1} "
                              f"(the last chunk's overrun) exceeds the capacity {self.capacity}")
         padded = np.zeros((self.batch, self.capacity), np.int32)
         for row, ids in enumerate(prompts):

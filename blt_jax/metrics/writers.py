@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 
 import jax
+
+from blt_jax import paths
 
 
 class MetricsWriter:
     """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tensorboard`.
 
+    On an object store (`gs://`), which cannot append, `metrics.jsonl` is rewritten whole after
+    every logged step (it holds one short line per logged step) and TensorBoard's events go through
+    tensorboardX's own writer for that store.
+
     Args:
-      workdir: the run directory.
+      workdir: the run directory (local path or URI).
       enabled: write at all (default: only on process 0).
     """
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = self._tb = None
+        self._path = paths.join(workdir, "metrics.jsonl")
+        self._remote = paths.is_uri(workdir)
+        self._lines: list[str] = []
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            paths.makedirs(workdir)
+            if self._remote:
+                self._lines = paths.read_text(self._path).splitlines() if paths.exists(self._path) else []
+            else:
+                self._jsonl = open(self._path, "a")
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard events are optional; metrics.jsonl is always written
                 self._tb = None
 
@@ -36,8 +47,13 @@ class MetricsWriter:
             return
         row = {"step": int(step)}
         row.update({k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in metrics.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(row)
+        if self._remote:
+            self._lines.append(line)
+            paths.write_text(self._path, "\n".join(self._lines) + "\n")
+        else:
+            self._jsonl.write(line + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and value is not None:

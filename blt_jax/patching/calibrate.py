@@ -18,6 +18,7 @@ import numpy as np
 
 from blt_jax.config import PatchingConfig
 from blt_jax.patching.rules import entropy_starts, split_long_patches
+from blt_jax.errors import InputError
 
 RULES = ("global", "monotonic")
 
@@ -118,12 +119,12 @@ def calibrate(
       The calibration, with the achieved mean and the patch-length histogram.
     """
     if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
+        raise InputError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
     if target_mean < 1:
-        raise ValueError(f"target mean patch length must be >= 1, got {target_mean}")
+        raise InputError(f"target mean patch length must be >= 1, got {target_mean}")
     docs = [np.asarray(e, np.float32) for e in entropies if len(e)]
     if not docs:
-        raise ValueError("no entropies to calibrate on")
+        raise InputError("no entropies to calibrate on")
     config = PatchingConfig(monotonic=rule == "monotonic", max_patch_length=max_patch_length)
     ent, pos, total = _lay_out(docs)
     valid = np.arange(ent.shape[1]) < total

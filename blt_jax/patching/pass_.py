@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from blt_jax import paths
 from blt_jax.config import EntropyLMConfig, config_to_dict
-from blt_jax.data.sources import Document, SourceStats, iter_documents
+from blt_jax.data.sources import Document, SourceStats, iter_documents, resolve_spec
 from blt_jax.patching import store
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
+from blt_jax.errors import InputError
 
 
-class PassMismatch(ValueError):
+class PassMismatch(InputError):
     """The output directory holds a pass made from another corpus or model."""
 
 
@@ -51,7 +52,7 @@ class PassOptions:
 
     def __post_init__(self):
         if self.docs_per_shard < 1:
-            raise ValueError(f"docs_per_shard must be >= 1, got {self.docs_per_shard}")
+            raise InputError(f"docs_per_shard must be >= 1, got {self.docs_per_shard}")
 
 
 def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -62,7 +63,7 @@ def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 def _identity(source: str, config: EntropyLMConfig, model: str, options: PassOptions) -> dict:
     return {
-        "source": os.path.abspath(source) if os.path.exists(source) else source,
+        "source": resolve_spec(source),
         "text_field": options.text_field,
         "entropy_model": model,
         "entropy_config": config_to_dict(config),
@@ -95,8 +96,8 @@ def run_pass(
     """Computes and stores the entropies of every document of a corpus.
 
     Args:
-      source: corpus spec (directory, glob or file; see data/sources.py).
-      out_dir: where shards and `manifest.json` go (created; resumed if it holds an earlier run).
+      source: corpus spec (directory, glob or file, local or gs://; see data/sources.py).
+      out_dir: (local or gs://) where shards and `manifest.json` go (created; resumed if it holds an earlier run).
       config: the entropy LM.
       params: its parameters.
       model: a description of the model (checkpoint path, or how it was initialised).
@@ -105,7 +106,8 @@ def run_pass(
     Returns:
       The manifest (also written to `out_dir/manifest.json`).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.resolve(out_dir)
+    paths.makedirs(out_dir)
     manifest = _open_manifest(out_dir, _identity(source, config, model, options))
     done = {s["index"]: s for s in manifest["shards"]}
     stats = SourceStats()
@@ -113,8 +115,8 @@ def run_pass(
     streamer = None
     bar = tqdm(unit="B", unit_scale=True, desc="entropy pass", disable=not options.progress, smoothing=0.1)
     for index, batch in enumerate(_batches(docs, options.docs_per_shard)):
-        path = os.path.join(out_dir, store.shard_name(index))
-        if index in done and os.path.exists(path):
+        path = paths.join(out_dir, store.shard_name(index))
+        if index in done and paths.exists(path):
             if done[index]["first_origin"] != batch[0].origin or done[index]["documents"] != len(batch):
                 raise PassMismatch(f"{out_dir}: shard {index} was made from other documents; the corpus changed")
             continue

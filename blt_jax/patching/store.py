@@ -8,14 +8,16 @@ manifest (JSON, replaced atomically) records which shards are complete and what 
 
 from __future__ import annotations
 
-import glob
-import json
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 
 import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from blt_jax import paths
+from blt_jax.errors import NotFound
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -40,7 +42,14 @@ def decode_record(record: bytes) -> tuple[bytes, np.ndarray, str]:
 
 
 def write_shard(path: str, records: Sequence[bytes]) -> None:
-    """Writes records to `path` atomically (temporary file, then rename)."""
+    """Writes records to `path` atomically: a temporary file renamed when whole, or, on an object
+    store (ArrayRecord writes local files only), a local file uploaded in one piece."""
+    if paths.is_uri(path):
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, os.path.basename(path))
+            write_shard(local, records)
+            paths.copy_file(local, path)
+        return
     tmp = path + ".tmp"
     writer = ArrayRecordWriter(tmp, "group_size:1")
     for record in records:
@@ -50,6 +59,13 @@ def write_shard(path: str, records: Sequence[bytes]) -> None:
 
 
 def read_shard(path: str) -> Iterator[tuple[bytes, np.ndarray, str]]:
+    """The records of one shard in order (a shard on an object store is downloaded first)."""
+    if paths.is_uri(path):
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, os.path.basename(path))
+            paths.copy_file(path, local)
+            yield from read_shard(local)
+        return
     reader = ArrayRecordReader(path)
     try:
         for record in reader.read_all():
@@ -59,35 +75,32 @@ def read_shard(path: str) -> Iterator[tuple[bytes, np.ndarray, str]]:
 
 
 def load_manifest(directory: str) -> dict | None:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = paths.join(directory, MANIFEST)
+    return paths.read_json(path) if paths.exists(path) else None
 
 
 def save_manifest(directory: str, manifest: dict) -> None:
-    path = os.path.join(directory, MANIFEST)
-    with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(path + ".tmp", path)
+    paths.write_json(paths.join(directory, MANIFEST), manifest)
 
 
 def shard_paths(directory: str) -> list[str]:
     """Complete shards of a pass directory, in order (from the manifest if present)."""
     manifest = load_manifest(directory)
     if manifest is not None:
-        return [os.path.join(directory, s["name"]) for s in manifest["shards"]]
-    return sorted(glob.glob(os.path.join(directory, "entropies-*.array_record")))
+        return [paths.join(directory, s["name"]) for s in manifest["shards"]]
+    if not paths.isdir(directory):
+        return []
+    return [paths.join(directory, n) for n in paths.listdir(directory)
+            if n.startswith("entropies-") and n.endswith(".array_record")]
 
 
 def iter_stored(directory: str) -> Iterator[tuple[bytes, np.ndarray, str]]:
     """Every stored document of a pass directory: (bytes, float16 entropies, origin)."""
-    paths = shard_paths(directory)
-    if not paths:
-        raise FileNotFoundError(f"{directory}: no entropy shards (run `blt-jax patch` first)")
-    for path in paths:
-        yield from read_shard(path)
+    shards = shard_paths(paths.resolve(directory))
+    if not shards:
+        raise NotFound(f"{directory}: no entropy shards (run `blt-jax patch` first)")
+    for shard in shards:
+        yield from read_shard(shard)
 
 
 def sample_stored(directory: str, max_tokens: int | None = None, seed: int = 0) -> list[np.ndarray]:

@@ -13,10 +13,12 @@ import dataclasses
 import os
 import time
 
+from blt_jax.paths import resolve
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import DEFAULT_MINUTES, QuickstartPlan, make_plan
 from blt_jax.quickstart.report import summary_table
 from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result, write_json
+from blt_jax.errors import InputError
 
 PLAN_FILE = "plan.json"
 
@@ -37,7 +39,7 @@ def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
         # Only the options must match: the stored step counts win, even if a newer version would plan
         # other ones, so a run always finishes the plan it started.
         if options(stored) != options(plan):
-            raise ValueError(
+            raise InputError(
                 f"{workdir} holds a quickstart planned with --minutes {stored.minutes:g} --scale {stored.scale} "
                 f"--target-patch-length {stored.target_patch_length:g} --seed {stored.seed}; re-run with those "
                 "options to resume it, or choose another --workdir"
@@ -67,15 +69,16 @@ def run_quickstart(workdir: str, minutes: float = DEFAULT_MINUTES, scale: str = 
     """
     import jax
 
+    workdir = resolve(workdir)  # the stages' configs name files under it; Orbax needs it absolute
     plan = open_plan(workdir, make_plan(minutes, scale, target_patch_length, seed))
     if plan.spec.batch_size % jax.device_count():
-        raise ValueError(f"the quickstart's {plan.spec.batch_size} rows per step cannot be split over "
+        raise InputError(f"the quickstart's {plan.spec.batch_size} rows per step cannot be split over "
                          f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
     paths = Paths(workdir)
     names = [name for name, _ in STAGES]
     for name in only or ():
         if name not in names:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(names)}")
+            raise InputError(f"unknown stage {name!r}; stages: {', '.join(names)}")
     print(f"blt-jax quickstart in {workdir}: {plan.scale} models, {plan.entropy_steps} entropy-LM steps, "
           f"{plan.blt_steps} BLT and baseline steps of {plan.bytes_per_step:,} bytes, "
           f"target patch length {plan.target_patch_length:g}", flush=True)

@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from blt_jax import paths
+
 logger = logging.getLogger("blt_jax.checkpoint")
 
 
@@ -39,8 +41,8 @@ class Checkpointer:
             enable_async_checkpointing=asynchronous,
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         )
-        self.directory = directory
-        self._manager = ocp.CheckpointManager(directory, options=options)
+        self.directory = paths.resolve(directory)  # Orbax refuses relative paths
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints present, oldest first."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -21,15 +20,18 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from blt_jax import loading, paths
 from blt_jax.config import BLTConfig, config_to_dict
 from blt_jax.data.pipeline import build_dataset, describe_batch
 from blt_jax.data.sources import SourceStats
+from blt_jax.errors import InputError
 from blt_jax.metrics.flops import training_flops_per_byte
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
 from blt_jax.parallel import describe_shardings
+from blt_jax.params import abstract_params
 from blt_jax.train.checkpoint import Checkpointer
-from blt_jax.train.config import ExperimentConfig, experiment_from_dict
+from blt_jax.train.config import ExperimentConfig
 from blt_jax.train.trainer import Trainer
 
 logger = logging.getLogger("blt_jax.train")
@@ -88,47 +90,43 @@ class _Preemption:
 
 
 def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
-    """Parameters to start from: a training workdir / checkpoints directory of ours, or any layout
-    `from_pretrained` reads (for an entropy LM: any layout `load_entropy_model` reads)."""
-    from blt_jax.api import _check_tree, from_pretrained, load_entropy_model
-    from blt_jax.params import abstract_params
-
-    if os.path.isdir(os.path.join(path, "checkpoints")):  # one of our training workdirs
-        _, params = restore_params(path)
+    """Parameters to start from: a training run of ours, or any model directory `from_pretrained`
+    reads (for an entropy LM: any form `load_entropy_model` reads)."""
+    if loading.is_training_run(path):
+        _, params = loading.read_run(path)
     elif isinstance(experiment.model, BLTConfig):
-        params = from_pretrained(path).params
+        params = loading.load_model_dir(path)[1]
     else:
-        params = load_entropy_model(path)[1]
-    _check_tree(params, abstract_params(experiment.model), f"init_from {path}")
+        params = loading.load_entropy_lm(path)[1]
+    loading.check_tree(params, abstract_params(experiment.model), f"init_from {path}")
     return params
 
 
-def restore_params(workdir: str, step: int | None = None) -> tuple[ExperimentConfig, Any]:
-    """(experiment, params) of a training workdir's newest readable checkpoint (or `step`); params in
-    the per-layer layout even when the run scanned its stacks."""
-    from blt_jax.parallel import MeshConfig, make_mesh
-
-    directory = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(directory, asynchronous=False)
-    steps = checkpointer.steps()
-    if not steps:
-        raise FileNotFoundError(f"{workdir}: no checkpoints in {directory}")
-    experiment = experiment_from_dict(checkpointer.config(step if step is not None else steps[-1]))
-    trainer = Trainer(experiment, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
-    iterator = iter(build_dataset(experiment.data, process_index=0, process_count=1))
-    for candidate in reversed(steps if step is None else [step]):
-        try:
-            state = checkpointer.restore(candidate, trainer.abstract_state, trainer.state_shardings, iterator)
-            return experiment, trainer.canonical(state.params)
-        except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
-            logger.warning("checkpoint %d of %s is unreadable (%s); trying the previous one", candidate, workdir, e)
-    raise FileNotFoundError(f"{workdir}: no readable checkpoint")
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
-def _write_json(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
+def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
+    """Refuses a workdir whose checkpoints hold another model (resuming would fail deep in Orbax).
+
+    Raises:
+      InputError: naming the first differing model fields.
+    """
+    if not loading.is_training_run(workdir) or not loading.run_steps(workdir):
+        return
+    stored = _flat({"model": experiment_to_dict(loading.read_run_config(workdir))["model"]})
+    wanted = _flat({"model": experiment_to_dict(experiment)["model"]})
+    differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if differ:
+        shown = "; ".join(f"{k} {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise InputError(f"{workdir} holds checkpoints of another model ({shown}{more}); choose another "
+                         "--workdir, or the configuration that run was started with")
 
 
 def _eval_batches(experiment: ExperimentConfig):
@@ -151,7 +149,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
 
     Args:
       experiment: the run's configuration.
-      workdir: the run directory (created; resumed if it holds checkpoints).
+      workdir: the run directory (relative, `~` or `gs://`; created; resumed if it holds checkpoints
+        of the same model).
       progress: show a progress bar.
       stop_after: stop after this many steps of this invocation without a final checkpoint (tests
         use it to simulate a crash).
@@ -162,19 +161,21 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     """
     train = experiment.train
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    trainer = Trainer(experiment)
+    workdir = paths.resolve(workdir)
     config_dict = experiment_to_dict(experiment)
+    check_workdir(workdir, experiment)
+    trainer = Trainer(experiment)
     if lead:
-        _write_json(os.path.join(workdir, "config.json"), config_dict)
-        _write_json(os.path.join(workdir, "shardings.json"), {
+        paths.makedirs(workdir)
+        paths.write_json(paths.join(workdir, "config.json"), config_dict)
+        paths.write_json(paths.join(workdir, "shardings.json"), {
             "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
             "params": describe_shardings(trainer.param_shardings, trainer.abstract_state.params),
         })
 
     stats = SourceStats()
     iterator = iter(build_dataset(experiment.data, stats=stats))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.keep_checkpoints)
+    checkpointer = Checkpointer(paths.join(workdir, loading.CHECKPOINTS), train.keep_checkpoints)
     restored = checkpointer.restore_latest(trainer.abstract_state, trainer.state_shardings, iterator)
     if restored is not None:
         start, state = restored

@@ -1,4 +1,4 @@
-"""`blt-jax train`: a thin absl entry point around `train_and_evaluate`.
+"""`blt-jax train`: an experiment file with `--config.a.b=v` overrides, trained in a workdir.
 
   blt-jax train --config experiments/tiny.py[:arg] --workdir DIR [--config.train.steps=50 ...]
 """
@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment file[:arg] defining get_config()", lock_config=True)
-flags.DEFINE_string("workdir", None, "run directory (resumed if it holds checkpoints)")
-flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
-def _maybe_initialize_distributed() -> None:
+def maybe_initialize_distributed() -> None:
     """Joins the other processes of a multi-host run (Cloud TPU pods set the environment)."""
     import jax
 
@@ -29,40 +20,40 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def _main(argv) -> None:
-    del argv
-    from blt_jax.config import ConfigError
+def check_corpus(source: str, text_field: str) -> None:
+    """Fails at once, in one line, on a corpus that is missing or has no readable document (before
+    any compilation); a corpus with some bad files passes (training skips and reports them).
+
+    Raises:
+      SourceError: naming the corpus, or its first unreadable file.
+    """
+    from blt_jax.data.sources import SourceError, open_corpus
+
+    data_log = logging.getLogger("blt_jax.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)  # skipped files are reported when training reads them
+    try:
+        readable = len(open_corpus(source, text_field))
+    finally:
+        data_log.setLevel(level)
+    if not readable:
+        open_corpus(source, text_field, strict=True)  # raises the first bad file's error
+        raise SourceError(f"{source}: no readable documents")
+
+
+def train_from_file(spec: str, overrides: list[str], workdir: str, progress: bool = True) -> dict:
+    """Loads and validates the experiment, joins the other hosts, trains (or resumes) in `workdir`.
+
+    Raises:
+      UserError (NotFound, InputError, ConfigError, SourceError): bad input, before any training.
+    """
+    from blt_jax.experiment import load_experiment
     from blt_jax.train.config import experiment_from_dict
     from blt_jax.train.loop import train_and_evaluate
 
-    if FLAGS.config is None or FLAGS.workdir is None:
-        print("blt-jax train: error: --config and --workdir are required", file=sys.stderr)
-        sys.exit(2)
-    try:
-        experiment = experiment_from_dict(FLAGS.config)
-    except ConfigError as e:
-        print(f"blt-jax train: error in the configuration: {e}", file=sys.stderr)
-        sys.exit(2)
-    _maybe_initialize_distributed()
-    summary = train_and_evaluate(experiment, FLAGS.workdir, progress=FLAGS.progress)
-    metrics, evaluation = summary["metrics"], summary["eval"]
-    if metrics:
-        rate = "" if metrics["bytes_per_s"] is None else (
-            f", {metrics['bytes_per_s']:,.0f} bytes/s, MFU {100 * metrics['mfu']:.1f}%")
-        print(f"step {metrics['step']}: loss {metrics['loss']:.4f}, bpb {metrics['bpb']:.4f}, "
-              f"mean patch {metrics['mean_patch_len']:.2f}{rate}")
-    if evaluation:
-        print(f"eval at step {evaluation['step']}: bpb {evaluation['eval_bpb']:.4f}, "
-              f"mean patch {evaluation['eval_mean_patch_len']:.2f}")
-    if summary["preempted"]:
-        print(f"stopped by {summary.get('stop_signal') or 'SIGTERM'} at step {summary['step']}; checkpoint saved in "
-              f"{FLAGS.workdir}; the same command resumes")
-
-
-def run(argv: list[str]) -> None:
-    """Runs the entry with `argv` = ["blt-jax train", *flags]."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and grain log every save at INFO
-    logging.getLogger("blt_jax").setLevel(logging.INFO)
-    app.run(_main, argv=argv)
+    experiment = experiment_from_dict(load_experiment(spec, overrides))
+    for data in (experiment.data, experiment.eval):
+        if data is not None and not data.source.startswith("hf:"):
+            check_corpus(data.source, data.text_field)
+    maybe_initialize_distributed()
+    return train_and_evaluate(experiment, workdir, progress=progress)

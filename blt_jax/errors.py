@@ -1,0 +1,20 @@
+"""The project's own errors: bad input a user can fix (the CLI prints them as one line, exit code 2).
+
+Every error the library raises about what it was given derives from `UserError`, alongside the
+builtin class callers already catch (`ValueError`, `FileNotFoundError`). Anything else that escapes
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of the errors caused by input (paths, configuration values, checkpoints, corpora)."""
+
+
+class InputError(UserError, ValueError):
+    """A value, file or option that cannot be used as given."""
+
+
+class NotFound(UserError, FileNotFoundError):
+    """A path the user named does not exist (or holds nothing of the expected kind)."""

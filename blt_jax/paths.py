@@ -1,0 +1,135 @@
+"""Paths as users type them: relative, `~`, or a `gs://` URI (the one owner of path handling).
+
+Every path a user gives (workdir, checkpoint, corpus, output, config file) goes through `resolve`
+before anything else sees it: local paths become absolute (Orbax refuses relative ones, and a
+resumed run must not depend on the working directory), `~` is expanded, and URIs (`gs://...`) are
+kept as they are. File operations on such paths go through the functions here, which use the
+local filesystem for local paths and etils `epath` (backed by fsspec / gcsfs) for URIs, so the
+rest of the package never branches on where a file lives.
+
+Object stores have no rename and no append: `write_text` replaces an object in one upload (which is
+atomic there), and local files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import IO, Any
+
+from etils import epath
+
+_URI_SEP = "://"
+
+
+def is_uri(path: str) -> bool:
+    """True for `scheme://...` paths (gs://, s3://, ...), which only epath / fsspec can open."""
+    return _URI_SEP in str(path)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """The absolute form of a user path: `~` expanded, relative paths made absolute; URIs unchanged
+    (a trailing slash dropped)."""
+    text = os.fspath(path)
+    if not text:
+        raise ValueError("empty path")
+    if is_uri(text):
+        return text.rstrip("/") if not text.endswith(_URI_SEP) else text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for local paths and URIs alike."""
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(base, *parts)
+
+
+def _epath(path: str) -> epath.Path:
+    return epath.Path(path)
+
+
+def exists(path: str) -> bool:
+    return _epath(path).exists() if is_uri(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _epath(path).is_dir() if is_uri(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    return _epath(path).is_file() if is_uri(path) else os.path.isfile(path)
+
+
+def makedirs(path: str) -> None:
+    """Creates a directory and its parents (a no-op on object stores, which have no directories)."""
+    if is_uri(path):
+        _epath(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    """Names of the entries of a directory, sorted."""
+    if is_uri(path):
+        return sorted(p.name for p in _epath(path).iterdir())
+    return sorted(os.listdir(path))
+
+
+def open_file(path: str, mode: str = "rb") -> IO[Any]:
+    """A file object (local: the builtin `open`; URIs: fsspec's). No append mode on URIs."""
+    if is_uri(path):
+        if "a" in mode:
+            raise ValueError(f"{path}: object stores cannot append; rewrite the object instead")
+        return _epath(path).open(mode)
+    return open(path, mode)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Replaces `path` with `text` as a whole: a reader sees the old or the new content, never a part."""
+    if is_uri(path):
+        _epath(path).write_text(text)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_text(path))
+
+
+def write_json(path: str, value: Any) -> None:
+    """`value` as indented JSON, replacing `path` as a whole."""
+    write_text(path, json.dumps(value, indent=2))
+
+
+def remove(path: str) -> None:
+    """Deletes a file or a directory tree (no error if it is absent)."""
+    if is_uri(path):
+        target = _epath(path)
+        if target.is_dir():
+            target.rmtree()
+        elif target.exists():
+            target.unlink()
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copies one file between any two places (local or URI)."""
+    with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=8 << 20)

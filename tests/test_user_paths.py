@@ -1,0 +1,186 @@
+"""`blt-jax` as users run it: relative and `~` paths from a fresh directory, a run killed with SIGKILL
+and resumed, a trained run used after its corpus is deleted (eval, generate, export, a fresh process
+loading the export), and bad input answered in one line with exit code 2 by every command."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from user import TINY, TPU_NOISE, blt_jax, start, user_env
+
+STEPS = 24
+# A short tiny run: checkpoints every 4 steps (the last 3 kept), metrics every step, no periodic evaluation.
+TRAIN = ["--config", TINY, f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
+         "--config.train.checkpoint_every=4", "--config.train.log_every=1", "--config.train.eval_every=0",
+         "--config.train.eval_batches=1", "--no-progress"]
+
+
+def _last_loss(workdir) -> tuple[int, float]:
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    rows = [row for row in rows if "loss" in row]  # training rows (evaluation rows hold eval_loss)
+    return rows[-1]["step"], rows[-1]["loss"]
+
+
+def _one_line_error(result, command: str) -> str:
+    """The error line of a failed command; fails the test unless the failure is exactly one line."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"blt-jax {command}: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A home directory for `~` paths and a fresh working directory inside it."""
+    path = tmp_path_factory.mktemp("home")
+    (path / "work").mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(home):
+    """An uninterrupted run in a relative workdir: (workdir, final step, final loss)."""
+    result = blt_jax("train", *TRAIN, "--workdir", "runs/straight", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in TPU_NOISE:
+        assert noise not in result.stderr, result.stderr[-3000:]
+    workdir = home / "work" / "runs" / "straight"
+    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == ["16", "20", "24"]
+    return workdir, *_last_loss(workdir)
+
+
+def test_relative_workdir_killed_with_sigkill_resumes_to_the_same_loss(home, straight):
+    _, steps, loss = straight
+    proc = start("train", *TRAIN, "--workdir", "runs/killed", cwd=home / "work", home=home)
+    checkpoint = home / "work" / "runs" / "killed" / "checkpoints" / "4"
+    deadline = time.time() + 600
+    while not checkpoint.is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # mid-run: 20 steps remain
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoint.is_dir(), "no checkpoint before the kill"
+    result = blt_jax("train", *TRAIN, "--workdir", "runs/killed", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step" in result.stderr
+    assert _last_loss(home / "work" / "runs" / "killed") == (steps, pytest.approx(loss, rel=1e-6, abs=1e-6))
+
+
+@pytest.fixture(scope="module")
+def orphan(home):
+    """A run in `~/runs/orphan` trained on a directory corpus given relatively, which is then deleted."""
+    corpus = home / "work" / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"{i}.txt").write_text(f"def f{i}(x):\n    return x * {i} + {i}\n" * (20 + i))
+    result = blt_jax("train", *TRAIN, "--config.data.source=corpus", "--config.eval.source=corpus/0.txt",
+                     "--workdir", "~/runs/orphan", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.rmtree(corpus)
+    return home / "runs" / "orphan"
+
+
+def test_a_run_whose_corpus_is_deleted_evaluates_generates_and_exports(home, orphan):
+    other = home / "work" / "other.txt"
+    other.write_text("class Point:\n    def __init__(self, x, y):\n        self.x = x\n" * 12)
+    result = blt_jax("eval", "--checkpoint", "~/runs/orphan", "--data", "other.txt", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bits per byte" in result.stdout and "other.txt" in result.stdout
+
+    prompt = "def f(x):\n"
+    result = blt_jax("generate", "--checkpoint", "~/runs/orphan", "--prompt", prompt, "--max-new-bytes", "24",
+                     cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_run = result.stdout
+
+    result = blt_jax("export", "~/runs/orphan", "exported", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = home / "work" / "exported"
+    assert sorted(os.listdir(exported)) == ["blt_jax.json", "params.safetensors"]
+    assert json.load(open(exported / "blt_jax.json"))["model"]["patching"]["mode"] == "space"  # the run's rule
+
+    # A fresh process with only the export: the same bytes as generating from the run.
+    code = ("import sys, blt_jax; m = blt_jax.from_pretrained('exported'); "
+            f"sys.stdout.write(m.generate({prompt!r}, max_new_bytes=24) + '\\n')")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=home / "work", env=user_env(home, PYTHONIOENCODING="utf-8"),
+                            capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout == from_run
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(home):
+    """Files for the bad-input walk: an empty corpus directory, a broken checkpoint, a broken config."""
+    root = home / "bad"
+    (root / "empty").mkdir(parents=True)
+    (root / "broken_model").mkdir()
+    (root / "broken_model" / "blt_jax.json").write_text("{ not json")
+    (root / "broken_run" / "checkpoints").mkdir(parents=True)
+    (root / "syntax.py").write_text("def get_config(:\n")
+    (root / "unreadable").mkdir()
+    (root / "unreadable" / "x.parquet").write_bytes(b"PAR1 this is not parquet")
+    return root
+
+
+def _cases(bad, straight_workdir):
+    tiny = ["--config", TINY]
+    return [
+        # (command line, expected text in the error line)
+        (["train", "--config", "nope.py", "--workdir", "w"], "experiment file 'nope.py' does not exist"),
+        (["train", "--config", str(bad / "syntax.py"), "--workdir", "w"], "invalid Python"),
+        (["train", *tiny, "--workdir", "w", "--config.model.no_such=3"], "unknown key 'model.no_such'"),
+        (["train", *tiny, "--workdir", "w", "--config.train.stpes=3"], "did you mean train.steps?"),
+        (["train", *tiny, "--workdir", "w", "--config.train.steps=many"], "expected int, got 'many'"),
+        (["train", *tiny, "--workdir", "w", "--config.train.steps=0"], "train.steps: must be >= 1, got 0"),
+        (["train", *tiny, "--workdir", "w", "--config.data.source=missing_corpus"], "no such file or directory"),
+        (["train", *tiny, "--workdir", "w", f"--config.data.source={bad / 'empty'}"], "directory holds no files"),
+        (["train", *tiny, "--workdir", "w", f"--config.data.source={bad / 'unreadable'}"], "x.parquet: unreadable Parquet"),
+        (["train", *tiny, "--workdir", str(straight_workdir), "--config.model.latent.n_layers=3",
+          "--config.train.steps=8", "--config.train.warmup_steps=2"], "holds checkpoints of another model"),
+        (["params", "--config", "nope.py"], "does not exist"),
+        (["smoke", "--config", "nope.py"], "does not exist"),
+        (["aot", "--config", "nope.py", "--topology", "v5litepod-4"], "does not exist"),
+        (["aot", *tiny, "--topology", "v5litepod-4", "--config.mesh.no_such=1"], "unknown key 'mesh.no_such'"),
+        (["patch", "--corpus", "missing_corpus", "--out", "o", *tiny], "no such file or directory"),
+        (["patch", "--corpus", str(bad / "empty"), "--out", "o", *tiny], "directory holds no files"),
+        (["calibrate", "--entropies", str(bad / "empty")], "no entropy shards"),
+        (["eval", "--checkpoint", "nowhere"], "no checkpoints/"),
+        (["eval", "--checkpoint", str(bad / "broken_run")], "no complete checkpoint"),
+        (["generate", "--checkpoint", "nowhere", "--prompt", "x"], "no such directory"),
+        (["generate", "--checkpoint", str(bad / "broken_model"), "--prompt", "x"], "blt_jax.json"),
+        (["export", str(bad / "broken_run"), "out"], "no complete checkpoint"),
+        (["convert", str(bad / "empty"), "out"], "not a BLT checkpoint directory"),
+        (["quickstart", "--only", "bogus", "--workdir", "qs"], "unknown stage 'bogus'"),
+    ]
+
+
+def test_every_command_answers_bad_input_in_one_line(home, bad_inputs, straight):
+    for args, needle in _cases(bad_inputs, straight[0]):
+        result = blt_jax(*args, cwd=home / "work", home=home, timeout=600)
+        line = _one_line_error(result, args[0])
+        assert needle in line, (args, line)
+    # --verbose shows where it came from.
+    result = blt_jax("train", "--config", "nope.py", "--workdir", "w", "--verbose", cwd=home / "work", home=home)
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_no_libtpu_noise_on_a_cpu_host(home):
+    result = blt_jax("smoke", cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in TPU_NOISE:
+        assert noise not in result.stderr, result.stderr[-3000:]
+    result = blt_jax("aot", "--config", TINY, "--topology", "v5litepod-4", "--config.mesh.fsdp=4",
+                     cwd=home / "work", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["devices"] == 4
+    for noise in TPU_NOISE:
+        assert noise not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,37 @@
+"""Running `blt-jax` as a user does: the installed console script, in a directory of the test's
+choosing, with the environment a user has (no JAX_PLATFORMS), HOME optionally moved so `~` paths
+land in the test's directory."""
+
+import os
+import subprocess
+import sys
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "blt-jax")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.py")
+# What libtpu prints when it starts on a host without TPUs: a user reads it as a failure.
+TPU_NOISE = ("E0000", "host bounds", "TPU_WORKER_HOSTNAMES", "libtpu")
+
+
+def user_env(home=None, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    # Compiled programs are shared with the rest of the suite (XLA compiles slowly on 2 cores).
+    env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                   os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")))
+    if home is not None:
+        env["HOME"] = str(home)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.CompletedProcess:
+    """Runs `blt-jax ARGS` to the end in `cwd`; returns the completed process (text output)."""
+    return subprocess.run([SCRIPT, *map(str, args)], cwd=cwd, env=user_env(home, **extra), capture_output=True,
+                          encoding="utf-8", errors="replace",
+                          text=True, timeout=timeout)
+
+
+def start(*args, cwd, home=None, **extra) -> subprocess.Popen:
+    """Starts `blt-jax ARGS` in `cwd` (to be signalled or killed by the test)."""
+    return subprocess.Popen([SCRIPT, *map(str, args)], cwd=cwd, env=user_env(home, **extra), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
