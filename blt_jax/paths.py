@@ -13,12 +13,17 @@ atomic there), and local files are written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import IO, Any
 
 from etils import epath
+
+from blt_jax.errors import InputError, NotFound
 
 _URI_SEP = "://"
 
@@ -33,7 +38,7 @@ def resolve(path: str | os.PathLike) -> str:
     (a trailing slash dropped)."""
     text = os.fspath(path)
     if not text:
-        raise ValueError("empty path")
+        raise InputError("empty path")
     if is_uri(text):
         return text.rstrip("/") if not text.endswith(_URI_SEP) else text
     return os.path.abspath(os.path.expanduser(text))
@@ -77,13 +82,43 @@ def listdir(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
+def walk_files(path: str) -> list[str]:
+    """Every file under a directory (recursively, hidden names skipped), sorted. Object stores are
+    walked level by level (gcsfs refuses recursive globs)."""
+    if not is_uri(path):
+        found = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(root, n) for n in names if not n.startswith(".")]
+        return sorted(found)
+    found, pending = [], [_epath(path)]
+    while pending:
+        for entry in pending.pop().iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                pending.append(entry)
+            else:
+                found.append(str(entry))
+    return sorted(found)
+
+
 def open_file(path: str, mode: str = "rb") -> IO[Any]:
-    """A file object (local: the builtin `open`; URIs: fsspec's). No append mode on URIs."""
-    if is_uri(path):
-        if "a" in mode:
-            raise ValueError(f"{path}: object stores cannot append; rewrite the object instead")
-        return _epath(path).open(mode)
-    return open(path, mode)
+    """A file object (local: the builtin `open`; URIs: fsspec's). No append mode on URIs.
+
+    Raises:
+      NotFound: reading a file that does not exist. InputError: a directory, or no permission.
+    """
+    try:
+        if is_uri(path):
+            if "a" in mode:
+                raise InputError(f"{path}: object stores cannot append; rewrite the object instead")
+            return _epath(path).open(mode)
+        return open(path, mode)
+    except FileNotFoundError as e:
+        raise NotFound(f"{path}: no such file") from e
+    except (IsADirectoryError, PermissionError) as e:
+        raise InputError(f"{path}: cannot open ({e.strerror or e})") from e
 
 
 def read_bytes(path: str) -> bytes:
@@ -133,3 +168,34 @@ def copy_file(src: str, dst: str) -> None:
     """Copies one file between any two places (local or URI)."""
     with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=8 << 20)
+
+
+@contextlib.contextmanager
+def local_dir(path: str) -> Iterator[str]:
+    """A local directory with the content of `path`: `path` itself when local; for a URI, a
+    temporary copy (for readers that need local files, e.g. memory-mapped safetensors), removed
+    on exit."""
+    if not is_uri(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="blt_jax_") as scratch:
+        base = path.rstrip("/") + "/"
+        for remote in walk_files(path):
+            local = os.path.join(scratch, remote[len(base):])
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            copy_file(remote, local)
+        yield scratch
+
+
+@contextlib.contextmanager
+def staged_dir(path: str) -> Iterator[str]:
+    """A local directory to write into that ends up at `path`: `path` itself when local; for a
+    URI, a temporary directory uploaded file by file when the block ends without an error."""
+    if not is_uri(path):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="blt_jax_") as scratch:
+        yield scratch
+        for local in walk_files(scratch):
+            copy_file(local, join(path, os.path.relpath(local, scratch)))

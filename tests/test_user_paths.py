@@ -153,6 +153,7 @@ def _cases(bad, straight_workdir):
         (["patch", "--corpus", "missing_corpus", "--out", "o", *tiny], "no such file or directory"),
         (["patch", "--corpus", str(bad / "empty"), "--out", "o", *tiny], "directory holds no files"),
         (["calibrate", "--entropies", str(bad / "empty")], "no entropy shards"),
+        (["plot-entropy", *tiny, "--text-file", "missing.txt", "--out", "f.png"], "missing.txt"),
         (["eval", "--checkpoint", "nowhere"], "no checkpoints/"),
         (["eval", "--checkpoint", str(bad / "broken_run")], "no complete checkpoint"),
         (["generate", "--checkpoint", "nowhere", "--prompt", "x"], "no such directory"),

@@ -208,11 +208,6 @@ class StoredShards:
 
         from blt_jax.patching.store import decode_record
 
-        remote = [str(p) for p in shards if paths.is_uri(str(p))]
-        if remote:
-            raise SourceError(f"{remote[0]}: stored entropy shards (ArrayRecord) are read from a local or "
-                              "mounted path; mount the bucket with gcsfuse (launch/tpu.py --mount-bucket) and "
-                              "read them under the mount point")
         self._decode = decode_record
         self.report = report
         self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
@@ -277,8 +272,7 @@ def _list_uri(spec: str) -> list[str]:
             raise SourceError(f"{spec}: pattern matches no files")
         return files
     if paths.isdir(spec):
-        files = sorted(str(p) for p in epath.Path(spec).rglob("*")
-                       if not any(part.startswith(".") for part in p.parts) and p.is_file())
+        files = paths.walk_files(spec)
         if not files:
             raise SourceError(f"{spec}: directory holds no files")
         return files
@@ -301,10 +295,7 @@ def list_files(spec: str) -> list[str]:
     if paths.is_uri(spec):
         return _list_uri(spec)
     if os.path.isdir(spec):
-        files = []
-        for root, dirs, names in os.walk(spec):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files += [os.path.join(root, n) for n in names if not n.startswith(".")]
+        files = paths.walk_files(spec)
         if not files:
             raise SourceError(f"{spec}: directory holds no files")
         return sorted(files)

@@ -59,13 +59,7 @@ def write_shard(path: str, records: Sequence[bytes]) -> None:
 
 
 def read_shard(path: str) -> Iterator[tuple[bytes, np.ndarray, str]]:
-    """The records of one shard in order (a shard on an object store is downloaded first)."""
-    if paths.is_uri(path):
-        with tempfile.TemporaryDirectory() as scratch:
-            local = os.path.join(scratch, os.path.basename(path))
-            paths.copy_file(path, local)
-            yield from read_shard(local)
-        return
+    """The records of one shard in order (local or gs://: ArrayRecord reads Cloud Storage itself)."""
     reader = ArrayRecordReader(path)
     try:
         for record in reader.read_all():
