@@ -30,6 +30,7 @@ setup(
         "ml_collections>=1.1.0",
         "einops>=0.8.2",
         "absl-py>=2.1",
+        "etils[epath]>=1.7",  # paths.py: one API for local paths and gs:// (with the gcs extra)
         "array_record>=0.8",
         "msgpack>=1.0",
         "pyarrow>=14",

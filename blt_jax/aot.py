@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
+from blt_jax.errors import InputError
 from blt_jax.metrics.flops import training_flops_per_byte
 from blt_jax.parallel import make_mesh
 from blt_jax.train.config import ExperimentConfig
-from blt_jax.errors import InputError
 
 # Cloud names -> libtpu topology names. v4 / v5p counts are TensorCores (2 per chip); v5e / v6e counts
 # are chips.

@@ -16,12 +16,12 @@ import numpy as np
 
 from blt_jax import loading
 from blt_jax.config import BLTConfig, EntropyLMConfig
+from blt_jax.errors import InputError
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import abstract_params, init_params
 from blt_jax.patching.ids import lengths_from_starts
 from blt_jax.patching.rules import patch_starts
-from blt_jax.errors import InputError
 
 
 def _as_tokens(tokens: Any, vocab_size: int) -> jax.Array:

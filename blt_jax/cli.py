@@ -7,10 +7,15 @@ Subcommands:
   patch         the entropy pass: corpus -> per-byte entropies in ArrayRecord shards + manifest
   calibrate     the entropy threshold that gives a target mean patch length
   plot-entropy  the entropy figure of a text (entropies, threshold, patches)
-  train         train a BLT or an entropy LM (absl flags, ml_collections overrides)
-  eval          bits per byte of a trained checkpoint
+  train         train a BLT or an entropy LM (an experiment file with --config.a.b=v overrides)
+  eval          bits per byte of a trained run (its corpus is not needed with --data)
+  export        a training run -> a self-contained model directory (from_pretrained)
   generate      generate text after a prompt (cached decoding), streamed to stdout
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
+  quickstart    the whole pipeline on the default corpus, resumable
+
+Paths may be relative, ~ or gs://. Bad input ends in one line `blt-jax <command>: error: ...` and exit
+code 2 (--verbose or BLT_JAX_VERBOSE=1 adds the traceback).
 """
 
 from __future__ import annotations
@@ -65,8 +70,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
     config = _model_config(args.config)
     if not isinstance(config, BLTConfig):
-        print(f"error: {args.config} describes a {type(config).__name__}, smoke needs a BLT", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.config} describes a {type(config).__name__}, smoke needs a BLT")
     print(f"jax {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
     print(f"model {args.config}:")
     _print_counts(config)
@@ -217,9 +221,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (with --config)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are `InputError`s: one line, like every other bad input."""
+
+    def error(self, message: str):
+        raise InputError(f"{message} (see blt-jax {self.prog.split()[-1]} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt-jax", description="Byte Latent Transformer in JAX/Flax")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="blt-jax", description="Byte Latent Transformer in JAX/Flax")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("smoke", help="build a small random model, patch a text and run it")
     p.add_argument("--config", default=DEFAULT_SMOKE_CONFIG, help="experiment file[:arg] (default: experiments/tiny.py)")
@@ -365,9 +376,12 @@ def _quickstart_preset() -> dict:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from blt_jax import paths
     from blt_jax.quickstart import run_quickstart
     from blt_jax.quickstart.stages import StageInterrupted
 
+    if paths.is_uri(args.workdir):
+        raise InputError(f"--workdir {args.workdir}: the quickstart runs on this machine; give a local directory")
     try:
         run_quickstart(args.workdir, args.minutes, args.scale, args.target_patch_length, args.seed,
                        progress=not args.no_progress, only=tuple(args.only) if args.only else None)
@@ -499,8 +513,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from blt_jax import paths
     from blt_jax.api import from_pretrained
 
+    if paths.exists(args.dest) and (not paths.isdir(args.dest) or paths.listdir(args.dest)):
+        # Files of another model left beside the new ones (an entropy LM, say) would be loaded with it.
+        raise InputError(f"{args.dest} exists and is not empty; choose a new directory or remove it")
     model = from_pretrained(args.run, entropy_path=args.entropy_checkpoint)
     model.save(args.dest)
     patching = model.config.patching
@@ -513,18 +531,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _quiet_tpu_probe() -> None:
     """On a host without TPUs, keep jax from starting libtpu (installed by the `tpu` extra), whose
     start-up prints alarming errors there. Explicit JAX_PLATFORMS settings are left alone."""
-    if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
-        return
+    import glob
+
+    if any(os.environ.get(k) for k in ("JAX_PLATFORMS", "JAX_FORCE_TPU_INIT", "TPU_ACCELERATOR_TYPE",
+                                       "TPU_WORKER_HOSTNAMES")):
+        return  # the user (or a TPU launcher's environment) decides
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return  # TPU device files: let jax find the chips
     try:
         from jax._src import hardware_utils
 
         chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
-        gpu = hardware_utils.has_visible_nvidia_gpu()
+        gpus = hardware_utils.has_visible_nvidia_gpu() or bool(getattr(hardware_utils, "num_available_amd_gpus",
+                                                                      lambda: 0)())
     except Exception:  # noqa: BLE001 - a jax without these helpers: leave platform choice to jax
         return
-    if chips == 0 and not gpu:
+    if chips == 0 and not gpus:
         import jax
 
+        logging.getLogger("blt_jax").debug("no TPU or GPU on this host: running on the CPU")
         jax.config.update("jax_platforms", "cpu")
 
 
@@ -555,7 +580,9 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides = overrides
         _resolve_paths(args)
         code = args.fn(args)
-    except UserError as e:
+    except (UserError, ImportError) as e:
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("blt_jax"):
+            raise  # our own module missing: a bug, with its traceback
         if verbose:
             import traceback
 

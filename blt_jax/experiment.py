@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import inspect
 import os
+import tempfile
 
 import ml_collections
 
@@ -21,11 +22,26 @@ from blt_jax.errors import InputError, NotFound
 OVERRIDE_PREFIX = "--config."
 
 
-def _run_file(spec: str) -> ml_collections.ConfigDict:
+def split_spec(spec: str) -> tuple[str, str]:
+    """("path/to/file.py", "arg") of "path/to/file.py[:arg]"; a URI's scheme is not an argument."""
+    scheme, sep, rest = spec.partition("://")
+    if sep:
+        path, _, arg = rest.partition(":")
+        return f"{scheme}://{path}", arg
     path, _, arg = spec.partition(":")
-    path = paths.resolve(path)
+    return path, arg
+
+
+def _run_file(spec: str) -> ml_collections.ConfigDict:
+    given, arg = split_spec(spec)
+    if paths.is_uri(given):  # exec a local copy of a file in a bucket
+        with tempfile.TemporaryDirectory(prefix="blt_jax_") as scratch:
+            local = os.path.join(scratch, os.path.basename(given))
+            paths.copy_file(given, local)
+            return _run_file(f"{local}:{arg}" if arg else local)
+    path = paths.resolve(given)
     if not os.path.isfile(path):
-        raise NotFound(f"experiment file {spec.partition(':')[0]!r} does not exist")
+        raise NotFound(f"experiment file {given!r} does not exist")
     name = "blt_experiment_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
@@ -36,7 +52,10 @@ def _run_file(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise InputError(f"{path} defines no get_config(arg=None)")
     params = inspect.signature(module.get_config).parameters
-    return module.get_config(arg or None) if params else module.get_config()
+    try:
+        return module.get_config(arg or None) if params else module.get_config()
+    except (ValueError, KeyError) as e:  # e.g. an unknown profile name: the file's own message
+        raise InputError(f"{spec}: {e.args[0] if e.args else e}") from e
 
 
 def _parse_value(text: str, current):

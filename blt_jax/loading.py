@@ -82,7 +82,7 @@ def _restore_run_config(manager, step: int) -> dict:
 
 
 def _restore_run_params(manager, step: int, experiment) -> Any:
-    """The parameters of checkpoint `step` (per-layer layout), on the first device."""
+    """The parameters of checkpoint `step` (per-layer layout), on this process's first device."""
     import orbax.checkpoint as ocp
 
     from blt_jax.nn.scan import stack_layers, unstack_layers
@@ -91,7 +91,7 @@ def _restore_run_params(manager, step: int, experiment) -> Any:
     model = experiment.model
     scan = resolve_scan(experiment.train.scan, model)
     stored = jax.eval_shape(lambda p: stack_layers(p, model, scan), abstract_params(model))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), stored)
     # Only the parameters: the optimizer state (twice their size) and the data iterator stay on disk.
     item = {"params": target}
@@ -99,6 +99,11 @@ def _restore_run_params(manager, step: int, experiment) -> Any:
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
     params = manager.restore(step, args=args)["state"]["params"]
     return unstack_layers(params, model, scan)
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def read_run_config(workdir: str, step: int | None = None):
@@ -133,14 +138,17 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
         if not steps:
             raise CheckpointError(f"{workdir}: the run has no complete checkpoint yet")
         candidates = list(reversed(steps)) if step is None else [step]
+        last_error: Exception | None = None
         for candidate in candidates:
             try:
                 experiment = experiment_from_dict(_restore_run_config(manager, candidate))
                 return experiment, _restore_run_params(manager, candidate, experiment)
             except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
+                last_error = e
                 logger.warning("checkpoint %d of %s is unreadable (%s: %s); trying the previous one", candidate,
-                               workdir, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-        raise CheckpointError(f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))})")
+                               workdir, type(e).__name__, _first_line(e))
+        raise CheckpointError(f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))}; the last "
+                              f"said {type(last_error).__name__}: {_first_line(last_error)})") from last_error
     finally:
         manager.close()
 
@@ -149,7 +157,11 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
 
 
 def detect_layout(path: str) -> str:
-    """"native", "hf" or "meta" for a model directory; NotFound otherwise."""
+    """"native", "hf" or "meta" for a model directory.
+
+    Raises:
+      NotFound: none of the layouts is there. InputError: an unreadable config.json.
+    """
     from blt_jax.convert.native import CONFIG_FILE
 
     if paths.exists(paths.join(path, CONFIG_FILE)):

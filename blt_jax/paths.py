@@ -56,23 +56,34 @@ def _epath(path: str) -> epath.Path:
 
 
 def exists(path: str) -> bool:
+    """True if a file or directory (a prefix holding objects, on object stores) is there."""
     return _epath(path).exists() if is_uri(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
+    """True for a directory (a prefix holding objects, on object stores)."""
     return _epath(path).is_dir() if is_uri(path) else os.path.isdir(path)
 
 
 def isfile(path: str) -> bool:
+    """True for a file (an object)."""
     return _epath(path).is_file() if is_uri(path) else os.path.isfile(path)
 
 
 def makedirs(path: str) -> None:
-    """Creates a directory and its parents (a no-op on object stores, which have no directories)."""
-    if is_uri(path):
-        _epath(path).mkdir(parents=True, exist_ok=True)
-    else:
-        os.makedirs(path, exist_ok=True)
+    """Creates a directory and its parents (on object stores, what the store needs: nothing on a
+    flat bucket, folders on a hierarchical one).
+
+    Raises:
+      NotFound: the bucket does not exist.
+    """
+    try:
+        if is_uri(path):
+            _epath(path).mkdir(parents=True, exist_ok=True)
+        else:
+            os.makedirs(path, exist_ok=True)
+    except FileNotFoundError as e:
+        raise NotFound(f"{path}: cannot create it ({e})") from e
 
 
 def listdir(path: str) -> list[str]:
@@ -122,46 +133,46 @@ def open_file(path: str, mode: str = "rb") -> IO[Any]:
 
 
 def read_bytes(path: str) -> bytes:
+    """The whole content of a file."""
     with open_file(path, "rb") as f:
         return f.read()
 
 
 def read_text(path: str) -> str:
+    """The whole content of a UTF-8 text file."""
     return read_bytes(path).decode("utf-8")
 
 
 def write_text(path: str, text: str) -> None:
     """Replaces `path` with `text` as a whole: a reader sees the old or the new content, never a part."""
-    if is_uri(path):
-        _epath(path).write_text(text)
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        if is_uri(path):
+            _epath(path).write_text(text)
+            return
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except FileNotFoundError as e:  # a missing bucket or parent directory
+        where = "no such bucket, or no access to it" if is_uri(path) else "no such directory"
+        raise NotFound(f"{path}: cannot write it: {where}") from e
 
 
 def read_json(path: str) -> Any:
-    return json.loads(read_text(path))
+    """The JSON value in a file.
+
+    Raises:
+      NotFound: no such file. InputError: not JSON.
+    """
+    try:
+        return json.loads(read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
 def write_json(path: str, value: Any) -> None:
     """`value` as indented JSON, replacing `path` as a whole."""
     write_text(path, json.dumps(value, indent=2))
-
-
-def remove(path: str) -> None:
-    """Deletes a file or a directory tree (no error if it is absent)."""
-    if is_uri(path):
-        target = _epath(path)
-        if target.is_dir():
-            target.rmtree()
-        elif target.exists():
-            target.unlink()
-    elif os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
 
 
 def copy_file(src: str, dst: str) -> None:

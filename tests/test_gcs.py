@@ -46,13 +46,16 @@ def _final_loss(gcs, run_name: str) -> tuple[int, float]:
 
 
 @pytest.fixture(scope="module")
-def straight(gcs, cwd):
-    result = run(gcs, cwd, "train", *TRAIN, "--workdir", f"gs://{BUCKET}/straight")
+def straight(gcs, tmp_path_factory):
+    """An uninterrupted run in the bucket, started from an empty directory (which stays empty)."""
+    empty = tmp_path_factory.mktemp("empty")
+    result = run(gcs, empty, "train", *TRAIN, "--workdir", f"gs://{BUCKET}/straight")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.listdir(empty)  # nothing was written locally
     return _final_loss(gcs, "straight")
 
 
-def test_a_run_in_a_bucket_writes_everything_there(gcs, cwd, straight):
+def test_a_run_in_a_bucket_writes_everything_there(gcs, straight):
     names = gcs.names(BUCKET, "straight/")
     for name in ("straight/config.json", "straight/shardings.json", "straight/metrics.jsonl"):
         assert name in names, names
@@ -61,7 +64,6 @@ def test_a_run_in_a_bucket_writes_everything_there(gcs, cwd, straight):
     assert steps == {"8", "12", "16"}, names  # keep_checkpoints=3 deleted step 4 from the bucket
     assert json.loads(gcs.read(BUCKET, "straight/config.json"))["train"]["steps"] == STEPS
     assert straight[0] == STEPS
-    assert not os.listdir(cwd)  # nothing was written locally
 
 
 def test_killed_with_sigkill_resumes_from_the_bucket_to_the_same_loss(gcs, cwd, straight):
@@ -70,9 +72,11 @@ def test_killed_with_sigkill_resumes_from_the_bucket_to_the_same_loss(gcs, cwd, 
     marker = "killed/checkpoints/4/commit_success.txt"
     while time.time() < deadline and proc.poll() is None and marker not in gcs.names(BUCKET, "killed/checkpoints/4/"):
         time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)  # mid-run: 12 steps remain
-    proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, ("the run ended before it could be killed", err[-2000:])
+    assert marker in gcs.names(BUCKET, "killed/checkpoints/4/"), err[-2000:]
+    assert "killed/checkpoints/16/commit_success.txt" not in gcs.names(BUCKET, "killed/")
     result = run(gcs, cwd, "train", *TRAIN, "--workdir", f"gs://{BUCKET}/killed")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step" in result.stderr
@@ -151,3 +155,10 @@ def test_entropy_pass_from_and_to_a_bucket_then_training_on_bucket_corpora(gcs, 
     assert "step 3: loss" in result.stdout
     config = json.loads(gcs.read(BUCKET, "entropy_patched/config.json"))
     assert config["data"]["patching"]["mode"] == "entropy" and config["data"]["source"] == out
+
+
+def test_a_missing_bucket_is_one_line(gcs, cwd):
+    result = run(gcs, cwd, "train", *TRAIN, "--workdir", "gs://no-such-bucket/run")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("blt-jax train: error: gs://no-such-bucket/run"), result.stderr

@@ -13,8 +13,12 @@ TINY = os.path.join(ROOT, "experiments", "tiny.py")
 TPU_NOISE = ("E0000", "host bounds", "TPU_WORKER_HOSTNAMES", "libtpu")
 
 
+# What the test session sets for itself (conftest) and a user's shell does not have.
+SESSION_ONLY = ("JAX_PLATFORMS", "XLA_FLAGS", "ALLOW_MULTIPLE_LIBTPU_LOAD")
+
+
 def user_env(home=None, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_ONLY}
     # Compiled programs are shared with the rest of the suite (XLA compiles slowly on 2 cores).
     env.setdefault("JAX_COMPILATION_CACHE_DIR",
                    os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")))

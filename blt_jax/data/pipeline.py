@@ -25,9 +25,9 @@ import numpy as np
 from blt_jax.config import PatchingConfig, require
 from blt_jax.data.packing import PackIterDataset
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
+from blt_jax.errors import InputError
 from blt_jax.patching.rules import patch_starts
 from blt_jax.tokenizer import encode
-from blt_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

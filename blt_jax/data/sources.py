@@ -118,7 +118,7 @@ class TextFiles:
         path = self.files[index]
         try:
             data = paths.read_bytes(path)
-        except OSError as e:
+        except (OSError, InputError) as e:
             self.report.bad(f"{path}: cannot read ({e.strerror or e})")
             return None
         return self.report.emit(data, path)

@@ -21,11 +21,11 @@ import numpy as np
 
 from blt_jax import tokenizer
 from blt_jax.config import BLTConfig
+from blt_jax.errors import InputError
 from blt_jax.inference.decode import Decoder, DecodeState
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.sampling import SamplingConfig, sample
 from blt_jax.tokenizer import EOS_ID
-from blt_jax.errors import InputError
 
 PREFILL_MULTIPLE = 16  # prefill lengths are rounded down to this (fewer compilations)
 CHUNK = 16  # decoding steps per compiled call

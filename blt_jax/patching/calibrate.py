@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax.config import PatchingConfig
-from blt_jax.patching.rules import entropy_starts, split_long_patches
 from blt_jax.errors import InputError
+from blt_jax.patching.rules import entropy_starts, split_long_patches
 
 RULES = ("global", "monotonic")
 

@@ -20,10 +20,10 @@ from tqdm import tqdm
 from blt_jax import paths
 from blt_jax.config import EntropyLMConfig, config_to_dict
 from blt_jax.data.sources import Document, SourceStats, iter_documents, resolve_spec
+from blt_jax.errors import InputError
 from blt_jax.patching import store
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
-from blt_jax.errors import InputError
 
 
 class PassMismatch(InputError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -86,8 +87,13 @@ def plot_entropies(
 
 
 def save_entropy_figure(path: str, *args, **kwargs) -> str:
-    """`plot_entropies(*args, **kwargs)` written to `path` (PNG, PDF or SVG by extension)."""
+    """`plot_entropies(*args, **kwargs)` written to `path` (PNG, PDF or SVG by extension; local, `~`
+    or `gs://`; missing parent directories are created)."""
+    from blt_jax import paths
+
     fig = plot_entropies(*args, **kwargs)
-    fig.savefig(path, dpi=150)
+    target = paths.resolve(path)
+    with paths.staged_dir(os.path.dirname(target) if not paths.is_uri(target) else target.rsplit("/", 1)[0]) as out:
+        fig.savefig(os.path.join(out, os.path.basename(target)), dpi=150)
     plt.close(fig)
-    return path
+    return target

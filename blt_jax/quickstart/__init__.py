@@ -13,12 +13,12 @@ import dataclasses
 import os
 import time
 
+from blt_jax.errors import InputError
 from blt_jax.paths import resolve
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import DEFAULT_MINUTES, QuickstartPlan, make_plan
 from blt_jax.quickstart.report import summary_table
 from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result, write_json
-from blt_jax.errors import InputError
 
 PLAN_FILE = "plan.json"
 

@@ -78,7 +78,7 @@ class TrainConfig:
         decoder, entropy).
       scan: stacks run as one `nn.scan` over stacked layers ("" none, "latent" for a BLT, "entropy"
         for an entropy LM, "all" = every scannable stack). Compiles one block instead of L; the
-        checkpoints then hold stacked layers ([L, ...]); `restore_params` returns per-layer ones.
+        checkpoints then hold stacked layers ([L, ...]); `loading.read_run` returns per-layer ones.
       log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
       eval_batches: batches per evaluation.
       keep_checkpoints: how many recent checkpoints to keep.

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from blt_jax import loading, paths
 from blt_jax.config import BLTConfig, config_to_dict
 from blt_jax.data.pipeline import build_dataset, describe_batch
-from blt_jax.data.sources import SourceStats
+from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError
 from blt_jax.metrics.flops import training_flops_per_byte
 from blt_jax.metrics.perf import total_peak_flops
@@ -102,6 +102,19 @@ def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
     return params
 
 
+def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
+    """The experiment with its corpus and `init_from` paths resolved (`~`, relative), so the saved
+    configuration names the same files from any working directory."""
+    data = dataclasses.replace(experiment.data, source=resolve_spec(experiment.data.source))
+    evaluation = experiment.eval
+    if evaluation is not None:
+        evaluation = dataclasses.replace(evaluation, source=resolve_spec(evaluation.source))
+    train = experiment.train
+    if train.init_from:
+        train = dataclasses.replace(train, init_from=paths.resolve(train.init_from))
+    return dataclasses.replace(experiment, data=data, eval=evaluation, train=train)
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -162,6 +175,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     train = experiment.train
     lead = jax.process_index() == 0
     workdir = paths.resolve(workdir)
+    experiment = resolve_experiment_paths(experiment)
     config_dict = experiment_to_dict(experiment)
     check_workdir(workdir, experiment)
     trainer = Trainer(experiment)
@@ -243,11 +257,13 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                 window["time"] = time.perf_counter()  # evaluation time is not training throughput
             if preemption.requested:
                 checkpointer.save(done, state, iterator, config_dict)
+                writer.flush()
                 summary["preempted"] = True
                 summary["stop_signal"] = preemption.signal_name
                 break
             if train.checkpoint_every and done % train.checkpoint_every == 0:
                 checkpointer.save(done, state, iterator, config_dict)
+                writer.flush()
             if stop_after is not None and done - start >= stop_after:
                 pending = None  # as if the process died here
                 break
@@ -258,6 +274,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             done = train.steps
             if done > start and (not checkpointer.steps() or checkpointer.steps()[-1] != done):
                 checkpointer.save(done, state, iterator, config_dict)
+                writer.flush()
             if experiment.eval is not None:
                 result = trainer.evaluate(state.params, _eval_batches(experiment))
                 writer.write(done, result)

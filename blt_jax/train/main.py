@@ -22,23 +22,35 @@ def maybe_initialize_distributed() -> None:
 
 def check_corpus(source: str, text_field: str) -> None:
     """Fails at once, in one line, on a corpus that is missing or has no readable document (before
-    any compilation); a corpus with some bad files passes (training skips and reports them).
+    any compilation or joining other hosts); a corpus with some bad files passes (training skips and
+    reports them).
 
     Raises:
       SourceError: naming the corpus, or its first unreadable file.
     """
-    from blt_jax.data.sources import SourceError, open_corpus
+    from blt_jax import paths
+    from blt_jax.data.sources import DEFAULT_CORPUS, SourceError, list_files, open_corpus
+    from blt_jax.patching.store import MANIFEST
 
+    if source == DEFAULT_CORPUS or source.startswith(DEFAULT_CORPUS + ":"):
+        return
+    if paths.exists(paths.join(source, MANIFEST)):  # stored entropies: opening reads only the manifest
+        open_corpus(source, text_field)
+        return
     data_log = logging.getLogger("blt_jax.data")
     level = data_log.level
     data_log.setLevel(logging.ERROR)  # skipped files are reported when training reads them
     try:
-        readable = len(open_corpus(source, text_field))
+        # Files one at a time until one holds a document: usually the first (a large corpus is not
+        # indexed twice); a corpus with no readable file at all names its first bad one.
+        for path in list_files(source):
+            if len(open_corpus(path, text_field)):
+                return
     finally:
         data_log.setLevel(level)
-    if not readable:
-        open_corpus(source, text_field, strict=True)  # raises the first bad file's error
-        raise SourceError(f"{source}: no readable documents")
+    for path in list_files(source):
+        open_corpus(path, text_field, strict=True)  # raises the first bad file's error
+    raise SourceError(f"{source}: no readable documents")
 
 
 def train_from_file(spec: str, overrides: list[str], workdir: str, progress: bool = True) -> dict:
