@@ -164,3 +164,35 @@ def test_first_ctrl_c_asks_for_a_checkpoint_second_one_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)
         assert preemption.requested and preemption.signal_name == "SIGTERM"
+
+
+def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
+    """A fake clock: every train step takes 1 s, every evaluation 100 s. Each logged bytes/s must be
+    bytes per step / 1 s, the row right after an evaluation included (its window keeps the steps it
+    already held, and its clock skips the evaluation)."""
+    from types import SimpleNamespace
+
+    from blt_jax.train import loop
+
+    clock = [0.0]
+
+    class TimedTrainer(loop.Trainer):
+        def step(self, state, batch):
+            clock[0] += 1.0
+            return super().step(state, batch)
+
+        def evaluate(self, params, batches):
+            clock[0] += 100.0
+            return super().evaluate(params, batches)
+
+    monkeypatch.setattr(loop, "Trainer", TimedTrainer)
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    exp = experiment(train__steps=30, train__log_every=10, train__eval_every=9, train__eval_batches=1,
+                     train__checkpoint_every=0)
+    train_and_evaluate(exp, str(tmp_path / "run"), progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    rates = {r["step"]: r["bytes_per_s"] for r in rows if r.get("bytes_per_s")}
+    assert sorted(rates) == [10, 20, 30], rates
+    # Rows of 8 x 128 bytes, packed full: 1,024 bytes per step, one step per second. (Before, the row
+    # after an evaluation counted the steps before it in the time after it: 1,137 to 10,240 bytes/s.)
+    assert rates == {10: 1024.0, 20: 1024.0, 30: 1024.0}, rates

@@ -211,10 +211,16 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     step = start
 
     def flush(entry, final: bool = False) -> None:
-        """Logs a finished step's metrics (fetched one step late, so the device never waits)."""
+        """Logs a finished step's metrics (fetched one step late, so the device never waits).
+
+        A window of steps is timed from the start of its first step to the start of the step after
+        its last (`window["step_start"]`, taken before each step reads its batch); the final row, with
+        no step after it, to now.
+        """
         p_step, p_metrics, p_host = entry
+        now = time.perf_counter() if final else window["step_start"]
         if p_step == start:  # the first step includes compilation: not throughput
-            window.update(bytes=0, patches=0, rows=0, time=time.perf_counter())
+            window.update(bytes=0, patches=0, rows=0, time=now)
         else:
             for key in ("bytes", "patches", "rows"):
                 window[key] += p_host[key]
@@ -223,7 +229,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
         timed = window["bytes"] > 0  # else only the compilation step is in the window
         counts = window if timed else p_host
-        elapsed = max(time.perf_counter() - window["time"], 1e-9)
+        elapsed = max(now - window["time"], 1e-9)
         mean_len = (counts["bytes"] + counts["rows"]) / max(counts["patches"], 1)
         flops_per_byte = training_flops_per_byte(experiment.model, row_bytes, mean_len)
         bytes_per_s = window["bytes"] / elapsed if timed else None
@@ -237,10 +243,11 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         summary["metrics"] = {"step": p_step + 1, **row}
         bar.set_postfix(loss=f"{row['loss']:.3f}", bpb=f"{row['bpb']:.3f}",
                         Bps=f"{bytes_per_s:,.0f}" if timed else "-")
-        window.update(bytes=0, patches=0, rows=0, time=time.perf_counter())
+        window.update(bytes=0, patches=0, rows=0, time=now)
 
     with _Preemption() as preemption:
         for step in range(start, train.steps):
+            window["step_start"] = time.perf_counter()
             host = next(iterator)
             described = describe_batch(host)
             state, metrics = trainer.step(state, trainer.global_batch(host))
@@ -251,10 +258,13 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             bar.update(1)
             done = step + 1
             if train.eval_every and done % train.eval_every == 0 and done < train.steps:
+                eval_start = time.perf_counter()
                 result = trainer.evaluate(state.params, _eval_batches(experiment))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
-                window["time"] = time.perf_counter()  # evaluation time is not training throughput
+                # Evaluation time is not training time: the window's clock skips it, and keeps the
+                # training steps it already holds (restarting it would count their bytes in no time).
+                window["time"] += time.perf_counter() - eval_start
             if preemption.requested:
                 checkpointer.save(done, state, iterator, config_dict)
                 writer.flush()
