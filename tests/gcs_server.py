@@ -8,10 +8,8 @@ to the server over its JSON API with urllib (no client library imported here).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -36,12 +34,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_with_parent() -> None:
-    # The server ends when the test process ends, however it ends (PR_SET_PDEATHSIG = 1). Stopping it
-    # earlier would leave tensorboardX writers of finished processes retrying uploads at exit.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class GcsServer:
     """fake-gcs-server on a free local port, objects in memory.
 
@@ -56,8 +48,9 @@ class GcsServer:
                    "-public-host", f"127.0.0.1:{port}", "-backend", "memory", "-log-level", "warn"]
         # Its log goes to a file: the server logs every request and blocks once an unread pipe is full.
         self._log = open(log_path, "ab")
-        self._proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=_stop_with_parent)
+        # No preexec_fn (it would fork a process that runs JAX's threads); `stop` ends the server once
+        # the processes under test have exited (a tensorboardX writer retries its uploads at exit).
+        self._proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while True:
             if self._proc.poll() is not None:
@@ -70,6 +63,15 @@ class GcsServer:
                 if time.time() > deadline:
                     raise
             time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()
 
     def client_env(self) -> dict[str, str]:
         """What every client library needs to use this server instead of Google's (and never to

@@ -27,7 +27,8 @@ TRAIN = ["--config", TINY, f"--config.train.steps={STEPS}", "--config.train.warm
 def gcs(tmp_path_factory):
     server = gcs_server.start(tmp_path_factory.mktemp("gcs_log"))
     server.create_bucket(BUCKET)
-    return server
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
