@@ -196,14 +196,80 @@ def test_meta_without_torch_says_what_to_install(loaded, tmp_path, monkeypatch):
         blt_jax.from_pretrained(blt_dir)
 
 
-def test_meta_unsupported_options_are_named(loaded, tmp_path):
+@pytest.mark.parametrize("key,value", [("downsampling_by_pooling", "avg"), ("norm_type", "layernorm"),
+                                       ("non_linearity", "gelu"), ("weight_tying", True),
+                                       ("encoder_enable_byte_ngrams", True)])
+def test_meta_unsupported_options_are_named(loaded, tmp_path, key, value):
     blt_dir = write_meta(str(tmp_path), loaded)
     with open(os.path.join(blt_dir, "params.json")) as f:
         raw = json.load(f)
-    raw["model"]["downsampling_by_pooling"] = "avg"
+    raw["model"][key] = value
     with open(os.path.join(blt_dir, "params.json"), "w") as f:
         json.dump(raw, f)
-    with pytest.raises(blt_jax.ConfigError, match="model.downsampling_by_pooling"):
+    with pytest.raises(blt_jax.ConfigError, match=f"model.{key}"):
+        blt_jax.from_pretrained(blt_dir)
+
+
+def _rewrite_params(blt_dir, model_fields, patcher_args):
+    """params.json with these model patching fields (None: removed) and data.patcher_args (None: no
+    data section)."""
+    path = os.path.join(blt_dir, "params.json")
+    with open(path) as f:
+        raw = json.load(f)
+    for key, value in model_fields.items():
+        raw["model"].pop(key, None)
+        if value is not None:
+            raw["model"][key] = value
+    raw.pop("data", None)
+    if patcher_args is not None:
+        raw["data"] = {"patcher_args": patcher_args}
+    with open(path, "w") as f:
+        json.dump(raw, f)
+
+
+@pytest.mark.parametrize("model_fields,patcher_args,want", [
+    # No data.patcher_args: the model section's fields.
+    ({"patching_threshold": 0.5, "monotonicity": True}, None, dict(threshold=0.5, monotonic=True)),
+    # Only data.patcher_args.
+    ({"patching_threshold": None}, {"threshold": 0.25, "max_patch_length": 3},
+     dict(threshold=0.25, max_patch_length=3)),
+    # Both, disagreeing (an old threshold left in the model section, as Meta's debug config does):
+    # data.patcher_args wins, field by field.
+    ({"patching_threshold": 100.0, "max_patch_length": 7}, {"threshold": 0.5, "monotonicity": False},
+     dict(threshold=0.5, max_patch_length=7, monotonic=False)),
+    # Static patches of int(patch_size) bytes.
+    ({"patching_threshold": None}, {"patching_mode": "static", "patch_size": 3.0}, dict(mode="static", static_size=3)),
+])
+def test_meta_patching_rule_comes_from_patcher_args_first(loaded, tmp_path, caplog, model_fields, patcher_args,
+                                                          want):
+    import dataclasses
+    import logging
+
+    blt_dir = write_meta(str(tmp_path), loaded)
+    _rewrite_params(blt_dir, model_fields, patcher_args)
+    with caplog.at_level(logging.INFO, logger="blt_jax.convert"):
+        meta = blt_jax.from_pretrained(blt_dir)
+    expected = dataclasses.replace(blt_jax.PatchingConfig(), **want)
+    assert meta.config.patching == expected
+    in_model, in_patcher = model_fields.get("patching_threshold"), (patcher_args or {}).get("threshold")
+    disagree = None not in (in_model, in_patcher) and in_model != in_patcher
+    assert ("data.patcher_args.threshold=0.5 used" in caplog.text) == disagree, caplog.text
+    # The patch starts follow that rule (and not the model section's, where they differ).
+    tokens = rows()[0]
+    got = np.asarray(meta.patch_lengths(tokens))
+    same_rule = blt_jax.BLTModel(dataclasses.replace(meta.config, patching=expected), meta.params, meta.entropy_params)
+    np.testing.assert_array_equal(got, np.asarray(same_rule.patch_lengths(tokens)))
+    if disagree:  # threshold 100: only max_patch_length (7) cuts the 20 bytes; 0.5: many patches
+        model_rule = dataclasses.replace(expected, threshold=100.0)
+        stale = blt_jax.BLTModel(dataclasses.replace(meta.config, patching=model_rule), meta.params, meta.entropy_params)
+        assert (np.asarray(stale.patch_lengths(tokens)) > 0).sum(axis=1).max() <= 4
+        assert (got > 0).sum(axis=1).min() > 5
+
+
+def test_meta_unknown_patching_mode_is_named(loaded, tmp_path):
+    blt_dir = write_meta(str(tmp_path), loaded)
+    _rewrite_params(blt_dir, {}, {"patching_mode": "bpe"})
+    with pytest.raises(blt_jax.ConfigError, match=r"data.patcher_args.patching_mode: 'bpe' is not supported"):
         blt_jax.from_pretrained(blt_dir)
 
 

@@ -9,6 +9,7 @@ here, only when such a file is loaded).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from blt_jax.config import (
+    PATCHING_MODES,
     BLTConfig,
     ConfigError,
     EntropyLMConfig,
@@ -26,6 +28,8 @@ from blt_jax.config import (
 )
 from blt_jax.convert.layout import assemble, blt_entries, entropy_entries
 from blt_jax.errors import InputError
+
+logger = logging.getLogger("blt_jax.convert")
 
 # The reference's realtime patcher forces this window whatever the entropy model's args say.
 ENTROPY_WINDOW = 512
@@ -90,6 +94,51 @@ def entropy_config_from_meta(raw: Mapping[str, Any]) -> EntropyLMConfig:
     return EntropyLMConfig(stack=stack, vocab_size=int(args.get("vocab_size", 260)))
 
 
+# Our PatchingConfig field -> (the model section's key, data.patcher_args' key). Meta's generation
+# code and its Hub loader build the patcher from data.patcher_args; the model keys are the fallback.
+PATCHING_KEYS = {
+    "mode": ("patching_mode", "patching_mode"),
+    "threshold": ("patching_threshold", "threshold"),
+    "monotonic": ("monotonicity", "monotonicity"),
+    "threshold_add": ("patching_threshold_add", "threshold_add"),
+    "max_patch_length": ("max_patch_length", "max_patch_length"),
+}
+
+
+def patching_from_meta(raw: Mapping[str, Any], model_args: Mapping[str, Any]) -> PatchingConfig:
+    """The patching rule of a Meta BLT: `data.patcher_args` where it has a field, else the model
+    section's `patching_*` fields, else Meta's defaults. A field the two sections disagree on is
+    logged with the value used."""
+    data = raw.get("data") if isinstance(raw.get("data"), Mapping) else {}
+    patcher = data.get("patcher_args") if isinstance(data.get("patcher_args"), Mapping) else {}
+    chosen: dict[str, Any] = {}
+    for field, (model_key, patcher_key) in PATCHING_KEYS.items():
+        in_model, in_patcher = model_args.get(model_key), patcher.get(patcher_key)
+        if patcher_key in patcher:
+            chosen[field] = in_patcher
+            if model_key in model_args and in_model != in_patcher:
+                logger.info("params.json: data.patcher_args.%s=%r used for patching; model.%s=%r differs (Meta's "
+                            "generation code reads data.patcher_args)", patcher_key, in_patcher, model_key, in_model)
+        elif in_model is not None:
+            chosen[field] = in_model
+    mode = chosen.get("mode") or "entropy"
+    if mode not in PATCHING_MODES:
+        raise ConfigError("data.patcher_args.patching_mode",
+                          f"{mode!r} is not supported; expected one of {', '.join(PATCHING_MODES)}")
+    static = {}
+    if mode == "static":  # Meta fills static patches with int(patch_size) bytes
+        static["static_size"] = int(patcher.get("patch_size", 4.5))
+    threshold = chosen.get("threshold")
+    return PatchingConfig(
+        mode=mode,
+        threshold=float(threshold) if threshold is not None else 1.335442066192627,
+        monotonic=bool(chosen.get("monotonic") or False),
+        threshold_add=None if chosen.get("threshold_add") is None else float(chosen["threshold_add"]),
+        max_patch_length=None if chosen.get("max_patch_length") is None else int(chosen["max_patch_length"]),
+        **static,
+    )
+
+
 def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None) -> BLTConfig:
     """Our BLT config from a `ByteLatentTransformerArgs` dump."""
     args = _model_args(raw, ("model", "args"), "dim_global")
@@ -102,6 +151,14 @@ def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None
     for key, (want, why) in unsupported.items():
         if key in args and bool(args[key]) != want:
             raise ConfigError(f"model.{key}", f"{args[key]!r} is not supported: {why}")
+    # Options that change the math away from the released models (absent keys take Meta's defaults,
+    # which are the released values).
+    for key, want in (("norm_type", "rmsnorm"), ("non_linearity", "swiglu")):
+        if args.get(key) not in (None, want):
+            raise ConfigError(f"model.{key}", f"{args[key]!r} is not supported (only {want!r})")
+    for key in ("weight_tying", "tie_local_encoder_decoder_logits", "encoder_enable_byte_ngrams"):
+        if args.get(key):
+            raise ConfigError(f"model.{key}", f"{args[key]!r} is not supported (only false)")
     pooling = args.get("downsampling_by_pooling") or "max"
     if pooling != "max":
         raise ConfigError("model.downsampling_by_pooling", f"only 'max' pooling is supported, got {pooling!r}")
@@ -122,13 +179,7 @@ def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None
             vocab=int(args.get("encoder_hash_byte_group_vocab", 30000)),
             n_functions=int(args.get("encoder_hash_byte_group_nb_functions", 3)),
         )
-    patching = PatchingConfig(
-        mode=args.get("patching_mode") or "entropy",
-        threshold=float(args["patching_threshold"]) if args.get("patching_threshold") is not None else 1.335442066192627,
-        monotonic=bool(args.get("monotonicity", False)),
-        threshold_add=args.get("patching_threshold_add"),
-        max_patch_length=args.get("max_patch_length"),
-    )
+    patching = patching_from_meta(raw, args)
     return BLTConfig(
         encoder=_stack(args, "dim_local_encoder", "n_layers_local_encoder", "n_heads_local_encoder", window, theta),
         latent=_stack(args, "dim_global", "n_layers_global", "n_heads_global", None, theta),
