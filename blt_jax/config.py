@@ -23,6 +23,9 @@ MAX_HASH_VOCAB = 1 << 23
 # Number of distinct hash functions the reference defines (one prime each).
 MAX_HASH_FUNCTIONS = 11
 PATCHING_MODES = ("entropy", "space", "static", "byte")
+# The latent transformer's mask: causal within EOS-delimited documents of patches (the released
+# checkpoints), or causal over the whole row (Meta's code default: patches see earlier documents).
+LATENT_MASKS = ("block_causal", "causal")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -240,6 +243,8 @@ class BLTConfig:
       entropy_model: the entropy LM used by entropy patching (None if patches come from elsewhere).
       vocab_size: 260.
       dtype / param_dtype: compute and parameter dtypes.
+      latent_mask: the latent transformer's mask, "block_causal" (within documents; the released
+        checkpoints) or "causal" (over the whole row; Meta's `attn_bias_type` default).
     """
 
     encoder: StackConfig
@@ -255,8 +260,11 @@ class BLTConfig:
     vocab_size: int = 260
     dtype: str = "float32"
     param_dtype: str = "float32"
+    latent_mask: str = "block_causal"
 
     def __post_init__(self):
+        require(self.latent_mask in LATENT_MASKS, "latent_mask",
+                f"unknown latent mask {self.latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}")
         if self.cross_attn_heads is None:
             object.__setattr__(self, "cross_attn_heads", self.encoder.n_heads)
         require(

@@ -49,9 +49,12 @@ def patch_ids(lengths, n):
     return [int((cum <= i).sum()) - 1 for i in range(n)]
 
 
-def latent_mask(tokens, lengths):
-    ids = patch_ids(lengths, len(tokens))
+def latent_mask(tokens, lengths, kind="block_causal"):
+    """Patch q visible from patch p: q <= p, within the same document unless `kind` is "causal"."""
     num = len(lengths)
+    if kind == "causal":
+        return np.array([[q <= p for q in range(num)] for p in range(num)])
+    ids = patch_ids(lengths, len(tokens))
     has_eos = [any(tokens[i] == EOS and ids[i] == p for i in range(len(tokens))) for p in range(num)]
     docs, doc = [], 0
     for p in range(num):
@@ -177,7 +180,7 @@ def blt_forward(params, cfg, tokens, lengths):
     x = slots.reshape(num, k * dim)
     if cfg.has_latent_projection:
         x = x @ lat["token_embedding_projection"]["kernel"]
-    gmask = latent_mask(tokens, lengths)
+    gmask = latent_mask(tokens, lengths, cfg.latent_mask)
     for i in range(cfg.latent.n_layers):
         x = block(x, lat[f"layers_{i}"], gmask, cfg.latent.rope_theta, cfg.latent.norm_eps)
 

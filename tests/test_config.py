@@ -45,6 +45,7 @@ def test_swiglu_hidden_rule(dim, hidden):
         ({"cross_attn_heads": 3}, "model.cross_attn_heads", "must divide"),
         ({"dtype": "float8"}, "model.dtype", "unknown dtype"),
         ({"encoder": {"n_heads": 32}}, "model.encoder.n_heads", "even"),
+        ({"latent_mask": "local_block_causal"}, "model.latent_mask", "expected one of block_causal, causal"),
     ],
 )
 def test_validation_names_the_field(patch, field, needle):

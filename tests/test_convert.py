@@ -266,6 +266,56 @@ def test_meta_patching_rule_comes_from_patcher_args_first(loaded, tmp_path, capl
         assert (got > 0).sum(axis=1).min() > 5
 
 
+def _rows_with_eos():
+    """Two rows whose second document starts mid-row (EOS at 9), with fixed patches."""
+    tokens, lengths = rows()
+    tokens[:, 9], tokens[:, 10] = 2, 1  # EOS, then BOS of the next document
+    return tokens, lengths
+
+
+@pytest.mark.parametrize("attn_bias_type,want", [("causal", "causal"), ("block_causal", "block_causal"),
+                                                  (None, "causal")])  # absent: Meta's code default
+def test_meta_attn_bias_type_sets_the_latent_mask(loaded, tmp_path, attn_bias_type, want):
+    import dataclasses
+
+    import numpy_blt
+
+    blt_dir = write_meta(str(tmp_path), loaded)
+    _rewrite_params(blt_dir, {"attn_bias_type": attn_bias_type}, {})
+    meta = blt_jax.from_pretrained(blt_dir)
+    assert meta.config.latent_mask == want
+    tokens, lengths = _rows_with_eos()
+    got = np.asarray(meta.logits(tokens, lengths))
+    for row in range(2):
+        ref = numpy_blt.blt_forward(meta.params, meta.config, tokens[row], lengths[row])  # float64, same mask
+        np.testing.assert_allclose(got[row], ref, atol=5e-5, rtol=0)
+    # The mask matters here: the other one changes the logits after the EOS, and only there.
+    other = "block_causal" if want == "causal" else "causal"
+    flipped = blt_jax.BLTModel(dataclasses.replace(meta.config, latent_mask=other), meta.params, meta.entropy_params)
+    diff = np.abs(np.asarray(flipped.logits(tokens, lengths)) - got).max(axis=(0, 2))
+    assert diff[:9].max() < 1e-5 and diff[10:].max() > 1e-3, diff
+
+
+def test_causal_latent_mask_survives_our_format_and_is_refused_by_hf(loaded, tmp_path):
+    import dataclasses
+
+    from blt_jax.convert.hf import hf_config_dict
+
+    causal = blt_jax.BLTModel(dataclasses.replace(loaded.config, latent_mask="causal"), loaded.params,
+                              loaded.entropy_params)
+    causal.save(str(tmp_path / "ours"))
+    assert blt_jax.from_pretrained(str(tmp_path / "ours")).config.latent_mask == "causal"
+    with pytest.raises(blt_jax.ConfigError, match="latent_mask"):
+        hf_config_dict(causal.config)
+
+
+def test_meta_unknown_attn_bias_type_is_named(loaded, tmp_path):
+    blt_dir = write_meta(str(tmp_path), loaded)
+    _rewrite_params(blt_dir, {"attn_bias_type": "local_block_causal"}, {})
+    with pytest.raises(blt_jax.ConfigError, match=r"model.attn_bias_type: 'local_block_causal' is not supported"):
+        blt_jax.from_pretrained(blt_dir)
+
+
 def test_meta_unknown_patching_mode_is_named(loaded, tmp_path):
     blt_dir = write_meta(str(tmp_path), loaded)
     _rewrite_params(blt_dir, {}, {"patching_mode": "bpe"})
@@ -279,7 +329,7 @@ def test_meta_unknown_patching_mode_is_named(loaded, tmp_path):
 def test_native_round_trip_is_exact(loaded, tmp_path):
     loaded.save(str(tmp_path / "ours"))
     again = blt_jax.from_pretrained(str(tmp_path / "ours"))
-    assert again.config == loaded.config
+    assert again.config == loaded.config and again.config.latent_mask == "block_causal"  # HF: block-causal
     tokens, lengths = rows()
     np.testing.assert_array_equal(np.asarray(again.logits(tokens, lengths)), np.asarray(loaded.logits(tokens, lengths)))
     np.testing.assert_array_equal(np.asarray(again.entropies(tokens)), np.asarray(loaded.entropies(tokens)))

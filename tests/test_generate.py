@@ -64,6 +64,8 @@ CASES = {
     # Space patching (no entropy LM runs), no hash embeddings, a latent window of 8 patches.
     "space_latent_window": lambda: make_model(PatchingConfig(mode="space"), hash=None,
                                               latent=StackConfig(64, 2, 4, 192, window=8)),
+    # Meta's attn_bias_type="causal": the second document's patches see the first's.
+    "space_causal_latent": lambda: make_model(PatchingConfig(mode="space"), latent_mask="causal"),
 }
 
 

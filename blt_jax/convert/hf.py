@@ -145,6 +145,8 @@ def hf_config_dict(config: BLTConfig) -> dict:
     """The `transformers.BltConfig` keyword arguments of our config (for export and side-by-side
     benchmarks). HF ties each stack's cross-attention heads to the stack's heads and has no EOS
     document masks; the rest maps one to one."""
+    if config.latent_mask != "block_causal":
+        raise ConfigError("latent_mask", f"HF's BltForCausalLM has no {config.latent_mask!r} latent mask")
     if config.cross_attn_heads != config.encoder.n_heads or config.encoder.n_heads != config.decoder.n_heads:
         raise ConfigError("cross_attn_heads", "HF needs cross_attn_heads == encoder.n_heads == decoder.n_heads")
     if config.encoder.window != config.decoder.window:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from blt_jax.config import (
+    LATENT_MASKS,
     PATCHING_MODES,
     BLTConfig,
     ConfigError,
@@ -180,6 +181,12 @@ def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None
             n_functions=int(args.get("encoder_hash_byte_group_nb_functions", 3)),
         )
     patching = patching_from_meta(raw, args)
+    # Meta's global transformer builds its mask from attn_bias_type; absent, its code default "causal".
+    latent_mask = args.get("attn_bias_type") or "causal"
+    if latent_mask not in LATENT_MASKS:
+        raise ConfigError("model.attn_bias_type",
+                          f"{latent_mask!r} is not supported for the latent transformer; expected one of "
+                          f"{', '.join(LATENT_MASKS)}")
     return BLTConfig(
         encoder=_stack(args, "dim_local_encoder", "n_layers_local_encoder", "n_heads_local_encoder", window, theta),
         latent=_stack(args, "dim_global", "n_layers_global", "n_heads_global", None, theta),
@@ -192,6 +199,7 @@ def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None
         patching=patching,
         entropy_model=entropy,
         vocab_size=int(args.get("vocab_size", 260)),
+        latent_mask=latent_mask,
     )
 
 

@@ -1,4 +1,5 @@
-"""The global latent transformer over patches (block-causal over documents, no final norm)."""
+"""The global latent transformer over patches (block-causal over documents, or causal over the row
+with `latent_mask="causal"`; no final norm)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class LatentTransformer(nn.Module):
             x = Dense(st.dim, (axes.LATENT_IN, axes.EMBED), cfg.latent_input_dim**-0.5, dt, pdt,
                       name="token_embedding_projection")(x)
         batch, num_patches = x.shape[:2]
+        if cfg.latent_mask == "causal":  # one document per row: patches see earlier documents
+            patch_docs = jnp.zeros_like(patch_docs)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
