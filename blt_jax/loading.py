@@ -57,34 +57,16 @@ def is_training_run(path: str) -> bool:
 
 
 def _reader(workdir: str):
-    import orbax.checkpoint as ocp
+    from blt_jax.train.checkpoint import CheckpointReader
 
     directory = paths.join(paths.resolve(workdir), CHECKPOINTS)
     if not paths.isdir(directory):
         raise CheckpointError(f"{workdir}: not a training workdir (it holds no {CHECKPOINTS}/)")
-    # A manager of its own that only reads: it never creates, deletes or renames anything in the run.
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, save_interval_steps=0))
+    return CheckpointReader(directory)
 
 
-def run_steps(workdir: str) -> list[int]:
-    """Steps of the complete checkpoints of a training run, oldest first."""
-    manager = _reader(workdir)
-    try:
-        return sorted(manager.all_steps())
-    finally:
-        manager.close()
-
-
-def _restore_run_config(manager, step: int) -> dict:
-    import orbax.checkpoint as ocp
-
-    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
-
-def _restore_run_params(manager, step: int, experiment) -> Any:
+def _restore_run_params(reader, step: int, experiment) -> Any:
     """The parameters of checkpoint `step` (per-layer layout), on this process's first device."""
-    import orbax.checkpoint as ocp
-
     from blt_jax.nn.scan import stack_layers, unstack_layers
     from blt_jax.train.config import resolve_scan
 
@@ -93,12 +75,7 @@ def _restore_run_params(manager, step: int, experiment) -> Any:
     stored = jax.eval_shape(lambda p: stack_layers(p, model, scan), abstract_params(model))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), stored)
-    # Only the parameters: the optimizer state (twice their size) and the data iterator stay on disk.
-    item = {"params": target}
-    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    params = manager.restore(step, args=args)["state"]["params"]
-    return unstack_layers(params, model, scan)
+    return unstack_layers(reader.params(step, target), model, scan)
 
 
 def _first_line(error: BaseException | None) -> str:
@@ -110,14 +87,11 @@ def read_run_config(workdir: str, step: int | None = None):
     """The `ExperimentConfig` saved with a run's newest checkpoint (or `step`)."""
     from blt_jax.train.config import experiment_from_dict
 
-    manager = _reader(workdir)
-    try:
-        steps = sorted(manager.all_steps())
+    with _reader(workdir) as reader:
+        steps = reader.steps()
         if not steps:
             raise CheckpointError(f"{workdir}: the run has no complete checkpoint yet")
-        return experiment_from_dict(_restore_run_config(manager, steps[-1] if step is None else step))
-    finally:
-        manager.close()
+        return experiment_from_dict(reader.config(steps[-1] if step is None else step))
 
 
 def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
@@ -132,25 +106,22 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
     """
     from blt_jax.train.config import experiment_from_dict
 
-    manager = _reader(workdir)
-    try:
-        steps = sorted(manager.all_steps())
+    with _reader(workdir) as reader:
+        steps = reader.steps()
         if not steps:
             raise CheckpointError(f"{workdir}: the run has no complete checkpoint yet")
         candidates = list(reversed(steps)) if step is None else [step]
         last_error: Exception | None = None
         for candidate in candidates:
             try:
-                experiment = experiment_from_dict(_restore_run_config(manager, candidate))
-                return experiment, _restore_run_params(manager, candidate, experiment)
+                experiment = experiment_from_dict(reader.config(candidate))
+                return experiment, _restore_run_params(reader, candidate, experiment)
             except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
                 last_error = e
                 logger.warning("checkpoint %d of %s is unreadable (%s: %s); trying the previous one", candidate,
                                workdir, type(e).__name__, _first_line(e))
         raise CheckpointError(f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))}; the last "
                               f"said {type(last_error).__name__}: {_first_line(last_error)})") from last_error
-    finally:
-        manager.close()
 
 
 # ---- model directories --------------------------------------------------------------------------

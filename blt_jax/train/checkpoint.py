@@ -4,6 +4,8 @@ One Orbax `CheckpointManager` per run directory, asynchronous, keeping the lates
 the train state (step, params, optimizer state), the data iterator's state (grain's handler) and the
 resolved configuration (JSON). Restores land directly in the target shardings. A latest checkpoint
 that cannot be read (corrupt or partial) is reported and the previous one is used.
+`CheckpointReader` reads a run's configuration and parameters alone, changing nothing in it
+(`blt_jax.loading` builds on it to use a run without its corpus).
 """
 
 from __future__ import annotations
@@ -91,13 +93,45 @@ class Checkpointer:
             path.rename(target)
         self._manager.reload()
 
-    def config(self, step: int) -> dict:
-        """The resolved configuration saved with checkpoint `step`."""
-        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are complete."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()
+
+
+class CheckpointReader:
+    """Reads the checkpoints of a run without changing anything in it (no create, delete or rename):
+    the saved configuration, and the parameters alone (the optimizer state, twice their size, and
+    the data iterator stay on disk). A context manager.
+
+    Args:
+      directory: the run's `checkpoints/` directory (local path or gs://).
+    """
+
+    def __init__(self, directory: str):
+        options = ocp.CheckpointManagerOptions(create=False, save_interval_steps=0)
+        self._manager = ocp.CheckpointManager(paths.resolve(directory), options=options)
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._manager.close()
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def config(self, step: int) -> dict:
+        """The resolved configuration saved with checkpoint `step`."""
+        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def params(self, step: int, target: Any) -> Any:
+        """The `params` of checkpoint `step`'s train state, laid out as `target` (ShapeDtypeStructs
+        carrying shardings)."""
+        item = {"params": target}
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+        return self._manager.restore(step, args=args)["state"]["params"]

@@ -130,9 +130,13 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
     Raises:
       InputError: naming the first differing model fields.
     """
-    if not loading.is_training_run(workdir) or not loading.run_steps(workdir):
+    if not loading.is_training_run(workdir):
         return
-    stored = _flat({"model": experiment_to_dict(loading.read_run_config(workdir))["model"]})
+    try:
+        saved = loading.read_run_config(workdir)
+    except loading.CheckpointError:  # no complete checkpoint yet: nothing to resume, nothing to clash with
+        return
+    stored = _flat({"model": experiment_to_dict(saved)["model"]})
     wanted = _flat({"model": experiment_to_dict(experiment)["model"]})
     differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if differ:
