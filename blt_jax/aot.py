@@ -18,9 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blt_jax.config import BLTConfig
 from blt_jax.errors import InputError
-from blt_jax.metrics.flops import training_flops_per_byte
+from blt_jax.models import model_kind, require_kind
 from blt_jax.parallel import make_mesh
 from blt_jax.train.config import ExperimentConfig
 
@@ -97,16 +96,8 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 def abstract_batch(experiment: ExperimentConfig, sharding) -> dict:
     """ShapeDtypeStructs of one global training batch."""
     data = experiment.data
-    shape = (data.batch_size, data.row_bytes)
-    batch = {
-        "tokens": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-        "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-        "mask": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=sharding),
-    }
-    if isinstance(experiment.model, BLTConfig):
-        batch["patch_lengths"] = jax.ShapeDtypeStruct((data.batch_size, data.row_patches), jnp.int32,
-                                                      sharding=sharding)
-    return batch
+    shapes = model_kind(experiment.model).batch_shapes(data.batch_size, data.row_bytes, data.row_patches)
+    return {key: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for key, s in shapes.items()}
 
 
 def _memory(compiled) -> dict:
@@ -182,9 +173,9 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
 
     data = experiment.data
     # The compiled program runs every patch slot: compare at the static budget's patch length.
-    mean_patch = data.row_bytes / data.row_patches if isinstance(experiment.model, BLTConfig) else 1.0
-    analytic = training_flops_per_byte(experiment.model, data.row_bytes, mean_patch) * data.batch_size \
-        * data.row_bytes / len(devices)
+    mean_patch = data.row_bytes / data.row_patches if data.row_patches else 1.0  # 0: rows without patches
+    analytic = model_kind(experiment.model).training_flops_per_byte(data.row_bytes, mean_patch) \
+        * data.batch_size * data.row_bytes / len(devices)
     report = _report("train_step", topology, devices, mesh, lowered, start,
                      batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
                             "grad_accum": experiment.train.grad_accum},
@@ -240,8 +231,7 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
     from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings, replicated
 
     config = experiment.model
-    if not isinstance(config, BLTConfig):
-        raise InputError("the generation step needs a BLT config")
+    require_kind(config, "blt", "the generation step")
     if config.patching.mode == "entropy" and config.entropy_model is None:
         config = dataclasses.replace(config, patching=dataclasses.replace(config.patching, mode="space"))
     devices = topology_devices(topology)
@@ -271,12 +261,13 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
 def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | None = None) -> dict:
     """Compiles the entropy pass's jitted forward (entropies of rows of `window` bytes, rows split over
     the data-parallel axes) of an entropy LM (or of a BLT's entropy model) for a topology."""
-    from blt_jax.config import EntropyLMConfig
+    import flax.linen as nn
+
     from blt_jax.nn.entropy_lm import entropies_fn
     from blt_jax.params import abstract_params, logical_axes
-    from blt_jax.parallel import BATCH_AXES, logical_to_shardings
+    from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings
 
-    config = experiment.model if isinstance(experiment.model, EntropyLMConfig) else experiment.model.entropy_model
+    config = model_kind(experiment.model).entropy_lm
     if config is None:
         raise InputError("this config has no entropy LM")
     devices = topology_devices(topology)
@@ -288,7 +279,7 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     params = _abstract(params, logical_to_shardings(logical_axes(config), params, mesh))
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
     tokens = jax.ShapeDtypeStruct((rows_n, window), jnp.int32, sharding=rows)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         lowered = jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens)
     return _report("entropy_pass", topology, devices, mesh, lowered, start,
                    batch={"rows": rows_n, "window": window})

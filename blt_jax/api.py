@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax import loading
+from blt_jax.train import runs
 from blt_jax.config import BLTConfig, EntropyLMConfig
 from blt_jax.errors import InputError
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import abstract_params, init_params
-from blt_jax.patching.ids import lengths_from_starts
+from blt_jax.nn.patch_ids import lengths_from_starts
 from blt_jax.patching.rules import patch_starts
 
 
@@ -50,7 +51,7 @@ def _check_lengths(lengths: Any, tokens: jax.Array) -> jax.Array:
     if bad.size:
         raise InputError(
             f"patch_lengths of row {bad[0]} sum to {sums[bad[0]]}, expected N + 1 = {n + 1} "
-            "(the extra slot is the next byte; see blt_jax.patching.ids)"
+            "(the extra slot is the next byte; see blt_jax.nn.patch_ids)"
         )
     if np.any(arr[:, 0] != 1):
         raise InputError("the first patch of every row must have length 1 (the BOS / first byte)")
@@ -238,7 +239,7 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
     Returns:
       A `BLTModel`.
     """
-    config, params, entropy = loading.load_blt(path, entropy_path, dtype)
+    config, params, entropy = runs.load_blt(path, entropy_path, dtype)
     return BLTModel(config, params, entropy)
 
 
@@ -250,7 +251,7 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
     Returns:
       (config, params).
     """
-    return loading.load_entropy_lm(path)
+    return runs.load_entropy_lm(path)
 
 
 def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel:
@@ -264,6 +265,6 @@ def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel
     Returns:
       A `BLTModel` whose config carries the run's patching rule (and threshold).
     """
-    if not loading.is_training_run(workdir):
+    if not runs.is_training_run(workdir):
         raise loading.CheckpointError(f"{workdir}: not a training workdir (it holds no checkpoints/)")
     return from_pretrained(workdir, entropy_path)

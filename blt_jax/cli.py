@@ -33,28 +33,28 @@ DEFAULT_SMOKE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.absp
 SMOKE_TEXT = "Daenerys Targaryen is in Game of Thrones, a fantasy epic by George R.R. Martin."
 
 
-def _model_config(spec: str):
-    from blt_jax.config import model_config_from_dict
+def _model_config(spec: str, overrides: list[str]):
     from blt_jax.experiment import load_experiment
+    from blt_jax.models import model_config_from_dict
 
-    return model_config_from_dict(load_experiment(spec).model, "model")
+    return model_config_from_dict(load_experiment(spec, overrides).model, "model")
 
 
 def _print_counts(config) -> None:
-    from blt_jax.config import BLTConfig
+    from blt_jax.models import model_kind
     from blt_jax.params import abstract_params, count, count_by_group
 
     abstract = abstract_params(config)
     rows = sorted(count_by_group(abstract).items()) + [("total", count(abstract))]
-    if isinstance(config, BLTConfig) and config.entropy_model is not None:
-        rows.append(("entropy model (separate)", count(abstract_params(config.entropy_model))))
+    for label, companion in model_kind(config).companions.items():
+        rows.append((label, count(abstract_params(companion))))
     width = max(len(name) for name, _ in rows)
     for name, n in rows:
         print(f"  {name:<{width}}  {n:>15,}")
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    config = _model_config(args.config)
+    config = _model_config(args.config, args.overrides)
     print(f"{args.config}: {type(config).__name__}")
     _print_counts(config)
     return 0
@@ -66,11 +66,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
     from blt_jax import tokenizer
     from blt_jax.api import BLTModel
-    from blt_jax.config import BLTConfig
+    from blt_jax.models import require_kind
 
-    config = _model_config(args.config)
-    if not isinstance(config, BLTConfig):
-        raise InputError(f"{args.config} describes a {type(config).__name__}, smoke needs a BLT")
+    config = _model_config(args.config, args.overrides)
+    require_kind(config, "blt", "smoke", source=args.config)
     print(f"jax {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
     print(f"model {args.config}:")
     _print_counts(config)
@@ -112,26 +111,26 @@ def _entropy_model(args: argparse.Namespace):
     import jax
 
     from blt_jax.api import load_entropy_model
-    from blt_jax.config import BLTConfig
+    from blt_jax.models import model_kind
     from blt_jax.params import init_params
 
     if args.checkpoint:
+        if args.overrides:
+            raise InputError(f"--config.{args.overrides[0]}: overrides apply to --config, not to --checkpoint")
         config, params = load_entropy_model(args.checkpoint)
         return config, params, args.checkpoint
     if not args.config:
         raise InputError("name the entropy model: --checkpoint DIR, or --config FILE for a fresh random one")
-    config = _model_config(args.config)
-    if isinstance(config, BLTConfig):
-        if config.entropy_model is None:
-            raise InputError(f"{args.config} has no entropy_model")
-        config = config.entropy_model
+    config = model_kind(_model_config(args.config, args.overrides)).entropy_lm
+    if config is None:
+        raise InputError(f"{args.config} has no entropy_model")
     params = init_params(config, jax.random.key(args.seed))
     return config, params, f"random init of {args.config} (seed {args.seed})"
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
     from blt_jax.data.sources import list_files
-    from blt_jax.patching.pass_ import PassOptions, run_pass
+    from blt_jax.data.entropy_pass import PassOptions, run_pass
 
     list_files(args.corpus)  # a wrong path fails before the model is built
     config, params, description = _entropy_model(args)
@@ -182,25 +181,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot_entropy(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-    from blt_jax.patching.plot import save_entropy_figure
-    from blt_jax.tokenizer import encode
-
     from blt_jax import paths
+    from blt_jax.patching.plot import text_entropy_figure
+    from blt_jax.tokenizer import encode
 
     text = args.text if args.text is not None else paths.read_bytes(args.text_file)
     if not text:
         raise InputError("nothing to plot: give --text or --text-file with some content")
     config, params, description = _entropy_model(args)
     tokens = encode(text)
-    logits = EntropyLM(config).apply({"params": params}, tokens[None])
-    entropies = np.asarray(entropies_from_logits(logits))[0]
     threshold = args.threshold
     if threshold is None:
         threshold = 1.335442066192627 if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
-    save_entropy_figure(args.out, tokens, entropies, threshold, title=args.title or description)
+    text_entropy_figure(args.out, config, params, tokens, threshold, title=args.title or description)
     print(f"wrote {args.out} ({len(tokens)} bytes, threshold {threshold:.4f})")
     return 0
 
@@ -215,9 +208,16 @@ def _checkpoint_threshold(path: str) -> float:
         return 1.335442066192627
 
 
+def _add_config_arg(p: argparse.ArgumentParser, help: str, **kwargs) -> None:
+    """`--config FILE[:arg]` and its `--config.a.b=v` overrides (split off by `main`): the one way
+    every command that reads an experiment takes it."""
+    p.add_argument("--config", help=f"{help}; override any field with --config.a.b=v", **kwargs)
+    p.set_defaults(overrides=[])
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model directory (ours, HF or Meta) holding an entropy LM")
-    p.add_argument("--config", default=None, help="experiment file[:arg]: a fresh randomly initialised entropy LM")
+    _add_config_arg(p, "experiment file[:arg]: a fresh randomly initialised entropy LM", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (with --config)")
 
 
@@ -233,13 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("smoke", help="build a small random model, patch a text and run it")
-    p.add_argument("--config", default=DEFAULT_SMOKE_CONFIG, help="experiment file[:arg] (default: experiments/tiny.py)")
+    _add_config_arg(p, "experiment file[:arg] (default: experiments/tiny.py)", default=DEFAULT_SMOKE_CONFIG)
     p.add_argument("--text", default=SMOKE_TEXT)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_smoke)
 
     p = sub.add_parser("params", help="parameter counts of an experiment config")
-    p.add_argument("--config", required=True, help="experiment file[:arg]")
+    _add_config_arg(p, "experiment file[:arg]", required=True)
     p.set_defaults(fn=cmd_params)
 
     p = sub.add_parser("convert", help="convert an HF or Meta checkpoint to our format")
@@ -283,11 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a BLT or an entropy LM: --config FILE[:arg] --workdir DIR "
                                      "[--config.train.steps=N ...]")
-    p.add_argument("--config", required=True, help="experiment file[:arg]; override any field with --config.a.b=v")
+    _add_config_arg(p, "experiment file[:arg]", required=True)
     p.add_argument("--workdir", required=True, help="run directory: local, ~ or gs:// (resumed if it holds checkpoints)")
     p.add_argument("--progress", dest="progress", action="store_true", default=True, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", "--noprogress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(fn=cmd_train, overrides=[])
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("export", help="a training run -> a self-contained model directory (from_pretrained)")
     p.add_argument("run", help="a training workdir of a BLT (local, ~ or gs://)")
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="corpus to evaluate on (default: the run's eval data)")
     p.add_argument("--batches", type=int, default=0, help="at most this many batches (0 = one pass)")
     p.add_argument("--batch-size", type=int, default=0)
+    _add_config_arg(p, "experiment file[:arg] to evaluate under (default: the run's saved one, overridable too)",
+                    default=None)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("generate", help="generate text after a prompt, streamed to stdout")
@@ -321,14 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("aot", help="compile the train step for a TPU topology (no TPU needed): memory and FLOPs")
-    p.add_argument("--config", required=True, help="experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32")
+    _add_config_arg(p, "experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32", required=True)
     p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="the same as --config.KEY=VALUE, e.g. --config.train.remat=full (repeatable)")
     p.add_argument("--program", choices=("train", "generate", "entropy"), default="train",
                    help="the train step (default), one cached generation step, or the entropy pass")
     p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
-    p.set_defaults(fn=cmd_aot, overrides=[])
+    p.set_defaults(fn=cmd_aot)
 
     p = sub.add_parser("quickstart", help="train an entropy LM and a BLT on the default corpus, evaluate, plot, generate")
     p.add_argument("--workdir", default="runs/quickstart", help="where everything goes; a re-run resumes it")
@@ -396,7 +396,7 @@ def cmd_aot(args: argparse.Namespace) -> int:
     from blt_jax.experiment import load_experiment
     from blt_jax.train.config import experiment_from_dict
 
-    experiment = experiment_from_dict(load_experiment(args.config, [*args.set, *args.overrides]))
+    experiment = experiment_from_dict(load_experiment(args.config, args.overrides))
     compile_fn = {"train": aot_train_step, "generate": aot_generation_step, "entropy": aot_entropy_pass}[args.program]
     report = compile_fn(experiment, args.topology)
     report["config"] = args.config
@@ -428,7 +428,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import codecs
+    from blt_jax.tokenizer import Utf8Stream
 
     prompts = _read_prompts(args)
     sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # generated bytes are UTF-8 (or U+FFFD)
@@ -437,16 +437,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = from_pretrained(args.checkpoint, entropy_path=args.entropy_checkpoint)
     start = time.perf_counter()
     if len(prompts) == 1:
-        # Bytes arrive one at a time; an incremental decoder holds back a split UTF-8 character.
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-        def stream(row: int, data: bytes) -> None:
-            sys.stdout.write(utf8.decode(data))
-            sys.stdout.flush()
-
+        stream = Utf8Stream(sys.stdout)
         result = model.generate_tokens(prompts[0], args.max_new_bytes, args.temperature, args.top_k, args.top_p,
-                                       args.seed, on_bytes=stream)
-        sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+                                       args.seed, on_bytes=lambda row, data: stream.write(data))
+        stream.close()
+        sys.stdout.write("\n")
     else:
         result = model.generate_tokens(prompts, args.max_new_bytes, args.temperature, args.top_k, args.top_p,
                                        args.seed)
@@ -461,34 +456,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from blt_jax import loading
-    from blt_jax.data.pipeline import build_dataset
-    from blt_jax.parallel import MeshConfig, make_mesh
-    from blt_jax.train.trainer import Trainer
+    from blt_jax.train.evaluate import evaluate_run
 
     start = time.perf_counter()
-    experiment, params = loading.read_run(args.checkpoint)
-    data = experiment.eval or experiment.data
-    overrides = {"num_epochs": 1, "shuffle": False}
-    if args.data:
-        overrides["source"] = args.data
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    data = dataclasses.replace(data, **overrides)
-    trainer = Trainer(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
-    batches = []
-    for batch in build_dataset(data):
-        batches.append(batch)
-        if args.batches and len(batches) >= args.batches:
-            break
-    timer = time.perf_counter()
-    result = trainer.evaluate(trainer.train_layout(params), batches)
-    elapsed = time.perf_counter() - timer
+    result = evaluate_run(args.checkpoint, args.config, args.overrides, args.data, args.batch_size, args.batches)
     print(f"{args.checkpoint}: bits per byte {result['eval_bpb']:.4f} (loss {result['eval_loss']:.4f} nats) over "
-          f"{int(result['eval_bytes']):,} bytes of {data.source}; mean patch length "
-          f"{result['eval_mean_patch_len']:.2f}; {result['eval_bytes'] / elapsed:,.0f} bytes/s "
+          f"{int(result['eval_bytes']):,} bytes of {result['source']}; mean patch length "
+          f"{result['eval_mean_patch_len']:.2f}; {result['eval_bytes'] / result['seconds']:,.0f} bytes/s "
           f"({time.perf_counter() - start:.1f}s total)")
     return 0
 

@@ -373,21 +373,3 @@ def blt_from_dict(raw: Any, path: str = "model") -> BLTConfig:
         "entropy_model": entropy_lm_from_dict,
     }
     return _build(BLTConfig, data, path, nested=nested)
-
-
-def model_config_from_dict(raw: Any, path: str = "model") -> ModelConfig:
-    """Builds a `BLTConfig` (kind "blt") or an `EntropyLMConfig` (kind "entropy_lm")."""
-    data = _as_dict(raw, path)
-    kind = data.get("kind", "blt")
-    if kind == "blt":
-        return blt_from_dict(data, path)
-    if kind == "entropy_lm":
-        return entropy_lm_from_dict(data, path)
-    raise ConfigError(f"{path}.kind", f"unknown model kind {kind!r}; expected 'blt' or 'entropy_lm'")
-
-
-def config_to_dict(config: ModelConfig) -> dict:
-    """JSON-friendly dict that `model_config_from_dict` turns back into the same config."""
-    out = dataclasses.asdict(config)
-    out["kind"] = "blt" if isinstance(config, BLTConfig) else "entropy_lm"
-    return out

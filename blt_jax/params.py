@@ -8,37 +8,22 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from flax import traverse_util
 
-from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
-from blt_jax.nn.blt import BLT
-from blt_jax.nn.entropy_lm import EntropyLM
+from blt_jax.config import ModelConfig
+from blt_jax.models import model_kind
 
 Params = Mapping[str, Any]
-
-# Parameter shapes do not depend on N or P: tiny dummy inputs are enough to trace init.
-_DUMMY_BYTES = 8
 
 
 def build_module(config: ModelConfig) -> nn.Module:
     """The Flax module of a configuration."""
-    if isinstance(config, BLTConfig):
-        return BLT(config)
-    if isinstance(config, EntropyLMConfig):
-        return EntropyLM(config)
-    raise TypeError(f"no model for config type {type(config).__name__}")
-
-
-def _dummy_inputs(config: ModelConfig) -> tuple[jax.Array, ...]:
-    tokens = jnp.zeros((1, _DUMMY_BYTES), jnp.int32)
-    if isinstance(config, BLTConfig):
-        return tokens, jnp.ones((1, _DUMMY_BYTES + 1), jnp.int32)
-    return (tokens,)
+    return model_kind(config).module()
 
 
 def _boxed_init(config: ModelConfig, rng: jax.Array) -> dict:
-    return build_module(config).init(rng, *_dummy_inputs(config))["params"]
+    kind = model_kind(config)
+    return kind.module().init(rng, *kind.example_inputs())["params"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax.api import BLTModel
-from blt_jax.config import EntropyLMConfig, StackConfig, model_config_from_dict
+from blt_jax.config import EntropyLMConfig, StackConfig
+from blt_jax.models import model_config_from_dict
 from blt_jax.experiment import load_experiment
 from blt_jax.inference.decode import Decoder
 from blt_jax.inference.fused import fuse_projections

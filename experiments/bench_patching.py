@@ -23,7 +23,7 @@ from blt_jax.config import EntropyLMConfig, PatchingConfig, StackConfig
 from blt_jax.metrics.flops import entropy_lm_forward_flops
 from blt_jax.nn.entropy_lm import entropies_fn
 from blt_jax.params import init_params
-from blt_jax.patching.ids import lengths_from_starts
+from blt_jax.nn.patch_ids import lengths_from_starts
 from blt_jax.patching.rules import patch_starts
 
 CONFIG = EntropyLMConfig(StackConfig(dim=256, n_layers=4, n_heads=8, ffn_hidden=768, rope_theta=10000.0, window=512))

@@ -18,7 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from blt_jax.config import PatchingConfig, model_config_from_dict
+from blt_jax.config import PatchingConfig
+from blt_jax.models import model_config_from_dict
 from blt_jax.data.pipeline import DataConfig, build_dataset
 from blt_jax.experiment import load_experiment
 from blt_jax.nn.blt import BLT

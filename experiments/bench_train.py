@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from blt_jax.experiment import load_experiment
-from blt_jax.metrics.flops import training_flops_per_byte
+from blt_jax.models import model_kind
 from blt_jax.metrics.perf import cpu_matmul_peak
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict
@@ -112,7 +112,7 @@ def main() -> None:
             out.append(time.perf_counter() - start)
     n_bytes = int(batch["mask"].sum())
     ours_bps, ref_bps = n_bytes / statistics.median(ours_times), n_bytes / statistics.median(ref_times)
-    flops = training_flops_per_byte(experiment.model, experiment.data.row_bytes, 4.5)
+    flops = model_kind(experiment.model).training_flops_per_byte(experiment.data.row_bytes, 4.5)
     peak = cpu_matmul_peak()
     ratios = [r / o for o, r in zip(ours_times, ref_times)]
     print(f"bench_small train step (fwd + bwd + clip + AdamW), 8 x 1024 bytes, patches 1 then 4/5; "

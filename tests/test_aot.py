@@ -6,6 +6,7 @@ Needs the `tpu` extra (libtpu); the README's test command installs it, so CI run
 import json
 import os
 
+import flax.linen
 import jax
 import pytest
 
@@ -53,7 +54,7 @@ def test_tiny_train_step_compiles_for_v5p():
 
 def test_aot_cli_for_v5e(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["aot", "--config", TINY, "--topology", "v5litepod-4", "--set", "mesh.fsdp=2", "--set", "mesh.data=2"])
+        main(["aot", "--config", TINY, "--topology", "v5litepod-4", "--config.mesh.fsdp=2", "--config.mesh.data=2"])
     assert exit_info.value.code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["topology"] == "v5e:2x2" and report["device_kind"] == "TPU v5 lite"
@@ -100,8 +101,8 @@ def test_generation_step_and_entropy_pass_compile():
 
 def test_a_config_that_does_not_fit_is_reported_with_the_numbers(capsys):
     """The TPU compiler refuses a program bigger than HBM: the aot command reports by how much."""
-    args = ["aot", "--config", TINY, "--topology", "v5litepod-4", "--set", "data.batch_size=256",
-            "--set", "data.row_bytes=262144", "--set", "data.row_patches=65536", "--require-fit"]
+    args = ["aot", "--config", TINY, "--topology", "v5litepod-4", "--config.data.batch_size=256",
+            "--config.data.row_bytes=262144", "--config.data.row_patches=65536", "--require-fit"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 1
@@ -146,7 +147,7 @@ def _attention_temp_bytes(topology: str, rows_per_chip: int = 1, length: int = 4
     from blt_jax.aot import compile_lowered
     from blt_jax.nn.local_attention import banded_attention
     from blt_jax.nn.masks import CausalSpec
-    from blt_jax.parallel import BATCH_AXES, MeshConfig
+    from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, MeshConfig
 
     devices = topology_devices(topology)
     mesh = make_mesh(MeshConfig(1, -1, 1), devices)
@@ -159,7 +160,7 @@ def _attention_temp_bytes(topology: str, rows_per_chip: int = 1, length: int = 4
 
     qkv = jax.ShapeDtypeStruct((batch, length, heads, dim), jnp.float32, sharding=rows)
     pos = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=rows)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), flax.linen.logical_axis_rules(LOGICAL_RULES):
         compiled = compile_lowered(jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(qkv, qkv, qkv, pos))
     return compiled.memory_analysis().temp_size_in_bytes
 

@@ -9,11 +9,10 @@ from blt_jax.config import (
     PatchingConfig,
     StackConfig,
     blt_from_dict,
-    config_to_dict,
-    model_config_from_dict,
     swiglu_hidden,
 )
 from blt_jax.experiment import load_experiment
+from blt_jax.models import config_to_dict, model_config_from_dict
 from blt_jax.params import abstract_params, count, count_by_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

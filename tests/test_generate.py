@@ -24,7 +24,7 @@ from blt_jax.inference.decode import Decoder
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.generate import Generator, capacity_for, encode_prompts
 from blt_jax.inference.sampling import SamplingConfig, allowed_ids, sample
-from blt_jax.patching.ids import starts_from_lengths
+from blt_jax.nn.patch_ids import starts_from_lengths
 from blt_jax.tokenizer import EOS_ID
 
 TOL = 1e-4

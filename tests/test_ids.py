@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from blt_jax.patching.ids import (
+from blt_jax.nn.patch_ids import (
     count_patches,
     decoder_patch_ids,
     lengths_from_starts,

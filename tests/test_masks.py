@@ -5,7 +5,7 @@ import pytest
 
 from blt_jax.nn.latent import patch_document_ids
 from blt_jax.nn.masks import causal_mask, document_ids, group_mask, slot_patch_ids
-from blt_jax.patching.ids import decoder_patch_ids, patch_ids_from_lengths
+from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
 from blt_jax.tokenizer import EOS_ID
 
 import numpy_blt

@@ -17,7 +17,7 @@ from blt_jax.nn.local import LocalEncoder
 from blt_jax.nn.masks import document_ids
 from blt_jax.params import init_params, logical_axes
 from blt_jax.parallel import LOGICAL_RULES
-from blt_jax.patching.ids import patch_ids_from_lengths
+from blt_jax.nn.patch_ids import patch_ids_from_lengths
 from blt_jax.tokenizer import BOS_ID, EOS_ID
 
 N = 40

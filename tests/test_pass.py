@@ -9,9 +9,9 @@ import pytest
 from blt_jax.config import EntropyLMConfig, StackConfig
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import init_params
-from blt_jax.patching import pass_ as pass_module
+from blt_jax.data import entropy_pass as pass_module
 from blt_jax.patching import store
-from blt_jax.patching.pass_ import PassMismatch, PassOptions, run_pass
+from blt_jax.data.entropy_pass import PassMismatch, PassOptions, run_pass
 from blt_jax.tokenizer import encode
 
 CONFIG = EntropyLMConfig(StackConfig(32, 2, 4, 96, rope_theta=10000.0, window=16))

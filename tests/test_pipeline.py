@@ -213,7 +213,7 @@ def test_default_corpus_needs_no_flags():
 def test_stored_entropies_drive_entropy_patching(corpus, tmp_path):
     from blt_jax.config import EntropyLMConfig, StackConfig
     from blt_jax.params import init_params
-    from blt_jax.patching.pass_ import PassOptions, run_pass
+    from blt_jax.data.entropy_pass import PassOptions, run_pass
 
     config = EntropyLMConfig(StackConfig(32, 1, 4, 96, rope_theta=10000.0, window=16))
     params = init_params(config, jax.random.key(0))

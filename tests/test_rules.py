@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blt_jax.config import PatchingConfig
-from blt_jax.patching.ids import lengths_from_starts
+from blt_jax.nn.patch_ids import lengths_from_starts
 from blt_jax.patching.rules import (
     byte_starts,
     entropy_starts,

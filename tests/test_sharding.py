@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from blt_jax.config import model_config_from_dict
+from blt_jax.models import model_config_from_dict
 from blt_jax.experiment import load_experiment
 from blt_jax.nn.blt import BLT
 from blt_jax.parallel import LOGICAL_RULES, MESH_AXES

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from blt_jax.experiment import load_experiment
-from blt_jax.loading import read_run
 from blt_jax.train.config import experiment_from_dict
-from blt_jax.train.loop import load_initial_params, train_and_evaluate
+from blt_jax.train.runs import load_initial_params, read_run
+from blt_jax.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
@@ -102,7 +102,7 @@ def test_init_from_a_saved_model(tmp_path):
     exp = experiment()
     model = BLTModel.random(exp.model, seed=7)
     model.save(str(tmp_path / "pretrained"))
-    params = load_initial_params(exp, str(tmp_path / "pretrained"))
+    params = load_initial_params(exp.model, str(tmp_path / "pretrained"))
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(jax.device_get(model.params))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

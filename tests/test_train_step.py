@@ -165,6 +165,7 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
 def test_scanned_entropy_lm_equals_per_layer():
     from blt_jax.config import EntropyLMConfig, StackConfig
     from blt_jax.nn.entropy_lm import EntropyLM
+    from blt_jax.models import model_kind
     from blt_jax.nn.scan import stack_layers
     from blt_jax.params import init_params
 
@@ -172,5 +173,5 @@ def test_scanned_entropy_lm_equals_per_layer():
     params = init_params(config, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(4, 260, size=(2, 20)).astype(np.int32)
     plain = EntropyLM(config).apply({"params": params}, tokens)
-    scanned = EntropyLM(config, scan=True).apply({"params": stack_layers(params, config, ("entropy",))}, tokens)
+    scanned = EntropyLM(config, scan=True).apply({"params": stack_layers(params, model_kind(config).scan_layout(("entropy",)))}, tokens)
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(plain), atol=1e-5, rtol=1e-5)

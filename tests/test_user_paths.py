@@ -165,6 +165,15 @@ def _cases(bad, straight_workdir):
         (["export", str(bad / "broken_run"), "out"], "no complete checkpoint"),
         (["convert", str(bad / "empty"), "out"], "not a BLT checkpoint directory"),
         (["quickstart", "--only", "bogus", "--workdir", "qs"], "unknown stage 'bogus'"),
+        # One override dialect: every command that reads an experiment checks its overrides alike.
+        (["smoke", "--config.model.latent.n_layres=1"], "did you mean model.latent.n_layers?"),
+        (["params", *tiny, "--config.model.dim_bogus=1"], "unknown key 'model.dim_bogus'"),
+        (["eval", "--checkpoint", str(straight_workdir), "--config.eval.batch_sise=2"], "did you mean eval.batch_size?"),
+        (["eval", "--checkpoint", str(straight_workdir), *tiny, "--config.model.latent.n_layers=1"],
+         "parameter problem"),
+        (["plot-entropy", "--checkpoint", str(straight_workdir), "--text", "x", "--out", "f.png",
+          "--config.model.dim=8"], "overrides apply to --config, not to --checkpoint"),
+        (["convert", str(bad / "empty"), "out", "--config.model.dim=8"], "`blt-jax convert` takes no config overrides"),
     ]
 
 
@@ -176,6 +185,38 @@ def test_every_command_answers_bad_input_in_one_line(home, bad_inputs, straight)
     # --verbose shows where it came from.
     result = blt_jax("train", "--config", "nope.py", "--workdir", "w", "--verbose", cwd=home / "work", home=home)
     assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def _total_params(stdout: str) -> int:
+    return int(next(line for line in stdout.splitlines() if line.strip().startswith("total")).split()[-1].replace(",", ""))
+
+
+def _eval_bytes(stdout: str) -> int:
+    return int(stdout.split(" bytes of ")[0].rsplit(" over ", 1)[1].replace(",", ""))
+
+
+def test_every_command_reading_an_experiment_takes_the_same_overrides(home, straight):
+    """params, smoke and eval take `--config FILE --config.a.b=v` as train and aot do (both tested
+    above); eval applies overrides to the run's saved experiment, or to an experiment file."""
+    work = home / "work"
+    full = blt_jax("params", "--config", TINY, cwd=work, home=home)
+    shallow = blt_jax("params", "--config", TINY, "--config.model.latent.n_layers=1", cwd=work, home=home)
+    assert full.returncode == 0 and shallow.returncode == 0, (full.stderr[-2000:], shallow.stderr[-2000:])
+    assert _total_params(shallow.stdout) < _total_params(full.stdout)
+    smoke = blt_jax("smoke", "--config.model.latent.n_layers=1", cwd=work, home=home)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    assert _total_params(smoke.stdout) == _total_params(shallow.stdout)
+
+    run = str(straight[0])
+    whole = blt_jax("eval", "--checkpoint", run, "--batches", "1", cwd=work, home=home)
+    half = blt_jax("eval", "--checkpoint", run, "--batches", "1", "--config.eval.batch_size=4", cwd=work, home=home)
+    from_file = blt_jax("eval", "--checkpoint", run, "--batches", "1", "--config", TINY, "--config.eval.batch_size=4",
+                        cwd=work, home=home)
+    for result in (whole, half, from_file):
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert _eval_bytes(half.stdout) < _eval_bytes(whole.stdout)  # 4 rows instead of 8
+    assert _eval_bytes(from_file.stdout) == _eval_bytes(half.stdout)
+    assert half.stdout.split(" (loss")[0] == from_file.stdout.split(" (loss")[0]  # the same bits per byte
 
 
 def test_no_libtpu_noise_on_a_cpu_host(home):

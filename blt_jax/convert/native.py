@@ -13,9 +13,10 @@ from collections.abc import Mapping
 import numpy as np
 from flax import traverse_util
 
-from blt_jax.config import ModelConfig, config_to_dict, model_config_from_dict
+from blt_jax.config import ModelConfig
 from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
 from blt_jax.errors import InputError, NotFound
+from blt_jax.models import config_to_dict, model_config_from_dict
 
 CONFIG_FILE = "blt_jax.json"
 PARAMS_FILE = "params.safetensors"

@@ -22,6 +22,12 @@ import numpy as np
 ROW_KEYS = ("tokens", "targets", "mask", "patch_lengths")
 
 
+def mean_patch_length(real_bytes: float, rows: int, patches: float) -> float:
+    """Mean patch length of packed rows: each row's patches cover its real bytes plus the next-byte
+    slot (see `pack_row`)."""
+    return (real_bytes + rows) / max(patches, 1)
+
+
 def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int) -> tuple[dict, int]:
     """Builds one row from the head of a token stream.
 

@@ -23,10 +23,11 @@ import jax
 import numpy as np
 
 from blt_jax.config import PatchingConfig, require
-from blt_jax.data.packing import PackIterDataset
+from blt_jax.data.packing import PackIterDataset, mean_patch_length
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
 from blt_jax.errors import InputError
 from blt_jax.patching.rules import patch_starts
+from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
 
 
@@ -86,8 +87,6 @@ class OnlineEntropies:
     """
 
     def __init__(self, config, params, chunk: int = 256):
-        from blt_jax.patching.stream import EntropyStreamer
-
         self._streamer = EntropyStreamer(config, params, chunk=chunk, lanes=1, devices=jax.devices()[:1])
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
@@ -174,5 +173,4 @@ def describe_batch(batch: Mapping[str, Any]) -> dict:
     if "patch_lengths" not in batch:
         return {"bytes": real, "patches": real, "mean_patch_len": 1.0}
     patches = int((np.asarray(batch["patch_lengths"]) > 0).sum())
-    # Each row's patches cover its real bytes plus the next-byte slot.
-    return {"bytes": real, "patches": patches, "mean_patch_len": (real + mask.shape[0]) / max(patches, 1)}
+    return {"bytes": real, "patches": patches, "mean_patch_len": mean_patch_length(real, mask.shape[0], patches)}

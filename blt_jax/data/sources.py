@@ -38,6 +38,7 @@ import numpy as np
 
 from blt_jax import paths
 from blt_jax.errors import InputError
+from blt_jax.patching.store import decode_record, shard_paths
 
 logger = logging.getLogger("blt_jax.data")
 
@@ -204,10 +205,6 @@ class StoredShards:
     """Documents with stored entropies from `blt-jax patch` ArrayRecord shards."""
 
     def __init__(self, shards: Sequence[str], report: _Reporter):
-        import grain
-
-        from blt_jax.patching.store import decode_record
-
         self._decode = decode_record
         self.report = report
         self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
@@ -351,8 +348,6 @@ def open_corpus(spec: str, text_field: str = "text", strict: bool = False, stats
         return TextFiles(files, report)
     spec = resolve_spec(spec)
     if paths.isdir(spec) and paths.exists(paths.join(spec, "manifest.json")):
-        from blt_jax.patching.store import shard_paths
-
         shards = shard_paths(spec)
         if not shards:
             raise SourceError(f"{spec}: the entropy pass wrote no shards")

@@ -34,7 +34,7 @@ from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.nn.latent import LatentTransformer, patch_document_ids
 from blt_jax.nn.local import LocalDecoder, LocalEncoder, max_pool_patches
 from blt_jax.nn.masks import document_ids
-from blt_jax.patching.ids import decoder_patch_ids, lengths_from_starts, patch_ids_from_lengths
+from blt_jax.nn.patch_ids import decoder_patch_ids, lengths_from_starts, patch_ids_from_lengths
 from blt_jax.patching.rules import patch_starts
 from blt_jax.tokenizer import EOS_ID
 

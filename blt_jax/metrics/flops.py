@@ -60,9 +60,3 @@ def blt_forward_flops_per_byte(config: BLTConfig, row_bytes: int, mean_patch_len
     decoder += stack_forward_flops(config.decoder, n) + 2 * n * d * config.vocab_size
     return (encoder + latent + decoder) / n
 
-
-def training_flops_per_byte(config, row_bytes: int, mean_patch_len: float = 1.0) -> float:
-    """Model FLOPs per byte of a training step (3 x forward) of a BLT or an entropy LM."""
-    if isinstance(config, BLTConfig):
-        return 3 * blt_forward_flops_per_byte(config, row_bytes, mean_patch_len)
-    return 3 * entropy_lm_forward_flops(config, row_bytes) / row_bytes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ from blt_jax.nn.block import stack_remat
 from blt_jax.nn.latent import LatentTransformer, patch_document_ids
 from blt_jax.nn.local import LocalDecoder, LocalEncoder
 from blt_jax.nn.masks import document_ids
-from blt_jax.patching.ids import decoder_patch_ids, patch_ids_from_lengths
+from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
 
 
 class BLT(nn.Module):
@@ -20,6 +23,9 @@ class BLT(nn.Module):
     Attributes:
       config: the BLT configuration.
     """
+
+    # Parameter path of the latent transformer's blocks, the stack training may scan (`nn.scan`).
+    LATENT_PATH: ClassVar[tuple[str, ...]] = ("global_transformer",)
 
     config: BLTConfig
     remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
@@ -33,7 +39,7 @@ class BLT(nn.Module):
           tokens: int [B, N] token ids (bytes + 4; 0 BOE/pad, 1 BOS, 2 EOS).
           patch_lengths: int [B, P], summing to N + 1 per row, first patch of length 1, trailing
             zeros for unused patches.
-          embeds: optional precomputed encoder input [B, N, D] (`hash_embed.byte_embeddings`).
+          embeds: optional precomputed encoder input [B, N, D] (`encoder_input`).
 
         Returns:
           fp32 logits [B, N, V]; position i predicts token i + 1.
@@ -51,3 +57,26 @@ class BLT(nn.Module):
         dec_ids = decoder_patch_ids(patch_lengths, length)
         decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"), name="local_decoder")
         return decoder(h, latent, dec_ids, positions, docs)
+
+
+# The local encoder's embedding tables: its input is computed from them alone (`LocalEncoder.embed`).
+_ENCODER = "local_encoder"
+_EMBEDDING_TABLES = ("tok_embeddings", "hash_embeddings")
+
+
+def split_embedding_params(params: Mapping) -> tuple[dict, dict]:
+    """(the byte and hash embedding tables of the local encoder, every other BLT parameter)."""
+    encoder = dict(params[_ENCODER])
+    tables = {key: encoder.pop(key) for key in _EMBEDDING_TABLES if key in encoder}
+    return tables, {**params, _ENCODER: encoder}
+
+
+def merge_embedding_params(tables: Mapping, rest: Mapping) -> dict:
+    """Inverse of `split_embedding_params`."""
+    return {**rest, _ENCODER: {**rest[_ENCODER], **tables}}
+
+
+def encoder_input(config: BLTConfig, tables: Mapping, tokens: jax.Array) -> jax.Array:
+    """The local encoder's input, byte + hash n-gram embeddings [B, N, D] of tokens int [B, N], from
+    the tables of `split_embedding_params`: what the forward pass takes as `embeds`."""
+    return LocalEncoder(config).apply({"params": tables}, tokens, method=LocalEncoder.embed)

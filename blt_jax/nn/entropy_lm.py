@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from blt_jax.nn.block import block_class, scanned_blocks
 from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
-from blt_jax.parallel import merge_rows, scan_rows, split_rows
+from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
 
 
 class EntropyLM(nn.Module):
@@ -21,6 +23,9 @@ class EntropyLM(nn.Module):
     Attributes:
       config: the entropy LM configuration.
     """
+
+    # Parameter path of the blocks training may scan (`nn.scan`): the model's own top level.
+    STACK_PATH: ClassVar[tuple[str, ...]] = ()
 
     config: EntropyLMConfig
     remat: str = "none"

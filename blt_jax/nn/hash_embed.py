@@ -107,27 +107,6 @@ def add_hash_embeddings(tables: jax.Array, tokens: jax.Array, config: HashConfig
     return embeds
 
 
-def byte_embeddings(encoder_params, tokens: jax.Array, config, dtype=jnp.float32) -> jax.Array:
-    """The local encoder's input: byte embedding + hash n-gram embeddings, from its parameters.
-
-    A pure function of `params["local_encoder"]` (the same computation the encoder module runs), so a
-    training step can compute it once per batch and differentiate the large tables once.
-
-    Args:
-      encoder_params: the local encoder's parameter dict.
-      tokens: int [B, N].
-      config: the BLTConfig.
-      dtype: compute dtype.
-
-    Returns:
-      [B, N, D].
-    """
-    h = jnp.take(encoder_params["tok_embeddings"]["embedding"], tokens, axis=0).astype(dtype)
-    if config.hash is not None:
-        h = add_hash_embeddings(encoder_params["hash_embeddings"]["embedding"], tokens, config.hash, h)
-    return h
-
-
 class HashEmbedding(nn.Module):
     """Adds the hash n-gram embeddings to a byte embedding.
 

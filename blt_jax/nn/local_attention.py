@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax.nn.masks import CausalSpec
-from blt_jax.parallel import merge_rows, scan_rows, split_rows
+from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
 
 _MASKED_SCORE = -1e30
 # Scores of one chunk for one scan step's rows: about one core's L2 cache. In the entropy pass (8 x 1024

@@ -5,9 +5,10 @@ block, as the reference names them). Training may run a stack as one `nn.scan` o
 compiles one block instead of L; its parameters then carry a leading layer axis. These functions move
 between the two; they work on arrays and on ShapeDtypeStructs (under `jax.eval_shape`).
 
-Scannable stacks are the uniform ones: the latent transformer of a BLT ("latent") and the entropy
-LM ("entropy"). The local encoder and decoder interleave cross-attention with their 1-9 blocks and
-are left per-layer.
+Scannable stacks are the uniform ones: the latent transformer of a BLT and the entropy LM; each
+model kind names its own (`ModelKind.scan_stacks`) as {stack name: (parameter path of the stack's
+parent dict, number of layers)}. The local encoder and decoder interleave cross-attention with
+their 1-9 blocks and are left per-layer.
 """
 
 from __future__ import annotations
@@ -16,25 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
-from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
-
-SCANNABLE = {BLTConfig: ("latent",), EntropyLMConfig: ("entropy",)}
-
-
-def scannable(config: ModelConfig) -> tuple[str, ...]:
-    """Stack names `nn.scan` may run for this model."""
-    return SCANNABLE[type(config)]
-
-
-def _stack_path(config: ModelConfig, stack: str) -> tuple[tuple[str, ...], int]:
-    """(path of the stack's parent dict in the params, number of layers)."""
-    if stack == "latent" and isinstance(config, BLTConfig):
-        return ("global_transformer",), config.latent.n_layers
-    if stack == "entropy" and isinstance(config, EntropyLMConfig):
-        return (), config.stack.n_layers
-    raise ValueError(f"stack {stack!r} cannot be scanned for a {type(config).__name__} "
-                     f"(scannable: {', '.join(scannable(config))})")
+# {stack name: (parameter path of the stack's parent dict, number of layers)}
+Stacks = Mapping[str, tuple[tuple[str, ...], int]]
 
 
 def _parent(params: dict, path: tuple[str, ...]) -> dict:
@@ -54,23 +40,21 @@ def _map2(fn, *trees):
     return fn(*trees)
 
 
-def stack_layers(params: Mapping, config: ModelConfig, stacks: tuple[str, ...]) -> dict:
+def stack_layers(params: Mapping, stacks: Stacks) -> dict:
     """The scanned layout: for each stack, `layers_0 .. layers_{L-1}` become `layers` with a leading
     layer axis. Other entries are shared, not copied."""
     out = _copy(params)
-    for stack in stacks:
-        path, n = _stack_path(config, stack)
+    for path, n in stacks.values():
         parent = _parent(out, path)
         layers = [parent.pop(f"layers_{i}") for i in range(n)]
         parent["layers"] = _map2(lambda *xs: jnp.stack(xs), *layers)
     return out
 
 
-def unstack_layers(params: Mapping, config: ModelConfig, stacks: tuple[str, ...]) -> dict:
+def unstack_layers(params: Mapping, stacks: Stacks) -> dict:
     """The per-layer layout of `stack_layers` output."""
     out = _copy(params)
-    for stack in stacks:
-        path, n = _stack_path(config, stack)
+    for path, n in stacks.values():
         parent = _parent(out, path)
         stacked = parent.pop("layers")
         for i in range(n):
@@ -78,13 +62,10 @@ def unstack_layers(params: Mapping, config: ModelConfig, stacks: tuple[str, ...]
     return out
 
 
-def stacked_axes(axes_tree: Mapping, config: ModelConfig, stacks: tuple[str, ...], layer_axis: Any) -> dict:
+def stacked_axes(axes_tree: Mapping, stacks: Stacks, layer_axis: Any) -> dict:
     """Logical axis names (PartitionSpec leaves) of the scanned layout: `layer_axis` first."""
-    from jax.sharding import PartitionSpec
-
     out = _copy(axes_tree)
-    for stack in stacks:
-        path, n = _stack_path(config, stack)
+    for path, n in stacks.values():
         parent = _parent(out, path)
         first = parent["layers_0"]
         for i in range(n):

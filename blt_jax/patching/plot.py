@@ -11,7 +11,8 @@ matplotlib.use("Agg")  # figures are written to files; no display needed (notebo
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from blt_jax.config import PatchingConfig  # noqa: E402
+from blt_jax.config import EntropyLMConfig, PatchingConfig  # noqa: E402
+from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits  # noqa: E402
 from blt_jax.patching.rules import entropy_starts  # noqa: E402
 from blt_jax.tokenizer import BOE_ID, BOS_ID, EOS_ID, OFFSET  # noqa: E402
 
@@ -97,3 +98,11 @@ def save_entropy_figure(path: str, *args, **kwargs) -> str:
         fig.savefig(os.path.join(out, os.path.basename(target)), dpi=150)
     plt.close(fig)
     return target
+
+
+def text_entropy_figure(path: str, config: EntropyLMConfig, params, tokens: np.ndarray, threshold: float,
+                        title: str | None = None) -> str:
+    """The entropy figure of one text: the next-byte entropies of `tokens` (int [N]) under an entropy
+    LM (its config and params), patched at `threshold`; written to `path`, which is returned."""
+    entropies = np.asarray(entropies_from_logits(EntropyLM(config).apply({"params": params}, tokens[None])))[0]
+    return save_entropy_figure(path, tokens, entropies, threshold, title=title)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-from blt_jax.parallel import scan_rows
+from blt_jax.nn.rows import scan_rows
 
 PAD_DOC = -2  # document id of lane padding: distinct from real documents and from empty cache slots
 

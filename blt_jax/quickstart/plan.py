@@ -14,8 +14,8 @@ import math
 from typing import Any
 
 from blt_jax import presets
-from blt_jax.config import ConfigError, model_config_from_dict, require
-from blt_jax.metrics.flops import training_flops_per_byte
+from blt_jax.config import ConfigError, require
+from blt_jax.models import model_config_from_dict, model_kind
 
 SCALES = ("small", "tiny")
 DEFAULT_MINUTES = 12.0
@@ -247,7 +247,7 @@ def experiment_dict(model: dict, plan: QuickstartPlan, steps: int, train_source:
 
 def model_flops_per_byte(model: dict, row_bytes: int, mean_patch_length: float = 1.0) -> float:
     """Training FLOPs per byte of a model section (BLT: at `mean_patch_length`)."""
-    return training_flops_per_byte(model_config_from_dict(model), row_bytes, mean_patch_length)
+    return model_kind(model_config_from_dict(model)).training_flops_per_byte(row_bytes, mean_patch_length)
 
 
 def describe(plan: QuickstartPlan) -> dict[str, Any]:

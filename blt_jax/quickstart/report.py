@@ -82,13 +82,11 @@ def plot_bpb_vs_flops(path: str, runs: Mapping[str, tuple[list, float]], bytes_p
 
 def entropy_figure(path: str, config, params, text: str, threshold: float) -> str:
     """The entropy figure of `text` under an entropy LM, patched at `threshold`."""
-    from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-    from blt_jax.patching.plot import save_entropy_figure
+    from blt_jax.patching.plot import text_entropy_figure
     from blt_jax.tokenizer import encode
 
-    tokens = encode(text, add_eos=False)
-    entropies = np.asarray(entropies_from_logits(EntropyLM(config).apply({"params": params}, tokens[None])))[0]
-    return save_entropy_figure(path, tokens, entropies, threshold, title="entropy of the next byte (quickstart entropy LM)")
+    return text_entropy_figure(path, config, params, encode(text, add_eos=False), threshold,
+                               title="entropy of the next byte (quickstart entropy LM)")
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -178,6 +178,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def _train(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
     """Trains (or resumes) one run and summarises it."""
+    from blt_jax.models import model_kind
     from blt_jax.train.config import experiment_from_dict
     from blt_jax.train.loop import train_and_evaluate
 
@@ -191,7 +192,7 @@ def _train(name: str, raw: dict, workdir: str, progress: bool, extra: dict | Non
     rates = [r["bytes_per_s"] for r in rows]
     evaluation = summary["eval"]
     trained = experiment.train.steps * experiment.data.batch_size * experiment.data.row_bytes
-    mean_len = evaluation.get("eval_mean_patch_len") if experiment.is_blt else None
+    mean_len = evaluation.get("eval_mean_patch_len") if model_kind(experiment.model).patching else None
     return StageResult(
         name, seconds, trained, statistics.median(rates) if rates else trained / seconds,
         bpb=evaluation.get("eval_bpb"), mean_patch_length=mean_len,
@@ -220,7 +221,7 @@ def stage_entropy_lm(paths: Paths, plan: QuickstartPlan, progress: bool) -> Stag
 def stage_entropy_pass(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult:
     """Runs the trained entropy LM over the training sample and the held-out text, storing entropies."""
     from blt_jax.api import load_entropy_model
-    from blt_jax.patching.pass_ import PassOptions, run_pass
+    from blt_jax.data.entropy_pass import PassOptions, run_pass
 
     config, params = load_entropy_model(paths.entropy_lm)
     options = PassOptions(docs_per_shard=32, chunk=min(1024, 4 * config.stack.window), lanes=8, progress=progress)
@@ -326,24 +327,21 @@ def stage_plots(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResu
 def stage_generate(paths: Paths, plan: QuickstartPlan, progress: bool, prompt: str = PROMPT,
                    max_new_bytes: int | None = None) -> StageResult:
     """Samples a continuation of a prompt with the cached decoder and prints it as it is produced."""
-    import codecs
     import sys
 
     from blt_jax.api import from_training_run
+    from blt_jax.tokenizer import Utf8Stream
 
     model = from_training_run(paths.blt, paths.entropy_lm)
     max_new = max_new_bytes or (48 if plan.scale == "tiny" else 240)
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     print(f"--- prompt + sampled continuation (temperature 0.7, top-p 0.95) ---\n{prompt}", end="")
-
-    def stream(row: int, data: bytes) -> None:
-        sys.stdout.write(utf8.decode(data))
-        sys.stdout.flush()
-
+    stream = Utf8Stream(sys.stdout)
     start = time.perf_counter()
-    result = model.generate_tokens(prompt, max_new, temperature=0.7, top_p=0.95, seed=plan.seed, on_bytes=stream)
+    result = model.generate_tokens(prompt, max_new, temperature=0.7, top_p=0.95, seed=plan.seed,
+                                   on_bytes=lambda row, data: stream.write(data))
     seconds = time.perf_counter() - start
-    print(utf8.decode(b"", final=True) + "\n---")
+    stream.close()
+    print("\n---")
     text = result.texts[0]
     with open(paths.sample, "w", encoding="utf-8") as f:
         f.write(prompt + text)

@@ -8,19 +8,19 @@ An experiment file's `get_config()` returns a ConfigDict with sections `model`, 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from blt_jax.config import (
-    BLTConfig,
     ConfigError,
     ModelConfig,
     PatchingConfig,
     _as_dict,
     _build,
-    model_config_from_dict,
     require,
 )
 from blt_jax.data.pipeline import DataConfig
+from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
 from blt_jax.parallel import MeshConfig
 
 REMAT_POLICIES = ("none", "full", "save_dots")
@@ -48,15 +48,13 @@ def parse_scan(spec: str) -> tuple[str, ...]:
 
 def resolve_scan(spec: str, model: ModelConfig) -> tuple[str, ...]:
     """The scanned stacks of `spec` for this model ("all" = every scannable one)."""
-    from blt_jax.nn.scan import scannable
-
+    scannable = tuple(model_kind(model).scan_stacks())
     stacks = parse_scan(spec)
     if "all" in stacks:
-        return scannable(model)
+        return scannable
     for stack in stacks:
-        require(stack in scannable(model), "train.scan",
-                f"stack {stack!r} cannot be scanned for a {type(model).__name__} (scannable: "
-                f"{', '.join(scannable(model))})")
+        require(stack in scannable, "train.scan",
+                f"stack {stack!r} cannot be scanned for a {type(model).__name__} (scannable: {', '.join(scannable)})")
     return stacks
 
 
@@ -78,7 +76,7 @@ class TrainConfig:
         decoder, entropy).
       scan: stacks run as one `nn.scan` over stacked layers ("" none, "latent" for a BLT, "entropy"
         for an entropy LM, "all" = every scannable stack). Compiles one block instead of L; the
-        checkpoints then hold stacked layers ([L, ...]); `loading.read_run` returns per-layer ones.
+        checkpoints then hold stacked layers ([L, ...]); `runs.read_run` returns per-layer ones.
       log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
       eval_batches: batches per evaluation.
       keep_checkpoints: how many recent checkpoints to keep.
@@ -147,19 +145,16 @@ class ExperimentConfig:
             )
         resolve_scan(self.train.scan, self.model)  # a stack this model cannot scan fails here
 
-    @property
-    def is_blt(self) -> bool:
-        return isinstance(self.model, BLTConfig)
 
 
 def _data_from_dict(raw: Any, path: str, model: ModelConfig) -> DataConfig:
     data = _as_dict(raw, path)
     if "patching" in data and data["patching"] is not None:
         data["patching"] = _build(PatchingConfig, data["patching"], f"{path}.patching")
-    elif isinstance(model, BLTConfig):
-        data["patching"] = model.patching
-    if not isinstance(model, BLTConfig):
-        data["row_patches"] = 0  # the entropy LM trains on plain byte rows
+    elif model_kind(model).patching is not None:
+        data["patching"] = model_kind(model).patching
+    if model_kind(model).patching is None:
+        data["row_patches"] = 0  # a model of plain byte rows (the entropy LM)
     return _build(DataConfig, data, path)
 
 
@@ -181,3 +176,16 @@ def experiment_from_dict(raw: Any) -> ExperimentConfig:
         return ExperimentConfig(model, training_data, evaluation, train, mesh)
     except ConfigError as e:
         raise e from None
+
+
+def experiment_to_dict(experiment: ExperimentConfig) -> dict:
+    """JSON-friendly dict that `experiment_from_dict` turns back into the same experiment."""
+    out = {
+        "model": config_to_dict(experiment.model),
+        "data": dataclasses.asdict(experiment.data),
+        "train": dataclasses.asdict(experiment.train),
+        "mesh": dataclasses.asdict(experiment.mesh),
+    }
+    if experiment.eval is not None:
+        out["eval"] = dataclasses.asdict(experiment.eval)
+    return json.loads(json.dumps(out))  # tuples -> lists

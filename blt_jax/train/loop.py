@@ -10,7 +10,6 @@ preemption) makes the loop save a checkpoint after the current step and return n
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import signal
 import time
@@ -20,34 +19,22 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from blt_jax import loading, paths
-from blt_jax.config import BLTConfig, config_to_dict
+from blt_jax import paths
+from blt_jax.data.packing import mean_patch_length
 from blt_jax.data.pipeline import build_dataset, describe_batch
 from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError
-from blt_jax.metrics.flops import training_flops_per_byte
+from blt_jax.loading import CheckpointError
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
+from blt_jax.models import model_kind
 from blt_jax.parallel import describe_shardings
-from blt_jax.params import abstract_params
+from blt_jax.train import runs
 from blt_jax.train.checkpoint import Checkpointer
-from blt_jax.train.config import ExperimentConfig
+from blt_jax.train.config import ExperimentConfig, experiment_to_dict
 from blt_jax.train.trainer import Trainer
 
 logger = logging.getLogger("blt_jax.train")
-
-
-def experiment_to_dict(experiment: ExperimentConfig) -> dict:
-    """JSON-friendly dict that `experiment_from_dict` turns back into the same experiment."""
-    out = {
-        "model": config_to_dict(experiment.model),
-        "data": dataclasses.asdict(experiment.data),
-        "train": dataclasses.asdict(experiment.train),
-        "mesh": dataclasses.asdict(experiment.mesh),
-    }
-    if experiment.eval is not None:
-        out["eval"] = dataclasses.asdict(experiment.eval)
-    return json.loads(json.dumps(out))  # tuples -> lists
 
 
 class _Preemption:
@@ -89,19 +76,6 @@ class _Preemption:
         self._previous = {}
 
 
-def load_initial_params(experiment: ExperimentConfig, path: str) -> Any:
-    """Parameters to start from: a training run of ours, or any model directory `from_pretrained`
-    reads (for an entropy LM: any form `load_entropy_model` reads)."""
-    if loading.is_training_run(path):
-        _, params = loading.read_run(path)
-    elif isinstance(experiment.model, BLTConfig):
-        params = loading.load_model_dir(path)[1]
-    else:
-        params = loading.load_entropy_lm(path)[1]
-    loading.check_tree(params, abstract_params(experiment.model), f"init_from {path}")
-    return params
-
-
 def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
     """The experiment with its corpus and `init_from` paths resolved (`~`, relative), so the saved
     configuration names the same files from any working directory."""
@@ -130,11 +104,11 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
     Raises:
       InputError: naming the first differing model fields.
     """
-    if not loading.is_training_run(workdir):
+    if not runs.is_training_run(workdir):
         return
     try:
-        saved = loading.read_run_config(workdir)
-    except loading.CheckpointError:  # no complete checkpoint yet: nothing to resume, nothing to clash with
+        saved = runs.read_run_config(workdir)
+    except CheckpointError:  # no complete checkpoint yet: nothing to resume, nothing to clash with
         return
     stored = _flat({"model": experiment_to_dict(saved)["model"]})
     wanted = _flat({"model": experiment_to_dict(experiment)["model"]})
@@ -193,7 +167,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
 
     stats = SourceStats()
     iterator = iter(build_dataset(experiment.data, stats=stats))
-    checkpointer = Checkpointer(paths.join(workdir, loading.CHECKPOINTS), train.keep_checkpoints)
+    checkpointer = Checkpointer(paths.join(workdir, runs.CHECKPOINTS), train.keep_checkpoints)
     restored = checkpointer.restore_latest(trainer.abstract_state, trainer.state_shardings, iterator)
     if restored is not None:
         start, state = restored
@@ -201,7 +175,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     else:
         start = 0
         if train.init_from:
-            state = trainer.init_from_params(load_initial_params(experiment, train.init_from))
+            state = trainer.init_from_params(runs.load_initial_params(experiment.model, train.init_from))
         else:
             state = trainer.init()
 
@@ -234,8 +208,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         timed = window["bytes"] > 0  # else only the compilation step is in the window
         counts = window if timed else p_host
         elapsed = max(now - window["time"], 1e-9)
-        mean_len = (counts["bytes"] + counts["rows"]) / max(counts["patches"], 1)
-        flops_per_byte = training_flops_per_byte(experiment.model, row_bytes, mean_len)
+        mean_len = mean_patch_length(counts["bytes"], counts["rows"], counts["patches"])
+        flops_per_byte = model_kind(experiment.model).training_flops_per_byte(row_bytes, mean_len)
         bytes_per_s = window["bytes"] / elapsed if timed else None
         row = {
             "loss": values["loss"], "bpb": values["bpb"], "grad_norm": values["grad_norm"], "lr": values["lr"],

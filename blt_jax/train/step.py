@@ -15,50 +15,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from blt_jax.config import BLTConfig, ModelConfig
-from blt_jax.nn.blt import BLT
-from blt_jax.nn.entropy_lm import EntropyLM
-from blt_jax.nn.hash_embed import byte_embeddings
+from blt_jax.config import ModelConfig
+from blt_jax.models import EncoderInput, model_kind
 from blt_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 
 
 def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None, scan: tuple[str, ...] = ()) -> Callable:
-    """(params, batch, embeds=None) -> fp32 logits [B, N, V] for a BLT or an entropy LM.
+    """(params, batch, embeds=None) -> fp32 logits [B, N, V] of any model kind.
 
-    `embeds` (BLT only) is the precomputed encoder input (`hash_embed.byte_embeddings`); `scan` names
-    the stacks whose parameters are in the stacked layout (`nn.scan.stack_layers`)."""
-    remat = dict(remat or {})
-    if isinstance(model, BLTConfig):
-        module = BLT(model, remat=remat, scan=tuple(scan))
-        return lambda params, batch, embeds=None: module.apply(
-            {"params": params}, batch["tokens"], batch["patch_lengths"], embeds)
-    module = EntropyLM(model, remat=remat.get("entropy", remat.get("all", "none")), scan="entropy" in scan)
-    return lambda params, batch, embeds=None: module.apply({"params": params}, batch["tokens"])
-
-
-def embedding_fn(model: ModelConfig) -> Callable | None:
-    """(embedding params, tokens) -> the BLT encoder input, with the embedding params split from the
-    rest by `split_embedding_params`; None for models without a separate embedding."""
-    if not isinstance(model, BLTConfig):
-        return None
-    return lambda emb, tokens: byte_embeddings(emb, tokens, model, jnp.dtype(model.dtype))
-
-
-def split_embedding_params(params: Any) -> tuple[dict, dict]:
-    """(the byte and hash embedding tables of the local encoder, everything else)."""
-    encoder = dict(params["local_encoder"])
-    emb = {k: encoder.pop(k) for k in ("tok_embeddings", "hash_embeddings") if k in encoder}
-    rest = dict(params)
-    rest["local_encoder"] = encoder
-    return emb, rest
-
-
-def merge_embedding_params(emb: dict, rest: Any) -> dict:
-    params = dict(rest)
-    params["local_encoder"] = {**rest["local_encoder"], **emb}
-    return params
+    `embeds` is the precomputed encoder input of models that have one (`ModelKind.encoder_input`);
+    `scan` names the stacks whose parameters are in the stacked layout (`nn.scan.stack_layers`)."""
+    return model_kind(model).apply_fn(remat, scan)
 
 
 def loss_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -92,10 +61,10 @@ def _accumulated_grads(params, batch, apply, grad_accum, embed):
         (total, count, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
         return total, count, grads
 
-    emb, rest = split_embedding_params(params)
+    emb, rest = embed.split(params)
     embeds, emb_vjp = jax.vjp(lambda e: embed(e, batch["tokens"]), emb)
     grad_fn = jax.value_and_grad(
-        lambda r, h, mb: loss_sums(apply(merge_embedding_params(emb, r), mb, h), mb), argnums=(0, 1), has_aux=True)
+        lambda r, h, mb: loss_sums(apply(embed.merge(emb, r), mb, h), mb), argnums=(0, 1), has_aux=True)
 
     def accumulate(carry, xs):
         mb, h = xs
@@ -107,7 +76,7 @@ def _accumulated_grads(params, batch, apply, grad_accum, embed):
     split_embeds = embeds.reshape(grad_accum, embeds.shape[0] // grad_accum, *embeds.shape[1:])
     (total, count, grads_rest), d_embeds = jax.lax.scan(accumulate, zeros, (micro_batches, split_embeds))
     (grads_emb,) = emb_vjp(d_embeds.reshape(embeds.shape))
-    return total, count, merge_embedding_params(grads_emb, grads_rest)
+    return total, count, embed.merge(grads_emb, grads_rest)
 
 
 def train_step(
@@ -118,12 +87,13 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum: int = 1,
-    embed: Callable | None = None,
+    embed: EncoderInput | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a batch (split into `grad_accum` micro-batches, gradients summed exactly).
 
     Args:
-      embed: for a BLT, `embedding_fn(model)` (the big tables are then differentiated once per step).
+      embed: the model's `ModelKind.encoder_input()`, if it has one (its big embedding tables are then
+        differentiated once per step).
 
     Returns:
       The new state and metrics: loss (nats/byte), bpb, grad_norm, lr, bytes (real targets), patches.

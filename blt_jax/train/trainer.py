@@ -19,13 +19,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from blt_jax.nn import axes
+from blt_jax.data.packing import mean_patch_length
+from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, stacked_axes, unstack_layers
 from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
 from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
 from blt_jax.train.optimizer import learning_rate, make_optimizer
 from blt_jax.train.state import TrainState, init_state
-from blt_jax.train.step import embedding_fn, eval_step, model_apply, train_step
+from blt_jax.train.step import eval_step, train_step
 
 
 def _shard_like_params(tree: Any, params_def: Any, param_shardings: Any, fallback: Any) -> Any:
@@ -49,11 +51,13 @@ class Trainer:
         self.tx = make_optimizer(train)
         self.schedule = learning_rate(train)
         self.scan = resolve_scan(train.scan, model)
-        self.apply = model_apply(model, parse_remat(train.remat), self.scan)
+        kind = model_kind(model)
+        self.apply = kind.apply_fn(parse_remat(train.remat), self.scan)
+        layout = kind.scan_layout(self.scan)
 
-        stack = lambda params: stack_layers(params, model, self.scan)  # noqa: E731
+        stack = lambda params: stack_layers(params, layout)  # noqa: E731
         abstract = jax.eval_shape(stack, abstract_params(model))
-        axes_tree = stacked_axes(logical_axes(model), model, self.scan, axes.LAYERS)
+        axes_tree = stacked_axes(logical_axes(model), layout, axes.LAYERS)
         self.param_shardings = logical_to_shardings(axes_tree, abstract, self.mesh)
         abstract_opt = jax.eval_shape(self.tx.init, abstract)
         opt_shardings = _shard_like_params(
@@ -67,7 +71,7 @@ class Trainer:
         self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
         step = functools.partial(train_step, apply=self.apply, tx=self.tx, schedule=self.schedule,
-                                 grad_accum=train.grad_accum, embed=embedding_fn(model))
+                                 grad_accum=train.grad_accum, embed=kind.encoder_input())
         self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)
         self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
@@ -77,7 +81,7 @@ class Trainer:
         self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, stack(params)),
                                     out_shardings=self.state_shardings)
         self._to_train_layout = jax.jit(stack, out_shardings=self.param_shardings)
-        self._canonical = lambda params: unstack_layers(params, model, self.scan)  # noqa: E731
+        self._canonical = lambda params: unstack_layers(params, layout)  # noqa: E731
 
     @contextlib.contextmanager
     def context(self):
@@ -126,10 +130,9 @@ class Trainer:
                 total[key] += float(sums[key])
             rows += int(np.shape(batch["tokens"])[0]) * jax.process_count()
         count = max(total["bytes"], 1.0)
-        # Each row's patches cover its real bytes plus the next-byte slot.
         return {
             "eval_loss": total["ce_sum"] / count,
             "eval_bpb": total["ce_sum"] / (count * float(jnp.log(2.0))),
             "eval_bytes": total["bytes"],
-            "eval_mean_patch_len": (total["bytes"] + rows) / max(total["patches"], 1.0),
+            "eval_mean_patch_len": mean_patch_length(total["bytes"], rows, total["patches"]),
         }

@@ -18,9 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from blt_jax import paths
-from blt_jax.config import EntropyLMConfig, config_to_dict
+from blt_jax.config import EntropyLMConfig
 from blt_jax.data.sources import Document, SourceStats, iter_documents, resolve_spec
 from blt_jax.errors import InputError
+from blt_jax.models import config_to_dict
 from blt_jax.patching import store
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode

@@ -1,0 +1,121 @@
+"""The interface every kind of model offers the code above `nn/`.
+
+Training, evaluation, ahead-of-time compilation, parameter counting and the CLI work with any model
+through a `ModelKind` bound to its configuration, and never ask which kind they hold. A kind owns
+what differs between models: its Flax module, what its forward pass reads from a batch, the shapes
+of one batch, its scannable stacks, its analytic FLOPs, and how it relates to patching.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blt_jax.config import EntropyLMConfig, PatchingConfig
+
+Batch = Mapping[str, jax.Array]
+# Parameter path of a stack's parent dict and its number of layers (see `nn.scan`).
+StackPath = tuple[tuple[str, ...], int]
+
+
+class EncoderInput(abc.ABC):
+    """A model whose encoder input can be computed apart from the rest of the forward pass.
+
+    The train step computes it once per batch under gradient accumulation and differentiates the
+    large embedding tables once, from the summed gradient of that input.
+    """
+
+    @abc.abstractmethod
+    def split(self, params: Mapping) -> tuple[dict, dict]:
+        """(the embedding tables, every other parameter)."""
+
+    @abc.abstractmethod
+    def merge(self, tables: Mapping, rest: Mapping) -> dict:
+        """Inverse of `split`."""
+
+    @abc.abstractmethod
+    def __call__(self, tables: Mapping, tokens: jax.Array) -> jax.Array:
+        """The encoder input [B, N, D] of tokens int [B, N]."""
+
+
+class ModelKind(abc.ABC):
+    """One kind of model, bound to one configuration.
+
+    Attributes:
+      name: the `kind` field of saved configurations ("blt", "entropy_lm").
+      config_class: the frozen configuration dataclass of this kind.
+      description: how messages name a model of this kind ("a BLT").
+      config: the bound configuration.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    description: ClassVar[str]
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @classmethod
+    @abc.abstractmethod
+    def config_from_dict(cls, raw: Any, path: str) -> Any:
+        """The validated configuration of a dict (errors name the field under `path`)."""
+
+    @abc.abstractmethod
+    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
+        """The Flax module, with rematerialisation policies per stack and the stacks run as scans."""
+
+    @abc.abstractmethod
+    def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
+        """The module's positional inputs taken from a training batch."""
+
+    @abc.abstractmethod
+    def batch_shapes(self, rows: int, row_bytes: int, row_patches: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of one training batch of `rows` rows."""
+
+    @abc.abstractmethod
+    def scan_stacks(self) -> Mapping[str, StackPath]:
+        """The stacks `nn.scan` may run: name -> (parameter path of the stack, number of layers)."""
+
+    def scan_layout(self, names: Sequence[str]) -> dict[str, StackPath]:
+        """The entries of `scan_stacks` named in `names` (the stacks a run scans)."""
+        stacks = self.scan_stacks()
+        return {name: stacks[name] for name in names}
+
+    @abc.abstractmethod
+    def training_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        """Model FLOPs per byte of a training step (3 x forward) on rows of `row_bytes` bytes."""
+
+    def example_inputs(self) -> tuple[jax.Array, ...]:
+        """Small inputs that trace `init` (parameter shapes depend on neither N nor P)."""
+        shapes = self.batch_shapes(1, 8, 9)
+        batch = {key: jnp.ones(s.shape, s.dtype) for key, s in shapes.items()}
+        return self.inputs(batch)
+
+    @property
+    def patching(self) -> PatchingConfig | None:
+        """The patching rule the model's batches are cut with; None for a model of plain byte rows."""
+        return None
+
+    @property
+    def entropy_lm(self) -> EntropyLMConfig | None:
+        """The entropy LM that measures next-byte entropies for this model, if it has one."""
+        return None
+
+    @property
+    def companions(self) -> dict[str, Any]:
+        """Models stored beside this one with their own parameters (label -> configuration)."""
+        return {}
+
+    def encoder_input(self) -> EncoderInput | None:
+        """The separately computable encoder input, for models that have one."""
+        return None
+
+    def apply_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> Callable:
+        """(params, batch, embeds=None) -> fp32 logits [B, N, V]."""
+        module = self.module(remat, scan)
+        return lambda params, batch, embeds=None: module.apply({"params": params}, *self.inputs(batch, embeds))

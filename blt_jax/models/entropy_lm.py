@@ -1,0 +1,53 @@
+"""The entropy byte LM as a model kind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from blt_jax.config import EntropyLMConfig, entropy_lm_from_dict
+from blt_jax.metrics.flops import entropy_lm_forward_flops
+from blt_jax.models.base import Batch, ModelKind, StackPath
+from blt_jax.nn.block import stack_remat
+from blt_jax.nn.entropy_lm import EntropyLM
+
+
+class EntropyLMKind(ModelKind):
+    """A plain byte LM over rows of bytes (no patches); it measures entropies for itself."""
+
+    name = "entropy_lm"
+    config_class = EntropyLMConfig
+    description = "an entropy LM"
+    config: EntropyLMConfig
+
+    @classmethod
+    def config_from_dict(cls, raw: Any, path: str) -> EntropyLMConfig:
+        return entropy_lm_from_dict(raw, path)
+
+    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
+        return EntropyLM(self.config, remat=stack_remat(dict(remat or {}), "entropy"), scan="entropy" in scan)
+
+    def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
+        return (batch["tokens"],)
+
+    def batch_shapes(self, rows: int, row_bytes: int, row_patches: int) -> dict[str, jax.ShapeDtypeStruct]:
+        shape = (rows, row_bytes)
+        return {
+            "tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
+        }
+
+    def scan_stacks(self) -> Mapping[str, StackPath]:
+        return {"entropy": (EntropyLM.STACK_PATH, self.config.stack.n_layers)}
+
+    def training_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        return 3 * entropy_lm_forward_flops(self.config, row_bytes) / row_bytes
+
+    @property
+    def entropy_lm(self) -> EntropyLMConfig:
+        return self.config

@@ -1,0 +1,155 @@
+"""Training runs of ours as sources of weights: a run is read from its checkpoint alone (the
+resolved configuration saved with it and the parameters, restored without the optimizer state, the
+data iterator or the corpus, onto one device), so a run copied off its pod, or whose corpus is gone,
+loads the same. Model directories are read by `blt_jax.loading`; the functions here take either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import numpy as np
+
+from blt_jax import paths
+from blt_jax.config import EntropyLMConfig, ModelConfig
+from blt_jax.loading import CheckpointError, check_tree, load_entropy_dir, load_model_dir
+from blt_jax.models import model_kind
+from blt_jax.nn.scan import stack_layers, unstack_layers
+from blt_jax.params import abstract_params
+from blt_jax.patching.store import MANIFEST
+from blt_jax.train.checkpoint import CheckpointReader
+from blt_jax.train.config import experiment_from_dict, resolve_scan
+
+logger = logging.getLogger("blt_jax.runs")
+
+CHECKPOINTS = "checkpoints"
+
+
+def is_training_run(path: str) -> bool:
+    """True if `path` is a `blt-jax train` workdir (it holds `checkpoints/`)."""
+    return paths.isdir(paths.join(paths.resolve(path), CHECKPOINTS))
+
+
+def _reader(workdir: str) -> CheckpointReader:
+    directory = paths.join(paths.resolve(workdir), CHECKPOINTS)
+    if not paths.isdir(directory):
+        raise CheckpointError(f"{workdir}: not a training workdir (it holds no {CHECKPOINTS}/)")
+    return CheckpointReader(directory)
+
+
+def _restore_run_params(reader, step: int, experiment) -> Any:
+    """The parameters of checkpoint `step` (per-layer layout), on this process's first device."""
+    model = experiment.model
+    layout = model_kind(model).scan_layout(resolve_scan(experiment.train.scan, model))
+    stored = jax.eval_shape(lambda p: stack_layers(p, layout), abstract_params(model))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # addressable on every host
+    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), stored)
+    return unstack_layers(reader.params(step, target), layout)
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def read_run_config(workdir: str, step: int | None = None):
+    """The `ExperimentConfig` saved with a run's newest checkpoint (or `step`)."""
+    with _reader(workdir) as reader:
+        steps = reader.steps()
+        if not steps:
+            raise CheckpointError(f"{workdir}: the run has no complete checkpoint yet")
+        return experiment_from_dict(reader.config(steps[-1] if step is None else step))
+
+
+def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
+    """(experiment, params) of a training run's newest readable checkpoint (or `step`).
+
+    Reads the checkpoint only (no corpus, no data iterator, no optimizer state); params come back
+    in the per-layer layout even when the run scanned its stacks. An unreadable newest checkpoint
+    is reported and the previous one is used.
+
+    Raises:
+      CheckpointError: no training run there, or no readable checkpoint.
+    """
+    with _reader(workdir) as reader:
+        steps = reader.steps()
+        if not steps:
+            raise CheckpointError(f"{workdir}: the run has no complete checkpoint yet")
+        candidates = list(reversed(steps)) if step is None else [step]
+        last_error: Exception | None = None
+        for candidate in candidates:
+            try:
+                experiment = experiment_from_dict(reader.config(candidate))
+                return experiment, _restore_run_params(reader, candidate, experiment)
+            except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
+                last_error = e
+                logger.warning("checkpoint %d of %s is unreadable (%s: %s); trying the previous one", candidate,
+                               workdir, type(e).__name__, _first_line(e))
+        raise CheckpointError(f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))}; the last "
+                              f"said {type(last_error).__name__}: {_first_line(last_error)})") from last_error
+
+
+
+def load_initial_params(model: ModelConfig, path: str) -> Any:
+    """Parameters for `model` to start training from (`train.init_from`): a training run of ours, or
+    a model directory in any layout this module reads (for an entropy LM, any form
+    `load_entropy_lm` reads). Shapes are checked against `model`."""
+    if is_training_run(path):
+        _, params = read_run(path)
+    elif model_kind(model).name == "entropy_lm":
+        params = load_entropy_lm(path)[1]
+    else:
+        params = load_model_dir(path)[1]
+    check_tree(params, abstract_params(model), f"init_from {path}")
+    return params
+
+
+
+def _pass_entropy_model(source: str) -> str | None:
+    """The entropy LM that made a run's stored entropies (named in the pass's manifest), if the
+    pass and that model are still there."""
+    manifest = paths.join(source, MANIFEST) if paths.is_uri(source) or source.startswith("/") else None
+    try:
+        model = paths.read_json(manifest).get("entropy_model") if manifest and paths.exists(manifest) else None
+    except (OSError, ValueError):
+        return None
+    return model if isinstance(model, str) and paths.isdir(model) else None
+
+
+def load_blt(path: str, entropy_path: str | None = None, dtype: Any = np.float32):
+    """(config, params, entropy params or None) of a BLT from a model directory or a training run.
+
+    A training run's BLT patches with the rule and threshold it was trained with; when that rule is
+    entropy patching, `entropy_path` names its entropy LM (anything `load_entropy_lm` reads); by
+    default, the model named by the manifest of the entropy pass the run trained on, if still there.
+    """
+    if not is_training_run(path):
+        return load_model_dir(path, entropy_path, dtype)
+    experiment, params = read_run(path)
+    if model_kind(experiment.model).name != "blt":
+        raise CheckpointError(f"{path} trained an entropy LM, not a BLT")
+    patching = experiment.data.patching
+    entropy_config, entropy_params = None, None
+    if patching.mode == "entropy":
+        entropy_path = entropy_path or _pass_entropy_model(experiment.data.source)
+        if entropy_path is None:
+            raise CheckpointError(f"{path} was trained with entropy patching: name its entropy LM "
+                                  "(--entropy-checkpoint DIR)")
+        entropy_config, entropy_params = load_entropy_lm(entropy_path)
+    config: ModelConfig = dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
+    return config, params, entropy_params
+
+
+def load_entropy_lm(path: str) -> tuple[EntropyLMConfig, dict]:
+    """(config, params) of an entropy LM: a training run of one, or a model directory holding one
+    (`loading.load_entropy_dir`)."""
+    if not is_training_run(path):
+        return load_entropy_dir(path)
+    experiment, params = read_run(path)
+    if model_kind(experiment.model).name != "entropy_lm":
+        raise CheckpointError(f"{path} trained a BLT, not an entropy LM")
+    return experiment.model, params
