@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from blt_jax.config import BLTConfig, ModelConfig
+from blt_jax.nn.block import stack_remat
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM
 from blt_jax.nn.hash_embed import byte_embeddings
@@ -34,7 +35,7 @@ def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None, scan
         module = BLT(model, remat=remat, scan=tuple(scan))
         return lambda params, batch, embeds=None: module.apply(
             {"params": params}, batch["tokens"], batch["patch_lengths"], embeds)
-    module = EntropyLM(model, remat=remat.get("entropy", remat.get("all", "none")), scan="entropy" in scan)
+    module = EntropyLM(model, remat=stack_remat(remat, "entropy"), scan="entropy" in scan)
     return lambda params, batch, embeds=None: module.apply({"params": params}, batch["tokens"])
 
 
