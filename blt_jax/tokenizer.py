@@ -69,17 +69,18 @@ def decode(ids: Iterable[int]) -> str:
     return decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-_SPECIAL_NAMES = {BOE_ID: "<boe>", BOS_ID: "<s>", EOS_ID: "</s>", BPE_ID: "<bpe>"}
+# How the special ids are shown in every display (rendered text, plot ticks).
+SPECIAL_NAMES = {BOE_ID: "<boe>", BOS_ID: "<s>", EOS_ID: "</s>", BPE_ID: "<bpe>"}
 
 
 def render(ids: Iterable[int]) -> str:
     """Human-readable text of ids for displays (patches, plots): specials shown as <s>, </s>, ..."""
     out, run = [], []
     for i in (int(x) for x in ids):
-        if i in _SPECIAL_NAMES:
+        if i in SPECIAL_NAMES:
             out.append(bytes(run).decode("utf-8", errors="replace"))
             run = []
-            out.append(_SPECIAL_NAMES[i])
+            out.append(SPECIAL_NAMES[i])
         elif OFFSET <= i < VOCAB_SIZE:
             run.append(i - OFFSET)
     out.append(bytes(run).decode("utf-8", errors="replace"))

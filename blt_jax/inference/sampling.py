@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import ConfigError, require
+from blt_jax.nn.softmax import MASKED_SCORE
 from blt_jax.tokenizer import EOS_ID, OFFSET
-
-_NEG = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +46,7 @@ def allowed_ids(vocab_size: int) -> jax.Array:
 
 def _top_k(logits: jax.Array, k: int) -> jax.Array:
     kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits >= kth, logits, _NEG)
+    return jnp.where(logits >= kth, logits, MASKED_SCORE)
 
 
 def _top_p(logits: jax.Array, p: float) -> jax.Array:
@@ -58,7 +57,7 @@ def _top_p(logits: jax.Array, p: float) -> jax.Array:
     before = jnp.cumsum(probs, axis=-1) - probs
     keep_sorted = before < p
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-    return jnp.where(keep, logits, _NEG)
+    return jnp.where(keep, logits, MASKED_SCORE)
 
 
 def sample(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -72,7 +71,7 @@ def sample(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Arr
     Returns:
       int32 [B], always a byte id or EOS.
     """
-    logits = jnp.where(allowed_ids(logits.shape[-1]), logits.astype(jnp.float32), _NEG)
+    logits = jnp.where(allowed_ids(logits.shape[-1]), logits.astype(jnp.float32), MASKED_SCORE)
     if config.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / config.temperature

@@ -1,11 +1,5 @@
-"""Self- and cross-attention with boolean masks; fully masked query rows give exact zeros.
-
-Empty patches (trailing zero-length patches, the "next byte" patch) produce query rows whose mask is
-all False. The reference's flex-attention returns 0 for them; a plain softmax over a row of -inf
-returns NaN, and a NaN in a masked value row still poisons the sums in XLA. Here masked scores are
-replaced by a finite floor, masked probabilities are zeroed explicitly and an empty row's normaliser
-is set to 1, so forward values and gradients are exactly zero for such rows.
-"""
+"""Self- and cross-attention with boolean masks; fully masked query rows give exact zeros
+(`softmax.masked_softmax`: empty patches give such rows)."""
 
 from __future__ import annotations
 
@@ -19,8 +13,8 @@ from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, t
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
+from blt_jax.nn.softmax import masked_softmax
 
-_MASKED_SCORE = -1e30  # finite: keeps max/exp free of inf - inf
 FUSED_QKV = "wqkv"  # [D, 3, H, K]: wq, wk, wv stacked (`blt_jax.inference.fused`)
 
 
@@ -38,17 +32,8 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
-    probs = _masked_softmax(scores, mask[:, None, :, :])
+    probs = masked_softmax(scores, mask[:, None, :, :])
     return jnp.einsum("bhts,bshk->bthk", probs.astype(v.dtype), v)
-
-
-def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax over the last axis where mask is True; rows with nothing visible are exactly 0."""
-    scores = jnp.where(mask, scores, _MASKED_SCORE)
-    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    probs = jnp.where(mask, jnp.exp(scores), 0.0)
-    denom = jnp.sum(probs, axis=-1, keepdims=True)
-    return probs / jnp.where(denom > 0, denom, 1.0)
 
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -> jax.Array:
@@ -64,7 +49,7 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bthk,bhks->bhts", q, k, preferred_element_type=jnp.float32) * scale
-    probs = _masked_softmax(scores, spec.dense()[:, None, :, :])
+    probs = masked_softmax(scores, spec.dense()[:, None, :, :])
     return jnp.einsum("bhts,bhsk->bthk", probs.astype(v.dtype), v)
 
 

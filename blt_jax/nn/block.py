@@ -1,6 +1,9 @@
-"""Pre-norm transformer block: h = x + Attn(norm(x)); out = h + FFN(norm(h))."""
+"""Pre-norm transformer block: h = x + Attn(norm(x)); out = h + FFN(norm(h)); and the ways a stack
+runs its blocks (one after another, with or without a KV cache, or as one `nn.scan`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -9,7 +12,7 @@ import jax.numpy as jnp
 from blt_jax.config import StackConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import SelfAttention
-from blt_jax.nn.cache import LayerPrefix
+from blt_jax.nn.cache import KVCache, LayerPrefix, finish, layer_prefix, plan
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
 from blt_jax.nn.masks import CausalSpec
 
@@ -56,6 +59,8 @@ class TransformerBlock(nn.Module):
         return x if prefix is None else (x, kv)
 
 
+# Remat policy names -> jax checkpoint policies: the one list of names (the run configuration validates
+# `train.remat` against its keys).
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything in the backward pass
@@ -76,6 +81,55 @@ def stack_remat(remat: dict[str, str] | None, stack: str) -> str:
     """The policy of one stack from a {stack or "all": policy} mapping."""
     remat = remat or {}
     return remat.get(stack, remat.get("all", "none"))
+
+
+def run_blocks(
+    blocks: Sequence[Callable],
+    x: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
+    positions: jax.Array,
+    docs: jax.Array,
+    window: int | None,
+    cache: KVCache | None = None,
+    store: jax.Array | None = None,
+    before: Callable[[int, jax.Array], jax.Array] | None = None,
+) -> tuple[list[jax.Array], KVCache | None]:
+    """Runs the blocks of a stack one after another, over new positions alone or after a cache.
+
+    The one place a stack's cached call is put together: the cache is planned once for all layers
+    (`cache.plan`), every block attends to its own layer's prefix and hands back its update, and the
+    updates become the new cache (`cache.finish`).
+
+    Args:
+      blocks: the stack's TransformerBlocks (any `(x, mask, rope[, prefix])` callables), in order.
+      x: [B, T, D] input of the first block.
+      rope: (cos, sin) [B, T, K/2] of the new positions.
+      positions: int [B, T] positions of the new entries.
+      docs: int [B, T] their document ids.
+      window: the stack's attention window (None = full causal).
+      cache: the stack's KVCache (incremental use), or None: the T positions attend to themselves.
+      store: bool [B, T], ring caches only: which new positions to keep (default all).
+      before: optional `fn(i, x) -> x` applied before block i (the local decoder's cross-attention).
+
+    Returns:
+      (outputs of every block [n_layers x [B, T, D]], the updated cache or None).
+    """
+    outputs, updates = [], []
+    if cache is None:
+        mask = CausalSpec.self_attention(positions, docs, window)
+    else:
+        cache_plan = plan(cache, positions, docs, window, store)
+        mask = cache_plan.mask
+    for i, block in enumerate(blocks):
+        if before is not None:
+            x = before(i, x)
+        if cache is None:
+            x = block(x, mask, rope)
+        else:
+            x, update = block(x, mask, rope, layer_prefix(cache, i, cache_plan))
+            updates.append(update)
+        outputs.append(x)
+    return outputs, (None if cache is None else finish(cache, cache_plan, updates))
 
 
 def scanned_blocks(stack: StackConfig, dtype: Dtype, param_dtype: Dtype, remat: str = "none", name: str = "layers"):

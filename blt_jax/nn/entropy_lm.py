@@ -10,8 +10,8 @@ import jax.numpy as jnp
 
 from blt_jax.config import EntropyLMConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class, scanned_blocks
-from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
+from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
+from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
 from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
@@ -61,22 +61,15 @@ class EntropyLM(nn.Module):
             docs = document_ids(tokens)
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         h = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
-        if cache is None:
+        if self.scan:
+            if cache is not None:
+                raise ValueError("a scanned entropy LM has no cached path; unstack its parameters to stream")
             mask = CausalSpec.self_attention(positions, docs, st.window)
-            if self.scan:
-                h = scanned_blocks(st, dt, pdt, self.remat)(h, mask, rope)
-            for i in range(0 if self.scan else st.n_layers):
-                h = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(h, mask, rope)
-        elif self.scan:
-            raise ValueError("a scanned entropy LM has no cached path; unstack its parameters to stream")
+            h = scanned_blocks(st, dt, pdt, self.remat)(h, mask, rope)
         else:
-            cache_plan = plan(cache, positions, docs, st.window)
-            updates = []
-            for i in range(st.n_layers):
-                block = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")
-                h, update = block(h, cache_plan.mask, rope, layer_prefix(cache, i, cache_plan))
-                updates.append(update)
-            cache = finish(cache, cache_plan, updates)
+            blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
+            outputs, cache = run_blocks(blocks, h, rope, positions, docs, st.window, cache)
+            h = outputs[-1]
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")
         logits = head(h).astype(jnp.float32)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class, scanned_blocks
-from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
+from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
+from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
@@ -81,19 +81,11 @@ class LatentTransformer(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
-        if cache is None:
-            mask = CausalSpec.self_attention(positions, patch_docs, st.window)
-            if self.scan:
-                return scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope)
-            for i in range(st.n_layers):
-                x = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")(x, mask, rope)
-            return x
         if self.scan:
-            raise ValueError("a scanned latent stack has no cached path; unstack its parameters to decode")
-        cache_plan = plan(cache, positions, patch_docs, st.window, store)
-        updates = []
-        for i in range(st.n_layers):
-            block = block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}")
-            x, update = block(x, cache_plan.mask, rope, layer_prefix(cache, i, cache_plan))
-            updates.append(update)
-        return x, finish(cache, cache_plan, updates)
+            if cache is not None:
+                raise ValueError("a scanned latent stack has no cached path; unstack its parameters to decode")
+            mask = CausalSpec.self_attention(positions, patch_docs, st.window)
+            return scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope)
+        blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
+        outputs, new_cache = run_blocks(blocks, x, rope, positions, patch_docs, st.window, cache, store)
+        return outputs[-1] if cache is None else (outputs[-1], new_cache)

@@ -6,19 +6,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blt_jax.config import BLTConfig, StackConfig
+from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import CrossAttention
-from blt_jax.nn.block import block_class
-from blt_jax.nn.cache import KVCache, finish, layer_prefix, plan
+from blt_jax.nn.block import block_class, run_blocks
+from blt_jax.nn.cache import KVCache
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
-from blt_jax.nn.masks import CausalSpec
-
-
-def local_self_mask(positions: jax.Array, doc_ids: jax.Array, stack: StackConfig) -> CausalSpec:
-    """Causal + same-document + sliding-window mask of a local stack (as ids)."""
-    return CausalSpec.self_attention(positions, doc_ids, stack.window)
 
 
 def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> jax.Array:
@@ -44,37 +38,6 @@ def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> ja
         return jnp.where(count[:, None] > 0, pooled, jnp.zeros_like(pooled))
 
     return jax.vmap(one_row)(h, patch_ids)
-
-
-def _stack_layers(h, layers, mask_or_plan, rope, cache: KVCache | None, before=None):
-    """Runs the blocks of a local stack, with or without a cache.
-
-    Args:
-      h: [B, T, D].
-      layers: the blocks.
-      mask_or_plan: a CausalSpec (no cache) or the cache's CachePlan.
-      rope: (cos, sin) [B, T, K/2].
-      cache: the stack's KVCache or None.
-      before: optional `fn(i, h) -> h` applied before block i (the decoder's cross-attention).
-
-    Returns:
-      (outputs of every block [n_layers x [B, T, D]], the updated cache or None).
-    """
-    outputs, updates = [], []
-    for i, layer in enumerate(layers):
-        if before is not None:
-            h = before(i, h)
-        if cache is None:
-            h = layer(h, mask_or_plan, rope)
-        else:
-            h, update = layer(h, mask_or_plan.mask, rope, layer_prefix(cache, i, mask_or_plan))
-            updates.append(update)
-        outputs.append(h)
-    return outputs, (None if cache is None else finish(cache, mask_or_plan, updates))
-
-
-def _mask_or_plan(positions, doc_ids, stack: StackConfig, cache: KVCache | None):
-    return local_self_mask(positions, doc_ids, stack) if cache is None else plan(cache, positions, doc_ids, stack.window)
 
 
 class LocalEncoder(nn.Module):
@@ -135,8 +98,8 @@ class LocalEncoder(nn.Module):
         """
         st = self.config.encoder
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
-        outputs, cache = _stack_layers(h.astype(self.config.dtype), self.layers,
-                                       _mask_or_plan(positions, doc_ids, st, cache), rope, cache)
+        outputs, cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window,
+                                    cache)
         return [outputs[i] for i in self.cross_layer_indices()], cache
 
     def patch_vectors(self, states: list[jax.Array], patch_ids: jax.Array, num_patches: int) -> jax.Array:
@@ -207,7 +170,7 @@ class LocalEncoder(nn.Module):
           num_patches: P.
           positions: int [B, N] RoPE positions.
           doc_ids: int [B, N] EOS-delimited document ids.
-          embeds: [B, N, D] precomputed byte + hash embeddings (`hash_embed.byte_embeddings`), or None
+          embeds: [B, N, D] precomputed byte + hash embeddings (`nn.blt.encoder_input`), or None
             to compute them here.
 
         Returns:
@@ -293,8 +256,8 @@ class LocalDecoder(nn.Module):
             ca = self.cross_attn_layers[i]
             return 2 * x + ca.attend(x, *slot_kv[i], dec_patch_ids)  # doubled residual, as in the reference
 
-        outputs, new_cache = _stack_layers(h.astype(self.config.dtype), self.layers,
-                                           _mask_or_plan(positions, doc_ids, st, cache), rope, cache, cross)
+        outputs, new_cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids,
+                                        st.window, cache, before=cross)
         logits = self.output(self.norm(outputs[-1])).astype(jnp.float32)
         return logits if cache is None else (logits, new_cache)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e30
+from blt_jax.nn.softmax import masked_softmax
 
 
 def slots_attend_bytes(q: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.Array, slots_per_patch: int) -> jax.Array:
@@ -63,11 +63,7 @@ def _one_patch(q: jax.Array, k: jax.Array, v: jax.Array, member: jax.Array) -> j
     q [B, k, H, K], k/v [B, N, H, K], member bool [B, N] -> [B, k, H, K].
     """
     scores = jnp.einsum("bjhd,bnhd->bhjn", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    m = member[:, None, None, :]
-    scores = jnp.where(m, scores, _NEG)
-    e = jnp.where(m, jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))), 0.0)
-    denom = jnp.sum(e, axis=-1, keepdims=True)
-    probs = e / jnp.where(denom > 0, denom, 1.0)
+    probs = masked_softmax(scores, member[:, None, None, :])
     return jnp.einsum("bhjn,bnhd->bjhd", probs, v.astype(jnp.float32)).astype(q.dtype)
 
 

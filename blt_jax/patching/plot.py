@@ -14,15 +14,13 @@ import numpy as np  # noqa: E402
 from blt_jax.config import EntropyLMConfig, PatchingConfig  # noqa: E402
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits  # noqa: E402
 from blt_jax.patching.rules import entropy_starts  # noqa: E402
-from blt_jax.tokenizer import BOE_ID, BOS_ID, EOS_ID, OFFSET  # noqa: E402
-
-_SPECIALS = {BOE_ID: "<boe>", BOS_ID: "<s>", EOS_ID: "</s>"}
+from blt_jax.tokenizer import OFFSET, SPECIAL_NAMES  # noqa: E402
 
 
 def tick_label(token: int) -> str:
     """A short printable label for one token: the character, '_' for a space, escapes otherwise."""
-    if token in _SPECIALS:
-        return _SPECIALS[token]
+    if token in SPECIAL_NAMES:
+        return SPECIAL_NAMES[token]
     byte = token - OFFSET
     if byte == 0x20:
         return "_"

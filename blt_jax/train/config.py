@@ -21,9 +21,9 @@ from blt_jax.config import (
 )
 from blt_jax.data.pipeline import DataConfig
 from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
+from blt_jax.nn.block import REMAT_POLICIES
 from blt_jax.parallel import MeshConfig
 
-REMAT_POLICIES = ("none", "full", "save_dots")
 REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy")
 
 

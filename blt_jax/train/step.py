@@ -15,19 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from blt_jax.config import ModelConfig
-from blt_jax.models import EncoderInput, model_kind
+from blt_jax.models import EncoderInput
 from blt_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
-
-
-def model_apply(model: ModelConfig, remat: Mapping[str, str] | None = None, scan: tuple[str, ...] = ()) -> Callable:
-    """(params, batch, embeds=None) -> fp32 logits [B, N, V] of any model kind.
-
-    `embeds` is the precomputed encoder input of models that have one (`ModelKind.encoder_input`);
-    `scan` names the stacks whose parameters are in the stacked layout (`nn.scan.stack_layers`)."""
-    return model_kind(model).apply_fn(remat, scan)
 
 
 def loss_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
