@@ -31,8 +31,9 @@ from flax import struct
 from blt_jax.config import BLTConfig
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-from blt_jax.nn.latent import LatentTransformer, patch_document_ids
-from blt_jax.nn.local import LocalDecoder, LocalEncoder, max_pool_patches
+from blt_jax.nn.blt import BLT
+from blt_jax.nn.latent import patch_document_ids
+from blt_jax.nn.local import max_pool_patches
 from blt_jax.nn.masks import document_ids
 from blt_jax.nn.patch_ids import decoder_patch_ids, lengths_from_starts, patch_ids_from_lengths
 from blt_jax.patching.rules import patch_starts
@@ -126,14 +127,14 @@ class Decoder:
 
     # ---- modules ------------------------------------------------------------------------------
 
-    def _encoder(self, params, method, *args):
-        return LocalEncoder(self.config).apply({"params": params["local_encoder"]}, *args, method=method)
+    def _encoder(self, params, name, *args):
+        return BLT(self.config).apply({"params": params}, name, *args, method=BLT.encoder)
 
-    def _decoder(self, params, method, *args):
-        return LocalDecoder(self.config).apply({"params": params["local_decoder"]}, *args, method=method)
+    def _decoder(self, params, name, *args):
+        return BLT(self.config).apply({"params": params}, name, *args, method=BLT.decoder)
 
     def _latent(self, params, *args):
-        return LatentTransformer(self.config).apply({"params": params["global_transformer"]}, *args)
+        return BLT(self.config).apply({"params": params}, *args, method=BLT.latent)
 
     def _entropy(self, entropy_params, *args):
         return EntropyLM(self.config.entropy_model).apply({"params": entropy_params}, *args)

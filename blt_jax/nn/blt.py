@@ -31,7 +31,12 @@ class BLT(nn.Module):
     remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
     scan: tuple[str, ...] = ()  # stacks run as one nn.scan over stacked layers: ("latent",) or ()
 
-    @nn.compact
+    def setup(self):
+        # The attribute names are the parameter paths of the three parts (the reference's names).
+        self.local_encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"))
+        self.global_transformer = LatentTransformer(self.config, stack_remat(self.remat, "latent"), "latent" in self.scan)
+        self.local_decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"))
+
     def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None) -> jax.Array:
         """Forward pass.
 
@@ -49,14 +54,26 @@ class BLT(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         docs = document_ids(tokens)
         patch_ids = patch_ids_from_lengths(patch_lengths, length)
-        encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"), name="local_encoder")
-        h, patches = encoder(tokens, patch_ids, num_patches, positions, docs, embeds)
+        h, patches = self.local_encoder(tokens, patch_ids, num_patches, positions, docs, embeds)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
-        latent = LatentTransformer(self.config, stack_remat(self.remat, "latent"), "latent" in self.scan,
-                                   name="global_transformer")(patches, patch_docs)
+        latent = self.global_transformer(patches, patch_docs)
         dec_ids = decoder_patch_ids(patch_lengths, length)
-        decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"), name="local_decoder")
-        return decoder(h, latent, dec_ids, positions, docs)
+        return self.local_decoder(h, latent, dec_ids, positions, docs)
+
+    # The parts one at a time, for incremental decoding (`inference.decode`), which runs them step by
+    # step: `BLT(config).apply({"params": params}, name, *args, method=BLT.encoder)`.
+
+    def encoder(self, name: str, *args):
+        """`LocalEncoder.<name>(*args)` (embed, byte_states, byte_keys_values, slot_vectors)."""
+        return getattr(self.local_encoder, name)(*args)
+
+    def latent(self, *args):
+        """`LatentTransformer(*args)`."""
+        return self.global_transformer(*args)
+
+    def decoder(self, name: str, *args):
+        """`LocalDecoder.<name>(*args)` (slot_keys_values, decode)."""
+        return getattr(self.local_decoder, name)(*args)
 
 
 # The local encoder's embedding tables: its input is computed from them alone (`LocalEncoder.embed`).
