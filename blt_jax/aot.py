@@ -221,12 +221,12 @@ def _report(program: str, topology: str, devices: list, mesh, lowered, start: fl
 
 
 def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: int = 2048) -> dict:
-    """Compiles one cached decoding step (`inference.decode.Decoder.step`) of a BLT for a topology:
+    """Compiles one cached decoding step (`inference.decode.DecodeEngine.step`) of a BLT for a topology:
     one prompt per data-parallel shard, caches for `capacity` positions, parameters sharded by the
     rules table. Without an entropy LM in the config the step patches by spaces (same shapes)."""
     import flax.linen as nn
 
-    from blt_jax.inference.decode import Decoder
+    from blt_jax.inference.decode import DecodeEngine
     from blt_jax.params import abstract_params, logical_axes
     from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings, replicated
 
@@ -238,7 +238,7 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
     mesh = make_mesh(experiment.mesh, devices)
     batch = mesh.shape["data"] * mesh.shape["fsdp"]
     start = time.perf_counter()
-    decoder = Decoder(config, capacity)
+    decoder = DecodeEngine(config, capacity)
     params = abstract_params(config)
     params = _abstract(params, logical_to_shardings(logical_axes(config), params, mesh))
     entropy = None

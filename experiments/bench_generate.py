@@ -32,7 +32,7 @@ from blt_jax.api import BLTModel
 from blt_jax.config import EntropyLMConfig, StackConfig
 from blt_jax.models import model_config_from_dict
 from blt_jax.experiment import load_experiment
-from blt_jax.inference.decode import Decoder
+from blt_jax.inference.decode import DecodeEngine
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.generate import capacity_for, encode_prompts
 from blt_jax.nn.layers import FUSED_W2T
@@ -94,7 +94,7 @@ def streamed_mb_per_byte(model: BLTModel, prompt_ids: np.ndarray, bytes_per_patc
         return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)) / 1e6
 
     p = model.params
-    state, _ = jax.eval_shape(Decoder(model.config, capacity).prefill, p, model.entropy_params, prompt_ids[None])
+    state, _ = jax.eval_shape(DecodeEngine(model.config, capacity).prefill, p, model.entropy_params, prompt_ids[None])
     caches = mb([(c.k, c.v) for c in (state.ent_cache, state.enc_cache, state.dec_cache)])
     return {"local weights": mb(local_weights(p, model.entropy_params)),
             "latent weights": mb(p["global_transformer"]) / bytes_per_patch,

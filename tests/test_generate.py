@@ -20,7 +20,7 @@ import pytest
 from blt_jax import tokenizer
 from blt_jax.api import BLTModel
 from blt_jax.config import BLTConfig, ConfigError, EntropyLMConfig, HashConfig, PatchingConfig, StackConfig
-from blt_jax.inference.decode import Decoder
+from blt_jax.inference.decode import DecodeEngine
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.generate import Generator, capacity_for, encode_prompts
 from blt_jax.inference.sampling import SamplingConfig, allowed_ids, sample
@@ -83,7 +83,7 @@ def teacher_forced(request):
     model = CASES[request.param]()
     tokens = rows_with_documents()
     batch, length = tokens.shape
-    decoder = Decoder(model.config, capacity=length + 4)
+    decoder = DecodeEngine(model.config, capacity=length + 4)
     prefill, step = jax.jit(decoder.prefill), jax.jit(decoder.step, donate_argnums=2)
     first = 7
     state, logits = prefill(model.params, model.entropy_params, jnp.asarray(tokens[:, :first]))

@@ -85,8 +85,9 @@ class DecodeState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Decoder:
-    """Prefill and step functions of one BLT configuration for positions < `capacity`.
+class DecodeEngine:
+    """The incremental decoding engine of one BLT configuration: prefill and step functions for
+    positions < `capacity` (the byte decoder itself is `nn.local.LocalDecoder`).
 
     Attributes:
       config: the BLT configuration (its patching rule is applied online).

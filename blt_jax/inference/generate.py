@@ -22,7 +22,7 @@ import numpy as np
 from blt_jax import tokenizer
 from blt_jax.config import BLTConfig
 from blt_jax.errors import InputError
-from blt_jax.inference.decode import Decoder, DecodeState
+from blt_jax.inference.decode import DecodeEngine, DecodeState
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.sampling import SamplingConfig, sample
 from blt_jax.tokenizer import EOS_ID
@@ -93,8 +93,8 @@ class Generator:
 
     def __init__(self, config: BLTConfig, batch: int, capacity: int, sampling: SamplingConfig):
         self.config, self.batch, self.capacity, self.sampling = config, batch, capacity, sampling
-        self.decoder = Decoder(config, capacity)
-        self._prefill = jax.jit(self.decoder.prefill)
+        self.engine = DecodeEngine(config, capacity)
+        self._prefill = jax.jit(self.engine.prefill)
         # The decoding layout (`fuse_projections`: stacked q/k/v and w1/w3, transposed w2) is measured
         # to pay on XLA:CPU; on an accelerator it would hold a second copy of every projection in
         # device memory for no measured gain, so there the parameters are used as they are.
@@ -118,7 +118,7 @@ class Generator:
         count = count + emitted.astype(jnp.int32)
         done = done | (emitted & ((token == eos) | (count >= max_new)))
         chosen_from = logits
-        state, logits = self.decoder.step(params, entropy_params, state, token)
+        state, logits = self.engine.step(params, entropy_params, state, token)
         return (state, logits, done, count), token, emitted, chosen_from
 
     def _decoding_layout(self, params, entropy_params):

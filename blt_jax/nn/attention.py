@@ -100,7 +100,7 @@ class SelfAttention(nn.Module):
 
         Args:
           x: [B, N, D].
-          mask: ids of the N queries and of the keys attended to (see `cache.plan`).
+          mask: ids of the N queries and of the keys attended to (see `cache.cached_call`).
           rope: (cos, sin) [B, N, K/2] of x's positions.
           prefix: this layer's cache view (keys already rotated).
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from blt_jax.config import StackConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import SelfAttention
-from blt_jax.nn.cache import KVCache, LayerPrefix, finish, layer_prefix, plan
+from blt_jax.nn.cache import KVCache, LayerPrefix, cached_call, finish, layer_prefix
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
 from blt_jax.nn.masks import CausalSpec
 
@@ -97,7 +97,7 @@ def run_blocks(
     """Runs the blocks of a stack one after another, over new positions alone or after a cache.
 
     The one place a stack's cached call is put together: the cache is planned once for all layers
-    (`cache.plan`), every block attends to its own layer's prefix and hands back its update, and the
+    (`cache.cached_call`), every block attends to its own layer's prefix and hands back its update, and the
     updates become the new cache (`cache.finish`).
 
     Args:
@@ -118,18 +118,18 @@ def run_blocks(
     if cache is None:
         mask = CausalSpec.self_attention(positions, docs, window)
     else:
-        cache_plan = plan(cache, positions, docs, window, store)
-        mask = cache_plan.mask
+        call = cached_call(cache, positions, docs, window, store)
+        mask = call.mask
     for i, block in enumerate(blocks):
         if before is not None:
             x = before(i, x)
         if cache is None:
             x = block(x, mask, rope)
         else:
-            x, update = block(x, mask, rope, layer_prefix(cache, i, cache_plan))
+            x, update = block(x, mask, rope, layer_prefix(cache, i, call))
             updates.append(update)
         outputs.append(x)
-    return outputs, (None if cache is None else finish(cache, cache_plan, updates))
+    return outputs, (None if cache is None else finish(cache, call, updates))
 
 
 def scanned_blocks(stack: StackConfig, dtype: Dtype, param_dtype: Dtype, remat: str = "none", name: str = "layers"):

@@ -89,7 +89,7 @@ class LayerPrefix:
 
 
 @struct.dataclass
-class CachePlan:
+class CachedCall:
     """Everything a cached call of a stack shares across its layers (computed once per call).
 
     Attributes:
@@ -139,8 +139,8 @@ def _ring_as_chunk(ring: jax.Array, keys: bool) -> jax.Array:
     return jnp.transpose(ring, (0, 3, 1, 2)) if keys else jnp.swapaxes(ring, 1, 2)
 
 
-def plan(cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | None,
-         valid: jax.Array | None = None) -> CachePlan:
+def cached_call(cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | None,
+         valid: jax.Array | None = None) -> CachedCall:
     """The shared part of a cached call.
 
     Args:
@@ -152,28 +152,28 @@ def plan(cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | No
         positions that are not stored still get their outputs; nothing of them is kept.
 
     Returns:
-      A CachePlan.
+      A CachedCall.
     """
     if not cache.ring:
         key_pos = jnp.concatenate([cache.pos, positions], axis=1)
         key_doc = jnp.concatenate([cache.doc, docs], axis=1)
-        return CachePlan(CausalSpec(positions, docs, key_pos, key_doc, window), None, None, None)
+        return CachedCall(CausalSpec(positions, docs, key_pos, key_doc, window), None, None, None)
     slots = _ring_slots(cache, positions, valid)
     new_pos, new_doc = _scatter(cache.pos, slots, positions), _scatter(cache.doc, slots, docs)
     if cache.fresh:  # an empty ring (prompt prefill): the chunk attends to itself, in order
-        return CachePlan(CausalSpec.self_attention(positions, docs, window), slots, new_pos, new_doc, "fresh")
+        return CachedCall(CausalSpec.self_attention(positions, docs, window), slots, new_pos, new_doc, "fresh")
     if positions.shape[1] == 1:
         mask = CausalSpec(positions, docs, new_pos, new_doc, window, ordered=False)
-        return CachePlan(mask, slots, new_pos, new_doc, "ring")
+        return CachedCall(mask, slots, new_pos, new_doc, "ring")
     key_pos = jnp.concatenate([cache.pos, positions], axis=1)
     key_doc = jnp.concatenate([cache.doc, docs], axis=1)
     mask = CausalSpec(positions, docs, key_pos, key_doc, window, ordered=False)
-    return CachePlan(mask, slots, new_pos, new_doc, "ring_chunk")
+    return CachedCall(mask, slots, new_pos, new_doc, "ring_chunk")
 
 
-def layer_prefix(cache: KVCache, layer: int, cache_plan: CachePlan) -> LayerPrefix:
-    """The LayerPrefix of one layer."""
-    return LayerPrefix(cache.k[layer], cache.v[layer], cache_plan.slots, cache_plan.mode)
+def layer_prefix(cache: KVCache, layer: int, call: CachedCall) -> LayerPrefix:
+    """The LayerPrefix of one layer in a cached call."""
+    return LayerPrefix(cache.k[layer], cache.v[layer], call.slots, call.mode)
 
 
 def attend_keys(prefix: LayerPrefix, k: jax.Array, v: jax.Array):
@@ -202,11 +202,11 @@ def attend_keys(prefix: LayerPrefix, k: jax.Array, v: jax.Array):
     return keys, values, (ring_k, ring_v)
 
 
-def finish(cache: KVCache, cache_plan: CachePlan, updates: list) -> KVCache:
-    """The cache after a cached call, from the plan and every layer's update (in layer order)."""
+def finish(cache: KVCache, call: CachedCall, updates: list) -> KVCache:
+    """The cache after a cached call, from the call and every layer's update (in layer order)."""
     if cache.ring:
-        return KVCache(tuple(u[0] for u in updates), tuple(u[1] for u in updates), cache_plan.pos,
-                       cache_plan.doc, ring=True, fresh=False)
+        return KVCache(tuple(u[0] for u in updates), tuple(u[1] for u in updates), call.pos,
+                       call.doc, ring=True, fresh=False)
     keep = cache.size
     if keep == 0:
         return cache
@@ -216,5 +216,5 @@ def finish(cache: KVCache, cache_plan: CachePlan, updates: list) -> KVCache:
 
     new_k = tuple(trim(cache.k[i], u[0]) for i, u in enumerate(updates))
     new_v = tuple(trim(cache.v[i], u[1]) for i, u in enumerate(updates))
-    mask = cache_plan.mask
+    mask = call.mask
     return KVCache(new_k, new_v, mask.k_pos[:, -keep:], mask.k_doc[:, -keep:], False)

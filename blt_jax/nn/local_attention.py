@@ -51,7 +51,7 @@ class _Chunk:
     key_stop: int
 
 
-def _plan(t_len: int, s_len: int, window: int, chunk: int) -> tuple[list[_Chunk], int, int, list[_Chunk]]:
+def _split_queries(t_len: int, s_len: int, window: int, chunk: int) -> tuple[list[_Chunk], int, int, list[_Chunk]]:
     """Splits the queries into chunks: (unrolled chunks before the loop, first looped query, number of
     looped chunks, unrolled chunks after it). Looped chunks are full: C queries, C + W - 1 keys."""
     base = s_len - t_len  # key index of the first query
@@ -98,7 +98,7 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
         raise ValueError("banded_attention needs a window")
     batch, t_len, heads, dim = q.shape
     chunk = chunk or default_chunk(window)
-    before, loop_start, n_loop, after = _plan(t_len, k.shape[1], window, chunk)
+    before, loop_start, n_loop, after = _split_queries(t_len, k.shape[1], window, chunk)
     span = chunk + window - 1  # keys of a looped chunk
     key_offset = k.shape[1] - t_len - window + 1  # first key of the chunk whose queries start at 0
 

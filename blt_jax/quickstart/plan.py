@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from blt_jax import presets
 from blt_jax.config import ConfigError, require
@@ -22,14 +22,41 @@ DEFAULT_MINUTES = 12.0
 HASH_VOCAB = 8191  # per hash table; the released 500,002 would dwarf these models
 
 
+class EntropyShape(NamedTuple):
+    """The entropy LM's stack."""
+
+    dim: int
+    layers: int
+    heads: int
+    window: int
+
+
+class LocalShape(NamedTuple):
+    """The BLT's byte stacks (encoder and decoder share width, heads and window)."""
+
+    dim: int
+    heads: int
+    encoder_layers: int
+    decoder_layers: int
+    window: int
+
+
+class LatentShape(NamedTuple):
+    """The latent transformer."""
+
+    dim: int
+    layers: int
+    heads: int
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleSpec:
     """Model widths and row shapes of one quickstart scale.
 
     Attributes:
-      entropy: (dim, layers, heads, window) of the entropy LM.
-      local: (dim, heads, encoder layers, decoder layers, window) of the BLT's byte stacks.
-      latent: (dim, layers, heads) of the latent transformer.
+      entropy: the entropy LM's stack.
+      local: the BLT's byte stacks.
+      latent: the latent transformer.
       batch_size / row_bytes: B rows of N bytes per training step (all three models).
       entropy_rate / blt_rate / baseline_rate: training bytes/s on a 2-core CPU (data pipeline
         included; turns minutes into steps).
@@ -39,9 +66,9 @@ class ScaleSpec:
       min_steps: the fewest training steps of a stage whatever the budget.
     """
 
-    entropy: tuple[int, int, int, int]
-    local: tuple[int, int, int, int, int]
-    latent: tuple[int, int, int]
+    entropy: EntropyShape
+    local: LocalShape
+    latent: LatentShape
     batch_size: int
     row_bytes: int
     entropy_rate: float
@@ -54,12 +81,14 @@ class ScaleSpec:
 
 
 SCALE_SPECS = {
-    "small": ScaleSpec(entropy=(128, 2, 4, 256), local=(128, 4, 1, 2, 256), latent=(256, 2, 4), batch_size=8,
+    "small": ScaleSpec(entropy=EntropyShape(128, 2, 4, 256), local=LocalShape(128, 4, 1, 2, 256),
+                       latent=LatentShape(256, 2, 4), batch_size=8,
                        row_bytes=512, entropy_rate=9_000.0, blt_rate=4_300.0, baseline_rate=5_500.0,
                        pass_rate=40_000.0, overhead_minutes=1.75,
                        validation_bytes=48_000, min_steps=20),
     # CI and notebooks: every stage in seconds (the models learn little).
-    "tiny": ScaleSpec(entropy=(32, 1, 2, 64), local=(32, 2, 1, 1, 64), latent=(64, 1, 2), batch_size=8,
+    "tiny": ScaleSpec(entropy=EntropyShape(32, 1, 2, 64), local=LocalShape(32, 2, 1, 1, 64),
+                      latent=LatentShape(64, 1, 2), batch_size=8,
                       row_bytes=128, entropy_rate=20_000.0, blt_rate=12_000.0, baseline_rate=20_000.0,
                       pass_rate=50_000.0, overhead_minutes=0.0,
                       validation_bytes=4_000, min_steps=40),
@@ -163,23 +192,22 @@ def _stack(dim: int, layers: int, heads: int, window: int | None, rope_theta: fl
 
 def entropy_model_dict(plan: QuickstartPlan) -> dict:
     """The entropy LM: a small windowed byte transformer."""
-    dim, layers, heads, window = plan.spec.entropy
-    return dict(kind="entropy_lm", stack=_stack(dim, layers, heads, window), vocab_size=260,
+    shape = plan.spec.entropy
+    return dict(kind="entropy_lm", stack=_stack(shape.dim, shape.layers, shape.heads, shape.window), vocab_size=260,
                 dtype="float32", param_dtype="float32")
 
 
 def blt_model_dict(plan: QuickstartPlan, threshold: float) -> dict:
     """The BLT, patching with the entropy LM at the calibrated `threshold`."""
-    local_dim, local_heads, enc_layers, dec_layers, window = plan.spec.local
-    latent_dim, latent_layers, latent_heads = plan.spec.latent
+    local, latent = plan.spec.local, plan.spec.latent
     entropy = entropy_model_dict(plan)
     entropy.pop("kind")
     return dict(
         kind="blt",
-        encoder=_stack(local_dim, enc_layers, local_heads, window),
-        latent=_stack(latent_dim, latent_layers, latent_heads, None),
-        decoder=_stack(local_dim, dec_layers, local_heads, window),
-        cross_attn_k=2, cross_attn_heads=local_heads,
+        encoder=_stack(local.dim, local.encoder_layers, local.heads, local.window),
+        latent=_stack(latent.dim, latent.layers, latent.heads, None),
+        decoder=_stack(local.dim, local.decoder_layers, local.heads, local.window),
+        cross_attn_k=2, cross_attn_heads=local.heads,
         cross_attn_all_layers_encoder=False, cross_attn_all_layers_decoder=True,
         hash=dict(group_sizes=(3, 4, 5, 6), vocab=HASH_VOCAB, n_functions=1),
         patching=blt_patching(threshold), entropy_model=entropy,
