@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blt_jax.nn.attention import masked_attention
-from blt_jax.nn.local_attention import _MAX_UNROLL, _plan, banded_attention, default_chunk
+from blt_jax.nn.local_attention import _MAX_UNROLL, _split_queries, banded_attention, default_chunk
 from blt_jax.nn.masks import CausalSpec, document_ids
 
 
@@ -62,7 +62,7 @@ def test_long_rows_loop_over_chunks_and_equal_dense():
     """700 queries after 5 earlier keys, window 16, chunks of 32: one short chunk at the start, 20
     full chunks in a loop (more than it unrolls at once, so the loop and its remainder both run), and a
     short chunk at the end."""
-    before, _, n_loop, after = _plan(700, 705, 16, 32)
+    before, _, n_loop, after = _split_queries(700, 705, 16, 32)
     assert len(before) == 1 and n_loop > _MAX_UNROLL and n_loop % _MAX_UNROLL and len(after) == 1
     q, k, v, pos, docs = inputs(2, 700, 705, seed=5)
     spec = CausalSpec(pos[:, -700:], docs[:, -700:], pos, docs, 16)
