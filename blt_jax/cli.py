@@ -184,6 +184,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_plot_entropy(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from blt_jax.config import RELEASED_THRESHOLD
     from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
     from blt_jax.patching.plot import save_entropy_figure
     from blt_jax.tokenizer import encode
@@ -199,7 +200,7 @@ def cmd_plot_entropy(args: argparse.Namespace) -> int:
     entropies = np.asarray(entropies_from_logits(logits))[0]
     threshold = args.threshold
     if threshold is None:
-        threshold = 1.335442066192627 if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
+        threshold = RELEASED_THRESHOLD if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
     save_entropy_figure(args.out, tokens, entropies, threshold, title=args.title or description)
     print(f"wrote {args.out} ({len(tokens)} bytes, threshold {threshold:.4f})")
     return 0
@@ -208,11 +209,12 @@ def cmd_plot_entropy(args: argparse.Namespace) -> int:
 def _checkpoint_threshold(path: str) -> float:
     """The patching threshold of a BLT checkpoint, or the released one."""
     from blt_jax.api import from_pretrained
+    from blt_jax.config import RELEASED_THRESHOLD
 
     try:
         return from_pretrained(path).config.patching.threshold
     except (FileNotFoundError, ValueError):
-        return 1.335442066192627
+        return RELEASED_THRESHOLD
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
