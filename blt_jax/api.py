@@ -264,6 +264,5 @@ def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel
     Returns:
       A `BLTModel` whose config carries the run's patching rule (and threshold).
     """
-    if not loading.is_training_run(workdir):
-        raise loading.CheckpointError(f"{workdir}: not a training workdir (it holds no checkpoints/)")
+    loading.require_training_run(workdir)
     return from_pretrained(workdir, entropy_path)

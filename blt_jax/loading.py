@@ -26,6 +26,10 @@ from blt_jax.params import abstract_params
 
 logger = logging.getLogger("blt_jax.loading")
 
+# A training workdir is a directory holding this one (Orbax's steps inside). `is_training_run` is the
+# only test of it, so the readers here and the train loop agree. It lives here, not beside Orbax in
+# `train/checkpoint.py`: importing that module loads Orbax (slow, and it installs a root logging
+# handler), which loading a model directory must not do.
 CHECKPOINTS = "checkpoints"
 
 
@@ -51,18 +55,31 @@ def check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
 # ---- training runs ------------------------------------------------------------------------------
 
 
+def checkpoints_dir(workdir: str) -> str:
+    """Where a training workdir keeps its checkpoints (`<workdir>/checkpoints`, resolved)."""
+    return paths.join(paths.resolve(workdir), CHECKPOINTS)
+
+
 def is_training_run(path: str) -> bool:
-    """True if `path` is a `blt-jax train` workdir (it holds `checkpoints/`)."""
-    return paths.isdir(paths.join(paths.resolve(path), CHECKPOINTS))
+    """True if `path` is a `blt-jax train` workdir (it holds `checkpoints/`, even if still empty)."""
+    return paths.isdir(checkpoints_dir(path))
+
+
+def require_training_run(workdir: str) -> str:
+    """The checkpoints directory of a training workdir.
+
+    Raises:
+      CheckpointError: `workdir` is not one.
+    """
+    if not is_training_run(workdir):
+        raise CheckpointError(f"{workdir}: not a training workdir (it holds no {CHECKPOINTS}/)")
+    return checkpoints_dir(workdir)
 
 
 def _reader(workdir: str):
     from blt_jax.train.checkpoint import CheckpointReader
 
-    directory = paths.join(paths.resolve(workdir), CHECKPOINTS)
-    if not paths.isdir(directory):
-        raise CheckpointError(f"{workdir}: not a training workdir (it holds no {CHECKPOINTS}/)")
-    return CheckpointReader(directory)
+    return CheckpointReader(require_training_run(workdir))
 
 
 def _restore_run_params(reader, step: int, experiment) -> Any:
