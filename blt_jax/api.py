@@ -15,13 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax import loading
-from blt_jax.train import runs
 from blt_jax.config import BLTConfig, EntropyLMConfig
 from blt_jax.errors import InputError
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-from blt_jax.params import abstract_params, init_params
 from blt_jax.nn.patch_ids import lengths_from_starts
+from blt_jax.params import abstract_params, init_params
 from blt_jax.patching.rules import patch_starts
 
 
@@ -239,6 +238,8 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
     Returns:
       A `BLTModel`.
     """
+    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+
     config, params, entropy = runs.load_blt(path, entropy_path, dtype)
     return BLTModel(config, params, entropy)
 
@@ -251,6 +252,8 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
     Returns:
       (config, params).
     """
+    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+
     return runs.load_entropy_lm(path)
 
 
@@ -265,6 +268,7 @@ def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel
     Returns:
       A `BLTModel` whose config carries the run's patching rule (and threshold).
     """
-    if not runs.is_training_run(workdir):
-        raise loading.CheckpointError(f"{workdir}: not a training workdir (it holds no checkpoints/)")
+    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+
+    runs.require_training_run(workdir)
     return from_pretrained(workdir, entropy_path)

@@ -182,6 +182,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_plot_entropy(args: argparse.Namespace) -> int:
     from blt_jax import paths
+    from blt_jax.config import RELEASED_THRESHOLD
     from blt_jax.patching.plot import text_entropy_figure
     from blt_jax.tokenizer import encode
 
@@ -192,7 +193,7 @@ def cmd_plot_entropy(args: argparse.Namespace) -> int:
     tokens = encode(text)
     threshold = args.threshold
     if threshold is None:
-        threshold = 1.335442066192627 if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
+        threshold = RELEASED_THRESHOLD if args.checkpoint is None else _checkpoint_threshold(args.checkpoint)
     text_entropy_figure(args.out, config, params, tokens, threshold, title=args.title or description)
     print(f"wrote {args.out} ({len(tokens)} bytes, threshold {threshold:.4f})")
     return 0
@@ -201,11 +202,12 @@ def cmd_plot_entropy(args: argparse.Namespace) -> int:
 def _checkpoint_threshold(path: str) -> float:
     """The patching threshold of a BLT checkpoint, or the released one."""
     from blt_jax.api import from_pretrained
+    from blt_jax.config import RELEASED_THRESHOLD
 
     try:
         return from_pretrained(path).config.patching.threshold
     except (FileNotFoundError, ValueError):
-        return 1.335442066192627
+        return RELEASED_THRESHOLD
 
 
 def _add_config_arg(p: argparse.ArgumentParser, help: str, **kwargs) -> None:

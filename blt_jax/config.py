@@ -27,6 +27,9 @@ PATCHING_MODES = ("entropy", "space", "static", "byte")
 # checkpoints), or causal over the whole row (Meta's code default: patches see earlier documents).
 LATENT_MASKS = ("block_causal", "causal")
 DTYPES = ("float32", "bfloat16", "float16")
+# The global entropy threshold (nats) of the released checkpoints (facebook/blt): the default of
+# entropy patching, and the fallback wherever a checkpoint or a user leaves it unset.
+RELEASED_THRESHOLD = 1.335442066192627
 
 
 class ConfigError(InputError):
@@ -155,7 +158,7 @@ class PatchingConfig:
 
     Attributes:
       mode: "entropy" (threshold on the entropy LM), "space", "static" or "byte".
-      threshold: global entropy threshold in nats (released: 1.335442066192627).
+      threshold: global entropy threshold in nats (default: the released one, RELEASED_THRESHOLD).
       monotonic: use the approximate-monotonic rule H_t - H_{t-1} > threshold instead.
       threshold_add: if set, the combined rule H_t > threshold and H_t - H_{t-1} > threshold_add.
       static_size: patch size of the "static" mode.
@@ -163,7 +166,7 @@ class PatchingConfig:
     """
 
     mode: str = "entropy"
-    threshold: float = 1.335442066192627
+    threshold: float = RELEASED_THRESHOLD
     monotonic: bool = False
     threshold_add: float | None = None
     static_size: int = 4

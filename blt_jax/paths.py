@@ -143,16 +143,34 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A local file name to write the new content of `path` into; when the block ends without an
+    error, that file replaces `path` as a whole, so a reader sees the old or the new content, never
+    a part (for writers that only take a local file name, e.g. ArrayRecord's).
+
+    Local paths: a temporary name beside `path`, renamed (atomic on one filesystem). URIs: a local
+    temporary file uploaded in one piece (object stores replace an object atomically).
+    """
+    if is_uri(path):
+        with tempfile.TemporaryDirectory(prefix="blt_jax_") as scratch:
+            local = os.path.join(scratch, os.path.basename(path))
+            yield local
+            copy_file(local, path)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    yield tmp
+    os.replace(tmp, path)
+
+
 def write_text(path: str, text: str) -> None:
     """Replaces `path` with `text` as a whole: a reader sees the old or the new content, never a part."""
     try:
         if is_uri(path):
-            _epath(path).write_text(text)
+            _epath(path).write_text(text)  # one upload: no temporary file needed
             return
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
     except FileNotFoundError as e:  # a missing bucket or parent directory
         where = "no such bucket, or no access to it" if is_uri(path) else "no such directory"
         raise NotFound(f"{path}: cannot write it: {where}") from e

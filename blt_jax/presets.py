@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from blt_jax.config import swiglu_hidden
-
-RELEASED_THRESHOLD = 1.335442066192627
+from blt_jax.config import RELEASED_THRESHOLD, swiglu_hidden
 
 
 def stack(dim: int, n_layers: int, n_heads: int, window: int | None, rope_theta: float = 500000.0,

@@ -49,6 +49,19 @@ def patch_ids(lengths, n):
     return [int((cum <= i).sum()) - 1 for i in range(n)]
 
 
+def slot_patch_ids(num_patches, k):
+    """Patch of each of the P*k cross-attention slots: slot r belongs to patch r // k."""
+    return np.arange(num_patches * k) // k
+
+
+def group_mask(q_group, k_group):
+    """The reference's dense cross-attention mask: a query and a key match iff they name the same
+    patch. Ids [B, T] / [B, S], or one row [T] / [S]; bool [B, T, S]. (Our model never builds it:
+    `nn/patch_attention.py` gathers instead; this is what that must equal.)"""
+    q, k = np.atleast_2d(np.asarray(q_group)), np.atleast_2d(np.asarray(k_group))
+    return q[:, :, None] == k[:, None, :]
+
+
 def latent_mask(tokens, lengths, kind="block_causal"):
     """Patch q visible from patch p: q <= p, within the same document unless `kind` is "causal"."""
     num = len(lengths)

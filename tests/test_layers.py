@@ -38,3 +38,13 @@ def test_an_upward_import_and_a_cycle_are_caught(tmp_path):
     assert result.returncode != 0
     assert "blt_jax.nn is not allowed to import blt_jax.train" in result.stdout, result.stdout[-4000:]
     assert ".masks -> .attention" in result.stdout, result.stdout[-4000:]
+
+
+def test_importing_the_package_stays_light():
+    """`import blt_jax` (the API: from_pretrained, BLTModel) loads neither the training stack's data
+    pipeline (grain) nor Orbax: asking for a model must not pay for them (about 0.5 s)."""
+    code = "import sys, blt_jax; print(sorted({m.split('.')[0] for m in sys.modules} & {'grain', 'orbax'}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from blt_jax.nn.latent import patch_document_ids
-from blt_jax.nn.masks import causal_mask, document_ids, group_mask, slot_patch_ids
+from blt_jax.nn.masks import causal_mask, document_ids
 from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
 from blt_jax.tokenizer import EOS_ID
 
@@ -58,8 +58,9 @@ def test_cross_masks(k):
     lengths = np.array([[1, 2, 0, 4, 3, 1, 0, 0]], np.int32)
     n = int(lengths.sum()) - 1
     num = lengths.shape[1]
-    enc = np.asarray(group_mask(slot_patch_ids(num, k), patch_ids_from_lengths(lengths, n)))[0]
-    dec = np.asarray(group_mask(decoder_patch_ids(lengths, n), slot_patch_ids(num, k)))[0]
+    slots = numpy_blt.slot_patch_ids(num, k)
+    enc = numpy_blt.group_mask(slots, patch_ids_from_lengths(lengths, n))[0]
+    dec = numpy_blt.group_mask(decoder_patch_ids(lengths, n), slots)[0]
     p = numpy_blt.patch_ids(lengths[0].tolist(), n)
     q = numpy_blt.patch_ids(lengths[0, 1:].tolist(), n)
     for r in range(num * k):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from blt_jax.nn.attention import masked_attention
-from blt_jax.nn.masks import group_mask, slot_patch_ids
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
+
+from numpy_blt import group_mask, slot_patch_ids
 
 LENGTHS = np.array([[1, 3, 0, 5, 2, 1, 4, 0, 0], [1, 1, 1, 2, 8, 1, 2, 0, 0]], np.int32)  # sum 17 = N + 1
 N = 16

@@ -9,6 +9,7 @@ import pytest
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
 from blt_jax.experiment import load_experiment
+from blt_jax.nn.scan import unstack_layers
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict
 from blt_jax.train.optimizer import learning_rate
@@ -150,7 +151,7 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
         state, metrics = trainer.step(state, trainer.global_batch(batch))
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses, plain[0], rtol=1e-5)
-    canonical = jax.device_get(trainer.canonical(state.params))
+    canonical = jax.device_get(unstack_layers(state.params, trainer.experiment.model, trainer.scan))
     assert jax.tree_util.tree_structure(canonical) == jax.tree_util.tree_structure(plain[1])
     for a, b in zip(jax.tree_util.tree_leaves(canonical), jax.tree_util.tree_leaves(plain[1])):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from blt_jax.config import (
+    RELEASED_THRESHOLD,
     BLTConfig,
     ConfigError,
     EntropyLMConfig,
@@ -25,7 +26,7 @@ from blt_jax.config import (
     StackConfig,
 )
 from blt_jax.convert.layout import WeightError, assemble, blt_entries, entropy_entries, to_torch
-from blt_jax.convert.safetensors_io import read_checkpoint_dir, write_safetensors
+from blt_jax.convert.safetensors_io import read_checkpoint_dir
 
 HASH_NAME = "model.encoder_hash_tok_embedding.weight"
 _RULES = (
@@ -122,7 +123,7 @@ def config_from_hf(cfg: Mapping[str, Any], with_patcher: bool = True) -> tuple[B
     mode = cfg.get("patching_mode") or "entropy"
     patching = PatchingConfig(
         mode=mode,
-        threshold=float(cfg.get("patching_threshold") or 1.335442066192627),
+        threshold=float(cfg.get("patching_threshold") or RELEASED_THRESHOLD),
         max_patch_length=cfg.get("max_patch_length"),
     )
     config = BLTConfig(
@@ -249,8 +250,3 @@ def export_hf_tensors(config: BLTConfig, params: Mapping, entropy_params: Mappin
         for e in entropy_entries(config.entropy_model):
             out[hf_name(e.name, patcher=True)] = to_torch(e.kind, _flat_get(entropy_params, e.path))
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def save_hf_weights(path: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> None:
-    """Writes our parameters as an HF-named `model.safetensors`."""
-    write_safetensors(path, export_hf_tensors(config, params, entropy_params))

@@ -19,6 +19,7 @@ import numpy as np
 from blt_jax.config import (
     LATENT_MASKS,
     PATCHING_MODES,
+    RELEASED_THRESHOLD,
     BLTConfig,
     ConfigError,
     EntropyLMConfig,
@@ -132,7 +133,7 @@ def patching_from_meta(raw: Mapping[str, Any], model_args: Mapping[str, Any]) ->
     threshold = chosen.get("threshold")
     return PatchingConfig(
         mode=mode,
-        threshold=float(threshold) if threshold is not None else 1.335442066192627,
+        threshold=float(threshold) if threshold is not None else RELEASED_THRESHOLD,
         monotonic=bool(chosen.get("monotonic") or False),
         threshold_add=None if chosen.get("threshold_add") is None else float(chosen["threshold_add"]),
         max_patch_length=None if chosen.get("max_patch_length") is None else int(chosen["max_patch_length"]),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import traverse_util
 
+from blt_jax import paths
 from blt_jax.config import ModelConfig
 from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
 from blt_jax.errors import InputError, NotFound
@@ -37,8 +38,8 @@ def save_native(directory: str, config: ModelConfig, params: Mapping, entropy_pa
     """Writes a model directory (a BLT, or an entropy LM alone) that `blt_jax.from_pretrained` /
     `blt_jax.api.load_entropy_model` read back."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump({"format_version": FORMAT_VERSION, "model": config_to_dict(config)}, f, indent=2)
+    paths.write_json(os.path.join(directory, CONFIG_FILE), {"format_version": FORMAT_VERSION,
+                                                            "model": config_to_dict(config)})
     write_safetensors(os.path.join(directory, PARAMS_FILE), _flatten(params))
     if entropy_params is not None:
         write_safetensors(os.path.join(directory, ENTROPY_FILE), _flatten(entropy_params))

@@ -4,7 +4,8 @@ Every BLT mask is a predicate on per-position ids:
   * local self-attention (encoder, decoder, entropy LM): causal, same EOS-delimited document, and
     within a sliding window W: key j visible to query i iff i - W < j <= i and doc(j) == doc(i);
   * latent self-attention: causal over patches within the same document of patches;
-  * cross-attention: a query and a key match iff they name the same patch.
+  * cross-attention: a query and a key match iff they name the same patch (never materialised:
+    `patch_attention.py` gathers each query's patch instead).
 True means "may attend".
 """
 
@@ -54,26 +55,6 @@ def causal_mask(
     if window is not None:
         mask = mask & (kp > qp - window)
     return mask
-
-
-def group_mask(q_group: jax.Array, k_group: jax.Array) -> jax.Array:
-    """Cross-attention mask: query and key must belong to the same patch.
-
-    Args:
-      q_group: int [B, T] (or [T]) patch id of each query.
-      k_group: int [B, S] (or [S]) patch id of each key.
-
-    Returns:
-      bool [B, T, S].
-    """
-    q = q_group if q_group.ndim == 2 else q_group[None]
-    k = k_group if k_group.ndim == 2 else k_group[None]
-    return q[:, :, None] == k[:, None, :]
-
-
-def slot_patch_ids(num_patches: int, k: int) -> jax.Array:
-    """Patch id of each of the P*k cross-attention slots: slot r belongs to patch r // k. int32 [P*k]."""
-    return jnp.arange(num_patches * k, dtype=jnp.int32) // k
 
 
 @struct.dataclass

@@ -6,8 +6,8 @@ same patch. So:
     against the k slots of its own patch (a gather), and the softmax over each patch's bytes is a
     segment softmax (segment max, exp, segment sum);
   * bytes -> slots (decoder): byte i attends the k slots of patch q(i): a gather of k keys per byte.
-Both are exactly the masked attention of the reference (`attention.masked_attention` with
-`masks.group_mask`), up to float summation order; a query with nothing to attend (an empty patch, an
+Both are exactly the masked attention of the reference (`attention.masked_attention` with a dense
+same-patch mask), up to float summation order; a query with nothing to attend (an empty patch, an
 out-of-range patch id) gets exact zeros. Dense masks would score every (slot, byte) pair: for a
 1024-byte row at 4.5 bytes per patch that is 230 times the work.
 """

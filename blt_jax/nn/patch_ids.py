@@ -51,7 +51,7 @@ def lengths_from_starts(starts: jax.Array, num_patches: int) -> jax.Array:
     Args:
       starts: bool [B, L]; position 0 must be a start. A patch runs from a start to the next start.
       num_patches: P (static). If a row has more than P patches, the patches past P - 1 are merged
-        into patch P - 1 (so lengths always sum to L); `count_patches` tells whether that happened.
+        into patch P - 1 (so lengths always sum to L); more starts than P tells that it happened.
 
     Returns:
       int32 [B, P], trailing zeros.
@@ -60,11 +60,6 @@ def lengths_from_starts(starts: jax.Array, num_patches: int) -> jax.Array:
     ids = jnp.maximum(ids, 0)
     rows = jnp.broadcast_to(jnp.arange(starts.shape[0])[:, None], ids.shape)
     return jnp.zeros((starts.shape[0], num_patches), jnp.int32).at[rows, ids].add(1)
-
-
-def count_patches(starts: jax.Array) -> jax.Array:
-    """Number of patches of each row. int32 [B]."""
-    return jnp.sum(starts.astype(jnp.int32), axis=-1)
 
 
 def starts_from_lengths(patch_lengths: jax.Array, num_positions: int) -> jax.Array:

@@ -8,8 +8,6 @@ manifest (JSON, replaced atomically) records which shards are complete and what 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import msgpack
@@ -42,20 +40,13 @@ def decode_record(record: bytes) -> tuple[bytes, np.ndarray, str]:
 
 
 def write_shard(path: str, records: Sequence[bytes]) -> None:
-    """Writes records to `path` atomically: a temporary file renamed when whole, or, on an object
-    store (ArrayRecord writes local files only), a local file uploaded in one piece."""
-    if paths.is_uri(path):
-        with tempfile.TemporaryDirectory() as scratch:
-            local = os.path.join(scratch, os.path.basename(path))
-            write_shard(local, records)
-            paths.copy_file(local, path)
-        return
-    tmp = path + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    for record in records:
-        writer.write(record)
-    writer.close()
-    os.replace(tmp, path)
+    """Writes records to `path` as a whole (`paths.replacing`: a shard file that exists is complete;
+    ArrayRecord writes local files only, so a gs:// shard is uploaded from a local one)."""
+    with paths.replacing(path) as local:
+        writer = ArrayRecordWriter(local, "group_size:1")
+        for record in records:
+            writer.write(record)
+        writer.close()
 
 
 def read_shard(path: str) -> Iterator[tuple[bytes, np.ndarray, str]]:

@@ -14,11 +14,11 @@ import os
 import time
 
 from blt_jax.errors import InputError
-from blt_jax.paths import resolve
+from blt_jax.paths import resolve, write_json
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import DEFAULT_MINUTES, QuickstartPlan, make_plan
 from blt_jax.quickstart.report import summary_table
-from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result, write_json
+from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result
 
 PLAN_FILE = "plan.json"
 

@@ -9,13 +9,13 @@ plan, and every machine trains the same models on the same bytes (faster machine
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, NamedTuple
 
 from blt_jax import presets
 from blt_jax.config import ConfigError, require
 from blt_jax.models import model_config_from_dict, model_kind
+from blt_jax.paths import read_json
 
 SCALES = ("small", "tiny")
 DEFAULT_MINUTES = 12.0
@@ -176,8 +176,7 @@ def make_plan(minutes: float = DEFAULT_MINUTES, scale: str = "small", target_pat
 
 def load_plan(path: str) -> QuickstartPlan:
     """The plan stored in a plan.json (written by `describe`; derived fields ignored)."""
-    with open(path) as f:
-        raw = json.load(f)
+    raw = read_json(path)
     return QuickstartPlan(**{k: v for k, v in raw.items() if k in QuickstartPlan.__dataclass_fields__})
 
 

@@ -24,10 +24,10 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
+from blt_jax.paths import read_json, write_json
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import QuickstartPlan
 
@@ -90,19 +90,6 @@ class Paths:
         return os.path.join(self.stages, f"{name}.json")
 
 
-def write_json(path: str, value: Any) -> None:
-    """Writes JSON atomically (a crash never leaves half a file that looks finished)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_result(paths: Paths, name: str) -> StageResult | None:
     """The recorded result of a finished stage, or None."""
     path = paths.stage(name)
@@ -110,6 +97,7 @@ def load_result(paths: Paths, name: str) -> StageResult | None:
 
 
 def save_result(paths: Paths, result: StageResult) -> None:
+    os.makedirs(paths.stages, exist_ok=True)
     write_json(paths.stage(result.name), dataclasses.asdict(result))
 
 

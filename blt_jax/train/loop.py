@@ -134,8 +134,7 @@ def _eval_batches(experiment: ExperimentConfig):
     return out
 
 
-def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True,
-                       stop_after: int | None = None) -> dict:
+def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     """Trains (or resumes) a run in `workdir`.
 
     Args:
@@ -143,8 +142,6 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
       workdir: the run directory (relative, `~` or `gs://`; created; resumed if it holds checkpoints
         of the same model).
       progress: show a progress bar.
-      stop_after: stop after this many steps of this invocation without a final checkpoint (tests
-        use it to simulate a crash).
 
     Returns:
       Summary: final step, last logged metrics, last evaluation, whether SIGTERM or Ctrl-C stopped it
@@ -167,7 +164,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
 
     stats = SourceStats()
     iterator = iter(build_dataset(experiment.data, stats=stats))
-    checkpointer = Checkpointer(paths.join(workdir, runs.CHECKPOINTS), train.keep_checkpoints)
+    checkpointer = Checkpointer(runs.checkpoints_dir(workdir), train.keep_checkpoints)
     restored = checkpointer.restore_latest(trainer.abstract_state, trainer.state_shardings, iterator)
     if restored is not None:
         start, state = restored
@@ -252,9 +249,6 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             if train.checkpoint_every and done % train.checkpoint_every == 0:
                 checkpointer.save(done, state, iterator, config_dict)
                 writer.flush()
-            if stop_after is not None and done - start >= stop_after:
-                pending = None  # as if the process died here
-                break
         else:
             if pending is not None:
                 flush(pending, final=True)
@@ -275,7 +269,6 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     writer.close()
     summary["step"] = int(jax.device_get(state.step))
     summary["data"] = stats.as_dict()
-    summary["state"] = state
     if summary["eval"]:
         logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])
     return summary

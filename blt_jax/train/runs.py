@@ -20,24 +20,42 @@ from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, unstack_layers
 from blt_jax.params import abstract_params
 from blt_jax.patching.store import MANIFEST
-from blt_jax.train.checkpoint import CheckpointReader
 from blt_jax.train.config import experiment_from_dict, resolve_scan
 
 logger = logging.getLogger("blt_jax.runs")
 
+# A training workdir is a directory holding this one (Orbax's steps inside); `is_training_run` is the
+# only test of it, so the readers here, the API and the train loop agree.
 CHECKPOINTS = "checkpoints"
 
 
+def checkpoints_dir(workdir: str) -> str:
+    """Where a training workdir keeps its checkpoints (`<workdir>/checkpoints`, resolved)."""
+    return paths.join(paths.resolve(workdir), CHECKPOINTS)
+
+
 def is_training_run(path: str) -> bool:
-    """True if `path` is a `blt-jax train` workdir (it holds `checkpoints/`)."""
-    return paths.isdir(paths.join(paths.resolve(path), CHECKPOINTS))
+    """True if `path` is a `blt-jax train` workdir (it holds `checkpoints/`, even if still empty)."""
+    return paths.isdir(checkpoints_dir(path))
 
 
-def _reader(workdir: str) -> CheckpointReader:
-    directory = paths.join(paths.resolve(workdir), CHECKPOINTS)
-    if not paths.isdir(directory):
+def require_training_run(workdir: str) -> str:
+    """The checkpoints directory of a training workdir.
+
+    Raises:
+      CheckpointError: `workdir` is not one.
+    """
+    if not is_training_run(workdir):
         raise CheckpointError(f"{workdir}: not a training workdir (it holds no {CHECKPOINTS}/)")
-    return CheckpointReader(directory)
+    return checkpoints_dir(workdir)
+
+
+def _reader(workdir: str):
+    # Imported here, not above: Orbax is slow to import and installs a root logging handler, which
+    # asking whether a path is a run, or loading a model directory, must not pay for.
+    from blt_jax.train.checkpoint import CheckpointReader
+
+    return CheckpointReader(require_training_run(workdir))
 
 
 def _restore_run_params(reader, step: int, experiment) -> Any:

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from blt_jax.data.pipeline import to_global
 from blt_jax.nn import axes
 from blt_jax.data.packing import mean_patch_length
 from blt_jax.models import model_kind
-from blt_jax.nn.scan import stack_layers, stacked_axes, unstack_layers
+from blt_jax.nn.scan import stack_layers, stacked_axes
 from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
 from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
@@ -81,7 +82,6 @@ class Trainer:
         self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, stack(params)),
                                     out_shardings=self.state_shardings)
         self._to_train_layout = jax.jit(stack, out_shardings=self.param_shardings)
-        self._canonical = lambda params: unstack_layers(params, layout)  # noqa: E731
 
     @contextlib.contextmanager
     def context(self):
@@ -105,13 +105,9 @@ class Trainer:
         """Per-layer parameters in this trainer's layout (stacked for scanned stacks), sharded."""
         return self._to_train_layout(jax.device_get(params))
 
-    def canonical(self, params: Any) -> Any:
-        """This trainer's parameters in the per-layer layout (checkpoint conversion, decoding)."""
-        return self._canonical(params)
-
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """A per-process batch as global arrays split over (data, fsdp)."""
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()}
+        return to_global(batch, self.batch_sharding)
 
     def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step (the input state is donated)."""
