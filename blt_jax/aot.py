@@ -160,16 +160,16 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
       outputs, temporaries, peak) against the chip's HBM, compiled and analytic FLOPs per device per
       step and their ratio, and the compile time.
     """
-    from blt_jax.train.trainer import Trainer
+    from blt_jax.train.programs import TrainPrograms
 
     devices = topology_devices(topology)
     mesh = make_mesh(experiment.mesh, devices)
     start = time.perf_counter()
-    trainer = Trainer(experiment, mesh)
-    state = _abstract(trainer.abstract_state, trainer.state_shardings)
-    batch = abstract_batch(experiment, trainer.batch_sharding)
-    with trainer.context():
-        lowered = trainer._step.lower(state, batch)
+    programs = TrainPrograms(experiment, mesh)
+    state = _abstract(programs.abstract_state, programs.state_shardings)
+    batch = abstract_batch(experiment, programs.batch_sharding)
+    with programs.context():
+        lowered = programs._step.lower(state, batch)
 
     data = experiment.data
     # The compiled program runs every patch slot: compare at the static budget's patch length.

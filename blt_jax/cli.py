@@ -556,9 +556,7 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides = overrides
         _resolve_paths(args)
         code = args.fn(args)
-    except (UserError, ImportError) as e:
-        if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("blt_jax"):
-            raise  # our own module missing: a bug, with its traceback
+    except UserError as e:
         if verbose:
             import traceback
 

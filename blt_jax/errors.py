@@ -18,3 +18,7 @@ class InputError(UserError, ValueError):
 
 class NotFound(UserError, FileNotFoundError):
     """A path the user named does not exist (or holds nothing of the expected kind)."""
+
+
+class MissingDependency(UserError, ImportError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""

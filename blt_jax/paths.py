@@ -14,6 +14,7 @@ atomic there), and local files are written to a temporary name and renamed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 from etils import epath
 
-from blt_jax.errors import InputError, NotFound
+from blt_jax.errors import InputError, MissingDependency, NotFound
 
 _URI_SEP = "://"
 
@@ -52,6 +53,12 @@ def join(base: str, *parts: str) -> str:
 
 
 def _epath(path: str) -> epath.Path:
+    if path.startswith("gs://"):
+        try:
+            importlib.import_module("gcsfs")  # epath reaches buckets through it
+        except ImportError as e:
+            raise MissingDependency(f"{path}: gs:// paths need gcsfs, which is not installed ({e}); "
+                                    "pip install -c constraints.txt -e '.[gcs]'") from None
     return epath.Path(path)
 
 

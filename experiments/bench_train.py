@@ -27,7 +27,7 @@ from blt_jax.models import model_kind
 from blt_jax.metrics.perf import cpu_matmul_peak
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict
-from blt_jax.train.trainer import Trainer
+from blt_jax.train.programs import TrainPrograms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,15 +91,15 @@ def main() -> None:
     experiment = dataclasses.replace(experiment, train=dataclasses.replace(
         experiment.train, grad_accum=args.grad_accum, warmup_steps=0, steps=1000))
     batch = bench_batch(experiment.data.batch_size, experiment.data.row_bytes)
-    trainer = Trainer(experiment, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
-    state = trainer.init()
-    device_batch = trainer.global_batch(batch)
+    programs = TrainPrograms(experiment, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    state = programs.init()
+    device_batch = programs.global_batch(batch)
     step_ref = reference_step(experiment.model, jax.device_get(state.params), batch, experiment.train.learning_rate)
 
     holder = {"state": state}
 
     def ours():
-        holder["state"], metrics = trainer.step(holder["state"], device_batch)
+        holder["state"], metrics = programs.step(holder["state"], device_batch)
         jax.block_until_ready(metrics)
         return float(metrics["loss"])
 

@@ -17,7 +17,7 @@ from blt_jax.cli import main  # noqa: E402
 from blt_jax.experiment import load_experiment  # noqa: E402
 from blt_jax.parallel import make_mesh  # noqa: E402
 from blt_jax.train.config import experiment_from_dict  # noqa: E402
-from blt_jax.train.trainer import Trainer  # noqa: E402
+from blt_jax.train.programs import TrainPrograms  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
@@ -63,8 +63,8 @@ def test_aot_cli_for_v5e(capsys):
 
 def parameter_specs(config: str, topology: str) -> dict:
     experiment = experiment_from_dict(load_experiment(config))
-    trainer = Trainer(experiment, make_mesh(experiment.mesh, topology_devices(topology)))
-    flat = jax.tree_util.tree_leaves_with_path(trainer.param_shardings)
+    programs = TrainPrograms(experiment, make_mesh(experiment.mesh, topology_devices(topology)))
+    flat = jax.tree_util.tree_leaves_with_path(programs.param_shardings)
     return {jax.tree_util.keystr(path): [list(a) if isinstance(a, tuple) else a for a in sharding.spec]
             for path, sharding in flat}
 

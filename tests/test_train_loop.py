@@ -54,7 +54,7 @@ def test_resume_after_an_interruption_is_bitwise_exact(tmp_path, straight, monke
     crashed = str(tmp_path / "crashed")
     steps = []
 
-    class PreemptedTrainer(loop.Trainer):
+    class PreemptedTrainer(loop.TrainPrograms):
         def step(self, state, batch):
             steps.append(len(steps) + 1)
             if len(steps) == 6:
@@ -62,7 +62,7 @@ def test_resume_after_an_interruption_is_bitwise_exact(tmp_path, straight, monke
             return super().step(state, batch)
 
     with monkeypatch.context() as patched:
-        patched.setattr(loop, "Trainer", PreemptedTrainer)
+        patched.setattr(loop, "TrainPrograms", PreemptedTrainer)
         first = train_and_evaluate(experiment(), crashed, progress=False)
     assert first["preempted"] and first["stop_signal"] == "SIGTERM"
     assert first["step"] == 6 and sorted(os.listdir(os.path.join(crashed, "checkpoints"))) == ["6"]
@@ -197,7 +197,7 @@ def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
 
     clock = [0.0]
 
-    class TimedTrainer(loop.Trainer):
+    class TimedTrainer(loop.TrainPrograms):
         def step(self, state, batch):
             clock[0] += 1.0
             return super().step(state, batch)
@@ -206,7 +206,7 @@ def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
             clock[0] += 100.0
             return super().evaluate(params, batches)
 
-    monkeypatch.setattr(loop, "Trainer", TimedTrainer)
+    monkeypatch.setattr(loop, "TrainPrograms", TimedTrainer)
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     exp = experiment(train__steps=30, train__log_every=10, train__eval_every=9, train__eval_batches=1,
                      train__checkpoint_every=0)

@@ -13,7 +13,7 @@ from blt_jax.nn.scan import unstack_layers
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict
 from blt_jax.train.optimizer import learning_rate
-from blt_jax.train.trainer import Trainer
+from blt_jax.train.programs import TrainPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
@@ -34,11 +34,11 @@ def batches():
 
 
 def run(exp, mesh, batches):
-    trainer = Trainer(exp, mesh)
-    state = trainer.init()
+    programs = TrainPrograms(exp, mesh)
+    state = programs.init()
     losses = []
     for batch in batches:
-        state, metrics = trainer.step(state, trainer.global_batch(batch))
+        state, metrics = programs.step(state, programs.global_batch(batch))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params)
 
@@ -59,8 +59,8 @@ def test_sharded_step_equals_single_device(shape, batches, single_device):
 
 
 def test_parameters_are_sharded_by_the_rules():
-    trainer = Trainer(tiny_experiment(), make_mesh(MeshConfig(1, 4, 2)))
-    state = trainer.init()
+    programs = TrainPrograms(tiny_experiment(), make_mesh(MeshConfig(1, 4, 2)))
+    state = programs.init()
     wq = state.params["global_transformer"]["layers_0"]["attention"]["wq"]  # [embed, heads, head_dim]
     assert wq.sharding.spec == jax.P("fsdp", "tensor", None)
     mu = state.opt_state[1][0].mu["global_transformer"]["layers_0"]["attention"]["wq"]
@@ -126,9 +126,9 @@ def test_bf16_compute_keeps_fp32_params(batches, single_device):
     raw = load_experiment(TINY)
     raw.model.dtype = "bfloat16"
     exp = experiment_from_dict(raw)
-    trainer = Trainer(exp, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
-    state = trainer.init()
-    state, metrics = trainer.step(state, trainer.global_batch(batches[0]))
+    programs = TrainPrograms(exp, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    state = programs.init()
+    state, metrics = programs.step(state, programs.global_batch(batches[0]))
     leaves = jax.tree_util.tree_leaves(state.params)
     assert all(x.dtype == np.float32 for x in leaves)
     mu = jax.tree_util.tree_leaves(state.opt_state[1][0].mu)
@@ -141,25 +141,25 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
     """A scanned latent stack trains exactly like the per-layer one (same init, same updates)."""
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     plain = single_device  # the per-layer run over the same 3 batches
-    trainer = Trainer(tiny_experiment(scan=scan, remat=remat), mesh)
-    state = trainer.init()
+    programs = TrainPrograms(tiny_experiment(scan=scan, remat=remat), mesh)
+    state = programs.init()
     stacked = state.params["global_transformer"]["layers"]["attention"]["wq"]
-    assert stacked.shape[0] == trainer.experiment.model.latent.n_layers
+    assert stacked.shape[0] == programs.experiment.model.latent.n_layers
     assert "layers_0" not in state.params["global_transformer"]
     losses = []
     for batch in batches:
-        state, metrics = trainer.step(state, trainer.global_batch(batch))
+        state, metrics = programs.step(state, programs.global_batch(batch))
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses, plain[0], rtol=1e-5)
-    canonical = jax.device_get(unstack_layers(state.params, trainer.experiment.model, trainer.scan))
+    canonical = jax.device_get(unstack_layers(state.params, programs.experiment.model, programs.scan))
     assert jax.tree_util.tree_structure(canonical) == jax.tree_util.tree_structure(plain[1])
     for a, b in zip(jax.tree_util.tree_leaves(canonical), jax.tree_util.tree_leaves(plain[1])):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
     # Round trip of the layouts, and the stacked axis is replicated by the rules.
-    again = jax.device_get(trainer.train_layout(canonical))
+    again = jax.device_get(programs.train_layout(canonical))
     for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(jax.device_get(state.params))):
         np.testing.assert_array_equal(a, b)
-    spec = trainer.param_shardings["global_transformer"]["layers"]["attention"]["wq"].spec
+    spec = programs.param_shardings["global_transformer"]["layers"]["attention"]["wq"].spec
     assert spec[0] is None and len(spec) == 4
 
 

@@ -187,6 +187,18 @@ def test_every_command_answers_bad_input_in_one_line(home, bad_inputs, straight)
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
+def test_a_missing_optional_package_is_one_line(home, tmp_path):
+    """A feature whose optional package is absent (here gcsfs, for a gs:// workdir) says which package
+    and how to install it, in one line."""
+    hidden = tmp_path / "hidden" / "gcsfs"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("gcsfs is hidden for this test")\n')
+    result = blt_jax("train", *TRAIN, "--workdir", "gs://bucket/run", cwd=home / "work", home=home,
+                     PYTHONPATH=tmp_path / "hidden")
+    line = _one_line_error(result, "train")
+    assert "gs:// paths need gcsfs" in line and "'.[gcs]'" in line, line
+
+
 def _total_params(stdout: str) -> int:
     return int(next(line for line in stdout.splitlines() if line.strip().startswith("total")).split()[-1].replace(",", ""))
 

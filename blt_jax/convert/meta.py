@@ -29,7 +29,7 @@ from blt_jax.config import (
     swiglu_hidden,
 )
 from blt_jax.convert.layout import assemble, blt_entries, entropy_entries
-from blt_jax.errors import InputError
+from blt_jax.errors import InputError, MissingDependency
 
 logger = logging.getLogger("blt_jax.convert")
 
@@ -209,7 +209,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             f"reading {path} needs PyTorch, which is not installed; install the CPU build with "
             "'pip install torch==2.13.0' (or convert the checkpoint to safetensors elsewhere)"
         ) from None

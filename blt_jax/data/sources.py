@@ -37,7 +37,7 @@ import grain
 import numpy as np
 
 from blt_jax import paths
-from blt_jax.errors import InputError
+from blt_jax.errors import InputError, MissingDependency
 from blt_jax.patching.store import decode_record, shard_paths
 
 logger = logging.getLogger("blt_jax.data")
@@ -411,7 +411,7 @@ class HFStream(grain.IterDataset):
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise ImportError("reading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
+            raise MissingDependency("reading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
         self._args = (name, split, text_field, subset, process_index, process_count)
         self._report = _Reporter(strict, stats if stats is not None else SourceStats())
 

@@ -22,7 +22,7 @@ from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.params import abstract_params
 from blt_jax.train import runs
 from blt_jax.train.config import ExperimentConfig, experiment_from_dict, experiment_to_dict
-from blt_jax.train.trainer import Trainer
+from blt_jax.train.programs import TrainPrograms
 
 
 def run_experiment(run: str, saved: ExperimentConfig, spec: str | None = None,
@@ -49,7 +49,7 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
       max_batches: at most this many batches (0: the whole pass).
 
     Returns:
-      `Trainer.evaluate`'s sums (eval_bpb, eval_loss, eval_bytes, eval_mean_patch_len), with `source`
+      `TrainPrograms.evaluate`'s sums (eval_bpb, eval_loss, eval_bytes, eval_mean_patch_len), with `source`
       (the corpus read) and `seconds` (of the evaluation proper).
     """
     saved, params = runs.read_run(run)
@@ -62,8 +62,8 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
     if batch_size:
         changes["batch_size"] = batch_size
     data = dataclasses.replace(data, **changes)
-    trainer = Trainer(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
+    programs = TrainPrograms(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
     batches = list(itertools.islice(build_dataset(data), max_batches or None))
     start = time.perf_counter()
-    result = trainer.evaluate(trainer.train_layout(params), batches)
+    result = programs.evaluate(programs.train_layout(params), batches)
     return {**result, "source": data.source, "seconds": time.perf_counter() - start}

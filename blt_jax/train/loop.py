@@ -32,7 +32,7 @@ from blt_jax.parallel import describe_shardings
 from blt_jax.train import runs
 from blt_jax.train.checkpoint import Checkpointer
 from blt_jax.train.config import ExperimentConfig, experiment_to_dict
-from blt_jax.train.trainer import Trainer
+from blt_jax.train.programs import TrainPrograms
 
 logger = logging.getLogger("blt_jax.train")
 
@@ -153,31 +153,31 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     experiment = resolve_experiment_paths(experiment)
     config_dict = experiment_to_dict(experiment)
     check_workdir(workdir, experiment)
-    trainer = Trainer(experiment)
+    programs = TrainPrograms(experiment)
     if lead:
         paths.makedirs(workdir)
         paths.write_json(paths.join(workdir, "config.json"), config_dict)
         paths.write_json(paths.join(workdir, "shardings.json"), {
-            "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
-            "params": describe_shardings(trainer.param_shardings, trainer.abstract_state.params),
+            "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
+            "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),
         })
 
     stats = SourceStats()
     iterator = iter(build_dataset(experiment.data, stats=stats))
     checkpointer = Checkpointer(runs.checkpoints_dir(workdir), train.keep_checkpoints)
-    restored = checkpointer.restore_latest(trainer.abstract_state, trainer.state_shardings, iterator)
+    restored = checkpointer.restore_latest(programs.abstract_state, programs.state_shardings, iterator)
     if restored is not None:
         start, state = restored
         logger.info("resumed from step %d of %s", start, workdir)
     else:
         start = 0
         if train.init_from:
-            state = trainer.init_from_params(runs.load_initial_params(experiment.model, train.init_from))
+            state = programs.init_from_params(runs.load_initial_params(experiment.model, train.init_from))
         else:
-            state = trainer.init()
+            state = programs.init()
 
     writer = MetricsWriter(workdir)
-    peak = total_peak_flops(trainer.mesh.devices.flat, train.peak_flops)
+    peak = total_peak_flops(programs.mesh.devices.flat, train.peak_flops)
     row_bytes = experiment.data.row_bytes
     summary: dict[str, Any] = {"start_step": start, "preempted": False, "metrics": {}, "eval": {}}
     bar = tqdm(total=train.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
@@ -225,7 +225,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             window["step_start"] = time.perf_counter()
             host = next(iterator)
             described = describe_batch(host)
-            state, metrics = trainer.step(state, trainer.global_batch(host))
+            state, metrics = programs.step(state, programs.global_batch(host))
             if pending is not None:
                 flush(pending)
             pending = (step, metrics, {"bytes": described["bytes"], "patches": described["patches"],
@@ -234,7 +234,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             done = step + 1
             if train.eval_every and done % train.eval_every == 0 and done < train.steps:
                 eval_start = time.perf_counter()
-                result = trainer.evaluate(state.params, _eval_batches(experiment))
+                result = programs.evaluate(state.params, _eval_batches(experiment))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
                 # Evaluation time is not training time: the window's clock skips it, and keeps the
@@ -258,7 +258,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                 checkpointer.save(done, state, iterator, config_dict)
                 writer.flush()
             if experiment.eval is not None:
-                result = trainer.evaluate(state.params, _eval_batches(experiment))
+                result = programs.evaluate(state.params, _eval_batches(experiment))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
         if pending is not None:

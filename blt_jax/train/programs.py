@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from blt_jax.data.pipeline import to_global
-from blt_jax.nn import axes
 from blt_jax.data.packing import mean_patch_length
+from blt_jax.data.pipeline import to_global
 from blt_jax.models import model_kind
+from blt_jax.nn import axes
 from blt_jax.nn.scan import stack_layers, stacked_axes
 from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
@@ -37,8 +37,9 @@ def _shard_like_params(tree: Any, params_def: Any, param_shardings: Any, fallbac
     return jax.tree_util.tree_map(lambda node: param_shardings if is_params(node) else fallback, tree, is_leaf=is_params)
 
 
-class Trainer:
-    """Jitted, sharded functions of one experiment on one mesh.
+class TrainPrograms:
+    """The jitted, sharded programs of one experiment on one mesh (state init, train step, eval step),
+    with the shardings they take and give.
 
     Args:
       experiment: the run's configuration.
@@ -98,11 +99,11 @@ class Trainer:
     def init_from_params(self, params: Any) -> TrainState:
         """A state whose parameters are `params` (per-layer layout, e.g. pretrained), with a fresh
         optimizer state."""
-        # Via the host: the params may live on other devices (another trainer's mesh).
+        # Via the host: the params may live on other devices (another run's mesh).
         return self._from_params(jax.device_get(params))
 
     def train_layout(self, params: Any) -> Any:
-        """Per-layer parameters in this trainer's layout (stacked for scanned stacks), sharded."""
+        """Per-layer parameters in these programs' layout (stacked for scanned stacks), sharded."""
         return self._to_train_layout(jax.device_get(params))
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
