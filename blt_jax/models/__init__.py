@@ -18,16 +18,15 @@ from blt_jax.models.entropy_lm import EntropyLMKind
 __all__ = ["KINDS", "EncoderInput", "ModelKind", "config_to_dict", "model_config_from_dict", "model_kind", "require_kind"]
 
 KINDS: dict[str, type[ModelKind]] = {kind.name: kind for kind in (BLTKind, EntropyLMKind)}
-_BY_CONFIG = {kind.config_class: kind for kind in KINDS.values()}
 DEFAULT_KIND = "blt"
 
 
 def model_kind(config: ModelConfig) -> ModelKind:
     """The kind of a model configuration, bound to it."""
-    kind = _BY_CONFIG.get(type(config))
-    if kind is None:
-        raise TypeError(f"no model kind for a {type(config).__name__}")
-    return kind(config)
+    for kind in KINDS.values():
+        if type(config) is kind.config_class:
+            return kind(config)
+    raise TypeError(f"no model kind for a {type(config).__name__}")
 
 
 def model_config_from_dict(raw: Any, path: str = "model") -> ModelConfig:
