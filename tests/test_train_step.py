@@ -9,6 +9,7 @@ import pytest
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
 from blt_jax.experiment import load_experiment
+from blt_jax.models import model_kind
 from blt_jax.nn.scan import unstack_layers
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict
@@ -151,7 +152,8 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
         state, metrics = programs.step(state, programs.global_batch(batch))
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses, plain[0], rtol=1e-5)
-    canonical = jax.device_get(unstack_layers(state.params, programs.experiment.model, programs.scan))
+    layout = model_kind(programs.experiment.model).scan_layout(programs.scan)
+    canonical = jax.device_get(unstack_layers(state.params, layout))
     assert jax.tree_util.tree_structure(canonical) == jax.tree_util.tree_structure(plain[1])
     for a, b in zip(jax.tree_util.tree_leaves(canonical), jax.tree_util.tree_leaves(plain[1])):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
@@ -166,7 +168,6 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
 def test_scanned_entropy_lm_equals_per_layer():
     from blt_jax.config import EntropyLMConfig, StackConfig
     from blt_jax.nn.entropy_lm import EntropyLM
-    from blt_jax.models import model_kind
     from blt_jax.nn.scan import stack_layers
     from blt_jax.params import init_params
 

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # figures are written to files; no display needed (notebo
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from blt_jax import paths  # noqa: E402
 from blt_jax.config import EntropyLMConfig, PatchingConfig  # noqa: E402
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits  # noqa: E402
 from blt_jax.patching.rules import entropy_starts  # noqa: E402
@@ -88,8 +89,6 @@ def plot_entropies(
 def save_entropy_figure(path: str, *args, **kwargs) -> str:
     """`plot_entropies(*args, **kwargs)` written to `path` (PNG, PDF or SVG by extension; local, `~`
     or `gs://`; missing parent directories are created)."""
-    from blt_jax import paths
-
     fig = plot_entropies(*args, **kwargs)
     target = paths.resolve(path)
     with paths.staged_dir(os.path.dirname(target) if not paths.is_uri(target) else target.rsplit("/", 1)[0]) as out:
