@@ -5,7 +5,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -61,11 +60,6 @@ class ByteLMKind(ModelKind):
 
     def inputs(self, batch, embeds=None):
         return (batch["tokens"],)
-
-    def batch_shapes(self, rows, row_bytes, row_patches):
-        shape = (rows, row_bytes)
-        return {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32), "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
-                "mask": jax.ShapeDtypeStruct(shape, jnp.bool_)}
 
     def scan_stacks(self):
         return {}

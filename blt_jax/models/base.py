@@ -73,9 +73,15 @@ class ModelKind(abc.ABC):
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
         """The module's positional inputs taken from a training batch."""
 
-    @abc.abstractmethod
     def batch_shapes(self, rows: int, row_bytes: int, row_patches: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """Shapes and dtypes of one training batch of `rows` rows."""
+        """Shapes and dtypes of one training batch of `rows` rows: plain byte rows (token ids, next-byte
+        targets, the mask of real targets), which models reading more extend."""
+        shape = (rows, row_bytes)
+        return {
+            "tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
+        }
 
     @abc.abstractmethod
     def scan_stacks(self) -> Mapping[str, StackPath]:

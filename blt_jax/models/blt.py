@@ -50,13 +50,8 @@ class BLTKind(ModelKind):
         return (batch["tokens"], batch["patch_lengths"], embeds)
 
     def batch_shapes(self, rows: int, row_bytes: int, row_patches: int) -> dict[str, jax.ShapeDtypeStruct]:
-        shape = (rows, row_bytes)
-        return {
-            "tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
-            "patch_lengths": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
-        }
+        shapes = super().batch_shapes(rows, row_bytes, row_patches)
+        return {**shapes, "patch_lengths": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32)}
 
     def scan_stacks(self) -> Mapping[str, StackPath]:
         return {"latent": (BLT.LATENT_PATH, self.config.latent.n_layers)}

@@ -7,7 +7,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from blt_jax.config import EntropyLMConfig, entropy_lm_from_dict
 from blt_jax.metrics.flops import entropy_lm_forward_flops
@@ -33,14 +32,6 @@ class EntropyLMKind(ModelKind):
 
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
         return (batch["tokens"],)
-
-    def batch_shapes(self, rows: int, row_bytes: int, row_patches: int) -> dict[str, jax.ShapeDtypeStruct]:
-        shape = (rows, row_bytes)
-        return {
-            "tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "mask": jax.ShapeDtypeStruct(shape, jnp.bool_),
-        }
 
     def scan_stacks(self) -> Mapping[str, StackPath]:
         return {"entropy": (EntropyLM.STACK_PATH, self.config.stack.n_layers)}
