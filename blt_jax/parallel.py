@@ -136,3 +136,17 @@ def describe_shardings(shardings: Any, abstract: Any) -> dict[str, dict]:
             "spec": [list(a) if isinstance(a, tuple) else a for a in sharding.spec],
         }
     return out
+
+
+_barriers = [0]  # barriers passed by this process: every process passes the same ones in order
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """A barrier of every process of the run, through JAX's coordination service (the host side:
+    no device collective, so no 30 s limit on the slowest process). No-op with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the coordination client has no public barrier in jax 0.10
+
+    _barriers[0] += 1
+    distributed.global_state.client.wait_at_barrier(f"blt_jax/{_barriers[0]}/{name}", timeout_s * 1000)

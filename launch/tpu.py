@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from worker import train_argv  # launch/ is the script's directory, first on sys.path
+
 # TPU VM runtime images by generation (Cloud TPU documentation).
 RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
            "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
@@ -43,9 +45,7 @@ def runtime_for(accelerator: str) -> str:
 
 
 def train_command(args) -> str:
-    overrides = " ".join(shlex.quote(o) for o in args.override)
-    return (f"cd {REMOTE_DIR} && . .venv/bin/activate && blt-jax train --config {shlex.quote(args.config)} "
-            f"--workdir {shlex.quote(args.workdir)} {overrides}").strip()
+    return f"cd {REMOTE_DIR} && . .venv/bin/activate && {shlex.join(train_argv(args.config, args.workdir, args.override))}"
 
 
 def install_command() -> str:

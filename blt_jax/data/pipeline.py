@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
 
 import grain
 import jax
 import numpy as np
 
 from blt_jax.config import PatchingConfig, require
-from blt_jax.data.packing import PackIterDataset, mean_patch_length
+from blt_jax.data.packing import PackIterDataset
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
 from blt_jax.errors import InputError
 from blt_jax.patching.rules import patch_starts
@@ -164,13 +163,3 @@ def build_dataset(
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Per-process batch -> global jax.Arrays laid out by `sharding` (batch axis sharded)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def describe_batch(batch: Mapping[str, Any]) -> dict:
-    """Numbers worth logging about a batch: real bytes, patches, mean patch length."""
-    mask = np.asarray(batch["mask"])
-    real = int(mask.sum())
-    if "patch_lengths" not in batch:
-        return {"bytes": real, "patches": real, "mean_patch_len": 1.0}
-    patches = int((np.asarray(batch["patch_lengths"]) > 0).sum())
-    return {"bytes": real, "patches": patches, "mean_patch_len": mean_patch_length(real, mask.shape[0], patches)}

@@ -16,12 +16,12 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from blt_jax import paths
 from blt_jax.data.packing import mean_patch_length
-from blt_jax.data.pipeline import build_dataset, describe_batch
+from blt_jax.data.pipeline import build_dataset
 from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError
 from blt_jax.loading import CheckpointError
@@ -42,20 +42,31 @@ class _Preemption:
     step, so it checkpoints and stops cleanly; a second Ctrl-C interrupts at once. Handlers are
     restored on exit.
 
+    With several processes, every one must stop after the same step, whichever was signalled (a
+    preempted host): SIGTERM is left to JAX's preemption service, which spreads the notice to all
+    processes and agrees on the step (`multihost_utils.reached_preemption_sync_point`, asked after
+    every step). Ctrl-C is not caught there: the launcher turns it into SIGTERM for every process.
+
     Attributes:
       requested: a stop was asked for.
       signal_name: which signal asked ("SIGTERM" / "SIGINT").
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self):
         self.requested = False
         self.signal_name = None
         self._previous = {}
+        self._shared = jax.process_count() > 1
+
+    def stop_after(self, step: int) -> bool:
+        """Whether to checkpoint and stop after `step` (the number of steps done); with several
+        processes, true on all of them at the same step."""
+        if self._shared and multihost_utils.reached_preemption_sync_point(step):
+            self.requested, self.signal_name = True, self.signal_name or "SIGTERM"
+        return self.requested
 
     def __enter__(self):
-        for sig in self.SIGNALS:
+        for sig in () if self._shared else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some notebook runners): no handler
@@ -192,18 +203,20 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         its last (`window["step_start"]`, taken before each step reads its batch); the final row, with
         no step after it, to now.
         """
-        p_step, p_metrics, p_host = entry
+        p_step, p_metrics = entry
         now = time.perf_counter() if final else window["step_start"]
+        # The step's own global counts (over every process's rows), not this host's share.
+        values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
+        step_counts = {"bytes": values["bytes"], "patches": values["patches"], "rows": experiment.data.batch_size}
         if p_step == start:  # the first step includes compilation: not throughput
             window.update(bytes=0, patches=0, rows=0, time=now)
         else:
             for key in ("bytes", "patches", "rows"):
-                window[key] += p_host[key]
+                window[key] += step_counts[key]
         if not ((p_step + 1) % train.log_every == 0 or final):
             return
-        values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
         timed = window["bytes"] > 0  # else only the compilation step is in the window
-        counts = window if timed else p_host
+        counts = window if timed else step_counts
         elapsed = max(now - window["time"], 1e-9)
         mean_len = mean_patch_length(counts["bytes"], counts["rows"], counts["patches"])
         flops_per_byte = model_kind(experiment.model).training_flops_per_byte(row_bytes, mean_len)
@@ -224,12 +237,10 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         for step in range(start, train.steps):
             window["step_start"] = time.perf_counter()
             host = next(iterator)
-            described = describe_batch(host)
             state, metrics = programs.step(state, programs.global_batch(host))
             if pending is not None:
                 flush(pending)
-            pending = (step, metrics, {"bytes": described["bytes"], "patches": described["patches"],
-                                       "rows": int(np.shape(host["tokens"])[0])})
+            pending = (step, metrics)
             bar.update(1)
             done = step + 1
             if train.eval_every and done % train.eval_every == 0 and done < train.steps:
@@ -240,7 +251,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                 # Evaluation time is not training time: the window's clock skips it, and keeps the
                 # training steps it already holds (restarting it would count their bytes in no time).
                 window["time"] += time.perf_counter() - eval_start
-            if preemption.requested:
+            if preemption.stop_after(done):
                 checkpointer.save(done, state, iterator, config_dict)
                 writer.flush()
                 summary["preempted"] = True

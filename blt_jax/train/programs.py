@@ -24,7 +24,14 @@ from blt_jax.models import model_kind
 from blt_jax.nn import axes
 from blt_jax.nn.scan import stack_layers, stacked_axes
 from blt_jax.params import abstract_params, init_params, logical_axes
-from blt_jax.parallel import LOGICAL_RULES, batch_sharding, logical_to_shardings, make_mesh, replicated
+from blt_jax.parallel import (
+    LOGICAL_RULES,
+    batch_sharding,
+    logical_to_shardings,
+    make_mesh,
+    replicated,
+    wait_for_all_processes,
+)
 from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
 from blt_jax.train.optimizer import learning_rate, make_optimizer
 from blt_jax.train.state import TrainState, init_state
@@ -76,6 +83,7 @@ class TrainPrograms:
                                  grad_accum=train.grad_accum, embed=kind.encoder_input())
         self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)
+        self._compiled: dict[str, Any] = {}  # several processes: programs compiled ahead (`_run`)
         self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
                              in_shardings=(self.param_shardings, self.batch_sharding),
                              out_shardings=replicated(self.mesh))
@@ -110,10 +118,22 @@ class TrainPrograms:
         """A per-process batch as global arrays split over (data, fsdp)."""
         return to_global(batch, self.batch_sharding)
 
+    def _run(self, name: str, jitted, *args):
+        """`jitted(*args)`. With several processes, compiled ahead on its first call, and first run
+        only once every process has compiled it: CPU collectives (gloo) connect at a program's first
+        run and wait 30 s at most for the peers, less than compile times differ between processes on
+        a busy host."""
+        with self.context():
+            if jax.process_count() == 1:
+                return jitted(*args)
+            if name not in self._compiled:
+                self._compiled[name] = jitted.lower(*args).compile()
+                wait_for_all_processes(f"{name} compiled")
+            return self._compiled[name](*args)
+
     def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step (the input state is donated)."""
-        with self.context():
-            return self._step(state, batch)
+        return self._run("train step", self._step, state, batch)
 
     def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
         """Bits per byte (CE summed over real targets / (ln 2 x their number)), mean patch length."""
@@ -122,7 +142,7 @@ class TrainPrograms:
         rows = 0
         for batch in batches:
             with self.context():
-                sums = jax.device_get(self._eval(params, self.global_batch(batch)))
+                sums = jax.device_get(self._run("eval step", self._eval, params, self.global_batch(batch)))
             for key in total:
                 total[key] += float(sums[key])
             rows += int(np.shape(batch["tokens"])[0]) * jax.process_count()

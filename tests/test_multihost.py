@@ -1,0 +1,83 @@
+"""Training as several JAX processes on one machine, as a pod's hosts run it (`launch/local_multihost.py`:
+the same `blt-jax train` command per process, real collectives over gloo): one writer of metrics and
+checkpoints, SIGTERM to one process stops every process after the same step with a complete
+checkpoint, and the same command resumes to where an uninterrupted run ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from user import TINY, user_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(ROOT, "launch", "local_multihost.py")
+STEPS = 10
+TRAIN = [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2", "--config.train.log_every=1",
+         "--config.train.checkpoint_every=100", "--config.train.eval_every=0", "--config.train.eval_batches=1"]
+
+
+def launcher(tmp, name, processes=2, devices=4):
+    """The launcher's command line for a run `name` under `tmp` (workdir and logs)."""
+    return [sys.executable, LAUNCHER, "--num-processes", str(processes), "--devices", str(devices), "--config", TINY,
+            "--workdir", f"runs/{name}", "--logs", f"logs/{name}", *TRAIN]
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [row for row in map(json.loads, f) if "loss" in row]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("multihost")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp):
+    """An uninterrupted run as 2 processes x 4 CPU devices."""
+    result = subprocess.run(launcher(tmp, "straight"), cwd=tmp, env=user_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "runs" / "straight"
+
+
+def test_one_writer_of_metrics_and_checkpoints(tmp, straight):
+    assert [row["step"] for row in rows(straight)] == list(range(1, STEPS + 1))  # each step once
+    assert os.listdir(straight / "checkpoints") == [str(STEPS)]
+    for index in range(2):
+        log = (tmp / "logs" / "straight" / f"process_{index}.log").read_text()
+        assert f"step {STEPS}: loss" in log  # both processes ran every step
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step_and_the_run_resumes(tmp, straight):
+    proc = subprocess.Popen(launcher(tmp, "preempted"), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workdir, logs = tmp / "runs" / "preempted", tmp / "logs" / "preempted"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGTERM)  # one "host" is preempted
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
+    stopped = os.listdir(workdir / "checkpoints")
+    assert len(stopped) == 1 and 3 <= int(stopped[0]) < STEPS, stopped
+    for index in range(2):  # every process stopped after the same step, with the checkpoint
+        log = (logs / f"process_{index}.log").read_text()
+        assert f"stopped by SIGTERM at step {stopped[0]}" in log, log[-3000:]
+
+    result = subprocess.run(launcher(tmp, "preempted"), cwd=tmp, env=user_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resumed from step {stopped[0]}" in (logs / "process_0.log").read_text()
+    resumed, expected = rows(workdir), rows(straight)
+    assert [row["step"] for row in resumed] == list(range(1, STEPS + 1))
+    for got, want in zip(resumed, expected):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-6), (got["step"], got, want)
