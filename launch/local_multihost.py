@@ -80,17 +80,19 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
                 proc.send_signal(signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    start, failed_at = time.monotonic(), None
+    start, failed_at, first, stopped = time.monotonic(), None, None, set()
     try:
         while any(proc.poll() is None for proc in procs):
             codes = [proc.poll() for proc in procs]
             if failed_at is None and any(code not in (None, 0) for code in codes):
                 failed_at = time.monotonic()
+                first = next(i for i, code in enumerate(codes) if code not in (None, 0))
             late = failed_at is not None and time.monotonic() - failed_at > PEER_GRACE_S
             if late or (timeout is not None and time.monotonic() - start > timeout):
-                for proc in procs:
+                for index, proc in enumerate(procs):
                     if proc.poll() is None:
                         proc.kill()
+                        stopped.add(index)
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
@@ -99,12 +101,12 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
             log.close()
     codes = [proc.returncode for proc in procs]
     for index, code in enumerate(codes):
-        print(f"process {index}: exit code {code} ({os.path.join(logs, f'process_{index}.log')})")
+        note = ", stopped by the launcher" if index in stopped else ""
+        print(f"process {index}: exit code {code}{note} ({os.path.join(logs, f'process_{index}.log')})")
     failed = [i for i, code in enumerate(codes) if code != 0]
     if not failed:
         return 0
-    # The process that failed first by itself, not one killed after it.
-    first = next((i for i in failed if codes[i] > 0), failed[0])
+    first = failed[0] if first is None else first  # the process that failed first, not one stopped after it
     print(f"process {first} failed; its last lines:\n{_tail(os.path.join(logs, f'process_{first}.log'))}",
           file=sys.stderr)
     return codes[first] if codes[first] > 0 else 1

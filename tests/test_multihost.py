@@ -81,3 +81,23 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_the_run_resumes(tmp, s
     assert [row["step"] for row in resumed] == list(range(1, STEPS + 1))
     for got, want in zip(resumed, expected):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-6), (got["step"], got, want)
+
+
+def test_a_process_that_dies_stops_the_others_with_its_message(tmp):
+    """A process killed mid-run (a host lost) does not leave the other waiting in a collective: the
+    launcher stops it within its grace period and names the dead process."""
+    proc = subprocess.Popen(launcher(tmp, "lost"), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workdir, logs = tmp / "runs" / "lost", tmp / "logs" / "lost"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGKILL)
+    killed = time.time()
+    out, err = proc.communicate(timeout=300)
+    assert time.time() - killed < 120  # not a hang: the survivor is stopped after the launcher's grace
+    assert proc.returncode != 0
+    assert "process 1: exit code -9" in out and "process 1 failed" in err, out + err
