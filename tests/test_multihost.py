@@ -1,7 +1,8 @@
 """Training as several JAX processes on one machine, as a pod's hosts run it (`launch/local_multihost.py`:
 the same `blt-jax train` command per process, real collectives over gloo): one writer of metrics and
 checkpoints, SIGTERM to one process stops every process after the same step with a complete
-checkpoint, and the same command resumes to where an uninterrupted run ends."""
+checkpoint, and the same command resumes to where an uninterrupted run ends. The uninterrupted run's
+workdir is in a bucket of a local Cloud Storage server, the interrupted one's a shared local directory."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+import gcs_server
 from user import TINY, user_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,15 +23,19 @@ TRAIN = [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2", "--co
          "--config.train.checkpoint_every=100", "--config.train.eval_every=0", "--config.train.eval_batches=1"]
 
 
-def launcher(tmp, name, processes=2, devices=4):
-    """The launcher's command line for a run `name` under `tmp` (workdir and logs)."""
+def launcher(tmp, name, processes=2, devices=4, workdir=None):
+    """The launcher's command line for a run `name` (workdir `runs/<name>` unless given, logs under `tmp`)."""
     return [sys.executable, LAUNCHER, "--num-processes", str(processes), "--devices", str(devices), "--config", TINY,
-            "--workdir", f"runs/{name}", "--logs", f"logs/{name}", *TRAIN]
+            "--workdir", workdir or f"runs/{name}", "--logs", f"logs/{name}", *TRAIN]
+
+
+def loss_rows(text: str) -> list[dict]:
+    return [row for row in map(json.loads, text.splitlines()) if "loss" in row]
 
 
 def rows(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [row for row in map(json.loads, f) if "loss" in row]
+        return loss_rows(f.read())
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +45,24 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(tmp):
-    """An uninterrupted run as 2 processes x 4 CPU devices."""
-    result = subprocess.run(launcher(tmp, "straight"), cwd=tmp, env=user_env(), capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return tmp / "runs" / "straight"
+    """An uninterrupted run as 2 processes x 4 CPU devices, in gs://blt/straight: (metrics rows, the
+    run's object names)."""
+    server = gcs_server.start(tmp)
+    try:
+        server.create_bucket("blt")
+        result = subprocess.run(launcher(tmp, "straight", workdir="gs://blt/straight"), cwd=tmp,
+                                env=user_env(**server.client_env()), capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return loss_rows(server.read("blt", "straight/metrics.jsonl").decode()), server.names("blt", "straight/")
+    finally:
+        server.stop()
 
 
 def test_one_writer_of_metrics_and_checkpoints(tmp, straight):
-    assert [row["step"] for row in rows(straight)] == list(range(1, STEPS + 1))  # each step once
-    assert os.listdir(straight / "checkpoints") == [str(STEPS)]
+    metrics, names = straight
+    assert [row["step"] for row in metrics] == list(range(1, STEPS + 1))  # each step once
+    assert {name.split("/")[2] for name in names if name.startswith("straight/checkpoints/")} == {str(STEPS)}
+    assert not (tmp / "runs" / "straight").exists()  # nothing written locally
     for index in range(2):
         log = (tmp / "logs" / "straight" / f"process_{index}.log").read_text()
         assert f"step {STEPS}: loss" in log  # both processes ran every step
@@ -77,7 +91,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_the_run_resumes(tmp, s
                             timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resumed from step {stopped[0]}" in (logs / "process_0.log").read_text()
-    resumed, expected = rows(workdir), rows(straight)
+    resumed, expected = rows(workdir), straight[0]
     assert [row["step"] for row in resumed] == list(range(1, STEPS + 1))
     for got, want in zip(resumed, expected):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-6), (got["step"], got, want)
