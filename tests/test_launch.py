@@ -60,3 +60,20 @@ def test_xpk_workload():
     words = shlex.split(lines[0])
     assert words[:3] == ["xpk", "workload", "create"] and "--tpu-type=v5p-128" in words
     assert "--command=blt-jax train --config experiments/blt_7b.py:v5p-128 --workdir gs://b/7b" in words
+
+
+def test_the_pod_and_the_local_launcher_run_one_worker_command(monkeypatch):
+    """`tpu.py pod` and `local_multihost.py` build their processes' command with the same function."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "launch"))
+    import local_multihost
+    import worker
+
+    seen = {}
+    monkeypatch.setattr(local_multihost, "run", lambda argv, *rest: seen.setdefault("argv", argv) and 0)
+    local_multihost.main(["--num-processes", "2", "--config", "experiments/blt_1b.py:v5p-32",
+                          "--workdir", "gs://bucket/blt-1b", "--config.train.steps=10"])
+    expected = worker.train_argv("experiments/blt_1b.py:v5p-32", "gs://bucket/blt-1b", ["--config.train.steps=10"])
+    assert seen["argv"][1:] == [*expected[1:], "--no-progress"]  # [0]: this environment's blt-jax script
+    code, lines, err = dry_run(*POD, "--stages", "train", "--override=--config.train.steps=10")
+    assert code == 0, err
+    assert shlex.join(expected) in lines[0]
