@@ -38,6 +38,21 @@ def rows(workdir):
         return loss_rows(f.read())
 
 
+def signal_one_process(tmp, name: str, after_steps: int, sig: int) -> subprocess.Popen:
+    """Starts run `name` as 2 processes and, once `after_steps` steps are logged, sends `sig` to
+    process 1 alone; returns the launcher's process."""
+    proc = subprocess.Popen(launcher(tmp, name), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workdir, deadline = tmp / "runs" / name, time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= after_steps:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(int((tmp / "logs" / name / "process_1.pid").read_text()), sig)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("multihost")
@@ -69,16 +84,8 @@ def test_one_writer_of_metrics_and_checkpoints(tmp, straight):
 
 
 def test_sigterm_to_one_process_stops_all_at_one_step_and_the_run_resumes(tmp, straight):
-    proc = subprocess.Popen(launcher(tmp, "preempted"), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = signal_one_process(tmp, "preempted", after_steps=3, sig=signal.SIGTERM)  # one "host" is preempted
     workdir, logs = tmp / "runs" / "preempted", tmp / "logs" / "preempted"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= 3:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
-    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGTERM)  # one "host" is preempted
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out + err
     stopped = os.listdir(workdir / "checkpoints")
@@ -100,16 +107,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_the_run_resumes(tmp, s
 def test_a_process_that_dies_stops_the_others_with_its_message(tmp):
     """A process killed mid-run (a host lost) does not leave the other waiting in a collective: the
     launcher stops it within its grace period and names the dead process."""
-    proc = subprocess.Popen(launcher(tmp, "lost"), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    workdir, logs = tmp / "runs" / "lost", tmp / "logs" / "lost"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= 1:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
-    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGKILL)
+    proc = signal_one_process(tmp, "lost", after_steps=1, sig=signal.SIGKILL)
     killed = time.time()
     out, err = proc.communicate(timeout=300)
     assert time.time() - killed < 120  # not a hang: the survivor is stopped after the launcher's grace
