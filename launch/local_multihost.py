@@ -112,8 +112,13 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
     return codes[first] if codes[first] > 0 else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's own adds the whole usage)
+        self.exit(2, f"local_multihost.py: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-processes", type=int, required=True, help="JAX processes (the hosts of a pod)")
     parser.add_argument("--devices", type=int, default=1, help="CPU devices of each process")
     parser.add_argument("--config", required=True, help="experiment file[:arg]")

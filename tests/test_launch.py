@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "tpu.py")
 
@@ -77,3 +79,15 @@ def test_the_pod_and_the_local_launcher_run_one_worker_command(monkeypatch):
     code, lines, err = dry_run(*POD, "--stages", "train", "--override=--config.train.steps=10")
     assert code == 0, err
     assert shlex.join(expected) in lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "experiments/tiny.py", "--workdir", "w"], "the following arguments are required: --num-processes"),
+    (["--num-processes", "0", "--config", "c.py", "--workdir", "w"], "--num-processes and --devices must be >= 1"),
+    (["--num-processes", "2", "--config", "c.py", "--workdir", "w", "--steps", "3"], "unrecognised arguments: --steps"),
+])
+def test_the_local_launcher_answers_bad_input_in_one_line(tmp_path, args, needle):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local_multihost.py"), *args],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr

@@ -25,7 +25,7 @@ from blt_jax.train.config import ExperimentConfig, experiment_from_dict, experim
 from blt_jax.train.programs import TrainPrograms
 
 
-def run_experiment(run: str, saved: ExperimentConfig, spec: str | None = None,
+def run_experiment(saved: ExperimentConfig, spec: str | None = None,
                    overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The experiment to evaluate a run under: `spec` (an experiment file[:arg]) or the run's `saved`
     one, with `a.b=v` overrides applied."""
@@ -53,7 +53,7 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
       (the corpus read) and `seconds` (of the evaluation proper).
     """
     saved, params = runs.read_run(run)
-    experiment = run_experiment(run, saved, spec, overrides)
+    experiment = run_experiment(saved, spec, overrides)
     check_tree(params, abstract_params(experiment.model), run)
     data = experiment.eval or experiment.data
     changes: dict[str, Any] = {"num_epochs": 1, "shuffle": False}
