@@ -150,3 +150,30 @@ def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
 
     _barriers[0] += 1
     distributed.global_state.client.wait_at_barrier(f"blt_jax/{_barriers[0]}/{name}", timeout_s * 1000)
+
+
+_gathers = [0]  # gathers done by this process: every process does the same ones in order
+
+
+def gather_from_processes(name: str, text: str, timeout_s: int = 3600) -> list[str]:
+    """Every process's `text`, in process order, through JAX's coordination service (host side, for
+    small values such as data-iterator states; call on every process at once). One process: [text]."""
+    if jax.process_count() == 1:
+        return [text]
+    from jax._src import distributed  # the coordination client has no public key-value API in jax 0.10
+
+    client = distributed.global_state.client
+    _gathers[0] += 1
+    key = f"blt_jax/gather/{_gathers[0]}/{name}"
+    client.key_value_set(f"{key}/{jax.process_index()}", text)
+    return [client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000) for i in range(jax.process_count())]
+
+
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> list[int]:
+    """The rows of a [batch_size, ...] global batch laid out by `sharding` that this process's
+    devices hold, ascending: the rows its input pipeline must produce, in the order
+    `jax.make_array_from_process_local_data` expects them."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        rows.update(range(batch_size)[index[0]])
+    return sorted(rows)

@@ -68,7 +68,7 @@ def training_profile(name: str, profiles: dict, row_bytes: int, row_patches: int
     if name not in profiles:
         raise ValueError(f"unknown hardware profile {name!r}; this config has: {', '.join(sorted(profiles))}")
     p = profiles[name]
-    data = dict(source=p.get("source", "default"), batch_size=p["batch"], row_bytes=row_bytes,
+    data = dict(source=p.get("source", "default"), batch_size=p["batch"], shards=0, row_bytes=row_bytes,
                 row_patches=row_patches, patching=dict(mode="space", threshold=RELEASED_THRESHOLD, monotonic=False,
                                                        threshold_add=None, static_size=4, max_patch_length=None))
     train = dict(steps=p.get("steps", 100_000), learning_rate=p.get("learning_rate", 4e-4), warmup_steps=2_000,

@@ -32,7 +32,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         vocab_size=260, dtype="float32", param_dtype="float32",
     ))
     config.data = ml_collections.ConfigDict(dict(
-        source="default", batch_size=8, row_bytes=1024, row_patches=240,
+        source="default", batch_size=8, shards=0, row_bytes=1024, row_patches=240,
         patching=dict(mode="space", threshold=presets.RELEASED_THRESHOLD, monotonic=False, threshold_add=None,
                       static_size=4, max_patch_length=9),
     ))

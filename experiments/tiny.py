@@ -29,7 +29,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ))
     # Training on the embedded default corpus (Python's standard library), space patching.
     config.data = ml_collections.ConfigDict(dict(
-        source="default", text_field="text", batch_size=8, row_bytes=128, row_patches=48,
+        source="default", text_field="text", batch_size=8, shards=0, row_bytes=128, row_patches=48,
         patching=dict(mode="space", threshold=presets.RELEASED_THRESHOLD, monotonic=False, threshold_add=None,
                       static_size=4, max_patch_length=16),
         seed=0, shuffle=True, num_epochs=None, strict=False, read_threads=2, prefetch=64, hf_subset=None,

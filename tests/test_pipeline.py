@@ -1,5 +1,6 @@
 """The grain pipeline: exact stream reconstruction, patch invariants, sharding, resume, bad input."""
 
+import dataclasses
 import json
 
 import grain
@@ -10,7 +11,9 @@ import pytest
 from blt_jax.config import ConfigError, PatchingConfig
 from blt_jax.data.packing import pack_row
 from blt_jax.data.pipeline import DataConfig, build_dataset, prepare_document, to_global
+from blt_jax.data.shards import process_share
 from blt_jax.data.sources import SourceError, SourceStats, open_corpus
+from blt_jax.errors import InputError
 from blt_jax.tokenizer import encode
 
 N, P = 64, 20
@@ -31,10 +34,10 @@ def corpus(tmp_path_factory):
 
 def documents_in_order(spec, seed, shuffle=True, index=0, count=1):
     """The documents the pipeline should see, computed without it."""
-    ds = grain.MapDataset.source(open_corpus(spec))[index::count]
+    ds = grain.MapDataset.source(open_corpus(spec))
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    return [d for d in ds.to_iter_dataset()]
+    return [d for d in ds[index::count].to_iter_dataset()]
 
 
 def all_rows(config, **kwargs):
@@ -120,7 +123,7 @@ def test_processes_read_disjoint_shards_covering_the_corpus(corpus, processes):
     seen = []
     for index in range(processes):
         shard = documents_in_order(corpus, 0, shuffle=False, index=index, count=processes)
-        rows = all_rows(config, process_index=index, process_count=processes)
+        rows = all_rows(config, rows=process_share(processes, index, processes))
         stream = np.concatenate([encode(d.data) for d in shard])
         inputs = np.concatenate([r["tokens"][: int(r["mask"].sum())] for r in rows])
         np.testing.assert_array_equal(inputs, stream[: len(inputs)])
@@ -253,17 +256,17 @@ def test_hugging_face_streaming_with_a_stub(monkeypatch):
 
     seen = {}
     for index in range(2):
-        inputs = [b["tokens"][r][: int(b["mask"][r].sum())] for b in build_dataset(config, index, 2) for r in range(1)]
+        inputs = [b["tokens"][r][: int(b["mask"][r].sum())] for b in build_dataset(config, process_share(2, index, 2)) for r in range(1)]
         text = render(np.concatenate(inputs))
         seen[index] = [i for i in range(40) if f"<s>example number {i}</s>" in text]
     assert all(i % 2 == 0 for i in seen[0]) and all(i % 2 == 1 for i in seen[1])  # disjoint shards
     assert len(seen[0]) + len(seen[1]) >= 30  # the tail of a stream may not fill a last batch
 
-    it = iter(build_dataset(config, process_index=0, process_count=1))
+    it = iter(build_dataset(config))
     next(it)
     state = it.get_state()
     want = next(it)
-    again = iter(build_dataset(config, process_index=0, process_count=1))
+    again = iter(build_dataset(config))
     again.set_state(state)
     np.testing.assert_array_equal(next(again)["tokens"], want["tokens"])
 
@@ -314,3 +317,73 @@ def test_byte_rows_without_patches(corpus):
     stream = np.concatenate([encode(d.data) for d in documents_in_order(corpus, 0, shuffle=False)])
     inputs = np.concatenate([r["tokens"][: int(r["mask"].sum())] for r in rows])
     np.testing.assert_array_equal(inputs, stream[:-1])
+
+
+def _batches(iterators, steps):
+    """`steps` global batches assembled from per-process iterators (processes in row order)."""
+    out = []
+    for _ in range(steps):
+        parts = [next(it) for it in iterators]
+        out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return out
+
+
+def _assert_same(got, want):
+    for a, b in zip(got, want, strict=True):
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("shards", [0, 4])
+def test_the_global_batch_does_not_depend_on_the_process_count(corpus, shards):
+    config = DataConfig(source=corpus, batch_size=8, shards=shards, row_bytes=N, row_patches=P, seed=2)
+    single = _batches([iter(build_dataset(config))], 6)
+    for processes in (2, 4):
+        parts = [iter(build_dataset(config, process_share(8, i, processes))) for i in range(processes)]
+        _assert_same(_batches(parts, 6), single)
+
+
+def test_a_stream_saved_by_two_processes_continues_on_four_and_on_one(corpus):
+    """Each shard's state travels on its own: the merged state of 2 processes restores onto 4 or 1,
+    and the batches go on exactly as in an uninterrupted run (nothing repeated, nothing skipped)."""
+    config = DataConfig(source=corpus, batch_size=8, row_bytes=N, row_patches=P, seed=4)
+    straight = _batches([iter(build_dataset(config))], 9)
+    two = [iter(build_dataset(config, process_share(8, i, 2))) for i in range(2)]
+    _assert_same(_batches(two, 5), straight[:5])
+    merged = {"num_shards": 8, "shards": {}}
+    for it in two:  # what `global_state` gathers over processes, through JSON as a checkpoint holds it
+        merged["shards"].update(json.loads(json.dumps(it.get_state()))["shards"])
+    for processes in (4, 1):
+        moved = [iter(build_dataset(config, process_share(8, i, processes))) for i in range(processes)]
+        for it in moved:
+            it.set_state(merged)
+        _assert_same(_batches(moved, 4), straight[5:])
+
+
+def test_state_of_another_shard_count_is_refused_in_one_line(corpus):
+    config = DataConfig(source=corpus, batch_size=8, row_bytes=N, row_patches=P)
+    state = iter(build_dataset(config)).get_state()
+    other = iter(build_dataset(dataclasses.replace(config, shards=4)))
+    with pytest.raises(InputError, match=r"^the saved data stream has 8 shards .* --config\.data\.shards=8") as e:
+        other.set_state(state)
+    assert "\n" not in str(e.value)
+    half = iter(build_dataset(config, process_share(8, 0, 2)))
+    with pytest.raises(InputError, match=r"lacks shard\(s\) 4-7"):
+        iter(build_dataset(config)).set_state(half.get_state())
+
+
+def test_processes_must_hold_whole_shards(corpus):
+    config = DataConfig(source=corpus, batch_size=8, shards=2, row_bytes=N, row_patches=P)
+    with pytest.raises(InputError, match=r"data\.shards=2 deals a batch of 8 rows in blocks of 4, but this process "
+                                         r"holds rows 0-1: set data\.shards to a multiple"):
+        build_dataset(config, process_share(8, 0, 4))
+    with pytest.raises(ConfigError, match="shards: 3 does not divide batch_size=8"):
+        DataConfig(batch_size=8, shards=3)
+
+
+def test_process_rows_follow_the_mesh():
+    from blt_jax.parallel import process_rows
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+    assert process_rows(jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), 16) == list(range(16))
+    assert process_rows(jax.sharding.NamedSharding(mesh, jax.P()), 16) == list(range(16))

@@ -30,7 +30,7 @@ def tiny_experiment(**train):
 @pytest.fixture(scope="module")
 def batches():
     exp = tiny_experiment()
-    it = iter(build_dataset(exp.data, process_index=0, process_count=1))
+    it = iter(build_dataset(exp.data))
     return [next(it) for _ in range(3)]
 
 

@@ -1,21 +1,28 @@
-"""The input pipeline (grain Dataset API): corpus -> shard -> shuffle -> repeat -> encode -> patch ->
-pack -> batch -> global arrays on the mesh.
+"""The input pipeline (grain Dataset API): corpus -> shuffle -> repeat -> deal into shards -> encode ->
+patch -> pack -> batch -> global arrays on the mesh.
 
-    source (random access) -> [process_index::process_count] -> shuffle(seed) -> repeat
+    source (random access) -> shuffle(seed, per epoch) -> repeat -> shard j of S: items j, j + S, ...
       -> encode BOS + bytes + EOS, patch start flags per document (stored entropies, or space /
-         static / byte) -> pack rows of N bytes / P patches -> batch -> jax.Array
+         static / byte) -> pack rows of N bytes / P patches -> B / S rows per step
+    batch of a step = shard 0's rows, shard 1's rows, ..., shard S-1's rows -> jax.Array
 
-Batches are dicts of NumPy arrays per process: tokens [B, N] int32, targets [B, N] int32, mask
-[B, N] bool, patch_lengths [B, P] int32; `to_global` turns them into global arrays sharded over the
-mesh's batch axes with `jax.make_array_from_process_local_data`. The iterator state (grain's
-`get_state` / `set_state`, or grain's Orbax checkpoint handler) restores the exact next batch.
+A batch is dealt from S independent document streams, the data shards (`DataConfig.shards`, fixed
+for the run, one per row by default), each feeding its own B / S consecutive rows of every batch.
+A process reads only the shards of the rows it holds on the mesh, so the global batch of a step is
+the same on 1, 2 or 64 processes, every document reaches exactly one shard, and a run resumes on
+another process count: the iterator state is per shard (`get_state`: this process's shards;
+`set_state`: takes its own shards out of any process's or the merged state).
+
+Batches are dicts of NumPy arrays per process: tokens [b, N] int32, targets [b, N] int32, mask
+[b, N] bool, patch_lengths [b, P] int32 (b: this process's rows); `to_global` turns them into
+global arrays sharded over the mesh's batch axes with `jax.make_array_from_process_local_data`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grain
 import jax
@@ -24,7 +31,7 @@ import numpy as np
 from blt_jax.config import PatchingConfig, require
 from blt_jax.data.packing import PackIterDataset
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
-from blt_jax.errors import InputError
+from blt_jax.data.shards import ShardedBatches, process_share, shards_of_rows
 from blt_jax.patching.rules import patch_starts
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
@@ -37,7 +44,11 @@ class DataConfig:
     Attributes:
       source: corpus spec ("default", a `blt-jax patch` directory, a directory, glob or file).
       text_field: JSON field / Parquet column of the text.
-      batch_size: rows per step over all processes (each process makes batch_size / process_count).
+      batch_size: rows per step over all processes.
+      shards: S, independent document streams the batch is dealt from (0: one per row, S = B); each
+        gives B / S consecutive rows of every batch. It fixes the data order of the run: the same on
+        any number of processes, and a run resumes on any process count whose processes hold whole
+        shards (with S = B: any count that divides the batch).
       row_bytes: N, input bytes per row.
       row_patches: P, patches per row (budget; rows stop early rather than exceed it); 0 for byte
         rows without patches (training the entropy LM).
@@ -54,6 +65,7 @@ class DataConfig:
     source: str = "default"
     text_field: str = "text"
     batch_size: int = 8
+    shards: int = 0
     row_bytes: int = 1024
     row_patches: int = 256
     patching: PatchingConfig = dataclasses.field(default_factory=lambda: PatchingConfig(mode="space"))
@@ -67,11 +79,19 @@ class DataConfig:
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.shards >= 0, "shards", f"must be >= 0 (0: one per row), got {self.shards}")
+        require(self.batch_size % self.num_shards == 0, "shards",
+                f"{self.shards} does not divide batch_size={self.batch_size}")
         require(self.row_bytes >= 1, "row_bytes", f"must be >= 1, got {self.row_bytes}")
         require(self.row_patches >= 2 or self.row_patches == 0, "row_patches",
                 f"must be >= 2 (the first byte is its own patch), or 0 for no patches, got {self.row_patches}")
         require(self.num_epochs is None or self.num_epochs >= 1, "num_epochs", f"must be None or >= 1, got {self.num_epochs}")
         require(self.read_threads >= 1, "read_threads", f"must be >= 1, got {self.read_threads}")
+
+    @property
+    def num_shards(self) -> int:
+        """S: the data shards (`shards`, or one per row)."""
+        return self.shards or self.batch_size
 
 
 class OnlineEntropies:
@@ -119,45 +139,49 @@ def prepare_document(
 
 def build_dataset(
     config: DataConfig,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    rows: Sequence[int] | None = None,
     stats: SourceStats | None = None,
     online: OnlineEntropies | None = None,
-) -> grain.IterDataset:
-    """The pipeline as a grain IterDataset of per-process batches.
+) -> ShardedBatches:
+    """The pipeline as a grain IterDataset of this process's rows of every batch.
 
     Args:
       config: what to read and how to shape it.
-      process_index / process_count: this process's shard (default: jax.process_index/count()).
+      rows: the global rows of a batch this process holds (default: an even split in process order,
+        `process_share`; a training run passes the rows its mesh gives the process,
+        `parallel.process_rows`).
       stats: counters of documents, bytes, empty and bad items met while reading.
       online: an entropy LM computing entropies of documents that have none stored.
 
     Raises:
-      SourceError: if the corpus cannot be opened or holds no documents (before any batch).
+      SourceError: if the corpus cannot be opened or holds too few documents (before any batch).
+      InputError: if the rows are not whole data shards.
     """
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    if config.batch_size % count:
-        raise InputError(f"batch_size={config.batch_size} must be divisible by the {count} processes")
+    if rows is None:
+        rows = process_share(config.batch_size, jax.process_index(), jax.process_count())
+    count = config.num_shards
+    shards = shards_of_rows(rows, config.batch_size, count)
+    per_shard = config.batch_size // count
     patching = config.patching if config.row_patches else None
     prepare = functools.partial(prepare_document, patching=patching, online=online)
-    if config.source.startswith(HF_PREFIX):  # a stream: sharded by example, no global shuffle
+    pack = lambda docs: PackIterDataset(docs, config.row_bytes, config.row_patches).batch(  # noqa: E731
+        per_shard, drop_remainder=True)
+    if config.source.startswith(HF_PREFIX):  # streams: shard j takes examples j, j + S, ...; no global shuffle
         name, _, split = config.source[len(HF_PREFIX):].partition(":")
-        stream = HFStream(name, split or "train", config.text_field, config.hf_subset, index, count,
-                          config.strict, stats)
-        packed = PackIterDataset(stream.map(prepare), config.row_bytes, config.row_patches)
-        return packed.batch(config.batch_size // count, drop_remainder=True)
+        return ShardedBatches({j: pack(HFStream(name, split or "train", config.text_field, config.hf_subset, j, count,
+                                                config.strict, stats).map(prepare)) for j in shards}, count)
     source = open_corpus(config.source, config.text_field, config.strict, stats)
-    if len(source) < count:
-        raise SourceError(f"{config.source}: {len(source)} document(s) cannot feed {count} processes")
-    ds = grain.MapDataset.source(source)[index::count]  # disjoint shard per process
+    if config.num_epochs is not None and len(source) * config.num_epochs < count:
+        raise SourceError(f"{config.source}: {len(source)} document(s) cannot feed {count} data shards; "
+                          "set data.shards (or the batch size) lower")
+    ds = grain.MapDataset.source(source)
     if config.shuffle:
-        ds = ds.shuffle(seed=config.seed)
+        ds = ds.shuffle(seed=config.seed)  # a new order every epoch
     ds = ds.repeat(config.num_epochs)
-    ds = ds.map(prepare)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch))
-    ds = PackIterDataset(ds, config.row_bytes, config.row_patches)
-    return ds.batch(config.batch_size // count, drop_remainder=True)
+    # The reading budget is the process's, shared by its shards.
+    read = grain.ReadOptions(num_threads=max(1, config.read_threads // len(shards)),
+                             prefetch_buffer_size=max(1, config.prefetch // len(shards)))
+    return ShardedBatches({j: pack(ds[j::count].map(prepare).to_iter_dataset(read)) for j in shards}, count)
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

@@ -255,7 +255,7 @@ def experiment_dict(model: dict, plan: QuickstartPlan, steps: int, train_source:
       learning_rate: peak learning rate (cosine decay to 10%).
     """
     spec = plan.spec
-    rows = dict(source=train_source, text_field="text", batch_size=spec.batch_size, row_bytes=spec.row_bytes,
+    rows = dict(source=train_source, text_field="text", batch_size=spec.batch_size, shards=0, row_bytes=spec.row_bytes,
                 row_patches=plan.row_patches if patching else 0, seed=plan.seed, shuffle=True, num_epochs=None,
                 strict=False, read_threads=2, prefetch=64)
     if patching:

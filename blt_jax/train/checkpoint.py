@@ -1,8 +1,9 @@
 """Training checkpoints (the only module that imports Orbax).
 
 One Orbax `CheckpointManager` per run directory, asynchronous, keeping the latest N. A checkpoint holds
-the train state (step, params, optimizer state), the data iterator's state (grain's handler) and the
-resolved configuration (JSON). Restores land directly in the target shardings. A latest checkpoint
+the train state (step, params, optimizer state), the state of every data shard (JSON, gathered from
+all processes and written once, so a run resumes on another process count) and the resolved
+configuration (JSON). Restores land directly in the target shardings. A latest checkpoint
 that cannot be read (corrupt or partial) is reported and the previous one is used.
 `CheckpointReader` reads a run's configuration and parameters alone, changing nothing in it
 (`blt_jax.train.runs` builds on it to use a run without its corpus).
@@ -13,12 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from blt_jax import paths
+from blt_jax.errors import InputError, UserError
 
 logger = logging.getLogger("blt_jax.checkpoint")
 
@@ -51,21 +52,33 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_iterator: Any, config: dict) -> None:
-        """Starts writing a checkpoint of `step` (returns before the write ends when asynchronous)."""
+        """Starts writing a checkpoint of `step` (returns before the write ends when asynchronous).
+        Every process calls it at the same step (`data_iterator.global_state` gathers the shards)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
+            data_shards=ocp.args.JsonSave(data_iterator.global_state()),
             config=ocp.args.JsonSave(config),
         )
         self._manager.save(step, args=args, force=True)
 
     def restore(self, step: int, abstract_state: Any, shardings: Any, data_iterator: Any) -> Any:
-        """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state."""
+        """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state.
+
+        Raises:
+          InputError: if the checkpoint's data state cannot continue this run's stream (written by
+            an older version, or with another shard count).
+        """
+        if (epath.Path(self.directory) / str(step) / "data").exists():
+            raise InputError(f"checkpoint {step} in {self.directory} was written by an older blt_jax (one data "
+                             "stream per process) and cannot resume here; start a new --workdir, with "
+                             "--config.train.init_from=<that run> to keep its parameters")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
+            data_shards=ocp.args.JsonRestore(),
         )
-        return self._manager.restore(step, args=args)["state"]
+        restored = self._manager.restore(step, args=args)
+        data_iterator.set_state(restored["data_shards"])
+        return restored["state"]
 
     def restore_latest(self, abstract_state: Any, shardings: Any, data_iterator: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest readable checkpoint, or None if there is none.
@@ -76,6 +89,8 @@ class Checkpointer:
         for step in reversed(self.steps()):
             try:
                 return step, self.restore(step, abstract_state, shardings, data_iterator)
+            except UserError:  # readable, but not resumable as configured: the user decides
+                raise
             except Exception as e:  # noqa: BLE001 - any read failure means "unusable", try the previous one
                 logger.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
                                step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])

@@ -56,7 +56,9 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
     experiment = run_experiment(saved, spec, overrides)
     check_tree(params, abstract_params(experiment.model), run)
     data = experiment.eval or experiment.data
-    changes: dict[str, Any] = {"num_epochs": 1, "shuffle": False}
+    # One pass in corpus order, as one stream: every document is read, and only the last partial
+    # batch is left out (S shards would each leave a tail).
+    changes: dict[str, Any] = {"num_epochs": 1, "shuffle": False, "shards": 1}
     if source:
         changes["source"] = source
     if batch_size:

@@ -28,7 +28,7 @@ from blt_jax.loading import CheckpointError
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
 from blt_jax.models import model_kind
-from blt_jax.parallel import describe_shardings
+from blt_jax.parallel import describe_shardings, process_rows
 from blt_jax.train import runs
 from blt_jax.train.checkpoint import Checkpointer
 from blt_jax.train.config import ExperimentConfig, experiment_to_dict
@@ -131,11 +131,11 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
                          "--workdir, or the configuration that run was started with")
 
 
-def _eval_batches(experiment: ExperimentConfig):
+def _eval_batches(experiment: ExperimentConfig, programs: TrainPrograms):
     config = experiment.eval
     if config is None:
         return []
-    iterator = iter(build_dataset(config))
+    iterator = iter(build_dataset(config, process_rows(programs.batch_sharding, config.batch_size)))
     out = []
     for _ in range(experiment.train.eval_batches):
         try:
@@ -174,7 +174,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         })
 
     stats = SourceStats()
-    iterator = iter(build_dataset(experiment.data, stats=stats))
+    rows = process_rows(programs.batch_sharding, experiment.data.batch_size)  # this process's rows of a batch
+    iterator = iter(build_dataset(experiment.data, rows, stats=stats))
     checkpointer = Checkpointer(runs.checkpoints_dir(workdir), train.keep_checkpoints)
     restored = checkpointer.restore_latest(programs.abstract_state, programs.state_shardings, iterator)
     if restored is not None:
@@ -245,7 +246,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             done = step + 1
             if train.eval_every and done % train.eval_every == 0 and done < train.steps:
                 eval_start = time.perf_counter()
-                result = programs.evaluate(state.params, _eval_batches(experiment))
+                result = programs.evaluate(state.params, _eval_batches(experiment, programs))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
                 # Evaluation time is not training time: the window's clock skips it, and keeps the
@@ -269,7 +270,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                 checkpointer.save(done, state, iterator, config_dict)
                 writer.flush()
             if experiment.eval is not None:
-                result = programs.evaluate(state.params, _eval_batches(experiment))
+                result = programs.evaluate(state.params, _eval_batches(experiment, programs))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
         if pending is not None:

@@ -141,11 +141,12 @@ class TrainPrograms:
         total = {"ce_sum": 0.0, "bytes": 0.0, "patches": 0.0}
         rows = 0
         for batch in batches:
+            inputs = self.global_batch(batch)
             with self.context():
-                sums = jax.device_get(self._run("eval step", self._eval, params, self.global_batch(batch)))
+                sums = jax.device_get(self._run("eval step", self._eval, params, inputs))
             for key in total:
                 total[key] += float(sums[key])
-            rows += int(np.shape(batch["tokens"])[0]) * jax.process_count()
+            rows += int(inputs["tokens"].shape[0])
         count = max(total["bytes"], 1.0)
         return {
             "eval_loss": total["ce_sum"] / count,
