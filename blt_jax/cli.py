@@ -131,8 +131,10 @@ def _entropy_model(args: argparse.Namespace):
 def cmd_patch(args: argparse.Namespace) -> int:
     from blt_jax.data.sources import list_files
     from blt_jax.data.entropy_pass import PassOptions, run_pass
+    from blt_jax.parallel import maybe_initialize_distributed
 
     list_files(args.corpus)  # a wrong path fails before the model is built
+    maybe_initialize_distributed()  # several processes share the shards (launch/local_multihost.py, a pod)
     config, params, description = _entropy_model(args)
     options = PassOptions(docs_per_shard=args.docs_per_shard, chunk=args.chunk, lanes=args.lanes,
                           text_field=args.text_field, strict=args.strict, progress=not args.no_progress)

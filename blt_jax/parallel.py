@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from blt_jax.config import ConfigError, require
+from blt_jax.errors import InputError
 from blt_jax.nn import axes
 
 logger = logging.getLogger("blt_jax.parallel")
@@ -177,3 +179,34 @@ def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> list[int]:
     for index in sharding.addressable_devices_indices_map((batch_size,)).values():
         rows.update(range(batch_size)[index[0]])
     return sorted(rows)
+
+
+# Set by `launch/local_multihost.py` (and any launcher without a cluster JAX detects by itself):
+# the number of processes of the run and this one's id; the coordinator is JAX_COORDINATOR_ADDRESS.
+NUM_PROCESSES = "JAX_NUM_PROCESSES"
+PROCESS_ID = "JAX_PROCESS_ID"
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins the other processes of a multi-process run, before any device is used (a no-op for a
+    single process).
+
+    Cloud TPU pods (and SLURM, Open MPI) set the environment JAX detects by itself. Several
+    processes on one machine (`launch/local_multihost.py`) name the run's size and this process in
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID beside JAX_COORDINATOR_ADDRESS.
+
+    Raises:
+      InputError: a process id outside [0, JAX_NUM_PROCESSES).
+    """
+    if os.environ.get(NUM_PROCESSES):
+        count, index = int(os.environ[NUM_PROCESSES]), int(os.environ.get(PROCESS_ID, "-1"))
+        if not 0 <= index < count:
+            raise InputError(f"{PROCESS_ID}={os.environ.get(PROCESS_ID)!r}: expected a process id in [0, {count})")
+        if count > 1:
+            jax.distributed.initialize(num_processes=count, process_id=index)
+        return
+    multi_host = any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS",
+                                                 "COORDINATOR_ADDRESS", "SLURM_JOB_ID"))
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if multi_host and (len(hosts.split(",")) > 1 or not hosts):
+        jax.distributed.initialize()

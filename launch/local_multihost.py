@@ -7,6 +7,12 @@ and reduces over real collectives (gloo).
   python launch/local_multihost.py --num-processes 2 --devices 4 \\
       --config experiments/tiny.py --workdir runs/two_hosts --config.train.steps=50
 
+Any other `blt-jax` command runs the same way after `--`, e.g. an entropy pass whose shards the
+processes share:
+
+  python launch/local_multihost.py --num-processes 2 --devices 2 -- \\
+      blt-jax patch --checkpoint runs/entropy_lm --corpus texts/ --out entropies/ --no-progress
+
 Each process's output goes to `<logs>/process_<i>.log` (default `logs/local_multihost/`), its pid to
 `<logs>/process_<i>.pid` (`kill -TERM $(cat .../process_1.pid)` preempts one "host"). Ctrl-C or
 SIGTERM to the launcher reaches every process as SIGTERM (all checkpoint after the same step and
@@ -118,21 +124,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = argv[argv.index("--") + 1:] if "--" in argv else None  # any blt-jax command, e.g. an entropy pass
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-processes", type=int, required=True, help="JAX processes (the hosts of a pod)")
     parser.add_argument("--devices", type=int, default=1, help="CPU devices of each process")
-    parser.add_argument("--config", required=True, help="experiment file[:arg]")
-    parser.add_argument("--workdir", required=True, help="shared by every process: local, ~ or gs://")
+    parser.add_argument("--config", help="experiment file[:arg] (training)")
+    parser.add_argument("--workdir", help="shared by every process: local, ~ or gs:// (training)")
     parser.add_argument("--logs", default=os.path.join("logs", "local_multihost"), help="one log per process")
     parser.add_argument("--timeout", type=float, default=None, help="kill every process after this many seconds")
     args, rest = parser.parse_known_args(argv)
-    unknown = [a for a in rest if not a.startswith("--config.") and a not in ("--no-progress", "--noprogress")]
-    if unknown:
-        parser.error(f"unrecognised arguments: {' '.join(unknown)} (pass --config.a.b=v overrides)")
     if args.num_processes < 1 or args.devices < 1:
         parser.error("--num-processes and --devices must be >= 1")
-    overrides = [a for a in rest if a.startswith("--config.")]
-    command = train_argv(args.config, args.workdir, overrides, extra=["--no-progress"])
+    if given is not None:
+        if rest or args.config or args.workdir:
+            parser.error("give either --config/--workdir (training) or a command after --, not both")
+        if not given or given[0] != "blt-jax":
+            parser.error("after -- give the command every process runs, starting with blt-jax")
+        command = list(given)
+    else:
+        unknown = [a for a in rest if not a.startswith("--config.") and a not in ("--no-progress", "--noprogress")]
+        if unknown:
+            parser.error(f"unrecognised arguments: {' '.join(unknown)} (pass --config.a.b=v overrides)")
+        if not (args.config and args.workdir):
+            parser.error("training needs --config and --workdir (or give any blt-jax command after --)")
+        overrides = [a for a in rest if a.startswith("--config.")]
+        command = train_argv(args.config, args.workdir, overrides, extra=["--no-progress"])
     command[0] = os.path.join(os.path.dirname(sys.executable), "blt-jax")  # this environment's script
     return run(command, args.num_processes, args.devices, args.logs, args.timeout)
 

@@ -85,6 +85,9 @@ def test_the_pod_and_the_local_launcher_run_one_worker_command(monkeypatch):
     (["--config", "experiments/tiny.py", "--workdir", "w"], "the following arguments are required: --num-processes"),
     (["--num-processes", "0", "--config", "c.py", "--workdir", "w"], "--num-processes and --devices must be >= 1"),
     (["--num-processes", "2", "--config", "c.py", "--workdir", "w", "--steps", "3"], "unrecognised arguments: --steps"),
+    (["--num-processes", "2", "--config", "c.py"], "training needs --config and --workdir"),
+    (["--num-processes", "2", "--", "patch", "--corpus", "c"], "after -- give the command every process runs"),
+    (["--num-processes", "2", "--workdir", "w", "--", "blt-jax", "patch"], "either --config/--workdir (training) or"),
 ])
 def test_the_local_launcher_answers_bad_input_in_one_line(tmp_path, args, needle):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local_multihost.py"), *args],

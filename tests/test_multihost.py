@@ -140,39 +140,34 @@ def test_two_processes_train_as_one(straight, single):
     assert_same_training(straight[0], straight[3], *single)
 
 
-def test_sigterm_to_one_of_two_processes_then_resume_on_four(tmp, single):
-    proc = signal_one_process(tmp, "two_to_four", after_steps=3, sig=signal.SIGTERM)  # one "host" is preempted
-    workdir, logs = tmp / "runs" / "two_to_four", tmp / "logs" / "two_to_four"
+def preempt(tmp, name: str, processes: int, after_steps: int) -> int:
+    """Runs (or resumes) run `name` as `processes` processes and preempts process 1 once `after_steps`
+    steps are logged: every process must stop after the same step, with one checkpoint, and exit 0.
+    Returns that step."""
+    proc = signal_one_process(tmp, name, after_steps=after_steps, sig=signal.SIGTERM, processes=processes)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out + err
-    stopped = os.listdir(workdir / "checkpoints")
-    assert len(stopped) == 1 and 3 <= int(stopped[0]) < STEPS, stopped
-    for index in range(2):  # every process stopped after the same step, with the checkpoint
-        log = (logs / f"process_{index}.log").read_text()
-        assert f"stopped by SIGTERM at step {stopped[0]}" in log, log[-3000:]
+    checkpoints = sorted(map(int, os.listdir(tmp / "runs" / name / "checkpoints")))
+    step = checkpoints[-1]
+    assert after_steps <= step < STEPS, checkpoints
+    for index in range(processes):  # every process stopped after the same step, with the checkpoint
+        log = (tmp / "logs" / name / f"process_{index}.log").read_text()
+        assert f"stopped by SIGTERM at step {step}" in log, log[-3000:]
+    return step
 
-    result = subprocess.run(launcher(tmp, "two_to_four", processes=4), cwd=tmp, env=user_env(), capture_output=True,
+
+def test_preempted_on_two_resumed_on_four_preempted_again_resumed_on_one(tmp, single):
+    """SIGTERM to one "host" stops all; the run resumes on another process count (2 -> 4 -> 1), each
+    taking its data shards out of the checkpoint, and ends as the single process ends."""
+    name, logs = "moved", tmp / "logs" / "moved"
+    on_two = preempt(tmp, name, processes=2, after_steps=3)
+    on_four = preempt(tmp, name, processes=4, after_steps=on_two + 2)
+    assert f"resumed from step {on_two}" in (logs / "process_0.log").read_text()
+    result = subprocess.run(launcher(tmp, name, processes=1), cwd=tmp, env=user_env(), capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"resumed from step {stopped[0]}" in (logs / "process_0.log").read_text()
-    assert_same_training(rows(workdir), read_params(tmp, workdir), *single)
-
-
-def test_four_processes_preempted_then_resumed_as_one(tmp, single):
-    proc = signal_one_process(tmp, "four_to_one", after_steps=4, sig=signal.SIGTERM, processes=4)
-    workdir, logs = tmp / "runs" / "four_to_one", tmp / "logs" / "four_to_one"
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out + err
-    stopped = os.listdir(workdir / "checkpoints")
-    assert len(stopped) == 1 and 4 <= int(stopped[0]) < STEPS, stopped
-    for index in range(4):
-        assert f"stopped by SIGTERM at step {stopped[0]}" in (logs / f"process_{index}.log").read_text()
-
-    result = subprocess.run(launcher(tmp, "four_to_one", processes=1), cwd=tmp, env=user_env(), capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"resumed from step {stopped[0]}" in (logs / "process_0.log").read_text()
-    assert_same_training(rows(workdir), read_params(tmp, workdir), *single)
+    assert f"resumed from step {on_four}" in (logs / "process_0.log").read_text()
+    assert_same_training(rows(tmp / "runs" / name), read_params(tmp, f"runs/{name}"), *single)
 
 
 def test_a_process_that_dies_stops_the_others_with_its_message(tmp):
@@ -184,3 +179,63 @@ def test_a_process_that_dies_stops_the_others_with_its_message(tmp):
     assert time.time() - killed < 120  # not a hang: the survivor is stopped after the launcher's grace
     assert proc.returncode != 0
     assert "process 1: exit code -9" in out and "process 1 failed" in err, out + err
+
+
+def _pass(tmp, out, logs, processes, devices=2):
+    """`blt-jax patch` of the test corpus into `out`, as `processes` processes (launcher) or one."""
+    command = ["blt-jax", "patch", "--corpus", "texts", "--out", out, "--config", TINY, "--docs-per-shard", "2",
+               "--chunk", "64", "--no-progress"]
+    return [sys.executable, LAUNCHER, "--num-processes", str(processes), "--devices", str(devices), "--logs", logs,
+            "--", *command]
+
+
+def _written(log: str) -> list[str]:
+    return [line.rsplit("wrote ", 1)[1].split()[0] for line in log.splitlines() if "entropy_pass: wrote" in line]
+
+
+def test_entropy_pass_shared_by_two_processes_resumes_after_one_is_killed(tmp):
+    """Process i computes shards i, i + 2, ...; one killed mid-pass leaves complete shards only, and
+    the pass run again computes the missing ones alone, never a finished shard again; the result is
+    the single-process pass (entropies stored as float16: equal to 1e-3)."""
+    from blt_jax.patching import store
+
+    rng = np.random.default_rng(0)
+    (tmp / "texts").mkdir()
+    words = ["def", "return", "self", "value", "(", ")", ":", "for", "in", "range", "x", "y", "\n    "]
+    for i in range(60):
+        (tmp / "texts" / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, size=400)))
+    result = subprocess.run(_pass(tmp, "entropies_one", "logs/pass_one", 1, devices=4), cwd=tmp, env=user_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    proc = subprocess.Popen(_pass(tmp, "entropies_two", "logs/pass_killed", 2), cwd=tmp, env=user_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_dir = tmp / "entropies_two"
+    deadline = time.time() + 300
+    while not (out_dir / store.shard_record_name(1)).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(int((tmp / "logs" / "pass_killed" / "process_1.pid").read_text()), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "process 1: exit code -9" in out, out + err
+    partial = json.loads((out_dir / "manifest.json").read_text())
+    assert not partial["complete"] and partial["shards"] == []  # marked as a pass, not yet readable
+    finished = {i for i in range(30) if (out_dir / store.shard_record_name(i)).exists()}
+    assert 1 in finished and len({i for i in finished if i % 2}) < 15, finished  # killed with some done, not all
+
+    result = subprocess.run(_pass(tmp, "entropies_two", "logs/pass_resumed", 2), cwd=tmp, env=user_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = [_written((tmp / "logs" / "pass_resumed" / f"process_{i}.log").read_text()) for i in range(2)]
+    for i in range(2):  # process i computes the missing shards among i, i + 2, ...
+        assert all(int(name[10:15]) % 2 == i for name in after[i]), after
+    redone = sorted(int(name[10:15]) for name in after[0] + after[1])
+    assert not set(redone) & finished and sorted(finished | set(redone)) == list(range(30))  # none twice, none lost
+
+    manifest = json.loads((tmp / "entropies_two" / "manifest.json").read_text())
+    reference = json.loads((tmp / "entropies_one" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["counts"] == reference["counts"]
+    assert [s["process"] for s in manifest["shards"]] == [i % 2 for i in range(30)]
+    for (d1, e1, o1), (d2, e2, o2) in zip(store.iter_stored(str(tmp / "entropies_two")),
+                                          store.iter_stored(str(tmp / "entropies_one")), strict=True):
+        assert (d1, o1) == (d2, o2)
+        np.testing.assert_allclose(e1.astype(np.float32), e2.astype(np.float32), rtol=1e-3, atol=1e-3)

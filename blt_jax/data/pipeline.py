@@ -155,12 +155,13 @@ def build_dataset(
 
     Raises:
       SourceError: if the corpus cannot be opened or holds too few documents (before any batch).
-      InputError: if the rows are not whole data shards.
     """
     if rows is None:
         rows = process_share(config.batch_size, jax.process_index(), jax.process_count())
     count = config.num_shards
-    shards = shards_of_rows(rows, config.batch_size, count)
+    keep = shards_of_rows(rows, config.batch_size, count)
+    shards = list(keep)
+    keep = {j: offsets for j, offsets in keep.items() if offsets is not None}
     per_shard = config.batch_size // count
     patching = config.patching if config.row_patches else None
     prepare = functools.partial(prepare_document, patching=patching, online=online)
@@ -169,7 +170,7 @@ def build_dataset(
     if config.source.startswith(HF_PREFIX):  # streams: shard j takes examples j, j + S, ...; no global shuffle
         name, _, split = config.source[len(HF_PREFIX):].partition(":")
         return ShardedBatches({j: pack(HFStream(name, split or "train", config.text_field, config.hf_subset, j, count,
-                                                config.strict, stats).map(prepare)) for j in shards}, count)
+                                                config.strict, stats).map(prepare)) for j in shards}, count, keep)
     source = open_corpus(config.source, config.text_field, config.strict, stats)
     if config.num_epochs is not None and len(source) * config.num_epochs < count:
         raise SourceError(f"{config.source}: {len(source)} document(s) cannot feed {count} data shards; "
@@ -181,7 +182,7 @@ def build_dataset(
     # The reading budget is the process's, shared by its shards.
     read = grain.ReadOptions(num_threads=max(1, config.read_threads // len(shards)),
                              prefetch_buffer_size=max(1, config.prefetch // len(shards)))
-    return ShardedBatches({j: pack(ds[j::count].map(prepare).to_iter_dataset(read)) for j in shards}, count)
+    return ShardedBatches({j: pack(ds[j::count].map(prepare).to_iter_dataset(read)) for j in shards}, count, keep)
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

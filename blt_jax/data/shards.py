@@ -3,7 +3,8 @@
 A batch of B rows is cut into S blocks of B / S consecutive rows; block j always comes from data
 shard j, an independent stream of documents (items j, j + S, j + 2S, ... of the shuffled corpus). A
 process reads the shards of the rows it holds on the mesh and nothing else, so the global batch of a
-step does not depend on how many processes build it. The iterator's state is kept per shard: a
+step does not depend on how many processes build it (a process holding only part of a shard's rows
+reads the whole shard and keeps its part). The iterator's state is kept per shard: a
 checkpoint holds every shard's state (`ShardedBatchIterator.global_state`), and a process of a run
 with another process count takes its own shards out of it (`set_state`).
 """
@@ -41,22 +42,20 @@ def _spans(rows: Sequence[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
-def shards_of_rows(rows: Sequence[int], batch_size: int, num_shards: int) -> list[int]:
-    """The data shards feeding `rows` (global row indices of a batch), ascending.
+def shards_of_rows(rows: Sequence[int], batch_size: int, num_shards: int) -> dict[int, list[int] | None]:
+    """The data shards feeding `rows` (global row indices of a batch): {shard: which of its B / S rows
+    per step this process keeps, or None for all of them}, ascending.
 
-    Raises:
-      InputError: if the rows are not whole shards' blocks (a shard would be read by two processes
-        that each need part of its rows).
+    A process holding part of a shard's rows (fewer shards than processes, or the one-stream
+    evaluation) reads that whole shard and keeps its part: correct on any layout, at the price of
+    reading the shard once per process that needs it.
     """
     per_shard = batch_size // num_shards
     rows = sorted(set(rows))
-    shards = sorted({row // per_shard for row in rows})
-    if rows != [row for shard in shards for row in range(shard * per_shard, (shard + 1) * per_shard)]:
-        raise InputError(
-            f"data.shards={num_shards} deals a batch of {batch_size} rows in blocks of {per_shard}, but this "
-            f"process holds rows {_spans(rows)}: set data.shards to a multiple of the number of processes "
-            "(0 gives one shard per row)")
-    return shards
+    kept: dict[int, list[int]] = {}
+    for row in rows:
+        kept.setdefault(row // per_shard, []).append(row % per_shard)
+    return {j: None if len(offsets) == per_shard else offsets for j, offsets in kept.items()}
 
 
 class ShardedBatchIterator(grain.DatasetIterator):
@@ -65,15 +64,21 @@ class ShardedBatchIterator(grain.DatasetIterator):
     Args:
       shards: {shard index: iterator of {key: [B / S, ...]} arrays}.
       num_shards: S, the run's shard count (checked against restored states).
+      keep: {shard index: the rows of its block this process keeps} for shards it holds only in part.
     """
 
-    def __init__(self, shards: Mapping[int, grain.DatasetIterator], num_shards: int):
+    def __init__(self, shards: Mapping[int, grain.DatasetIterator], num_shards: int,
+                 keep: Mapping[int, Sequence[int]] | None = None):
         super().__init__(list(shards.values()))
         self._shards = dict(sorted(shards.items()))
         self._count = num_shards
+        self._keep = dict(keep or {})
 
     def __next__(self) -> dict[str, np.ndarray]:
-        parts = [next(iterator) for iterator in self._shards.values()]
+        parts = []
+        for j, iterator in self._shards.items():
+            part = next(iterator)
+            parts.append(part if j not in self._keep else {k: v[self._keep[j]] for k, v in part.items()})
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def get_state(self) -> dict[str, Any]:
@@ -113,12 +118,15 @@ class ShardedBatches(grain.IterDataset):
     Args:
       shards: {shard index: IterDataset of {key: [B / S, ...]} batches}.
       num_shards: S.
+      keep: {shard index: the rows of its block this process keeps} for shards it holds only in part.
     """
 
-    def __init__(self, shards: Mapping[int, grain.IterDataset], num_shards: int):
+    def __init__(self, shards: Mapping[int, grain.IterDataset], num_shards: int,
+                 keep: Mapping[int, Sequence[int]] | None = None):
         super().__init__(list(shards.values()))
         self._shards = dict(sorted(shards.items()))
         self._count = num_shards
+        self._keep = dict(keep or {})
 
     @property
     def shards(self) -> list[int]:
@@ -126,7 +134,7 @@ class ShardedBatches(grain.IterDataset):
         return list(self._shards)
 
     def __iter__(self) -> ShardedBatchIterator:
-        return ShardedBatchIterator({j: iter(ds) for j, ds in self._shards.items()}, self._count)
+        return ShardedBatchIterator({j: iter(ds) for j, ds in self._shards.items()}, self._count, self._keep)
 
     def __str__(self) -> str:
         return f"ShardedBatches(shards {_spans(self.shards)} of {self._count})"

@@ -25,6 +25,11 @@ def shard_name(index: int) -> str:
     return f"entropies-{index:05d}.array_record"
 
 
+def shard_record_name(index: int) -> str:
+    """The JSON record a pass writes beside shard `index` once the shard is complete (its counts)."""
+    return f"entropies-{index:05d}.json"
+
+
 def encode_record(data: bytes, entropies: np.ndarray, origin: str) -> bytes:
     if len(entropies) != len(data) + 2:
         raise ValueError(f"{origin}: {len(entropies)} entropies for {len(data)} bytes (expected bytes + 2)")

@@ -109,7 +109,7 @@ class EntropyStreamer:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.config, self.chunk, self.lanes = config, chunk, lanes
         self.mesh = Mesh(np.array(devices), ("data",))
-        rows = NamedSharding(self.mesh, PartitionSpec("data"))
+        rows = self._rows = NamedSharding(self.mesh, PartitionSpec("data"))
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
         st = config.stack
         self._empty = lambda: KVCache.empty(lanes, st.window - 1, st.n_layers, st.n_heads, st.head_dim,  # noqa: E731
@@ -169,7 +169,10 @@ class EntropyStreamer:
         pending = None
         for start in range(0, tokens.shape[1], self.chunk):
             window = slice(start, start + self.chunk)
-            ent, cache = self._step(self.params, cache, tokens[:, window], positions[:, window], doc_ids[:, window])
+            # Placed on this streamer's devices first: with several processes, jit takes no host arrays
+            # for a sharded argument, even on a mesh of this process's own devices.
+            inputs = jax.device_put((tokens[:, window], positions[:, window], doc_ids[:, window]), self._rows)
+            ent, cache = self._step(self.params, cache, *inputs)
             if pending is not None:  # fetch the previous step while this one runs
                 out[:, pending[0]] = np.asarray(pending[1])
             pending = (window, ent)

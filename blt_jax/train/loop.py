@@ -135,7 +135,10 @@ def _eval_batches(experiment: ExperimentConfig, programs: TrainPrograms):
     config = experiment.eval
     if config is None:
         return []
-    iterator = iter(build_dataset(config, process_rows(programs.batch_sharding, config.batch_size)))
+    # One stream in corpus order (every process reads it and keeps its rows): the evaluation sees the
+    # same bytes on any number of processes, and all of them up to its batch budget.
+    one_stream = dataclasses.replace(config, shards=1)
+    iterator = iter(build_dataset(one_stream, process_rows(programs.batch_sharding, config.batch_size)))
     out = []
     for _ in range(experiment.train.eval_batches):
         try:

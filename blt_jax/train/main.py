@@ -6,38 +6,6 @@
 from __future__ import annotations
 
 import logging
-import os
-
-from blt_jax.errors import InputError
-
-
-# Set by `launch/local_multihost.py` (and any launcher without a cluster JAX detects by itself):
-# the number of processes of the run and this one's id; the coordinator is JAX_COORDINATOR_ADDRESS.
-NUM_PROCESSES = "JAX_NUM_PROCESSES"
-PROCESS_ID = "JAX_PROCESS_ID"
-
-
-def maybe_initialize_distributed() -> None:
-    """Joins the other processes of a multi-process run, before any device is used.
-
-    Cloud TPU pods (and SLURM, Open MPI) set the environment JAX detects by itself. Several
-    processes on one machine (`launch/local_multihost.py`) name the run's size and this process in
-    JAX_NUM_PROCESSES / JAX_PROCESS_ID beside JAX_COORDINATOR_ADDRESS.
-    """
-    import jax
-
-    if os.environ.get(NUM_PROCESSES):
-        count, index = int(os.environ[NUM_PROCESSES]), int(os.environ.get(PROCESS_ID, "-1"))
-        if not 0 <= index < count:
-            raise InputError(f"{PROCESS_ID}={os.environ.get(PROCESS_ID)!r}: expected a process id in [0, {count})")
-        if count > 1:
-            jax.distributed.initialize(num_processes=count, process_id=index)
-        return
-    multi_host = any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS",
-                                                 "COORDINATOR_ADDRESS", "SLURM_JOB_ID"))
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if multi_host and (len(hosts.split(",")) > 1 or not hosts):
-        jax.distributed.initialize()
 
 
 def check_corpus(source: str, text_field: str) -> None:
@@ -80,6 +48,7 @@ def train_from_file(spec: str, overrides: list[str], workdir: str, progress: boo
       UserError (NotFound, InputError, ConfigError, SourceError): bad input, before any training.
     """
     from blt_jax.experiment import load_experiment
+    from blt_jax.parallel import maybe_initialize_distributed
     from blt_jax.train.config import experiment_from_dict
     from blt_jax.train.loop import train_and_evaluate
 
