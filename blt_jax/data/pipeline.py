@@ -47,8 +47,10 @@ class DataConfig:
       batch_size: rows per step over all processes.
       shards: S, independent document streams the batch is dealt from (0: one per row, S = B); each
         gives B / S consecutive rows of every batch. It fixes the data order of the run: the same on
-        any number of processes, and a run resumes on any process count whose processes hold whole
-        shards (with S = B: any count that divides the batch).
+        any number of processes, so a run resumes on another process count. A process holding only
+        part of a shard's rows reads the whole shard (S below the process count costs reading).
+        "hf:" streams are not random access: each shard streams the dataset and keeps every S-th
+        example, so S streams per process.
       row_bytes: N, input bytes per row.
       row_patches: P, patches per row (budget; rows stop early rather than exceed it); 0 for byte
         rows without patches (training the entropy LM).
