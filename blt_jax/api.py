@@ -85,14 +85,26 @@ class BLTModel:
         entropy = init_params(config.entropy_model, key_ent) if config.entropy_model is not None else None
         return cls(config, init_params(config, key_blt), entropy)
 
-    def save(self, directory: str) -> None:
-        """Writes the model in our format (readable by `from_pretrained`); local, `~` or `gs://`."""
+    def save(self, directory: str, format: str = "native") -> None:  # noqa: A002 - the CLI's word
+        """Writes the model to a directory (local, `~` or `gs://`) that `from_pretrained` reads back.
+
+        Args:
+          directory: where to write.
+          format: "native" (ours: any config) or "hf" (what `transformers.BltForCausalLM.from_pretrained`
+            loads, entropy LM included; a ConfigError names the first field HF cannot express).
+        """
         from blt_jax import paths
+        from blt_jax.convert.hf import hf_export_config, save_hf
         from blt_jax.convert.native import save_native
 
+        writers = {"native": save_native, "hf": save_hf}
+        if format not in writers:
+            raise InputError(f"unknown format {format!r}; expected {' or '.join(writers)}")
+        if format == "hf":
+            hf_export_config(self.config, self.entropy_params is not None)  # refused before anything is written
+        entropy = None if self.entropy_params is None else jax.device_get(self.entropy_params)
         with paths.staged_dir(paths.resolve(directory)) as local:
-            save_native(local, self.config, jax.device_get(self.params),
-                        None if self.entropy_params is None else jax.device_get(self.entropy_params))
+            writers[format](local, self.config, jax.device_get(self.params), entropy)
 
     # ---- numerics ------------------------------------------------------------------------------
 

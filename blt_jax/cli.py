@@ -9,7 +9,7 @@ Subcommands:
   plot-entropy  the entropy figure of a text (entropies, threshold, patches)
   train         train a BLT or an entropy LM (an experiment file with --config.a.b=v overrides)
   eval          bits per byte of a trained run (its corpus is not needed with --data)
-  export        a training run -> a self-contained model directory (from_pretrained)
+  export        a training run or model -> a model directory: ours, or the Hugging Face layout (--format hf)
   generate      generate text after a prompt (cached decoding), streamed to stdout
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
   quickstart    the whole pipeline on the default corpus, resumable
@@ -293,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", "--noprogress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("export", help="a training run -> a self-contained model directory (from_pretrained)")
-    p.add_argument("run", help="a training workdir of a BLT (local, ~ or gs://)")
-    p.add_argument("dest", help="output directory (our format: the BLT, its entropy LM, the run's patching rule)")
+    p = sub.add_parser("export", help="a training run or model -> a self-contained model directory")
+    p.add_argument("run", help="a training workdir of a BLT, or any model directory from_pretrained reads "
+                               "(local, ~ or gs://)")
+    p.add_argument("dest", help="output directory: the BLT, its entropy LM, the patching rule")
+    p.add_argument("--format", choices=("native", "hf"), default="native",
+                   help="native: ours (from_pretrained); hf: transformers' BltForCausalLM.from_pretrained")
     p.add_argument("--entropy-checkpoint", default=None,
                    help="the entropy LM of a run patched by entropy (default: the one its entropy pass names)")
     p.set_defaults(fn=cmd_export)
@@ -498,10 +501,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         # Files of another model left beside the new ones (an entropy LM, say) would be loaded with it.
         raise InputError(f"{args.dest} exists and is not empty; choose a new directory or remove it")
     model = from_pretrained(args.run, entropy_path=args.entropy_checkpoint)
-    model.save(args.dest)
+    model.save(args.dest, format=args.format)
     patching = model.config.patching
     rule = f"{patching.mode} patching" + (f", threshold {patching.threshold:.4f}" if patching.mode == "entropy" else "")
-    print(f"wrote {args.dest}: {type(model.config).__name__} ({rule}; entropy LM: "
+    layout = {"native": "our format", "hf": "Hugging Face layout"}[args.format]
+    print(f"wrote {args.dest} ({layout}): {type(model.config).__name__} ({rule}; entropy LM: "
           f"{'included' if model.entropy_params is not None else 'none'})")
     return 0
 

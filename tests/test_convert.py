@@ -309,6 +309,29 @@ def test_causal_latent_mask_survives_our_format_and_is_refused_by_hf(loaded, tmp
         hf_config_dict(causal.config)
 
 
+@pytest.mark.parametrize("field,change", [
+    ("latent_mask", dict(latent_mask="causal")),
+    ("patching.mode", dict(patching=blt_jax.PatchingConfig(mode="space"))),
+    ("patching.threshold_add", dict(patching=blt_jax.PatchingConfig(threshold=3.0, threshold_add=0.5))),
+    ("entropy_model", None),
+])
+def test_export_to_hf_refuses_what_hf_cannot_express_in_one_line(loaded, tmp_path, field, change):
+    import dataclasses
+
+    from user import blt_jax as run
+
+    if change is None:  # a model without its entropy LM
+        model = blt_jax.BLTModel(dataclasses.replace(loaded.config, entropy_model=None), loaded.params, None)
+    else:
+        model = blt_jax.BLTModel(dataclasses.replace(loaded.config, **change), loaded.params, loaded.entropy_params)
+    model.save(str(tmp_path / "ours"))
+    result = run("export", "ours", "for_hf", "--format", "hf", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"blt-jax export: error: {field}: "), lines[0]
+    assert not (tmp_path / "for_hf").exists()  # refused before anything is written
+
+
 def test_meta_unknown_attn_bias_type_is_named(loaded, tmp_path):
     blt_dir = write_meta(str(tmp_path), loaded)
     _rewrite_params(blt_dir, {"attn_bias_type": "local_block_causal"}, {})

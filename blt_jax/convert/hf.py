@@ -1,4 +1,4 @@
-"""Import (and export) of the Hugging Face `transformers` layout (`BltForCausalLM.save_pretrained`).
+"""Import and export of the Hugging Face `transformers` layout (`BltForCausalLM.save_pretrained`).
 
 A directory holds `config.json` (a `BltConfig` with encoder/decoder/global/patcher sub-configs) and
 `model.safetensors` (or shards + `model.safetensors.index.json`). Tensor names are the reference's with
@@ -26,7 +26,8 @@ from blt_jax.config import (
     StackConfig,
 )
 from blt_jax.convert.layout import WeightError, assemble, blt_entries, entropy_entries, to_torch
-from blt_jax.convert.safetensors_io import read_checkpoint_dir
+from blt_jax.convert.safetensors_io import read_checkpoint_dir, write_safetensors
+from blt_jax.tokenizer import BOS_ID, EOS_ID
 
 HASH_NAME = "model.encoder_hash_tok_embedding.weight"
 _RULES = (
@@ -143,9 +144,13 @@ def config_from_hf(cfg: Mapping[str, Any], with_patcher: bool = True) -> tuple[B
 
 
 def hf_config_dict(config: BLTConfig) -> dict:
-    """The `transformers.BltConfig` keyword arguments of our config (for export and side-by-side
-    benchmarks). HF ties each stack's cross-attention heads to the stack's heads and has no EOS
-    document masks; the rest maps one to one."""
+    """The `transformers.BltConfig` keyword arguments of our config (for export, and for side-by-side
+    benchmarks that pass patch lengths themselves). HF ties each stack's cross-attention heads to the
+    stack's heads and has no EOS document masks; the rest maps one to one.
+
+    Raises:
+      ConfigError: naming the first field HF cannot express.
+    """
     if config.latent_mask != "block_causal":
         raise ConfigError("latent_mask", f"HF's BltForCausalLM has no {config.latent_mask!r} latent mask")
     if config.cross_attn_heads != config.encoder.n_heads or config.encoder.n_heads != config.decoder.n_heads:
@@ -163,6 +168,7 @@ def hf_config_dict(config: BLTConfig) -> dict:
         vocab_size=config.vocab_size,
         cross_attn_k=config.cross_attn_k,
         local_attention_window_len=config.encoder.window,
+        patching_mode=config.patching.mode,
         patching_threshold=config.patching.threshold,
         max_patch_length=config.patching.max_patch_length,
         encoder_config=stack(config.encoder, cross_attn_all_layers=config.cross_attn_all_layers_encoder, **local),
@@ -232,6 +238,38 @@ def _flat_get(tree: Mapping, path: tuple[str, ...]) -> np.ndarray:
     for key in path:
         node = node[key]
     return np.asarray(node)
+
+
+def hf_export_config(config: BLTConfig, with_entropy_lm: bool) -> dict:
+    """The `config.json` of an HF export (a `BltConfig` with the patcher and its threshold).
+
+    Raises:
+      ConfigError: naming the first field HF cannot express, or the missing entropy LM.
+    """
+    fields = hf_config_dict(config)
+    patching = config.patching
+    if patching.mode != "entropy":  # HF would patch every byte on its own
+        raise ConfigError("patching.mode", f"HF's BltForCausalLM patches by entropy only, not {patching.mode!r}; "
+                          "export an entropy-patched model, or keep our format (--format native)")
+    if patching.monotonic or patching.threshold_add is not None:
+        field = "monotonic" if patching.monotonic else "threshold_add"
+        raise ConfigError(f"patching.{field}", "HF's patcher applies a global entropy threshold only")
+    if not with_entropy_lm or config.entropy_model is None:
+        raise ConfigError("entropy_model", "HF's BltForCausalLM patches with its entropy LM, and this model has "
+                          "none; give it one (--entropy-checkpoint)")
+    return {"architectures": ["BltForCausalLM"], "model_type": "blt", "dtype": config.dtype,
+            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, **fields}
+
+
+def save_hf(directory: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None) -> None:
+    """Writes what `transformers.BltForCausalLM.from_pretrained(directory)` loads: `config.json`
+    (`hf_export_config`) and `model.safetensors` (the patcher's weights included)."""
+    meta = hf_export_config(config, entropy_params is not None)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    write_safetensors(os.path.join(directory, "model.safetensors"),
+                      export_hf_tensors(config, params, entropy_params))
 
 
 def export_hf_tensors(config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> dict[str, np.ndarray]:
