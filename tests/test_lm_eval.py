@@ -1,7 +1,7 @@
 """The lm-evaluation-harness backend: scores equal one forward pass over each text, whatever the
 batching and padding; rolling windows score every byte once; generation stops at stop strings; and
 `blt-jax lm-eval` runs task files written here (multiple choice, rolling bits per byte, generation)
-from a fresh directory with relative paths."""
+on a run trained here, from a fresh directory with relative paths."""
 
 import json
 import math
@@ -135,31 +135,52 @@ metric_list:
 DOCS = ["def add(a, b):\n    return a + b\n", "class Point:\n    x = 0\n    y = 0\n"]
 
 
-def test_lm_eval_command_runs_local_tasks(model, tmp_path):
-    model.save(str(tmp_path / "model"))
+THINGS = ["ball", "car", "door", "lamp", "boat", "cup", "hat", "kite", "sock", "vase", "bell", "coat"]
+COLORS = ["red", "blue", "green", "pink", "gray", "gold"]
+
+
+def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
+    """A tiny BLT trained here (`blt-jax train`) on facts "the color of the X is Y." answers the
+    multiple-choice task built from them through `blt-jax lm-eval` far above chance (1/2); the
+    rolling and generation tasks run too, and rolling bits per byte equals direct forwards."""
+    facts = {thing: COLORS[i % len(COLORS)] for i, thing in enumerate(THINGS)}
+    (tmp_path / "facts").mkdir()
+    for i in range(40):  # many small documents, in varied order
+        order = np.random.default_rng(i).permutation(THINGS)
+        (tmp_path / "facts" / f"{i:02d}.txt").write_text(" ".join(f"the color of the {t} is {facts[t]}." for t in order))
+    result = run("train", "--config", TINY, "--workdir", "run", "--config.data.source=facts",
+                 "--config.eval.source=facts", "--config.train.steps=120", "--config.train.warmup_steps=10",
+                 "--config.train.eval_every=0", "--config.train.checkpoint_every=0", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name, text in TASKS.items():
         (tasks / name).write_text(text)
-    items = [{"question": f"{a} + {b} =", "choices": [f" {a + b}", f" {a + b + 1}"], "answer": 0} for a, b in
-             [(1, 2), (3, 4), (5, 5)]]
+    # lm-eval joins question and choice with a space (its target_delimiter).
+    items = [{"question": f"the color of the {t} is", "answer": 0,
+              "choices": [f"{c}.", f"{COLORS[(COLORS.index(c) + 1 + k % 5) % len(COLORS)]}."]}
+             for k, (t, c) in enumerate(facts.items())]
     (tasks / "mc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (tasks / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    (tasks / "gen.jsonl").write_text(json.dumps({"prompt": "x = ", "answer": "1"}) + "\n")
+    (tasks / "gen.jsonl").write_text(json.dumps({"prompt": "the color of the cup is", "answer": " blue."}) + "\n")
 
-    result = run("lm-eval", "--checkpoint", "model", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
+    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
                  "tasks", "--batch-size", "4", "--output", "results.json", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tiny_mc" in result.stdout and "bits_per_byte" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert 0.0 <= results["tiny_mc"]["acc,none"] <= 1.0
+    assert results["tiny_mc"]["acc,none"] >= 0.8, results["tiny_mc"]  # chance: 0.5
     assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
     # Rolling bits per byte: the documents' log-likelihoods over their bytes, as one forward each gives them.
-    total = sum(one_forward(model, d.encode(), len(d.encode()), 2048)[0] for d in DOCS)
+    from blt_jax.api import from_training_run
+
+    trained = from_training_run(str(tmp_path / "run"))
+    total = sum(one_forward(trained, d.encode(), len(d.encode()), 2048)[0] for d in DOCS)
     want = -total / (math.log(2) * sum(len(d.encode()) for d in DOCS))
     assert results["tiny_roll"]["bits_per_byte,none"] == pytest.approx(want, rel=1e-5)
 
-    result = run("lm-eval", "--checkpoint", "model", "--tasks", "tiny_mcq", "--include-path", "tasks", cwd=tmp_path)
+    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mcq", "--include-path", "tasks", cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
     assert result.returncode == 2 and lines[-1].startswith("blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you "
                                                            "mean tiny_mc"), result.stderr[-2000:]
