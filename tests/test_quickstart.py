@@ -154,6 +154,25 @@ def test_experiment_file_gives_the_runs_the_quickstart_trained(run):
         load_experiment(os.path.join(root, "experiments", "quickstart.py:bogus"))
 
 
+def test_readme_lm_eval_commands_on_the_quickstart_models(run):
+    """The README's commands for its results table, as printed (relative paths, from the directory
+    the quickstart ran in): a cloze task from the held-out corpus, then the BLT (its entropy LM found
+    through its entropy pass) and the byte baseline, clean and noised."""
+    cwd = os.path.dirname(os.path.dirname(run))
+    result = blt_jax("make-tasks", "cloze", "tasks", "--cut", "midline", "--corpus", "runs/quickstart/corpus/validation",
+                     "--n", "12", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for model, noise in (("blt", "none,drop"), ("baseline", "none")):
+        result = blt_jax("lm-eval", "--checkpoint", f"runs/quickstart/{model}", "--tasks", "cloze_midline",
+                         "--include-path", "tasks", "--noise", noise, "--output", f"{model}.json", "--no-progress",
+                         cwd=cwd)
+        assert result.returncode == 0, (model, result.stderr[-3000:])
+        results = json.load(open(os.path.join(cwd, f"{model}.json")))["results"]
+        names = ["cloze_midline"] + (["cloze_midline@drop"] if "drop" in noise else [])
+        assert sorted(results) == names, results
+        assert all(results[n]["acc,none"] in {k / 12 for k in range(13)} for n in names), results  # 12 items
+
+
 def test_interrupted_stage_exits_130_with_how_to_resume(monkeypatch, tmp_path, capsys):
     import blt_jax.quickstart as quickstart
     from blt_jax.quickstart.stages import StageInterrupted

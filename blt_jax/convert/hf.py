@@ -25,6 +25,7 @@ from blt_jax.config import (
     PatchingConfig,
     StackConfig,
 )
+from blt_jax.convert.hf_tokenizer import save_byte_tokenizer
 from blt_jax.convert.layout import WeightError, assemble, blt_entries, entropy_entries, to_torch
 from blt_jax.convert.safetensors_io import read_checkpoint_dir, write_safetensors
 from blt_jax.tokenizer import BOS_ID, EOS_ID
@@ -257,19 +258,25 @@ def hf_export_config(config: BLTConfig, with_entropy_lm: bool) -> dict:
     if not with_entropy_lm or config.entropy_model is None:
         raise ConfigError("entropy_model", "HF's BltForCausalLM patches with its entropy LM, and this model has "
                           "none; give it one (--entropy-checkpoint)")
+    # use_cache false: transformers 5.23's BltForCausalLM builds `DynamicCache(config=BltConfig)`,
+    # which reads `num_hidden_layers`, a field the composite BltConfig lacks, so any forward with
+    # the default use_cache=True (lm-eval's hf backend, `generate`) raises AttributeError.
     return {"architectures": ["BltForCausalLM"], "model_type": "blt", "dtype": config.dtype,
-            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, **fields}
+            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "use_cache": False, **fields}
 
 
 def save_hf(directory: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None) -> None:
     """Writes what `transformers.BltForCausalLM.from_pretrained(directory)` loads: `config.json`
-    (`hf_export_config`) and `model.safetensors` (the patcher's weights included)."""
+    (`hf_export_config`) and `model.safetensors` (the patcher's weights included), and the byte
+    tokenizer `AutoTokenizer.from_pretrained(directory)` loads (`hf_tokenizer`): transformers has
+    none for BLT, and tools such as lm-eval's `hf` backend need one."""
     meta = hf_export_config(config, entropy_params is not None)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(meta, f, indent=2)
     write_safetensors(os.path.join(directory, "model.safetensors"),
                       export_hf_tensors(config, params, entropy_params))
+    save_byte_tokenizer(directory)
 
 
 def export_hf_tensors(config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> dict[str, np.ndarray]:

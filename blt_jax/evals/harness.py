@@ -25,6 +25,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from blt_jax.errors import InputError
+from blt_jax.evals import noise as noising
 from blt_jax.evals import scoring
 
 logger = logging.getLogger("blt_jax.evals")
@@ -32,6 +33,18 @@ logger = logging.getLogger("blt_jax.evals")
 
 def _as_bytes(text: str) -> bytes:
     return text.encode("utf-8", errors="ignore")  # what the tokenizer does to a str
+
+
+def load_model(path: str, entropy: str | None = None):
+    """A `BLTModel` from a training run or model directory, or an `api.ByteLM` when `path` is a
+    training run of a byte-level LM (an entropy LM)."""
+    from blt_jax import api
+    from blt_jax.models import model_kind
+    from blt_jax.train import runs
+
+    if runs.is_training_run(path) and model_kind(runs.read_run_config(path).model).name == "entropy_lm":
+        return api.ByteLM(*api.load_entropy_model(path))
+    return api.from_pretrained(path, entropy_path=entropy)
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -46,31 +59,40 @@ class BltLM(LM):
 
     Args:
       pretrained: a training run or model directory (any layout `blt_jax.from_pretrained` reads), or
-        a loaded `BLTModel`.
+        a loaded `BLTModel`; also a byte-level LM (a run of an entropy LM, such as the quickstart's
+        baseline, or an `api.ByteLM`), which answers loglikelihood requests only.
       entropy: the entropy LM of a run patched by entropy (`from_pretrained`'s `entropy_path`).
       batch_size: rows per forward pass (a static shape).
       max_length: the most bytes of text a row holds (older context is cut first).
       max_gen_bytes: default byte budget of `generate_until` (a task's `max_gen_toks` wins).
       progress: progress bars and a throughput line per request type.
+      noise: one of `noise.NOISES` (or None): the paper's input noising, applied to the context of
+        every `loglikelihood` and `generate_until` request (never to the continuations scored, nor
+        to rolling documents); change it between runs by setting `self.noise`.
+      noise_seed: the seed the noising draws from (with each context's text).
     """
 
     def __init__(self, pretrained: Any, entropy: str | None = None, batch_size: int | str = 8,
-                 max_length: int = 2048, max_gen_bytes: int = 256, progress: bool = True):
+                 max_length: int = 2048, max_gen_bytes: int = 256, progress: bool = True,
+                 noise: str | None = None, noise_seed: int = 0):
         super().__init__()
-        if isinstance(pretrained, str):
-            from blt_jax.api import from_pretrained
-
-            pretrained = from_pretrained(pretrained, entropy_path=entropy)
-        self.model = pretrained
+        self.model = load_model(pretrained, entropy) if isinstance(pretrained, str) else pretrained
+        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+            batch_size = 8  # lm_eval's --batch_size auto: rows are a static shape, so take the default
         self.batch_size = int(batch_size)
+        self.noise = noising.check_noise(noise)
+        self.noise_seed = int(noise_seed)
         self.max_length = int(max_length)
         self.max_gen_bytes = int(max_gen_bytes)
         self.progress = bool(progress) if not isinstance(progress, str) else progress.lower() == "true"
         if self.batch_size < 1 or self.max_length < 2:
             raise InputError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
 
+    def _context(self, text: str) -> bytes:
+        return _as_bytes(noising.noise_context(self.noise, text, self.noise_seed))
+
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        pairs = [(_as_bytes(r.args[0]), _as_bytes(r.args[1])) for r in requests]
+        pairs = [(self._context(r.args[0]), _as_bytes(r.args[1])) for r in requests]
         meter = scoring.Throughput()
         out = scoring.score_continuations(self.model, pairs, self.batch_size, self.max_length, self.progress)
         meter.add(len(pairs), sum(len(a) + len(b) for a, b in pairs))
@@ -103,7 +125,7 @@ class BltLM(LM):
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start: start + self.batch_size]
                 # The newest max_length bytes of each context (BOS is added by the generator).
-                prompts = [_as_bytes(requests[i].args[0])[-self.max_length:] for i in chunk]
+                prompts = [self._context(requests[i].args[0])[-self.max_length:] for i in chunk]
                 filler = [prompts[0]] * (self.batch_size - len(prompts))  # one batch shape: one compilation
                 outs = self.model.generate(prompts + filler, max_new_bytes=budget, temperature=temperature)
                 for i, text in zip(chunk, outs):
@@ -113,9 +135,13 @@ class BltLM(LM):
         return texts
 
 
-def task_manager(tasks: Sequence[str], include_path: str | None = None):
-    """lm-eval's TaskManager (its own tasks, and the task YAMLs under `include_path`), once every
-    task in `tasks` is known to it.
+def task_manager(tasks: Sequence[str], include_path: str | None = None, include_flag: str = "--include-path"):
+    """lm-eval's TaskManager (the task YAMLs under `include_path`, and lm-eval's own tasks), once
+    every task in `tasks` is known to it (`include_flag`: how the error names the include path's
+    setting).
+
+    When `include_path` holds every task, lm-eval's own thousands of task files are not indexed
+    (about 7 s on a 2-core host).
 
     Raises:
       InputError: naming an unknown task and its close matches.
@@ -124,11 +150,15 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None):
 
     from lm_eval.tasks import TaskManager
 
+    if include_path:
+        manager = TaskManager(include_path=include_path, include_defaults=False)
+        if all(task in manager.all_tasks for task in tasks):
+            return manager
     manager = TaskManager(include_path=include_path)
     for task in tasks:
         if task not in manager.all_tasks:
             close = difflib.get_close_matches(task, manager.all_tasks, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (--include-path adds a directory of task YAMLs)"
+            hint = f"; did you mean {', '.join(close)}?" if close else f" ({include_flag} adds a directory of task YAMLs)"
             raise InputError(f"unknown task {task!r}{hint}")
     return manager
 
@@ -149,3 +179,54 @@ def run_tasks(model: BltLM, tasks: Sequence[str], num_fewshot: int | None = None
     results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                       task_manager=manager)
     return json.loads(json.dumps(results, default=handle_non_serializable))
+
+
+def noise_list(spec: str | None) -> list[str | None]:
+    """The noisings a `--noise` value names: comma-separated names, "none" for the clean run,
+    "all" for the clean run and every noising.
+
+    Raises:
+      InputError: on an unknown name.
+    """
+    names: list[str | None] = []
+    for part in (spec or "none").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        picked = [None, *noising.NOISES] if part == "all" else [noising.check_noise(part)]
+        names += [n for n in picked if n not in names]
+    return names or [None]
+
+
+def noised_name(task: str, noise: str | None) -> str:
+    """How a task run under a noising is named in merged results: `task@noise` (clean: `task`)."""
+    return task if noise is None else f"{task}@{noise}"
+
+
+# The entries of lm-eval's results dict that are keyed by task (or group) name.
+TASK_KEYED = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
+
+
+def run_noised(model: BltLM, tasks: Sequence[str], noises: Sequence[str | None], num_fewshot: int | None = None,
+               limit: float | None = None, manager=None) -> dict:
+    """`run_tasks` once per noising, merged into one lm-eval results dict whose per-task tables
+    (`results`, `versions`, `n-shot`, `higher_is_better`, `n-samples`, `configs`, ...) name each
+    task as `noised_name(task, noise)`, so lm-eval's `make_table` prints them side by side.
+    """
+    merged: dict = {}
+    for noise in noises:
+        model.noise = noise
+        results = run_tasks(model, tasks, num_fewshot, limit, manager)
+        for key, value in results.items():
+            if key in TASK_KEYED and isinstance(value, dict):
+                table = merged.setdefault(key, {})
+                for name, entry in value.items():
+                    if key == "group_subtasks":
+                        entry = [noised_name(sub, noise) for sub in entry]
+                    elif isinstance(entry, dict) and "alias" in entry:
+                        entry = dict(entry, alias=noised_name(entry["alias"], noise))
+                    table[noised_name(name, noise)] = entry
+            else:
+                merged.setdefault(key, value)
+    merged["blt_jax"] = {"noises": [n or "none" for n in noises], "noise_seed": model.noise_seed}
+    return merged

@@ -128,14 +128,61 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LmEvalConfig:
+    """lm-evaluation-harness tasks scored during training (the `eval` extra; section `lm_eval`).
+
+    Scores go to `metrics.jsonl` and TensorBoard beside
+    bits per byte.
+
+    Attributes:
+      tasks: comma-separated task (or group) names; "" disables. Scores are named
+        `lm_eval/<task>/<metric>`, and `lm_eval/<task>/<noise>/<metric>` under a noising.
+      every: in steps; 0 = with bits per byte (`train.eval_every`). The last step always runs them.
+      noise: the paper's input noisings to run the tasks under too, as `blt-jax lm-eval --noise`
+        ("none,drop", "all"; "" = clean only).
+      noise_seed: seed of the noisings.
+      limit: at most this many items per task (< 1: a fraction; 0 = all).
+      num_fewshot: in-context examples (-1 = each task's default).
+      include_path: a directory of task YAMLs beside lm-eval's own ("" = none).
+      batch_size / max_length: rows per forward pass and bytes of text per row (as `blt-jax lm-eval`).
+      entropy_model: the entropy LM that patches the text of a run trained on entropy patches
+        ("" = the one named by the run's entropy pass).
+    """
+
+    tasks: str = ""
+    every: int = 0
+    noise: str = ""
+    noise_seed: int = 0
+    limit: float = 0.0
+    num_fewshot: int = -1
+    include_path: str = ""
+    batch_size: int = 8
+    max_length: int = 2048
+    entropy_model: str = ""
+
+    def __post_init__(self):
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
+        require(self.num_fewshot >= -1, "num_fewshot", f"must be >= -1, got {self.num_fewshot}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything a run needs: model, training data, evaluation data, optimisation, mesh."""
+    """Everything a run needs: model, training data, evaluation data, optimisation, mesh, and
+    optionally lm-eval tasks to score during training."""
 
     model: ModelConfig
     data: DataConfig
     eval: DataConfig | None
     train: TrainConfig
     mesh: MeshConfig
+    lm_eval: LmEvalConfig | None = None
 
     def __post_init__(self):
         if self.data.batch_size % self.train.grad_accum:
@@ -161,9 +208,9 @@ def _data_from_dict(raw: Any, path: str, model: ModelConfig) -> DataConfig:
 def experiment_from_dict(raw: Any) -> ExperimentConfig:
     """Validates an experiment ConfigDict (sections model, data, eval, train, mesh)."""
     data = _as_dict(raw, "")
-    unknown = set(data) - {"model", "data", "eval", "train", "mesh", "bench"}
+    unknown = set(data) - {"model", "data", "eval", "train", "mesh", "lm_eval", "bench"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown section; expected model, data, eval, train, mesh")
+        raise ConfigError(sorted(unknown)[0], "unknown section; expected model, data, eval, train, mesh, lm_eval")
     if "model" not in data:
         raise ConfigError("model", "missing: the experiment defines no model")
     model = model_config_from_dict(data["model"], "model")
@@ -172,8 +219,9 @@ def experiment_from_dict(raw: Any) -> ExperimentConfig:
     training_data = _data_from_dict(data.get("data") or {}, "data", model)
     eval_raw = data.get("eval")
     evaluation = _data_from_dict(eval_raw, "eval", model) if eval_raw else None
+    lm_eval = _build(LmEvalConfig, data["lm_eval"], "lm_eval") if data.get("lm_eval") else None
     try:
-        return ExperimentConfig(model, training_data, evaluation, train, mesh)
+        return ExperimentConfig(model, training_data, evaluation, train, mesh, lm_eval)
     except ConfigError as e:
         raise e from None
 
@@ -188,4 +236,6 @@ def experiment_to_dict(experiment: ExperimentConfig) -> dict:
     }
     if experiment.eval is not None:
         out["eval"] = dataclasses.asdict(experiment.eval)
+    if experiment.lm_eval is not None:
+        out["lm_eval"] = dataclasses.asdict(experiment.lm_eval)
     return json.loads(json.dumps(out))  # tuples -> lists

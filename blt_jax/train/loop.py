@@ -13,7 +13,8 @@ import dataclasses
 import logging
 import signal
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 from jax.experimental import multihost_utils
@@ -88,7 +89,7 @@ class _Preemption:
 
 
 def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
-    """The experiment with its corpus and `init_from` paths resolved (`~`, relative), so the saved
+    """The experiment with its corpus, `init_from` and `lm_eval` paths resolved (`~`, relative), so the saved
     configuration names the same files from any working directory."""
     data = dataclasses.replace(experiment.data, source=resolve_spec(experiment.data.source))
     evaluation = experiment.eval
@@ -97,7 +98,11 @@ def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
     train = experiment.train
     if train.init_from:
         train = dataclasses.replace(train, init_from=paths.resolve(train.init_from))
-    return dataclasses.replace(experiment, data=data, eval=evaluation, train=train)
+    lm_eval = experiment.lm_eval
+    if lm_eval is not None:
+        lm_eval = dataclasses.replace(lm_eval, **{name: paths.resolve(getattr(lm_eval, name))
+                                                  for name in ("include_path", "entropy_model") if getattr(lm_eval, name)})
+    return dataclasses.replace(experiment, data=data, eval=evaluation, train=train, lm_eval=lm_eval)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -131,6 +136,19 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
                          "--workdir, or the configuration that run was started with")
 
 
+class Evaluator(Protocol):
+    """An evaluation run during training besides bits per byte (see `train_and_evaluate`)."""
+
+    every: int  # in steps; 0 = with bits per byte (train.eval_every)
+
+    def __call__(self, step: int, params: Any) -> Mapping[str, float]:
+        """Scores the training parameters (global arrays, the training layout) after `step`."""
+
+
+def _due(every: int, done: int) -> bool:
+    return bool(every) and done % every == 0
+
+
 def _eval_batches(experiment: ExperimentConfig, programs: TrainPrograms):
     config = experiment.eval
     if config is None:
@@ -148,7 +166,8 @@ def _eval_batches(experiment: ExperimentConfig, programs: TrainPrograms):
     return out
 
 
-def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True,
+                       evaluators: Sequence[Evaluator] = ()) -> dict:
     """Trains (or resumes) a run in `workdir`.
 
     Args:
@@ -156,6 +175,9 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
       workdir: the run directory (relative, `~` or `gs://`; created; resumed if it holds checkpoints
         of the same model).
       progress: show a progress bar.
+      evaluators: more evaluations (e.g. lm-eval tasks, `blt_jax.evals.during_training`), each run
+        every `evaluator.every` steps (0: with bits per byte) and after the last step, on every
+        process; what they return is logged beside bits per byte.
 
     Returns:
       Summary: final step, last logged metrics, last evaluation, whether SIGTERM or Ctrl-C stopped it
@@ -247,11 +269,16 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             pending = (step, metrics)
             bar.update(1)
             done = step + 1
-            if train.eval_every and done % train.eval_every == 0 and done < train.steps:
+            bpb_due = bool(train.eval_every) and done % train.eval_every == 0 and done < train.steps
+            due = [e for e in evaluators if done < train.steps and _due(e.every or train.eval_every, done)]
+            if bpb_due or due:
                 eval_start = time.perf_counter()
-                result = programs.evaluate(state.params, _eval_batches(experiment, programs))
-                writer.write(done, result)
-                summary["eval"] = {"step": done, **result}
+                if bpb_due:
+                    result = programs.evaluate(state.params, _eval_batches(experiment, programs))
+                    writer.write(done, result)
+                    summary["eval"] = {"step": done, **result}
+                for evaluator in due:
+                    writer.write(done, evaluator(done, state.params))
                 # Evaluation time is not training time: the window's clock skips it, and keeps the
                 # training steps it already holds (restarting it would count their bytes in no time).
                 window["time"] += time.perf_counter() - eval_start
@@ -276,6 +303,11 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                 result = programs.evaluate(state.params, _eval_batches(experiment, programs))
                 writer.write(done, result)
                 summary["eval"] = {"step": done, **result}
+            if done > start:
+                for evaluator in evaluators:
+                    scores = evaluator(done, state.params)
+                    writer.write(done, scores)
+                    summary.setdefault("extra_eval", {}).update(scores)
         if pending is not None:
             flush(pending, final=True)
     checkpointer.wait()

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def check_corpus(source: str, text_field: str) -> None:
@@ -41,8 +43,13 @@ def check_corpus(source: str, text_field: str) -> None:
     raise SourceError(f"{source}: no readable documents")
 
 
-def train_from_file(spec: str, overrides: list[str], workdir: str, progress: bool = True) -> dict:
+def train_from_file(spec: str, overrides: list[str], workdir: str, progress: bool = True,
+                    evaluators_for: Callable[[Any], Sequence[Any]] | None = None) -> dict:
     """Loads and validates the experiment, joins the other hosts, trains (or resumes) in `workdir`.
+
+    Args:
+      evaluators_for: builds the run's extra evaluators (`loop.Evaluator`) from its experiment
+        config, before training starts (so their bad input fails first); None: none.
 
     Raises:
       UserError (NotFound, InputError, ConfigError, SourceError): bad input, before any training.
@@ -50,11 +57,12 @@ def train_from_file(spec: str, overrides: list[str], workdir: str, progress: boo
     from blt_jax.experiment import load_experiment
     from blt_jax.parallel import maybe_initialize_distributed
     from blt_jax.train.config import experiment_from_dict
-    from blt_jax.train.loop import train_and_evaluate
+    from blt_jax.train.loop import resolve_experiment_paths, train_and_evaluate
 
     experiment = experiment_from_dict(load_experiment(spec, overrides))
     for data in (experiment.data, experiment.eval):
         if data is not None and not data.source.startswith("hf:"):
             check_corpus(data.source, data.text_field)
     maybe_initialize_distributed()
-    return train_and_evaluate(experiment, workdir, progress=progress)
+    evaluators = evaluators_for(resolve_experiment_paths(experiment)) if evaluators_for is not None else ()
+    return train_and_evaluate(experiment, workdir, progress=progress, evaluators=evaluators)

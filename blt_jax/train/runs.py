@@ -147,19 +147,41 @@ def load_blt(path: str, entropy_path: str | None = None, dtype: Any = np.float32
     if not is_training_run(path):
         return load_model_dir(path, entropy_path, dtype)
     experiment, params = read_run(path)
+    config, entropy_params = patching_model(experiment, entropy_path, path)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
+    return config, params, entropy_params
+
+
+def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[ModelConfig, dict | None]:
+    """The config of a run's BLT as a standalone model (patching with the rule and threshold the run
+    trained with), and its entropy LM's parameters when that rule is entropy patching.
+
+    Args:
+      experiment: the run's `ExperimentConfig`.
+      entropy_path: the entropy LM (anything `load_entropy_lm` reads); by default the model named
+        by the manifest of the entropy pass the run trained on, if still there.
+      run: the run's name in error messages.
+
+    Raises:
+      CheckpointError: not a BLT, or an entropy-patched run whose entropy LM is not found.
+    """
     if model_kind(experiment.model).name != "blt":
-        raise CheckpointError(f"{path} trained an entropy LM, not a BLT")
+        raise CheckpointError(f"{run} trained an entropy LM, not a BLT")
     patching = experiment.data.patching
     entropy_config, entropy_params = None, None
     if patching.mode == "entropy":
         entropy_path = entropy_path or _pass_entropy_model(experiment.data.source)
         if entropy_path is None:
-            raise CheckpointError(f"{path} was trained with entropy patching: name its entropy LM "
+            raise CheckpointError(f"{run} was trained with entropy patching: name its entropy LM "
                                   "(--entropy-checkpoint DIR)")
         entropy_config, entropy_params = load_entropy_lm(entropy_path)
-    config: ModelConfig = dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config)
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
-    return config, params, entropy_params
+    return dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config), entropy_params
+
+
+def per_layer(experiment, params: Any) -> Any:
+    """Training parameters in the per-layer layout (unstacking the stacks a run scans)."""
+    model = experiment.model
+    return unstack_layers(params, model_kind(model).scan_layout(resolve_scan(experiment.train.scan, model)))
 
 
 def load_entropy_lm(path: str) -> tuple[EntropyLMConfig, dict]:
