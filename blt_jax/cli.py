@@ -511,14 +511,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from blt_jax import paths
-    from blt_jax.errors import MissingDependency
+    from blt_jax.evals import load_harness
+    from blt_jax.evals.noise import noise_list
 
-    try:
-        from blt_jax.evals.harness import BltLM, noise_list, run_noised, task_manager
-    except ImportError as e:
-        if "lm_eval" not in str(e):
-            raise
-        raise MissingDependency('lm-evaluation-harness is not installed (the eval extra): pip install -c constraints.txt -e ".[eval]"') from None
+    backend = load_harness()
     from lm_eval.utils import make_table
 
     tasks = [t for t in args.tasks.split(",") if t]
@@ -526,10 +522,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         raise InputError("--tasks: name at least one task")
     include = paths.resolve(args.include_path) if args.include_path else None
     noises = noise_list(args.noise)  # bad task or noise names fail before the model loads
-    manager = task_manager(tasks, include)
-    model = BltLM(args.checkpoint, entropy=args.entropy_checkpoint, batch_size=args.batch_size,
-                  max_length=args.max_length, progress=args.progress, noise_seed=args.noise_seed)
-    results = run_noised(model, tasks, noises, args.num_fewshot, args.limit, manager)
+    manager = backend.task_manager(tasks, include)
+    model = backend.BltLM(args.checkpoint, entropy=args.entropy_checkpoint, batch_size=args.batch_size,
+                          max_length=args.max_length, progress=args.progress, noise_seed=args.noise_seed)
+    results = backend.run_noised(model, tasks, noises, args.num_fewshot, args.limit, manager)
     print(make_table(results))
     if args.output:
         paths.write_json(args.output, results)
@@ -546,14 +542,14 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
         words = paths.read_text(paths.resolve(args.words)).split() if args.words else None
         kinds = [k for k in args.kinds.split(",") if k] if args.kinds else None
         names = cute.write_tasks(args.directory, words, args.n, args.seed, args.shots, kinds)
-        group = f" (group {cute.GROUP})"
+        group, run = f" (group {cute.GROUP})", cute.GROUP
     else:
         from blt_jax.evals import cloze
 
         names = [cloze.write_task(args.directory, args.corpus, args.n, args.seed, args.context_bytes, cut=args.cut)]
-        group = ""
+        group, run = "", names[0]
     print(f"wrote {', '.join(names)}{group} to {args.directory}: blt-jax lm-eval --include-path {args.directory} "
-          f"--tasks {cute.GROUP if group else names[0]} --checkpoint RUN")
+          f"--tasks {run} --checkpoint RUN")
     return 0
 
 

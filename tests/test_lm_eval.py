@@ -117,8 +117,8 @@ def test_generation_stops_at_the_first_stop_string(model):
 def test_a_noised_run_scores_the_noised_context_and_the_clean_continuation(model):
     from lm_eval.api.instance import Instance
 
-    from blt_jax.evals.harness import BltLM, noise_list
-    from blt_jax.evals.noise import noise_context
+    from blt_jax.evals.harness import BltLM
+    from blt_jax.evals.noise import noise_context, noise_list
 
     assert noise_list(None) == [None] and noise_list("none,Drop,drop") == [None, "drop"]
     assert noise_list("all") == [None, "antspeak", "drop", "randomcase", "repeat", "uppercase"]

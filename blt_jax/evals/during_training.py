@@ -20,13 +20,11 @@ import jax
 import numpy as np
 
 from blt_jax.config import ConfigError
-from blt_jax.errors import MissingDependency
+from blt_jax.evals import load_harness
+from blt_jax.evals.noise import noise_list
 from blt_jax.loading import CheckpointError
 
 logger = logging.getLogger("blt_jax.evals")
-
-INSTALL = 'lm_eval tasks need lm-evaluation-harness (the eval extra): pip install -c constraints.txt -e ".[eval]"'
-
 
 def scalar_metrics(results: dict) -> dict[str, float]:
     """lm-eval's results flattened to scalars named `lm_eval/<task>/<metric>`, and
@@ -70,14 +68,14 @@ class LmEvalEvaluator:
         self.manager = manager
 
     def __call__(self, step: int, params: Any) -> dict[str, float]:
-        from blt_jax.evals.harness import run_noised
         from blt_jax.train.runs import per_layer
 
         start = time.perf_counter()
         self.lm.model.params = jax.device_put(per_layer(self.experiment, host_params(params)))
         config = self.experiment.lm_eval
-        results = run_noised(self.lm, self.tasks, self.noises, None if config.num_fewshot < 0 else config.num_fewshot,
-                             config.limit or None, self.manager)
+        fewshot = None if config.num_fewshot < 0 else config.num_fewshot
+        results = load_harness().run_noised(self.lm, self.tasks, self.noises, fewshot, config.limit or None,
+                                            self.manager)
         scores = scalar_metrics(results)
         logger.info("step %d: lm-eval %s (%.1fs)", step,
                     ", ".join(f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items()),
@@ -96,18 +94,13 @@ def evaluators_for(experiment) -> list[LmEvalEvaluator]:
     config = experiment.lm_eval
     if config is None or not config.task_names:
         return []
-    try:
-        from blt_jax.evals.harness import BltLM, noise_list, task_manager
-    except ImportError as e:
-        if "lm_eval" not in str(e):
-            raise
-        raise MissingDependency(INSTALL) from None
+    lm_eval_backend = load_harness()
     from blt_jax.api import BLTModel
     from blt_jax.params import abstract_params
     from blt_jax.train import runs
 
     noises = noise_list(config.noise or None)
-    manager = task_manager(config.task_names, config.include_path or None, include_flag="lm_eval.include_path")
+    manager = lm_eval_backend.task_manager(config.task_names, config.include_path or None, include_flag="lm_eval.include_path")
     try:
         model_config, entropy_params = runs.patching_model(experiment, config.entropy_model or None, "this run")
     except CheckpointError:
@@ -118,6 +111,6 @@ def evaluators_for(experiment) -> list[LmEvalEvaluator]:
     # Placeholder parameters of the right shapes: every run replaces them with the step's.
     placeholder = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(model_config))
     model = BLTModel(model_config, placeholder, entropy_params)
-    lm = BltLM(model, batch_size=config.batch_size, max_length=config.max_length, progress=False,
+    lm = lm_eval_backend.BltLM(model, batch_size=config.batch_size, max_length=config.max_length, progress=False,
                noise_seed=config.noise_seed)
     return [LmEvalEvaluator(experiment, lm, config.task_names, noises, manager)]

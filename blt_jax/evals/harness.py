@@ -181,23 +181,6 @@ def run_tasks(model: BltLM, tasks: Sequence[str], num_fewshot: int | None = None
     return json.loads(json.dumps(results, default=handle_non_serializable))
 
 
-def noise_list(spec: str | None) -> list[str | None]:
-    """The noisings a `--noise` value names: comma-separated names, "none" for the clean run,
-    "all" for the clean run and every noising.
-
-    Raises:
-      InputError: on an unknown name.
-    """
-    names: list[str | None] = []
-    for part in (spec or "none").split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        picked = [None, *noising.NOISES] if part == "all" else [noising.check_noise(part)]
-        names += [n for n in picked if n not in names]
-    return names or [None]
-
-
 def noised_name(task: str, noise: str | None) -> str:
     """How a task run under a noising is named in merged results: `task@noise` (clean: `task`)."""
     return task if noise is None else f"{task}@{noise}"

@@ -89,3 +89,20 @@ def noise_context(name: str | None, text: str, seed: int = 0) -> str:
     if key is None:
         return text
     return NOISES[key](text, text_rng(text, seed))
+
+
+def noise_list(spec: str | None) -> list[str | None]:
+    """The noisings a `--noise` value names: comma-separated names, "none" for the clean run,
+    "all" for the clean run and every noising.
+
+    Raises:
+      InputError: on an unknown name.
+    """
+    names: list[str | None] = []
+    for part in (spec or "none").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        picked = [None, *NOISES] if part == "all" else [check_noise(part)]
+        names += [n for n in picked if n not in names]
+    return names or [None]
