@@ -4,6 +4,7 @@ Install for use:   pip install -c constraints.txt -e .
 Install for tests: pip install -c constraints.txt -e ".[test]"
 Install on TPU VMs: pip install -c constraints.txt -e ".[tpu]"   (includes the `gcs` extra)
 lm-evaluation-harness backend: pip install -c constraints.txt -e ".[eval]"
+`blt-jax study` with its BPE arm: pip install -c constraints.txt -e ".[study]"
 """
 
 from setuptools import find_packages, setup
@@ -14,6 +15,8 @@ JAX_VERSION = "0.10.2"
 GCS = ["gcsfs>=2026.9", "google-cloud-storage>=3.11"]
 # `blt-jax lm-eval` and blt_jax.evals.harness: EleutherAI's lm-evaluation-harness (0.4.x API).
 EVAL = ["lm-eval>=0.4.13,<0.5"]
+# `blt-jax study`'s BPE-token transformer (blt_jax.data.bpe): Hugging Face's `tokenizers` trains its BPE.
+STUDY = ["tokenizers>=0.23,<1"]
 
 setup(
     name="blt_jax",
@@ -57,8 +60,11 @@ setup(
                  "import-linter>=2.16",
                  # The lm-eval backend is tested on task files written by the tests; lm-eval's own `hf`
                  # backend (experiments/bench_lm_eval.py) needs accelerate.
-                 *EVAL, "accelerate>=1.15"],
+                 *EVAL, "accelerate>=1.15",
+                 # The study's BPE arm (tests/test_bpe.py, tests/test_study.py).
+                 *STUDY],
         "eval": EVAL,
+        "study": STUDY,
         "gcs": GCS,
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },

@@ -310,6 +310,39 @@ class ByteLM:
         raise InputError("generation needs a BLT: this byte LM scores text only (loglikelihood tasks)")
 
 
+class TokenLM(ByteLM):
+    """A token transformer (the BPE baseline of `blt-jax study`) behind the same scoring interface,
+    reading text through its BPE tokenizer.
+
+    Attributes:
+      config: its `TokenLMConfig`.
+      params: its parameters.
+      tokenizer: its `blt_jax.data.bpe.BpeTokenizer`.
+    """
+
+    def __init__(self, config: Any, params: Mapping, tokenizer: Any):
+        super().__init__(config, params)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids, the model only {config.vocab_size}")
+        self.tokenizer = tokenizer
+
+    def encode(self, data: bytes) -> np.ndarray:
+        """int32 [L] ids of BOS + the tokens of `data` (no EOS): what scoring feeds the model."""
+        return self.tokenizer.encode(data, add_bos=True, add_eos=False)
+
+
+def load_token_model(path: str) -> TokenLM:
+    """A training run of a token transformer with the tokenizer it was trained with (the run's
+    `data.tokenizer`)."""
+    from blt_jax.data.bpe import BpeTokenizer
+    from blt_jax.models import require_kind
+    from blt_jax.train import runs
+
+    experiment, params = runs.read_run(path)
+    require_kind(experiment.model, "token_lm", "loading a token transformer", path)
+    return TokenLM(experiment.model, params, BpeTokenizer.load(experiment.data.tokenizer))
+
+
 def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:
     """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
     run of ours (its newest checkpoint; the run's corpus is not needed).

@@ -27,6 +27,10 @@ PATCHING_MODES = ("entropy", "space", "static", "byte")
 # checkpoints), or causal over the whole row (Meta's code default: patches see earlier documents).
 LATENT_MASKS = ("block_causal", "causal")
 DTYPES = ("float32", "bfloat16", "float16")
+# Largest vocabulary of a token transformer (a BPE vocabulary; `blt_jax.data.bpe.MAX_VOCAB`).
+MAX_TOKEN_VOCAB = 1 << 20
+# Ids of a byte vocabulary: 4 specials + 256 bytes. A token vocabulary is larger.
+BYTE_VOCAB = 260
 # The global entropy threshold (nats) of the released checkpoints (facebook/blt): the default of
 # entropy patching, and the fallback wherever a checkpoint or a user leaves it unset.
 RELEASED_THRESHOLD = 1.335442066192627
@@ -228,6 +232,34 @@ class EntropyLMConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenLMConfig:
+    """A token transformer: the entropy LM's causal stack (`nn.entropy_lm.EntropyLM`) over the ids of
+    a BPE tokenizer (`blt_jax.data.bpe`), the BPE baseline a BLT is compared against.
+
+    Attributes:
+      stack: its transformer (window None: full causal attention within each document).
+      vocab_size: V, the tokenizer's ids (4 specials + 256 bytes + merges), at least the vocabulary
+        of the tokenizer it reads.
+      dtype: compute dtype; params are kept in `param_dtype`.
+    """
+
+    stack: StackConfig
+    vocab_size: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        require(
+            _is_int(self.vocab_size) and BYTE_VOCAB < self.vocab_size <= MAX_TOKEN_VOCAB,
+            "vocab_size",
+            f"must be in ({BYTE_VOCAB}, {MAX_TOKEN_VOCAB}] (a BPE vocabulary: specials, bytes and merges), "
+            f"got {self.vocab_size!r}",
+        )
+        _check_dtype(self.dtype, "dtype")
+        _check_dtype(self.param_dtype, "param_dtype")
+
+
+@dataclasses.dataclass(frozen=True)
 class BLTConfig:
     """The Byte Latent Transformer.
 
@@ -314,7 +346,7 @@ class BLTConfig:
         return self.latent_input_dim != self.latent.dim
 
 
-ModelConfig = Union[BLTConfig, EntropyLMConfig]
+ModelConfig = Union[BLTConfig, EntropyLMConfig, TokenLMConfig]
 
 # ---------------------------------------------------------------------------------------------
 # Construction from plain mappings (ml_collections.ConfigDict, JSON) with full field paths.
@@ -362,6 +394,12 @@ def entropy_lm_from_dict(raw: Any, path: str = "entropy_model") -> EntropyLMConf
     data = _as_dict(raw, path)
     data.pop("kind", None)
     return _build(EntropyLMConfig, data, path, nested={"stack": stack_from_dict})
+
+
+def token_lm_from_dict(raw: Any, path: str = "model") -> TokenLMConfig:
+    data = _as_dict(raw, path)
+    data.pop("kind", None)
+    return _build(TokenLMConfig, data, path, nested={"stack": stack_from_dict})
 
 
 def blt_from_dict(raw: Any, path: str = "model") -> BLTConfig:

@@ -22,9 +22,12 @@ import numpy as np
 ROW_KEYS = ("tokens", "targets", "mask", "patch_lengths")
 
 
-def mean_patch_length(real_bytes: float, rows: int, patches: float) -> float:
+def mean_patch_length(real_bytes: float, rows: int, patches: float, token_rows: bool = False) -> float:
     """Mean patch length of packed rows: each row's patches cover its real bytes plus the next-byte
-    slot (see `pack_row`)."""
+    slot (see `pack_row`). Of token rows (`token_rows`, whose `patches` are their target tokens and
+    `real_bytes` the bytes those stand for): mean bytes per token, the tokens being the "patches"."""
+    if token_rows:
+        return real_bytes / max(patches, 1)
     return (real_bytes + rows) / max(patches, 1)
 
 

@@ -16,6 +16,10 @@ another process count: the iterator state is per shard (`get_state`: this proces
 Batches are dicts of NumPy arrays per process: tokens [b, N] int32, targets [b, N] int32, mask
 [b, N] bool, patch_lengths [b, P] int32 (b: this process's rows); `to_global` turns them into
 global arrays sharded over the mesh's batch axes with `jax.make_array_from_process_local_data`.
+
+With a BPE tokenizer (`DataConfig.tokenizer`), documents are encoded into BPE token ids instead of
+bytes, rows hold N tokens and no patches, and batches also carry target_bytes [b, N] float32: the
+bytes each target token stands for (0 where mask is False), which turn the loss into bits per byte.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import jax
 import numpy as np
 
 from blt_jax.config import PatchingConfig, require
+from blt_jax.data.bpe import BpeTokenizer
 from blt_jax.data.packing import PackIterDataset
 from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
 from blt_jax.data.shards import ShardedBatches, process_share, shards_of_rows
+from blt_jax.errors import InputError
 from blt_jax.patching.rules import patch_starts
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
@@ -51,9 +57,9 @@ class DataConfig:
         part of a shard's rows reads the whole shard (S below the process count costs reading).
         "hf:" streams are not random access: each shard streams the dataset and keeps every S-th
         example, so S streams per process.
-      row_bytes: N, input bytes per row.
+      row_bytes: N, input bytes per row (input tokens per row with a `tokenizer`).
       row_patches: P, patches per row (budget; rows stop early rather than exceed it); 0 for byte
-        rows without patches (training the entropy LM).
+        rows without patches (training the entropy LM) and for token rows.
       patching: the patch rule ("entropy" needs a source with stored entropies).
       seed: shuffle seed.
       shuffle: shuffle documents (per epoch).
@@ -62,6 +68,8 @@ class DataConfig:
       read_threads: threads reading and patching documents.
       prefetch: documents read ahead.
       hf_subset: dataset configuration name for "hf:" sources.
+      tokenizer: a BPE tokenizer file (`blt_jax.data.bpe.train_bpe`) encoding documents into token
+        rows, for a token transformer (model kind "token_lm"); None: byte rows.
     """
 
     source: str = "default"
@@ -78,6 +86,7 @@ class DataConfig:
     read_threads: int = 2
     prefetch: int = 64
     hf_subset: str | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -89,6 +98,10 @@ class DataConfig:
                 f"must be >= 2 (the first byte is its own patch), or 0 for no patches, got {self.row_patches}")
         require(self.num_epochs is None or self.num_epochs >= 1, "num_epochs", f"must be None or >= 1, got {self.num_epochs}")
         require(self.read_threads >= 1, "read_threads", f"must be >= 1, got {self.read_threads}")
+        require(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer != ""), "tokenizer",
+                f"must be None or a tokenizer file, got {self.tokenizer!r}")
+        require(self.tokenizer is None or self.row_patches == 0, "row_patches",
+                f"must be 0 for token rows (a tokenizer is set), got {self.row_patches}")
 
     @property
     def num_shards(self) -> int:
@@ -116,10 +129,13 @@ class OnlineEntropies:
 
 
 def prepare_document(
-    doc: Document, patching: PatchingConfig | None, online: OnlineEntropies | None = None
+    doc: Document, patching: PatchingConfig | None, online: OnlineEntropies | None = None,
+    tokenizer: BpeTokenizer | None = None,
 ) -> dict:
     """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention);
-    no flags when `patching` is None."""
+    no flags when `patching` is None. With a `tokenizer`: BOS + BPE tokens + EOS, no flags."""
+    if tokenizer is not None:
+        return {"tokens": tokenizer.encode(doc.data)}
     tokens = encode(doc.data)
     if patching is None:
         return {"tokens": tokens}
@@ -137,6 +153,32 @@ def prepare_document(
             )
     starts = patch_starts(patching, tokens[None], entropies, include_next=False)[0]
     return {"tokens": tokens, "starts": np.asarray(starts)}
+
+
+def with_target_bytes(batch: dict[str, np.ndarray], token_bytes: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch of token rows with target_bytes float32 [b, N]: the bytes of each target token
+    (`token_bytes[targets]`), 0 where mask is False."""
+    counts = np.where(batch["mask"], token_bytes[batch["targets"]], 0).astype(np.float32)
+    return {**batch, "target_bytes": counts}
+
+
+def load_tokenizer(config: DataConfig, vocab_size: int | None = None) -> BpeTokenizer | None:
+    """The BPE tokenizer of a pipeline, if it has one.
+
+    Args:
+      config: the pipeline.
+      vocab_size: the vocabulary of the model reading its rows, checked to hold every token id.
+
+    Raises:
+      NotFound / InputError: no such tokenizer file, not a tokenizer file, or ids beyond `vocab_size`.
+    """
+    if config.tokenizer is None:
+        return None
+    tokenizer = BpeTokenizer.load(config.tokenizer)
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise InputError(f"{tokenizer.path}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size "
+                         f"is {vocab_size}; set model.vocab_size to at least {tokenizer.vocab_size}")
+    return tokenizer
 
 
 def build_dataset(
@@ -157,6 +199,7 @@ def build_dataset(
 
     Raises:
       SourceError: if the corpus cannot be opened or holds too few documents (before any batch).
+      NotFound / InputError: the pipeline's tokenizer file is missing or is not one.
     """
     if rows is None:
         rows = process_share(config.batch_size, jax.process_index(), jax.process_count())
@@ -166,9 +209,16 @@ def build_dataset(
     keep = {j: offsets for j, offsets in keep.items() if offsets is not None}
     per_shard = config.batch_size // count
     patching = config.patching if config.row_patches else None
-    prepare = functools.partial(prepare_document, patching=patching, online=online)
-    pack = lambda docs: PackIterDataset(docs, config.row_bytes, config.row_patches).batch(  # noqa: E731
-        per_shard, drop_remainder=True)
+    tokenizer = load_tokenizer(config)
+    prepare = functools.partial(prepare_document, patching=patching, online=online, tokenizer=tokenizer)
+
+    def pack(docs: grain.IterDataset) -> grain.IterDataset:
+        rows = PackIterDataset(docs, config.row_bytes, config.row_patches).batch(per_shard, drop_remainder=True)
+        if tokenizer is None:
+            return rows
+        # One vectorised lookup per batch of a shard (not per token, not per row).
+        return rows.map(functools.partial(with_target_bytes, token_bytes=tokenizer.token_bytes))
+
     if config.source.startswith(HF_PREFIX):  # streams: shard j takes examples j, j + S, ...; no global shuffle
         name, _, split = config.source[len(HF_PREFIX):].partition(":")
         return ShardedBatches({j: pack(HFStream(name, split or "train", config.text_field, config.hf_subset, j, count,

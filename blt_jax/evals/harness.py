@@ -35,18 +35,6 @@ def _as_bytes(text: str) -> bytes:
     return text.encode("utf-8", errors="ignore")  # what the tokenizer does to a str
 
 
-def load_model(path: str, entropy: str | None = None):
-    """A `BLTModel` from a training run or model directory, or an `api.ByteLM` when `path` is a
-    training run of a byte-level LM (an entropy LM)."""
-    from blt_jax import api
-    from blt_jax.models import model_kind
-    from blt_jax.train import runs
-
-    if runs.is_training_run(path) and model_kind(runs.read_run_config(path).model).name == "entropy_lm":
-        return api.ByteLM(*api.load_entropy_model(path))
-    return api.from_pretrained(path, entropy_path=entropy)
-
-
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """`text` up to (not including) the earliest of the stop strings."""
     cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
@@ -76,7 +64,13 @@ class BltLM(LM):
                  max_length: int = 2048, max_gen_bytes: int = 256, progress: bool = True,
                  noise: str | None = None, noise_seed: int = 0):
         super().__init__()
-        self.model = load_model(pretrained, entropy) if isinstance(pretrained, str) else pretrained
+        self.model = scoring.load_model(pretrained, entropy) if isinstance(pretrained, str) else pretrained
+        from blt_jax.api import TokenLM
+
+        if isinstance(self.model, TokenLM):
+            # Requests split text at byte offsets, which need not be token boundaries.
+            raise InputError("lm-eval scores BLTs and byte LMs; a token transformer's requests would need its own "
+                             "tokenization of each context and continuation, which this backend does not do")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             batch_size = 8  # lm_eval's --batch_size auto: rows are a static shape, so take the default
         self.batch_size = int(batch_size)

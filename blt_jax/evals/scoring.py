@@ -58,12 +58,18 @@ def _continuation_row(index: int, context: bytes, continuation: bytes, max_lengt
     return _Row(index, tokens[-(max_length + 1):], len(continuation))
 
 
-def document_rows(index: int, document: bytes, max_length: int, stride: int) -> list[_Row]:
-    """Windows scoring every byte of a document once: the first window predicts its first
-    max_length bytes from BOS on; each next window slides by `stride` bytes and scores only its
-    last `stride` bytes, which so see at least max_length - stride bytes of context."""
-    tokens = np.asarray(encode(document, add_eos=False), np.int32)
-    rows = [_Row(index, tokens[: max_length + 1], min(len(document), max_length))]
+def document_rows(index: int, document: bytes, max_length: int, stride: int,
+                  tokenize: Callable[[bytes], np.ndarray] | None = None) -> list[_Row]:
+    """Windows scoring every token of a document once: the first window predicts its first
+    max_length tokens from BOS on; each next window slides by `stride` tokens and scores only its
+    last `stride` tokens, which so see at least max_length - stride tokens of context.
+
+    Args:
+      tokenize: bytes -> int [L] ids, BOS first, no EOS (default: the byte tokenizer; a token model
+        passes its own, and lengths count its tokens).
+    """
+    tokens = np.asarray(tokenize(document) if tokenize else encode(document, add_eos=False), np.int32)
+    rows = [_Row(index, tokens[: max_length + 1], min(len(tokens) - 1, max_length))]
     end = max_length + 1
     while end < len(tokens):
         stop = min(end + stride, len(tokens))
@@ -122,6 +128,27 @@ class Throughput:
                 f"({self.requests / seconds:.2f} requests/s, {self.bytes / seconds:,.0f} bytes/s)")
 
 
+def load_model(path: str, entropy: str | None = None):
+    """What scores text from a saved model: a `BLTModel` from a training run or model directory, an
+    `api.ByteLM` when `path` is a training run of a byte-level LM (an entropy LM kind, such as the
+    quickstart's baseline), an `api.TokenLM` for a run of a token transformer.
+
+    Args:
+      path: the run or directory (relative, `~` or gs://).
+      entropy: the entropy LM of a BLT run patched by entropy (`from_pretrained`'s `entropy_path`).
+    """
+    from blt_jax import api
+    from blt_jax.models import model_kind
+    from blt_jax.train import runs
+
+    kind = model_kind(runs.read_run_config(path).model).name if runs.is_training_run(path) else "blt"
+    if kind == "entropy_lm":
+        return api.ByteLM(*api.load_entropy_model(path))
+    if kind == "token_lm":
+        return api.load_token_model(path)
+    return api.from_pretrained(path, entropy_path=entropy)
+
+
 def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size: int = 8, max_length: int = 2048,
                         progress: bool = False) -> list[Scored]:
     """log p(continuation | context) and greediness of (context, continuation) byte pairs; each
@@ -133,11 +160,16 @@ def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size:
 def score_documents(model, documents: Sequence[bytes], batch_size: int = 8, max_length: int = 2048,
                     stride: int | None = None, progress: bool = False) -> list[float]:
     """log p(document | BOS) of each document (its bytes, not an EOS), in windows of `max_length`
-    bytes sliding by `stride` (default max_length // 2) beyond the first."""
+    tokens sliding by `stride` (default max_length // 2) beyond the first.
+
+    A model with an `encode(bytes) -> ids` method (a token transformer, `api.TokenLM`) is given its own
+    tokens (BOS first, no EOS); the others read bytes.
+    """
     stride = stride or max(1, max_length // 2)
     if not 1 <= stride <= max_length:
         raise InputError(f"stride must be in [1, max_length={max_length}], got {stride}")
-    rows = [row for i, doc in enumerate(documents) if doc for row in document_rows(i, doc, max_length, stride)]
+    tokenize = getattr(model, "encode", None)
+    rows = [row for i, doc in enumerate(documents) if doc for row in document_rows(i, doc, max_length, stride, tokenize)]
     totals = [0.0] * len(documents)
     for row, scored in zip(rows, score_rows(model, rows, batch_size, progress)):
         totals[row.index] += scored.logprob

@@ -6,7 +6,7 @@ a sliding window of W over N positions sees sum_i min(i + 1, W) keys.
 
 from __future__ import annotations
 
-from blt_jax.config import BLTConfig, EntropyLMConfig, StackConfig
+from blt_jax.config import BLTConfig, EntropyLMConfig, StackConfig, TokenLMConfig
 
 
 def visible_keys(length: int, window: int | None) -> int:
@@ -24,8 +24,9 @@ def stack_forward_flops(stack: StackConfig, length: int) -> int:
     return stack.n_layers * (dense + attention)
 
 
-def entropy_lm_forward_flops(config: EntropyLMConfig, length: int) -> int:
-    """Forward FLOPs of the entropy LM on one row of `length` bytes, output head included."""
+def entropy_lm_forward_flops(config: EntropyLMConfig | TokenLMConfig, length: int) -> int:
+    """Forward FLOPs of the entropy LM on one row of `length` bytes, output head included; of a token
+    transformer (the same module over a BPE vocabulary), on one row of `length` tokens."""
     return stack_forward_flops(config.stack, length) + length * 2 * config.stack.dim * config.vocab_size
 
 

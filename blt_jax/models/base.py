@@ -47,15 +47,18 @@ class ModelKind(abc.ABC):
     """One kind of model, bound to one configuration.
 
     Attributes:
-      name: the `kind` field of saved configurations ("blt", "entropy_lm").
+      name: the `kind` field of saved configurations ("blt", "entropy_lm", "token_lm").
       config_class: the frozen configuration dataclass of this kind.
       description: how messages name a model of this kind ("a BLT").
+      token_rows: the model reads rows of BPE tokens (a `data.tokenizer`; batches carry target_bytes)
+        instead of bytes.
       config: the bound configuration.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     description: ClassVar[str]
+    token_rows: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config

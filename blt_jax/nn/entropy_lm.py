@@ -1,4 +1,8 @@
-"""The entropy byte LM: a small windowed transformer whose next-byte entropies place patch boundaries."""
+"""The entropy byte LM: a small windowed transformer whose next-byte entropies place patch boundaries.
+
+The same module is the token transformer (`TokenLMConfig`, model kind "token_lm"): a causal stack
+over BPE ids instead of bytes, which differs only in its vocabulary size and attention window.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blt_jax.config import EntropyLMConfig
+from blt_jax.config import EntropyLMConfig, TokenLMConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
 from blt_jax.nn.cache import KVCache
@@ -18,16 +22,18 @@ from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
 
 
 class EntropyLM(nn.Module):
-    """Byte LM with local block-causal attention (EOS documents, sliding window).
+    """Byte LM with local block-causal attention (EOS documents, sliding window); over BPE ids, the
+    token transformer.
 
     Attributes:
-      config: the entropy LM configuration.
+      config: the entropy LM configuration, or a token transformer's (it reads only stack,
+        vocab_size, dtype and param_dtype, which both have).
     """
 
     # Parameter path of the blocks training may scan (`nn.scan`): the model's own top level.
     STACK_PATH: ClassVar[tuple[str, ...]] = ()
 
-    config: EntropyLMConfig
+    config: EntropyLMConfig | TokenLMConfig
     remat: str = "none"
     scan: bool = False  # one nn.scan over stacked layers (training; no cache)
 

@@ -15,7 +15,7 @@ LABELS = {"blt": "BLT", "baseline": "byte LM of matched compute", "entropy_lm": 
 COLORS = {"blt": "tab:blue", "baseline": "tab:orange", "entropy_lm": "tab:gray"}
 
 
-def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one metric of a metrics.jsonl."""
     pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     if not pairs:
@@ -43,17 +43,22 @@ def _curves(path: str, runs: Mapping[str, tuple[list, float]], scale, xlabel: st
         color, label = COLORS.get(name), LABELS.get(name, name)
         if show_flops:
             label = f"{label} ({flops_per_byte / 1e6:.1f} MFLOP/byte)"
-        steps, bpb = _series(rows, "bpb")
+        steps, bpb = series(rows, "bpb")
         if len(steps):
             ax.plot(scale(steps, flops_per_byte), bpb, color=color, alpha=0.2, lw=0.8)
             ax.plot(scale(steps, flops_per_byte), smooth(bpb), color=color, lw=1.2, label=f"{label}, training")
-        eval_steps, eval_bpb = _series(rows, "eval_bpb")
+        eval_steps, eval_bpb = series(rows, "eval_bpb")
         if len(eval_steps):
             ax.plot(scale(eval_steps, flops_per_byte), eval_bpb, color=color, ls="--", marker="o",
                     markeredgecolor="black", label=f"{label}, validation (final {eval_bpb[-1]:.3f})")
+    ax.set_title(title)
+    return save_bpb_figure(fig, ax, path, xlabel)
+
+
+def save_bpb_figure(fig, ax, path: str, xlabel: str) -> str:
+    """Labels a bits-per-byte plot (grid, legend), writes it to `path` (PNG) and closes it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel("bits per byte")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -164,7 +164,7 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _train(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
+def train_run(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
     """Trains (or resumes) one run and summarises it."""
     from blt_jax.models import model_kind
     from blt_jax.train.config import experiment_from_dict
@@ -199,7 +199,7 @@ def stage_entropy_lm(paths: Paths, plan: QuickstartPlan, progress: bool) -> Stag
     """Trains the entropy byte LM on the default corpus (all of its training split)."""
     raw = entropy_experiment(paths, plan)
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes)
-    return _train("entropy_lm", raw, paths.entropy_lm, progress,
+    return train_run("entropy_lm", raw, paths.entropy_lm, progress,
                   dict(flops_per_byte=flops, note=f"{plan.entropy_steps} steps, {flops / 1e6:.1f} MFLOP/byte"))
 
 
@@ -276,7 +276,7 @@ def stage_blt(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult
     raw = blt_experiment(paths, plan)
     _, mean_len = calibrated(paths)
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes, mean_len)
-    return _train("blt", raw, paths.blt, progress,
+    return train_run("blt", raw, paths.blt, progress,
                   dict(flops_per_byte=flops, threshold=raw["model"]["patching"]["threshold"],
                        note=f"{plan.blt_steps} steps, {flops / 1e6:.1f} MFLOP/byte"))
 
@@ -286,7 +286,7 @@ def stage_baseline(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageR
     number of bytes (so both spend the same training compute)."""
     raw, flops, blt_flops = baseline_experiment(paths, plan)
     stack = raw["model"]["stack"]
-    return _train("baseline", raw, paths.baseline, progress,
+    return train_run("baseline", raw, paths.baseline, progress,
                   dict(flops_per_byte=flops, blt_flops_per_byte=blt_flops,
                        note=f"d{stack['dim']} x {stack['n_layers']} layers, {flops / 1e6:.1f} MFLOP/byte"))
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+from blt_jax import paths
 from blt_jax.config import (
     ConfigError,
     ModelConfig,
@@ -24,7 +25,7 @@ from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
 from blt_jax.nn.block import REMAT_POLICIES
 from blt_jax.parallel import MeshConfig
 
-REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy")
+REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy", "token")
 
 
 def parse_remat(spec: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def parse_remat(spec: str) -> dict[str, str]:
     return out
 
 
-SCAN_STACKS = ("all", "latent", "entropy")
+SCAN_STACKS = ("all", "latent", "entropy", "token")
 
 
 def parse_scan(spec: str) -> tuple[str, ...]:
@@ -73,10 +74,11 @@ class TrainConfig:
       seed: parameter init and the per-step RNG (`fold_in(seed, step)`).
       remat: activation rematerialisation of the blocks: a policy for all stacks ("none", "full",
         "save_dots") or per stack ("latent=full,decoder=save_dots"; stacks encoder, latent,
-        decoder, entropy).
+        decoder, entropy, token).
       scan: stacks run as one `nn.scan` over stacked layers ("" none, "latent" for a BLT, "entropy"
-        for an entropy LM, "all" = every scannable stack). Compiles one block instead of L; the
-        checkpoints then hold stacked layers ([L, ...]); `runs.read_run` returns per-layer ones.
+        for an entropy LM, "token" for a token transformer, "all" = every scannable stack). Compiles
+        one block instead of L; the checkpoints then hold stacked layers ([L, ...]); `runs.read_run`
+        returns per-layer ones.
       log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
       eval_batches: batches per evaluation.
       keep_checkpoints: how many recent checkpoints to keep.
@@ -191,6 +193,20 @@ class ExperimentConfig:
                 f"{self.data.batch_size} is not divisible by train.grad_accum={self.train.grad_accum}",
             )
         resolve_scan(self.train.scan, self.model)  # a stack this model cannot scan fails here
+        kind = model_kind(self.model)
+        for section, data in (("data", self.data), ("eval", self.eval)):
+            if data is None:
+                continue
+            if kind.token_rows:
+                require(data.tokenizer is not None, f"{section}.tokenizer",
+                        f"{kind.description} reads BPE token rows: name its tokenizer file (train_bpe writes one)")
+            else:
+                require(data.tokenizer is None, f"{section}.tokenizer",
+                        f"{kind.description} reads byte rows; a tokenizer is for model kind 'token_lm'")
+        if self.eval is not None and self.eval.tokenizer is not None:
+            # The model's ids mean the tokens of one tokenizer.
+            require(paths.resolve(self.eval.tokenizer) == paths.resolve(self.data.tokenizer), "eval.tokenizer",
+                    f"must be data.tokenizer ({self.data.tokenizer}), got {self.eval.tokenizer}")
 
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from blt_jax.data.pipeline import build_dataset
+from blt_jax.data.pipeline import build_dataset, load_tokenizer
 from blt_jax.experiment import apply_override, load_experiment
 from blt_jax.loading import check_tree
 from blt_jax.parallel import MeshConfig, make_mesh
@@ -64,6 +64,7 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
     if batch_size:
         changes["batch_size"] = batch_size
     data = dataclasses.replace(data, **changes)
+    load_tokenizer(data, experiment.model.vocab_size)  # a missing or too large tokenizer fails before compiling
     programs = TrainPrograms(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
     batches = list(itertools.islice(build_dataset(data), max_batches or None))
     start = time.perf_counter()

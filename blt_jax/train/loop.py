@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from blt_jax import paths
 from blt_jax.data.packing import mean_patch_length
-from blt_jax.data.pipeline import build_dataset
+from blt_jax.data.pipeline import DataConfig, build_dataset, load_tokenizer
 from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError
 from blt_jax.loading import CheckpointError
@@ -88,13 +88,19 @@ class _Preemption:
         self._previous = {}
 
 
+def _resolve_data(config: DataConfig) -> DataConfig:
+    """A pipeline with its corpus and tokenizer paths resolved."""
+    tokenizer = paths.resolve(config.tokenizer) if config.tokenizer else config.tokenizer
+    return dataclasses.replace(config, source=resolve_spec(config.source), tokenizer=tokenizer)
+
+
 def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
-    """The experiment with its corpus, `init_from` and `lm_eval` paths resolved (`~`, relative), so the saved
-    configuration names the same files from any working directory."""
-    data = dataclasses.replace(experiment.data, source=resolve_spec(experiment.data.source))
+    """The experiment with its corpus, tokenizer, `init_from` and `lm_eval` paths resolved (`~`, relative),
+    so the saved configuration names the same files from any working directory."""
+    data = _resolve_data(experiment.data)
     evaluation = experiment.eval
     if evaluation is not None:
-        evaluation = dataclasses.replace(evaluation, source=resolve_spec(evaluation.source))
+        evaluation = _resolve_data(evaluation)
     train = experiment.train
     if train.init_from:
         train = dataclasses.replace(train, init_from=paths.resolve(train.init_from))
@@ -189,6 +195,10 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     experiment = resolve_experiment_paths(experiment)
     config_dict = experiment_to_dict(experiment)
     check_workdir(workdir, experiment)
+    kind = model_kind(experiment.model)
+    for data in (experiment.data, experiment.eval):
+        if data is not None:
+            load_tokenizer(data, experiment.model.vocab_size)  # a missing or too large tokenizer fails here
     programs = TrainPrograms(experiment)
     if lead:
         paths.makedirs(workdir)
@@ -244,8 +254,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         timed = window["bytes"] > 0  # else only the compilation step is in the window
         counts = window if timed else step_counts
         elapsed = max(now - window["time"], 1e-9)
-        mean_len = mean_patch_length(counts["bytes"], counts["rows"], counts["patches"])
-        flops_per_byte = model_kind(experiment.model).training_flops_per_byte(row_bytes, mean_len)
+        mean_len = mean_patch_length(counts["bytes"], counts["rows"], counts["patches"], kind.token_rows)
+        flops_per_byte = kind.training_flops_per_byte(row_bytes, mean_len)
         bytes_per_s = window["bytes"] / elapsed if timed else None
         row = {
             "loss": values["loss"], "bpb": values["bpb"], "grad_norm": values["grad_norm"], "lr": values["lr"],

@@ -136,11 +136,15 @@ class TrainPrograms:
         return self._run("train step", self._step, state, batch)
 
     def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
-        """Bits per byte (CE summed over real targets / (ln 2 x their number)), mean patch length."""
+        """Bits per byte (CE summed over real targets / (ln 2 x the bytes they stand for: their number
+        for byte rows)), loss (nats per target), bytes, and mean patch length (of token rows: mean
+        bytes per token)."""
         params = jax.device_put(params, self.param_shardings)  # a no-op when already laid out so
-        total = {"ce_sum": 0.0, "bytes": 0.0, "patches": 0.0}
+        total = {"ce_sum": 0.0, "targets": 0.0, "bytes": 0.0, "patches": 0.0}
         rows = 0
+        token_rows = False
         for batch in batches:
+            token_rows = token_rows or "target_bytes" in batch
             inputs = self.global_batch(batch)
             with self.context():
                 sums = jax.device_get(self._run("eval step", self._eval, params, inputs))
@@ -149,8 +153,8 @@ class TrainPrograms:
             rows += int(inputs["tokens"].shape[0])
         count = max(total["bytes"], 1.0)
         return {
-            "eval_loss": total["ce_sum"] / count,
+            "eval_loss": total["ce_sum"] / max(total["targets"], 1.0),
             "eval_bpb": total["ce_sum"] / (count * float(jnp.log(2.0))),
             "eval_bytes": total["bytes"],
-            "eval_mean_patch_len": mean_patch_length(total["bytes"], rows, total["patches"]),
+            "eval_mean_patch_len": mean_patch_length(total["bytes"], rows, total["patches"], token_rows),
         }

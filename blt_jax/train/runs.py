@@ -165,8 +165,9 @@ def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[Mode
     Raises:
       CheckpointError: not a BLT, or an entropy-patched run whose entropy LM is not found.
     """
-    if model_kind(experiment.model).name != "blt":
-        raise CheckpointError(f"{run} trained an entropy LM, not a BLT")
+    kind = model_kind(experiment.model)
+    if kind.name != "blt":
+        raise CheckpointError(f"{run} trained {kind.description}, not a BLT")
     patching = experiment.data.patching
     entropy_config, entropy_params = None, None
     if patching.mode == "entropy":
@@ -190,6 +191,7 @@ def load_entropy_lm(path: str) -> tuple[EntropyLMConfig, dict]:
     if not is_training_run(path):
         return load_entropy_dir(path)
     experiment, params = read_run(path)
-    if model_kind(experiment.model).name != "entropy_lm":
-        raise CheckpointError(f"{path} trained a BLT, not an entropy LM")
+    kind = model_kind(experiment.model)
+    if kind.name != "entropy_lm":
+        raise CheckpointError(f"{path} trained {kind.description}, not an entropy LM")
     return experiment.model, params

@@ -1,8 +1,13 @@
 """Pure step functions: loss, train step (with exact gradient accumulation), eval step.
 
-Loss = cross-entropy over the 260-way softmax in fp32, summed over target positions where the mask
-is True (padding has id 0 and mask False; BOS/EOS targets count, as in the reference), divided by their
-number. Bits per byte = that mean / ln 2.
+Loss = cross-entropy over the V-way softmax (260 for bytes) in fp32, summed over target positions where
+the mask is True (padding has id 0 and mask False; BOS/EOS targets count, as in the reference), divided
+by their number. Bits per byte = that mean / ln 2.
+
+Token rows (a BPE transformer) carry target_bytes [B, N], the bytes each target token stands for.
+Their loss is still nats per target, but bits per byte = summed CE / (ln 2 x the bytes of the real
+targets), the same quantity a byte model reports on the same documents (BOS and EOS count one byte
+each there too), and the `bytes` metric is that byte sum.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ def loss_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
     mask = batch["mask"].astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def target_bytes(batch: Batch) -> jax.Array | None:
+    """Bytes of the real targets of token rows (sum of target_bytes x mask); None for byte rows."""
+    if "target_bytes" not in batch:
+        return None
+    return jnp.sum(batch["target_bytes"].astype(jnp.float32) * batch["mask"].astype(jnp.float32))
 
 
 def _split(batch: Batch, parts: int) -> Batch:
@@ -87,7 +99,8 @@ def train_step(
         differentiated once per step).
 
     Returns:
-      The new state and metrics: loss (nats/byte), bpb, grad_norm, lr, bytes (real targets), patches.
+      The new state and metrics: loss (nats per target), bpb, grad_norm, lr, bytes (real targets, or
+      for token rows the bytes they stand for), patches (of token rows: real targets, i.e. tokens).
     """
     if grad_accum == 1:
         grad_fn = jax.value_and_grad(lambda p, b: loss_sums(apply(p, b), b), has_aux=True)
@@ -99,19 +112,23 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = total / count
+    byte_sum = target_bytes(batch)
     metrics = {
         "loss": loss,
-        "bpb": loss / math.log(2),
+        "bpb": loss / math.log(2) if byte_sum is None else total / (math.log(2) * jnp.maximum(byte_sum, 1.0)),
         "grad_norm": optax.tree.norm(grads),
         "lr": schedule(state.step),
-        "bytes": count,
+        "bytes": count if byte_sum is None else byte_sum,
         "patches": jnp.sum(batch["patch_lengths"] > 0) if "patch_lengths" in batch else count,
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def eval_step(params: Any, batch: Batch, *, apply: Callable) -> dict[str, jax.Array]:
-    """Sums for bits per byte over a batch: CE (nats), real targets, patches."""
+    """Sums for bits per byte over a batch: CE (nats), real targets, the bytes they stand for (the
+    targets again for byte rows), patches (of token rows: the targets)."""
     total, count = loss_sums(apply(params, batch), batch)
     patches = jnp.sum(batch["patch_lengths"] > 0) if "patch_lengths" in batch else count
-    return {"ce_sum": total, "bytes": count, "patches": patches.astype(jnp.float32)}
+    byte_sum = target_bytes(batch)
+    return {"ce_sum": total, "targets": count, "bytes": count if byte_sum is None else byte_sum,
+            "patches": patches.astype(jnp.float32)}
