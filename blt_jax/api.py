@@ -332,15 +332,18 @@ class TokenLM(ByteLM):
 
 
 def load_token_model(path: str) -> TokenLM:
-    """A training run of a token transformer with the tokenizer it was trained with (the run's
-    `data.tokenizer`)."""
+    """A training run of a token transformer with the tokenizer it was trained with: the copy in the
+    run directory, else the run's `data.tokenizer`."""
     from blt_jax.data.bpe import BpeTokenizer
     from blt_jax.models import require_kind
     from blt_jax.train import runs
 
     experiment, params = runs.read_run(path)
     require_kind(experiment.model, "token_lm", "loading a token transformer", path)
-    return TokenLM(experiment.model, params, BpeTokenizer.load(experiment.data.tokenizer))
+    from blt_jax import paths
+
+    copy = paths.join(paths.resolve(path), runs.TOKENIZER_FILE)
+    return TokenLM(experiment.model, params, BpeTokenizer.load(copy if paths.exists(copy) else experiment.data.tokenizer))
 
 
 def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:

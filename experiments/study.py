@@ -20,8 +20,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     arm, _, rest = (arg or planning.REFERENCE_ARM).partition("@")
     seed, _, workdir = rest.partition("@")
     workdir = workdir or os.path.join("runs", "study")
-    if arm not in planning.ARMS:
-        raise ValueError(f"unknown study arm {arm!r}; expected one of {', '.join(planning.ARMS)} (ARM[@SEED[@WORKDIR]])")
     paths = stages.Paths(workdir)
     plan = planning.load_plan(os.path.join(workdir, "plan.json"))
+    if arm not in plan.all_arms:
+        raise ValueError(f"{workdir} has no study arm {arm!r}; its arms: {', '.join(plan.all_arms)} (ARM[@SEED[@WORKDIR]])")
     return ml_collections.ConfigDict(stages.run_experiment(paths, plan, arm, int(seed or 0)))

@@ -22,6 +22,18 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+# Long end-to-end runs (marker `long`) keep the suite under 15 minutes on 2 cores: CI runs them after
+# it, in the release tier (README), with this variable set.
+LONG_TESTS = "BLT_JAX_LONG_TESTS"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(LONG_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"a long end-to-end run: the release tier runs it ({LONG_TESTS}=1, see the README)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.config import experiment_from_dict, experiment_to_dict
 from blt_jax.train.programs import TrainPrograms
 
-from user import user_env
+from user import blt_jax, user_env
 
 WORDS = ["the", "value", "return", "total", "quick", "brown", "fox", "data", "model", "bytes"]
 VOCAB = 400
@@ -301,8 +301,7 @@ def test_blt_jax_train_a_token_transformer_from_relative_paths(tmp_path):
     assert made.returncode == 0, made.stderr[-3000:]
 
     def train(*extra):
-        return subprocess.run([sys.executable, "-m", "blt_jax", "train", "--config", "bpe.py", "--workdir", "runs/bpe",
-                               *extra], cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=900)
+        return blt_jax("train", "--config", "bpe.py", "--workdir", "runs/bpe", *extra, cwd=cwd, timeout=900)
 
     result = train()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -317,12 +316,12 @@ def test_blt_jax_train_a_token_transformer_from_relative_paths(tmp_path):
         assert math.isfinite(r["eval_bpb"]) and 0 < r["eval_bpb"] < r["eval_loss"] / math.log(2)
         assert r["eval_mean_patch_len"] > 1  # bytes per token
     assert json.loads((run / "config.json").read_text())["data"]["tokenizer"] == str(cwd / "tok.json")
+    assert (run / "tokenizer.json").read_bytes() == (cwd / "tok.json").read_bytes()  # the run keeps a copy
 
     # Resumes from its checkpoint; evaluates from the run alone.
     result = train("--config.train.steps=8")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 6" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "blt_jax", "eval", "--checkpoint", "runs/bpe"], cwd=cwd,
-                            env=user_env(), capture_output=True, text=True, timeout=600)
+    result = blt_jax("eval", "--checkpoint", "runs/bpe", cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bits per byte" in result.stdout

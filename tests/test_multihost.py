@@ -156,6 +156,7 @@ def preempt(tmp, name: str, processes: int, after_steps: int) -> int:
     return step
 
 
+@pytest.mark.long  # ~2-3 minutes on 2 cores: the release tier runs it
 def test_preempted_on_two_resumed_on_four_preempted_again_resumed_on_one(tmp, single):
     """SIGTERM to one "host" stops all; the run resumes on another process count (2 -> 4 -> 1), each
     taking its data shards out of the checkpoint, and ends as the single process ends."""

@@ -1,5 +1,5 @@
 """`blt-jax study`: compute matching, the corpus split, the orderings of the report, one-line errors,
-and (release tier, BLT_JAX_STUDY=1) the tiny study end to end on a corpus written here, stopped by
+and (release tier, marker `long`) the tiny study end to end on a corpus written here, stopped by
 SIGTERM and resumed."""
 
 import json
@@ -13,6 +13,7 @@ import pytest
 
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
+from blt_jax.errors import InputError
 from blt_jax.study import arms as arming
 from blt_jax.study import plan as planning
 from blt_jax.study import report as reporting
@@ -103,7 +104,8 @@ def test_a_token_transformer_scores_held_out_bytes_through_its_tokenizer(tmp_pat
 def test_match_stack_says_when_no_shape_reaches():
     plan = planning.make_plan(scale="tiny")
     model = arming.base_model("blt_space", plan, 2.0)
-    with pytest.raises(arming.MatchError, match="no latent shape"):
+    assert issubclass(arming.MatchError, InputError)  # one line from the CLI, with what to change
+    with pytest.raises(arming.MatchError, match="no latent shape.*--target-patch-length"):
         arming.match_stack(model, ("latent",), 1e15, lambda m: arming.flops_per_byte(m, 128, 4.0))
 
 
@@ -136,20 +138,47 @@ def test_plan_spends_more_steps_with_more_minutes_and_fewer_with_more_seeds():
 # ---- corpus split -------------------------------------------------------------------------------
 
 
+def _read_split(directory):
+    return [open(os.path.join(directory, f), "rb").read() for f in sorted(os.listdir(directory))]
+
+
 def test_split_holds_whole_documents_out(tmp_path):
     write_corpus(tmp_path / "texts", documents=30)
     detail = stages.split_corpus(str(tmp_path / "texts"), str(tmp_path / "train"), str(tmp_path / "val"),
                                  train_bytes=20_000, validation_bytes=3_000)
-    read = lambda d: [open(os.path.join(d, f)).read() for f in sorted(os.listdir(d))]  # noqa: E731
-    train, held = read(tmp_path / "train"), read(tmp_path / "val")
-    header = lambda text: text.split("\n", 1)[0]  # noqa: E731
-    held_docs = {header(t) for t in held if t.startswith("Document ")}
-    train_docs = {header(t) for t in train if t.startswith("Document ")}
+    train, held = _read_split(tmp_path / "train"), _read_split(tmp_path / "val")
+    header = lambda text: text.split(b"\n", 1)[0]  # noqa: E731
+    held_docs = {header(t) for t in held if t.startswith(b"Document ")}
+    train_docs = {header(t) for t in train if t.startswith(b"Document ")}
     assert held_docs and train_docs and not held_docs & train_docs
+    # No held-out text reaches the training text (its lines are random: a shared 120 bytes would be a leak).
+    everything = b"".join(train)
+    assert not any(piece[i: i + 120] in everything for piece in held for i in range(0, len(piece) - 120, 60))
     assert 3_000 <= detail["validation_bytes"] < 3_000 + 4096 and 20_000 <= detail["train_bytes"] < 20_000 + 4096
     assert sum(len(t) for t in held) == detail["validation_bytes"]
     # Pieces end at line ends.
-    assert all(t.endswith("\n") for t in train + held)
+    assert all(t.endswith(b"\n") for t in train + held)
+
+
+def test_split_reads_jsonl_nested_directories_raw_bytes_and_a_single_file(tmp_path):
+    corpus = tmp_path / "mixed"
+    write_corpus(corpus / "prose" / "deeper", documents=12)
+    with open(corpus / "notes.jsonl", "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"text": f"note {i}: " + "tea and toast " * 40 + "\n"}) + "\n")
+    (corpus / "latin1.txt").write_bytes(b"caf\xe9 \xff\xfe raw bytes\n" * 100)
+    stages.split_corpus(str(corpus), str(tmp_path / "train"), str(tmp_path / "val"), 20_000, 3_000)
+    text = b"".join(_read_split(tmp_path / "train") + _read_split(tmp_path / "val"))
+    assert b"tea and toast" in text and b"Document " in text and b"\xff\xfe raw bytes" in text
+    # One long file: its pieces are the documents.
+    (tmp_path / "one.txt").write_bytes(b"".join(b"line %d of a single long text\n" % i for i in range(3000)))
+    detail = stages.split_corpus(str(tmp_path / "one.txt"), str(tmp_path / "t1"), str(tmp_path / "v1"), 30_000, 4_000)
+    assert detail["validation_bytes"] >= 4_000 and detail["train_bytes"] >= 30_000
+    held, train = set(_read_split(tmp_path / "v1")), set(_read_split(tmp_path / "t1"))
+    assert not held & train
+    with pytest.raises(InputError, match="too little text"):
+        (tmp_path / "short.txt").write_text("just one line\n")
+        stages.split_corpus(str(tmp_path / "short.txt"), str(tmp_path / "t2"), str(tmp_path / "v2"), 30_000, 4_000)
 
 
 def test_pieces_cut_at_line_ends_and_keep_every_byte():
@@ -181,6 +210,17 @@ def test_orderings_compare_the_gap_with_the_seed_spread():
     assert one[0]["held"] and one[0]["beyond_spread"] is None
     text = reporting.markdown([], one)
     assert "one seed: no spread" in text
+    # "Matches" allows the seed spread, and at least 1% of the other arm's bits per byte.
+    matched = lambda values: reporting.orderings(_rows(values))[0]  # noqa: E731
+    assert matched({"blt_entropy": [2.015], "bpe_lm": [2.0]})["held"]
+    assert not matched({"blt_entropy": [2.03], "bpe_lm": [2.0]})["held"]
+    assert matched({"blt_entropy": [2.03, 2.07], "bpe_lm": [2.0, 2.05]})["held"]  # within the spread (0.05)
+    # A scaling arm is compared with the reference BLT and with the BPE transformer.
+    scaling = {c["claim"]: c for c in reporting.orderings(_rows({"blt_entropy": [2.0], "bpe_lm": [1.9],
+                                                                 "blt_entropy_p8": [1.95]}))}
+    assert scaling["8-byte patches with a resized latent transformer beat the reference's at equal inference "
+                   "FLOPs"]["held"]
+    assert not scaling["a BLT of 8-byte patches beats the BPE-token transformer at equal inference FLOPs"]["held"]
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -197,22 +237,33 @@ def _one_line_error(result, *needles):
 def test_cli_errors_are_one_line(tmp_path):
     write_corpus(tmp_path / "texts", documents=3)
     (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "only.txt").write_text("a single document\n" * 100)
+    (tmp_path / "one" / "only.txt").write_text("a single document\n" * 100)  # one piece: nothing to hold out
     _one_line_error(blt_jax("study", "--corpus", "texts", "--arms", "blt_space,bpe", *TINY, cwd=tmp_path),
                     "unknown arm 'bpe'", "byte_lm")
     _one_line_error(blt_jax("study", "--corpus", "no_such_dir", *TINY, cwd=tmp_path), "no_such_dir")
     _one_line_error(blt_jax("study", "--corpus", "one", "--workdir", "runs/one", *TINY, cwd=tmp_path),
-                    "at least 2 documents")
+                    "too little text")
     _one_line_error(blt_jax("study", "--corpus", "texts", "--workdir", "gs://bucket/study", *TINY, cwd=tmp_path),
                     "local directory")
     _one_line_error(blt_jax("study", "--corpus", "texts", "--patch-sizes", "6,x", *TINY, cwd=tmp_path), "6,8")
     _one_line_error(blt_jax("study", "--corpus", "texts", "--bpe-vocab", "12", *TINY, cwd=tmp_path), "bpe_vocab")
-    assert not os.path.exists(tmp_path / "runs")  # nothing written by a refused command
+    assert not os.path.exists(tmp_path / "runs" / "study")  # nothing written by a refused command
+    assert os.path.exists(tmp_path / "runs" / "one" / "plan.json")  # planned before the split failed
 
 
-study_tier = pytest.mark.skipif(os.environ.get("BLT_JAX_STUDY") != "1",
-                                reason="the tiny study end to end (~5 minutes on 2 cores): the release tier runs it "
-                                       "(README, BLT_JAX_STUDY=1)")
+def test_a_plan_is_kept_once_the_corpus_is_split(tmp_path):
+    from blt_jax.quickstart.stages import StageResult, save_result
+    from blt_jax.study import open_plan
+
+    workdir = str(tmp_path / "study")
+    first, other = planning.make_plan(scale="tiny"), planning.make_plan(scale="tiny", seeds=3)
+    assert open_plan(workdir, first, "/a") == first
+    # The corpus was never split (the first stage failed): nothing was done, another study may start.
+    assert open_plan(workdir, other, "/b") == other
+    save_result(stages.Paths(workdir), StageResult("corpus", 1.0))
+    with pytest.raises(InputError, match="holds a study of /b.*--seeds 3"):
+        open_plan(workdir, first, "/b")
+    assert open_plan(workdir, other, "/b") == other
 
 
 def _wait_for_step(path, step, process, timeout=900):
@@ -228,8 +279,7 @@ def _wait_for_step(path, step, process, timeout=900):
     raise AssertionError(f"no step {step} in {path} after {timeout}s")
 
 
-@pytest.mark.study
-@study_tier
+@pytest.mark.long  # ~3-5 minutes on 2 cores: the release tier runs it
 def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     """The tiny study from a fresh directory with relative paths: SIGTERM during the first arm's
     training exits 130 in one line, the same command resumes it, and the report holds every arm and
@@ -256,6 +306,7 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
 
     report = json.loads((workdir / "report.json").read_text())
     rows = report["arms"]
+    held_out = sum(len(t) for t in _read_split(workdir / "corpus" / "validation"))
     assert sorted((r["arm"], r["seed"]) for r in rows) == sorted((a, s) for a in arms for s in (0, 1))
     target = next(r for r in rows if r["arm"] == "blt_entropy")["train_flops_per_byte"]
     for row in rows:
@@ -267,12 +318,15 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
         # own entropy: each word is one of len(WORDS), so a byte carries at least ~log2(20) / 7.3 bits.
         floor = math.log2(len(WORDS)) / (np.mean([len(w) for w in WORDS]) + 1)
         assert math.isfinite(row["val_bpb"]) and 0.9 * floor < row["val_bpb"] < 7.5, row
-        assert row["heldout_bytes"] == rows[0]["heldout_bytes"] > 2000  # every arm scored the same bytes
+        assert row["heldout_bytes"] == held_out  # every arm scored every held-out byte
+        # Total compute: FLOPs per byte x bytes trained; the token rows hold about the bytes of a byte row.
+        assert row["train_flops"] == pytest.approx(row["train_flops_per_byte"] * row["trained_bytes"])
+        assert abs(row["trained_bytes"] / (row["steps"] * 8 * 128) - 1) < 0.25, row
         if row["arm"] != "byte_lm":
             assert row["bytes_per_patch_or_token"] > 1.5, row
         if planning.is_entropy_arm(row["arm"]):
             assert row["inference_flops_per_byte_with_entropy_lm"] > row["inference_flops_per_byte"]
-    assert len(report["orderings"]) == 6 and all(c["beyond_spread"] in (True, False) for c in report["orderings"])
+    assert len(report["orderings"]) == 7 and all(c["beyond_spread"] in (True, False) for c in report["orderings"])
     table = (workdir / "report.md").read_text()
     for arm in arms:
         assert f"| {planning.label(arm)} | 2 |" in table
@@ -287,10 +341,17 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     for arm, tokens in first.items():
         np.testing.assert_array_equal(tokens, first["blt_entropy"], err_msg=arm)
     # The arms are ordinary runs: the experiment file gives `blt-jax train` the one the study trained.
-    config = blt_jax("train", "--config", f"{os.path.join(os.path.dirname(__file__), '..', 'experiments', 'study.py')}"
-                     ":blt_space@1@runs/study", "--workdir", "runs/study/arms/blt_space/seed1", "--no-progress",
-                     cwd=tmp_path)
+    experiments = os.path.join(os.path.dirname(__file__), "..", "experiments", "study.py")
+    config = blt_jax("train", "--config", f"{experiments}:blt_entropy_p6@1@runs/study", "--workdir",
+                     "runs/study/arms/blt_entropy_p6/seed1", "--no-progress", cwd=tmp_path)
     assert config.returncode == 0, config.stderr[-3000:]
+    # The BPE run keeps its tokenizer: it loads after the study's copy is gone.
+    from blt_jax.api import TokenLM
+    from blt_jax.evals.scoring import load_model
+
+    os.remove(workdir / "bpe" / "tokenizer.json")
+    model = load_model(str(workdir / "arms" / "bpe_lm" / "seed0"))
+    assert isinstance(model, TokenLM) and model.tokenizer.vocab_size <= model.config.vocab_size
 
     again = blt_jax(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

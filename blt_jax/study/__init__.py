@@ -37,13 +37,14 @@ def corpus_spec(corpus: str) -> str:
 
 def open_plan(workdir: str, plan: StudyPlan, corpus: str) -> StudyPlan:
     """The plan of `workdir`: `plan` for a new workdir; the stored one when resuming (made with the same
-    options and corpus), so a re-run never mixes budgets.
+    options and corpus), so a re-run never mixes budgets. A stored plan whose corpus was never split
+    (the first stage failed, say on a corpus too small) is replaced: nothing was done under it.
 
     Raises:
       InputError: the workdir holds a study planned with other options or another corpus.
     """
     path = os.path.join(workdir, PLAN_FILE)
-    if os.path.exists(path):
+    if os.path.exists(path) and load_result(Paths(workdir), "corpus") is not None:
         raw = read_json(path)
         stored = planning.load_plan(path)
         options = lambda p: (p.minutes, p.scale, p.arms, p.seeds, p.target_patch_length, p.patch_sizes,  # noqa: E731
@@ -83,8 +84,14 @@ def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MI
 
     workdir = resolve(workdir)  # the runs' configs name files under it; Orbax needs it absolute
     corpus = corpus_spec(corpus)
+    spec = planning.SCALE_SPECS[scale] if scale in planning.SCALE_SPECS else None
+    if spec is not None and spec.batch_size % jax.device_count():
+        raise InputError(f"the study's {spec.batch_size} rows per step cannot be split over "
+                         f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
     # Before anything is written: a mistyped corpus or a missing package leaves no workdir behind.
-    stages.check_corpus(corpus)
+    # A study resumed after its corpus split needs the corpus no more.
+    if load_result(Paths(workdir), "corpus") is None:
+        stages.check_corpus(corpus)
     if "bpe_lm" in arms:
         from blt_jax.data import bpe
         from blt_jax.errors import MissingDependency
@@ -96,9 +103,6 @@ def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MI
                                     "constraints.txt -e \".[study]\" (or leave the arm out with --arms)") from None
     plan = open_plan(workdir, make_plan(minutes, scale, planning.parse_arms(",".join(arms)), seeds,
                                         target_patch_length, tuple(patch_sizes), bpe_vocab), corpus)
-    if plan.spec.batch_size % jax.device_count():
-        raise InputError(f"the study's {plan.spec.batch_size} rows per step cannot be split over "
-                         f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
     paths = Paths(workdir)
     fixed = [(name, stage) for name, stage in FIXED if name != "tokenizer" or "bpe_lm" in plan.arms]
     todo = fixed + [(stages.run_name(arm, seed), _run_stage(arm, seed)) for arm, seed in plan.runs()]

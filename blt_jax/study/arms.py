@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from blt_jax.errors import InputError
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import QuickstartPlan
 from blt_jax.study.plan import REFERENCE_ARM, StudyPlan, is_entropy_arm, row_patches
@@ -34,7 +35,7 @@ MAX_LAYERS = 6
 LEARNING_RATE = 3e-3
 
 
-class MatchError(ValueError):
+class MatchError(InputError):
     """No stack shape reaches the target FLOPs within the tolerance."""
 
 
@@ -121,7 +122,8 @@ def match_stack(model: dict, path: tuple[str, ...], target: float, flops: Callab
         if abs(flops(candidate) / target - 1) <= tolerance:
             return candidate
     raise MatchError(f"no {'.'.join(path)} shape near d{dim0} x {layers0} reaches {target / 1e6:.2f} MFLOP/byte "
-                     f"within {tolerance:.0%}")
+                     f"within {tolerance:.0%}; choose another --target-patch-length, --patch-sizes or --bpe-vocab, "
+                     "or leave the arm out with --arms")
 
 
 @dataclasses.dataclass(frozen=True)

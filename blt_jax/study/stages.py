@@ -103,17 +103,16 @@ def _write_pieces(directory: str, items: list[bytes]) -> None:
 
 
 def check_corpus(spec: str) -> int:
-    """The number of documents of a corpus a study can hold some out of.
+    """The number of documents of a corpus (at least one).
 
     Raises:
-      InputError: fewer than two documents; SourceError: the corpus cannot be read.
+      InputError: no documents; SourceError: the corpus cannot be read.
     """
     from blt_jax.data.sources import open_corpus
 
     count = len(open_corpus(spec))
-    if count < 2:
-        raise InputError(f"{spec}: a study holds documents out for evaluation and needs at least 2 documents, "
-                         f"found {count}; split the text into several files")
+    if count < 1:
+        raise InputError(f"{spec}: the corpus holds no documents")
     return count
 
 
@@ -125,28 +124,40 @@ def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: in
     at most a fifth of the documents), the next ones are training text (up to `train_bytes`). Long
     documents are cut into pieces at line ends (1/16 of the held-out budget, 1/64 of the training
     budget), so both samples mix many documents; a held-out document never reaches the training text.
+    A corpus of one document (a single text file) is first cut into pieces of a quarter of the
+    held-out budget, which then play the documents' part.
 
     Raises:
-      InputError: fewer than two documents (nothing could be held out).
+      InputError: too little text to hold some out and train on the rest.
       SourceError: the corpus cannot be read.
     """
     from blt_jax.data.sources import open_corpus
 
-    count = check_corpus(spec)
+    check_corpus(spec)
     source = open_corpus(spec)
+    if len(source) == 1:
+        lone = source[0]
+        units = pieces(lone.data, max(2048, validation_bytes // 4)) if lone is not None else []
+        read = lambda i: units[i]  # noqa: E731
+    else:
+        units = range(len(source))
+        read = lambda i: None if source[i] is None else source[i].data  # noqa: E731
+    count = len(units)
+    if count < 2:
+        raise InputError(f"{spec}: too little text to hold some out and train on the rest")
     order = np.random.default_rng(seed).permutation(count)
     held, train, held_docs, train_docs = [], [], 0, 0
     held_cap, train_cap = max(2048, validation_bytes // 16), max(2048, train_bytes // 64)
     size = lambda items: sum(len(x) for x in items)  # noqa: E731
     for index in order:
-        doc = source[int(index)]
-        if doc is None or not doc.data.strip():
+        data = read(int(index))
+        if data is None or not data.strip():
             continue
         if size(held) < validation_bytes and held_docs < max(1, count // 5):
-            held += _up_to(pieces(doc.data, held_cap), validation_bytes - size(held))
+            held += _up_to(pieces(data, held_cap), validation_bytes - size(held))
             held_docs += 1
         elif size(train) < train_bytes:
-            train += _up_to(pieces(doc.data, train_cap), train_bytes - size(train))
+            train += _up_to(pieces(data, train_cap), train_bytes - size(train))
             train_docs += 1
         else:
             break
@@ -163,6 +174,9 @@ def stage_corpus(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
     start = time.perf_counter()
     detail = split_corpus(corpus, paths.corpus_train, paths.corpus_validation, plan.corpus_bytes,
                           plan.validation_bytes)
+    if detail["validation_bytes"] < plan.bytes_per_step:  # evaluations along the way need one batch
+        raise InputError(f"{corpus}: only {detail['validation_bytes']:,} bytes could be held out (at most a fifth of "
+                         f"the documents), less than one batch of {plan.bytes_per_step:,}; give a bigger corpus")
     seconds = time.perf_counter() - start
     total = detail["train_bytes"] + detail["validation_bytes"]
     repeats = plan.arm_steps * plan.bytes_per_step / max(detail["train_bytes"], 1)
@@ -367,18 +381,24 @@ def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, entro
     """One arm and seed of `report.json`."""
     params, hashed = _params(arm.model)
     inference = arm.train_flops_per_byte / 3  # training = 3 x forward
-    trained = result.bytes or plan.arm_steps * plan.bytes_per_step
+    token_rows = arm.model.get("kind") == "token_lm"
+    # Bytes per row: N, or a token row's tokens x the measured bytes per token.
+    row_bytes = (arm.row_length or plan.spec.row_bytes) * (arm.mean_patch_length if token_rows else 1.0)
+    trained = plan.arm_steps * plan.spec.batch_size * row_bytes
+    # Patching the training bytes costs one entropy-LM forward per byte.
+    extra = entropy_flops_per_byte if is_entropy_arm(arm.arm) else 0.0
     evaluation = qs.read_metrics(result.detail["workdir"])
     patch_len = next((r["eval_mean_patch_len"] for r in reversed(evaluation) if r.get("eval_mean_patch_len")), None)
     return dict(
         arm=arm.arm, label=label(arm.arm), seed=result.detail["seed"], val_bpb=result.detail["heldout_bpb"],
         heldout_bytes=result.detail["heldout_bytes"], final_eval_bpb=result.bpb,
         train_flops_per_byte=arm.train_flops_per_byte, train_flops=arm.train_flops_per_byte * trained,
-        inference_flops_per_byte=inference,
-        inference_flops_per_byte_with_entropy_lm=inference + (entropy_flops_per_byte if is_entropy_arm(arm.arm) else 0.0),
+        train_flops_per_byte_with_entropy_lm=arm.train_flops_per_byte + extra,
+        inference_flops_per_byte=inference, inference_flops_per_byte_with_entropy_lm=inference + extra,
         params=params, hash_params=hashed,
         bytes_per_patch_or_token=patch_len if arm.model.get("kind") != "entropy_lm" and patch_len else 1.0,
-        planned_patch_length=arm.mean_patch_length, trained_bytes=trained, wall_seconds=result.detail["train_seconds"],
+        planned_patch_length=arm.mean_patch_length, steps=plan.arm_steps, trained_bytes=trained,
+        wall_seconds=result.detail["train_seconds"],
         workdir=result.detail["workdir"])
 
 
@@ -399,12 +419,15 @@ def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
         rows.append(report_row(plan, models[arm], result, entropy_flops))
         curves[(arm, seed)] = qs.read_metrics(result.detail["workdir"])
     claims = report.orderings(rows)
-    write_json(paths.report_json, dict(corpus=corpus, plan=describe(plan), arms=rows, orderings=claims,
-                                       entropy_lm_inference_flops_per_byte=entropy_flops))
+    entropy_run = qs.require_result(paths, "entropy_lm")
+    write_json(paths.report_json, dict(
+        corpus=corpus, plan=describe(plan), arms=rows, orderings=claims,
+        entropy_lm_inference_flops_per_byte=entropy_flops,
+        entropy_lm_training_flops=entropy_run.detail["flops_per_byte"] * (entropy_run.bytes or 0)))
     text = report.markdown(rows, claims)
     with open(paths.report_md, "w", encoding="utf-8") as f:
         f.write(text)
-    report.figure(paths.figure, rows, curves, plan.bytes_per_step)
+    report.figure(paths.figure, rows, curves)
     print(text)
     return StageResult("report", time.perf_counter() - start,
                        detail=dict(note="report.md report.json bpb_vs_flops.png",

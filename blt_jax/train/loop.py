@@ -203,6 +203,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     if lead:
         paths.makedirs(workdir)
         paths.write_json(paths.join(workdir, "config.json"), config_dict)
+        if experiment.data.tokenizer:  # the run stays loadable when it moves off its study / corpus
+            paths.copy_file(experiment.data.tokenizer, paths.join(workdir, runs.TOKENIZER_FILE))
         paths.write_json(paths.join(workdir, "shardings.json"), {
             "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
             "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),

@@ -27,6 +27,8 @@ logger = logging.getLogger("blt_jax.runs")
 # A training workdir is a directory holding this one (Orbax's steps inside); `is_training_run` is the
 # only test of it, so the readers here, the API and the train loop agree.
 CHECKPOINTS = "checkpoints"
+# A token transformer's run keeps a copy of its BPE tokenizer here (`data.tokenizer` may move away).
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def checkpoints_dir(workdir: str) -> str:
