@@ -19,9 +19,11 @@ and calibration run here unchanged.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -102,18 +104,18 @@ def _write_pieces(directory: str, items: list[bytes]) -> None:
     os.replace(tmp, directory)
 
 
-def check_corpus(spec: str) -> int:
-    """The number of documents of a corpus (at least one).
+def check_corpus(spec: str):
+    """The corpus opened for random access (`open_corpus`), checked to hold a document.
 
     Raises:
       InputError: no documents; SourceError: the corpus cannot be read.
     """
     from blt_jax.data.sources import open_corpus
 
-    count = len(open_corpus(spec))
-    if count < 1:
+    source = open_corpus(spec)
+    if len(source) < 1:
         raise InputError(f"{spec}: the corpus holds no documents")
-    return count
+    return source
 
 
 def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: int, validation_bytes: int,
@@ -131,10 +133,7 @@ def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: in
       InputError: too little text to hold some out and train on the rest.
       SourceError: the corpus cannot be read.
     """
-    from blt_jax.data.sources import open_corpus
-
-    check_corpus(spec)
-    source = open_corpus(spec)
+    source = check_corpus(spec)
     if len(source) == 1:
         lone = source[0]
         units = pieces(lone.data, max(2048, validation_bytes // 4)) if lone is not None else []
@@ -253,19 +252,23 @@ def thresholds(paths: Paths, plan: StudyPlan) -> dict[str, float]:
 # ---- arms ----------------------------------------------------------------------------------------
 
 
-def measure_patch_length(raw: dict, batches: int = MEASURE_BATCHES) -> float:
-    """Mean patch length of a BLT experiment's first training batches, as its training rows hold
-    them (document ends and row ends included), with a patch budget that never cuts a row short."""
-    import itertools
-
-    from blt_jax.data.packing import mean_patch_length
+def _first_batches(raw: dict, batches: int, **changes) -> Iterator[dict]:
+    """The first training batches of an experiment dict, its data section changed by `changes`."""
     from blt_jax.data.pipeline import build_dataset
     from blt_jax.train.config import experiment_from_dict
 
-    data = experiment_from_dict(raw).data
-    data = dataclasses.replace(data, row_patches=data.row_bytes + 1, read_threads=1)
+    data = dataclasses.replace(experiment_from_dict(raw).data, read_threads=1, **changes)
+    return itertools.islice(build_dataset(data), batches)
+
+
+def measure_patch_length(raw: dict, batches: int = MEASURE_BATCHES) -> float:
+    """Mean patch length of a BLT experiment's first training batches, as its training rows hold
+    them (document ends and row ends included), with a patch budget that never cuts a row short."""
+    from blt_jax.data.packing import mean_patch_length
+
     real = rows = patches = 0
-    for batch in itertools.islice(build_dataset(data), batches):
+    row_bytes = raw["data"]["row_bytes"]
+    for batch in _first_batches(raw, batches, row_patches=row_bytes + 1):
         real += int(np.sum(batch["mask"]))
         rows += int(batch["tokens"].shape[0])
         patches += int(np.sum(batch["patch_lengths"] > 0))
@@ -275,14 +278,8 @@ def measure_patch_length(raw: dict, batches: int = MEASURE_BATCHES) -> float:
 def measure_bytes_per_token(raw: dict, batches: int = MEASURE_BATCHES) -> float:
     """Mean bytes per token of a token transformer's first training batches (BOS and EOS targets
     count one byte, as a byte model's do)."""
-    import itertools
-
-    from blt_jax.data.pipeline import build_dataset
-    from blt_jax.train.config import experiment_from_dict
-
-    data = dataclasses.replace(experiment_from_dict(raw).data, read_threads=1)
     total = count = 0.0
-    for batch in itertools.islice(build_dataset(data), batches):
+    for batch in _first_batches(raw, batches):
         total += float(np.sum(batch["target_bytes"]))
         count += float(np.sum(batch["mask"]))
     return total / max(count, 1.0)
@@ -377,8 +374,9 @@ def _params(model: dict) -> tuple[int, int]:
     return sum(groups.values()), hashed
 
 
-def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, entropy_flops_per_byte: float) -> dict:
-    """One arm and seed of `report.json`."""
+def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, metrics: list[dict],
+               entropy_flops_per_byte: float) -> dict:
+    """One arm and seed of `report.json` (`metrics`: the run's metrics.jsonl rows)."""
     params, hashed = _params(arm.model)
     inference = arm.train_flops_per_byte / 3  # training = 3 x forward
     token_rows = arm.model.get("kind") == "token_lm"
@@ -387,8 +385,7 @@ def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, entro
     trained = plan.arm_steps * plan.spec.batch_size * row_bytes
     # Patching the training bytes costs one entropy-LM forward per byte.
     extra = entropy_flops_per_byte if is_entropy_arm(arm.arm) else 0.0
-    evaluation = qs.read_metrics(result.detail["workdir"])
-    patch_len = next((r["eval_mean_patch_len"] for r in reversed(evaluation) if r.get("eval_mean_patch_len")), None)
+    patch_len = next((r["eval_mean_patch_len"] for r in reversed(metrics) if r.get("eval_mean_patch_len")), None)
     return dict(
         arm=arm.arm, label=label(arm.arm), seed=result.detail["seed"], val_bpb=result.detail["heldout_bpb"],
         heldout_bytes=result.detail["heldout_bytes"], final_eval_bpb=result.bpb,
@@ -416,8 +413,8 @@ def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
     rows, curves = [], {}
     for arm, seed in plan.runs():
         result = qs.require_result(paths, run_name(arm, seed))
-        rows.append(report_row(plan, models[arm], result, entropy_flops))
         curves[(arm, seed)] = qs.read_metrics(result.detail["workdir"])
+        rows.append(report_row(plan, models[arm], result, curves[(arm, seed)], entropy_flops))
     claims = report.orderings(rows)
     entropy_run = qs.require_result(paths, "entropy_lm")
     write_json(paths.report_json, dict(
