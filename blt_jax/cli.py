@@ -16,7 +16,7 @@ Subcommands:
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
   quickstart    the whole pipeline on the default corpus, resumable
   study         the paper's comparisons at matched training compute (BLT patchings, no hash n-grams,
-                a byte transformer) on any corpus, with seeds; a report, a table and a figure; resumable
+                a byte transformer) on any corpus, with seeds; a report, a table and two figures; resumable
 
 Paths may be relative, ~ or gs://. Bad input ends in one line `blt-jax <command>: error: ...` and exit
 code 2 (--verbose or BLT_JAX_VERBOSE=1 adds the traceback).
@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -464,6 +465,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if paths.is_uri(args.workdir):
         raise InputError(f"--workdir {args.workdir}: the study runs on this machine; give a local directory")
+
+    def terminate(signum, frame):  # SIGTERM outside a training loop (which checkpoints on its own)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         given = {k: v for k, v in (("minutes", args.minutes), ("seeds", args.seeds), ("bpe_vocab", args.bpe_vocab))
                  if v is not None}
@@ -473,6 +479,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     except StageInterrupted as e:
         print(f"blt-jax study: {e}", file=sys.stderr)
         return 130  # the shell's code for "interrupted"
+    except KeyboardInterrupt:
+        print("blt-jax study: stopped; run the same command again to resume (finished stages and runs are kept)",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -294,6 +294,8 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     out, err = process.communicate(timeout=600)
     assert process.returncode == 130, err[-3000:]
     assert "blt_entropy@0 stopped by SIGTERM" in err and "run the same command again" in err, err[-3000:]
+    stopped = json.loads((workdir / "arms" / "blt_entropy" / "seed0" / stages.SPENT_FILE).read_text())["seconds"]
+    assert stopped > 0
 
     result = blt_jax(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -303,6 +305,7 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
         assert f"{name}: done earlier" in result.stdout, result.stdout
     resumed = json.loads((workdir / "stages" / "blt_entropy@0.json").read_text())
     assert resumed["detail"]["resumed_from_step"] >= 5
+    assert resumed["detail"]["earlier_seconds"] == stopped  # the stopped session's time is reported too
 
     report = json.loads((workdir / "report.json").read_text())
     rows = report["arms"]
@@ -319,6 +322,8 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
         floor = math.log2(len(WORDS)) / (np.mean([len(w) for w in WORDS]) + 1)
         assert math.isfinite(row["val_bpb"]) and 0.9 * floor < row["val_bpb"] < 7.5, row
         assert row["heldout_bytes"] == held_out  # every arm scored every held-out byte
+        if (row["arm"], row["seed"]) == ("blt_entropy", 0):
+            assert row["wall_seconds"] > stopped + resumed["detail"]["train_seconds"]
         # Total compute: FLOPs per byte x bytes trained; the token rows hold about the bytes of a byte row.
         assert row["train_flops"] == pytest.approx(row["train_flops_per_byte"] * row["trained_bytes"])
         assert abs(row["trained_bytes"] / (row["steps"] * 8 * 128) - 1) < 0.25, row
@@ -330,8 +335,9 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     table = (workdir / "report.md").read_text()
     for arm in arms:
         assert f"| {planning.label(arm)} | 2 |" in table
-    with open(workdir / "bpb_vs_flops.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for figure in ("bpb_vs_flops.png", "bpb_vs_patch_size.png"):
+        with open(workdir / figure, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", figure
     # Same bytes in the same order: every arm's first batch of a seed starts with the same bytes
     # (arms patched by entropy read the stored entropies, the others the text).
     first = {}
@@ -359,3 +365,39 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     # Other options on the same workdir are refused in one line.
     _one_line_error(blt_jax("study", "--corpus", "my texts", "--workdir", "runs/study", "--seeds", "3", *TINY,
                             cwd=tmp_path), "re-run with those")
+
+
+@pytest.mark.long  # ~1.5 minutes on 2 cores: the release tier runs it
+def test_a_study_reads_its_corpus_from_a_bucket_into_a_home_directory(tmp_path):
+    """`--corpus gs://...` (a real Cloud Storage API on 127.0.0.1) and `--workdir ~/...`: the study
+    splits the bucket's documents into local text under the user's home and trains from there; the
+    bucket is only read."""
+    import gcs_server
+
+    write_corpus(tmp_path / "texts", documents=30, seed=3)
+    server = gcs_server.start(tmp_path)  # its log: tmp_path/fake-gcs-server.log
+    try:
+        server.create_bucket("corpora")
+        for name in sorted(os.listdir(tmp_path / "texts")):
+            server.upload("corpora", f"prose/{name}", (tmp_path / "texts" / name).read_bytes())
+        uploaded = server.names("corpora")
+        home, cwd = tmp_path / "home", tmp_path / "fresh"
+        home.mkdir()
+        cwd.mkdir()
+        result = blt_jax("study", "--corpus", "gs://corpora/prose", "--workdir", "~/runs/study", "--arms", "bpe_lm",
+                         "--seeds", "1", *TINY, cwd=cwd, home=home, **server.client_env())
+        assert server.names("corpora") == uploaded  # nothing written to the bucket
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.listdir(cwd)  # `~` is the home directory, not a folder named "~" here
+    workdir = home / "runs" / "study"
+    assert json.loads((workdir / "stages" / "corpus.json").read_text())["detail"]["source"] == "gs://corpora/prose"
+    # The split text came from the bucket's documents, on both sides.
+    sources = [p.read_bytes() for p in (tmp_path / "texts").iterdir()]
+    train, held = _read_split(workdir / "corpus" / "train"), _read_split(workdir / "corpus" / "validation")
+    assert train and held
+    assert all(any(piece in doc for doc in sources) for piece in train + held)
+    rows = json.loads((workdir / "report.json").read_text())["arms"]
+    assert sorted(r["arm"] for r in rows) == ["blt_entropy", "bpe_lm"]
+    assert all(math.isfinite(r["val_bpb"]) for r in rows), rows

@@ -1,6 +1,6 @@
 """The study's report: one row per arm and seed (`report.json`), a table per arm over seeds
-(`report.md`), the paper's orderings checked against the seed spread, and bits per byte against
-training FLOPs (`bpb_vs_flops.png`).
+(`report.md`), the paper's orderings checked against the seed spread, bits per byte against
+training FLOPs (`bpb_vs_flops.png`) and against bytes per patch or token (`bpb_vs_patch_size.png`).
 
 A claim "A beats B" holds when A's mean held-out bits per byte is below B's; a claim "A matches B"
 holds when A's mean is below B's plus a margin: the seed spread, and at least MATCH_MARGIN of B's mean
@@ -137,3 +137,31 @@ def figure(path: str, rows: Sequence[Mapping[str, Any]], curves: Mapping[tuple[s
     ax.set_title("Bits per byte at matched training compute\n(dashed: validation rows during training; "
                  "markers: held-out text, one per seed)", fontsize=9)
     return save_bpb_figure(fig, ax, path, "training FLOPs (x 10^12)")
+
+
+def patch_size_figure(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Held-out bits per byte against the mean bytes per patch (BLTs), per token (the BPE transformer)
+    or 1 (the byte transformer): every arm has the same FLOPs per byte, in training and so in inference
+    (training = 3 x forward), so this is the paper's patch-size comparison at a fixed inference budget.
+    The reference BLT and its patch-size scaling arms are joined by a line through their means.
+
+    Args:
+      path: the PNG to write.
+      rows: report rows.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    line = []
+    for index, (arm, group) in enumerate(by_arm(rows).items()):
+        x = [r["bytes_per_patch_or_token"] for r in group]
+        y = [r["val_bpb"] for r in group]
+        marker = "s" if arm in ("byte_lm", "bpe_lm") else "o"
+        ax.scatter(x, y, color=color(arm, index), marker=marker, edgecolors="black", zorder=3, label=label(arm))
+        if arm == REFERENCE_ARM or scaling_size(arm) is not None:
+            line.append((statistics.mean(x), statistics.mean(y)))
+    if len(line) > 1:
+        xs, ys = zip(*sorted(line))
+        ax.plot(xs, ys, color=COLORS[REFERENCE_ARM], lw=1.0, alpha=0.6, zorder=2)
+    budget = statistics.mean(r["inference_flops_per_byte"] for r in rows) / 1e6
+    ax.set_title(f"Held-out bits per byte at {budget:.2f} MFLOP/byte of inference (entropy LM apart)\n"
+                 "(one marker per seed; the line joins the means of the reference BLT and its patch-size scaling arms)", fontsize=9)
+    return save_bpb_figure(fig, ax, path, "bytes per patch (BLT) or per token (BPE); 1 for the byte transformer")

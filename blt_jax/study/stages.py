@@ -10,7 +10,7 @@ checkpoint.
     arms          measure each BLT arm's mean patch length on its
                   training rows, match every arm's training FLOPs     -> arms.json
     <arm>@<seed>  train one arm with one seed, score the held-out text -> arms/<arm>/seed<seed>/
-    report        table, report.json and the figure                   -> report.{md,json}, bpb_vs_flops.png
+    report        table, report.json and two figures   -> report.{md,json}, bpb_vs_flops.png, bpb_vs_patch_size.png
 
 The layout is that of the quickstart (`blt_jax.quickstart.stages`), whose stages for the entropy pass
 and calibration run here unchanged.
@@ -48,6 +48,7 @@ class Paths(qs.Paths):
         self.report_json = os.path.join(workdir, "report.json")
         self.report_md = os.path.join(workdir, "report.md")
         self.figure = os.path.join(workdir, "bpb_vs_flops.png")
+        self.patch_figure = os.path.join(workdir, "bpb_vs_patch_size.png")
         self.tokenizer = os.path.join(workdir, "bpe", "tokenizer.json")
 
     def run(self, arm: str, seed: int) -> str:
@@ -331,17 +332,25 @@ def run_experiment(paths: Paths, plan: StudyPlan, arm: str, seed: int) -> dict:
 def heldout_bpb(run: str, entropy_lm: str | None, validation: str, row_bytes: int,
                 progress: bool = False) -> tuple[float, int]:
     """Bits per byte of a trained run on every held-out document, scored in windows of `row_bytes`
-    positions (bytes; tokens for a token transformer) sliding by half a window (every byte once,
-    with at least half a window of context; `blt_jax.evals.scoring.score_documents`): (bits per
-    byte, bytes scored)."""
+    positions (bytes; tokens for a token transformer) sliding by about half a window (every byte
+    once; past a document's first window, with at least half a window of context;
+    `blt_jax.evals.scoring.score_documents`): (bits per byte, bytes scored)."""
     from blt_jax.data.sources import iter_documents
     from blt_jax.evals.scoring import load_model, score_documents
 
     documents = [doc.data for doc in iter_documents(validation)]
     model = load_model(run, entropy_lm)
-    total = sum(score_documents(model, documents, batch_size=8, max_length=row_bytes, progress=progress))
+    # A window is BOS or context, then `max_length` predicted positions: `row_bytes - 1` makes it
+    # exactly a training row wide, so the byte arms' windows share one width with no padding (a row
+    # of N + 1 would be padded to 1.25 N), which halved the scoring time of a small-scale arm
+    # (41 s -> 21 s).
+    total = sum(score_documents(model, documents, batch_size=8, max_length=row_bytes - 1, progress=progress))
     scored = sum(len(d) for d in documents)
     return -total / (math.log(2) * scored), scored
+
+
+# In a run's directory: seconds its earlier, interrupted sessions spent.
+SPENT_FILE = "study_seconds.json"
 
 
 def train_arm(paths: Paths, plan: StudyPlan, arm: str, seed: int, progress: bool) -> StageResult:
@@ -349,14 +358,22 @@ def train_arm(paths: Paths, plan: StudyPlan, arm: str, seed: int, progress: bool
     models = arm_models(paths)
     raw = arming.experiment(plan, models[arm], seed, paths.sources())
     workdir = paths.run(arm, seed)
-    result = qs.train_run(run_name(arm, seed), raw, workdir, progress,
-                       dict(arm=arm, seed=seed, flops_per_byte=models[arm].train_flops_per_byte))
-    start = time.perf_counter()
-    entropy = paths.entropy_lm if is_entropy_arm(arm) else None
-    bpb, scored = heldout_bpb(workdir, entropy, paths.corpus_validation,
-                              models[arm].row_length or plan.spec.row_bytes, progress)
+    # Sessions stopped by a signal leave their time behind, so a resumed run reports all of it.
+    spent_file = os.path.join(workdir, SPENT_FILE)
+    earlier = read_json(spent_file)["seconds"] if os.path.exists(spent_file) else 0.0
+    began = time.perf_counter()
+    try:
+        result = qs.train_run(run_name(arm, seed), raw, workdir, progress,
+                              dict(arm=arm, seed=seed, flops_per_byte=models[arm].train_flops_per_byte))
+        start = time.perf_counter()
+        entropy = paths.entropy_lm if is_entropy_arm(arm) else None
+        bpb, scored = heldout_bpb(workdir, entropy, paths.corpus_validation,
+                                  models[arm].row_length or plan.spec.row_bytes, progress)
+    except BaseException:  # a signal (in training or scoring), Ctrl-C, an error: the time was spent
+        write_json(spent_file, {"seconds": earlier + time.perf_counter() - began})
+        raise
     detail = dict(result.detail, heldout_bpb=bpb, heldout_bytes=scored, score_seconds=time.perf_counter() - start,
-                  train_seconds=result.seconds,
+                  train_seconds=result.seconds, earlier_seconds=earlier,
                   note=f"held-out {bpb:.3f} bits/byte, {models[arm].train_flops_per_byte / 1e6:.2f} MFLOP/byte")
     return dataclasses.replace(result, seconds=result.seconds + detail["score_seconds"], detail=detail)
 
@@ -395,12 +412,13 @@ def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, metri
         params=params, hash_params=hashed,
         bytes_per_patch_or_token=patch_len if arm.model.get("kind") != "entropy_lm" and patch_len else 1.0,
         planned_patch_length=arm.mean_patch_length, steps=plan.arm_steps, trained_bytes=trained,
-        wall_seconds=result.detail["train_seconds"],
+        # Training and scoring, in every session of the run (a session killed by SIGKILL leaves no record).
+        wall_seconds=result.seconds + result.detail.get("earlier_seconds", 0.0),
         workdir=result.detail["workdir"])
 
 
 def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> StageResult:
-    """Writes report.json, report.md and bpb_vs_flops.png from every finished run."""
+    """Writes report.json, report.md, bpb_vs_flops.png and bpb_vs_patch_size.png from every finished run."""
     from blt_jax.api import load_entropy_model
     from blt_jax.metrics.flops import entropy_lm_forward_flops
     from blt_jax.study import report
@@ -425,8 +443,9 @@ def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
     with open(paths.report_md, "w", encoding="utf-8") as f:
         f.write(text)
     report.figure(paths.figure, rows, curves)
+    report.patch_size_figure(paths.patch_figure, rows)
     print(text)
     return StageResult("report", time.perf_counter() - start,
-                       detail=dict(note="report.md report.json bpb_vs_flops.png",
-                                   files=[paths.report_md, paths.report_json, paths.figure]))
+                       detail=dict(note="report.md report.json bpb_vs_flops.png bpb_vs_patch_size.png",
+                                   files=[paths.report_md, paths.report_json, paths.figure, paths.patch_figure]))
 
