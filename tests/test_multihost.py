@@ -28,10 +28,6 @@ import pytest
 import gcs_server
 from user import TINY, blt_jax, user_env
 
-# Every test here starts several JAX processes and trains (5-6 minutes of test time on 2 cores): the
-# release tier runs them, after the suite, in CI.
-pytestmark = pytest.mark.long
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multihost.py")
 STEPS = 16  # room for a SIGTERM to take effect before the end on a loaded machine (~3 steps seen)
@@ -160,6 +156,7 @@ def preempt(tmp, name: str, processes: int, after_steps: int) -> int:
     return step
 
 
+@pytest.mark.long  # ~2-3 minutes on 2 cores: the release tier runs it
 def test_preempted_on_two_resumed_on_four_preempted_again_resumed_on_one(tmp, single):
     """SIGTERM to one "host" stops all; the run resumes on another process count (2 -> 4 -> 1), each
     taking its data shards out of the checkpoint, and ends as the single process ends."""
