@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # written to files; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from blt_jax.quickstart.report import save_bpb_figure, series  # noqa: E402
-from blt_jax.study.plan import ARMS, REFERENCE_ARM, label, scaling_size  # noqa: E402
+from blt_jax.study.plan import ARMS, REFERENCE_ARM, TRANSFORMER_ARMS, label, scaling_size  # noqa: E402
 
 # (claim, arm expected to have the lower bits per byte, the other arm, "beats" or "matches"): the
 # paper's orderings, and the quickstart's comparison with a byte transformer.
@@ -154,7 +154,7 @@ def patch_size_figure(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
     for index, (arm, group) in enumerate(by_arm(rows).items()):
         x = [r["bytes_per_patch_or_token"] for r in group]
         y = [r["val_bpb"] for r in group]
-        marker = "s" if arm in ("byte_lm", "bpe_lm") else "o"
+        marker = "s" if arm in TRANSFORMER_ARMS else "o"
         ax.scatter(x, y, color=color(arm, index), marker=marker, edgecolors="black", zorder=3, label=label(arm))
         if arm == REFERENCE_ARM or scaling_size(arm) is not None:
             line.append((statistics.mean(x), statistics.mean(y)))
