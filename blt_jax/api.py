@@ -190,6 +190,30 @@ class BLTModel:
         toks = _as_tokens(tokens, self.config.vocab_size)
         return _fetch(self._scores_fn(self.params, toks, self._patch_lengths_for(toks)))
 
+    def continuation_logprobs(self, contexts: Any, lengths: Any, continuations: Any, continuation_lengths: Any,
+                              parents: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`token_logprobs` of continuations after shared contexts, each context run once
+        (`inference.continuations`): what a forward over BOS + context + continuation gives.
+
+        Args: int arrays, as `inference.continuations.continuation_logprobs` takes them: contexts
+        [Bc, Wc] (BOS first) with their lengths [Bc], continuations [Bx, Wx] with theirs [Bx], and
+        each continuation's context row, parents [Bx].
+
+        Returns:
+          (log p(continuation byte j | everything before it) float32 [Bx, Wx], whether byte j was the
+          argmax bool [Bx, Wx]); entries past a continuation's end are meaningless.
+        """
+        from blt_jax.inference.continuations import ContinuationScorer
+
+        if self.config.patching.mode == "entropy" and self.entropy_params is None:
+            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
+                             "includes the patcher")
+        scorer = self.__dict__.get("_continuation_scorer")
+        if scorer is None:
+            scorer = self.__dict__["_continuation_scorer"] = ContinuationScorer(self.config)
+        return scorer(self.params, self.entropy_params, np.asarray(contexts), np.asarray(lengths),
+                      np.asarray(continuations), np.asarray(continuation_lengths), np.asarray(parents))
+
     def entropies(self, tokens: Any) -> jax.Array:
         """Entropy (nats) of the entropy LM's next-byte distribution at every position. float32 [B, N]."""
         if self.entropy_params is None:

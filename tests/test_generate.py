@@ -114,6 +114,60 @@ def test_cached_patch_boundaries_equal_patching_at_once(teacher_forced):
     np.testing.assert_array_equal(teacher_forced["n_closed"], full[:, 1:].sum(axis=1))
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_prefilled_context_scores_its_continuations_as_full_forwards(case):
+    """Contexts of different lengths prefilled in one right-padded batch, each state copied to several
+    continuations, then one parallel chunk over every continuation (lm-eval's multiple choice): the
+    logits equal a forward over each whole text. The contexts end mid-patch and past the 16-byte
+    windows; one continuation crosses an EOS (a new document), one is another text's bytes."""
+    model = CASES[case]()
+    rows = rows_with_documents()
+    ends = [203, 140]  # context lengths; row 1's EOS is at 150
+    contexts = np.zeros((2, 224), np.int32)
+    for r, n in enumerate(ends):
+        contexts[r, :n] = rows[r, :n]
+    parents = np.array([0, 0, 1, 1])
+    width = 64
+    continuations = np.stack([rows[0, 203: 203 + width], rows[1, 260: 260 + width],
+                              rows[1, 140: 140 + width], rows[0, 40: 40 + width]]).astype(np.int32)
+    texts = np.zeros((len(parents), max(ends) + width), np.int32)  # right-padded: harmless, all is causal
+    for i, (p, c) in enumerate(zip(parents, continuations)):
+        texts[i, : ends[p] + width] = np.concatenate([rows[p, : ends[p]], c])
+    full = np.asarray(model.logits(texts))
+
+    def score(context_patches, chunk_patches):
+        """(logits after each context, chunk logits, patches in each context, chunk patches closed)
+        with the given patch budgets (None: enough for any text)."""
+        max_patches = None if context_patches is None else context_patches + chunk_patches
+        engine = DecodeEngine(model.config, capacity=contexts.shape[1] + width, max_patches=max_patches)
+
+        @jax.jit
+        def run(params, entropy_params, contexts, lengths, continuations, parents):
+            state, last = engine.prefill(params, entropy_params, contexts, lengths, context_patches)
+            patches = state.n_closed + 1
+            state = jax.tree_util.tree_map(lambda x: x[parents], state)
+            return (last, *engine.chunk_logits(params, entropy_params, state, continuations, chunk_patches), patches)
+
+        last, chunk, closed, patches = (np.asarray(x) for x in run(
+            model.params, model.entropy_params, jnp.asarray(contexts), jnp.asarray(ends, jnp.int32),
+            jnp.asarray(continuations), jnp.asarray(parents)))
+        exact = closed < (chunk_patches or width)  # the entries a budget promises
+        for i, p in enumerate(parents):
+            n = ends[p]
+            np.testing.assert_allclose(last[p], full[i, n - 1], atol=TOL, rtol=0)
+            np.testing.assert_allclose(chunk[i][exact[i]], full[i, n: n + width][exact[i]], atol=TOL, rtol=0,
+                                       err_msg=f"continuation {i} of context {p}")
+        assert np.abs(chunk[0] - chunk[1]).max() > 1.0  # different texts were scored, not copies
+        return patches, closed
+
+    patches, closed = score(None, None)
+    assert (patches > 20).all() and (closed[:, -1] > 4).all()  # many patches, in contexts and chunks
+    # Budgets just large enough (the latent then runs over as many patches as there are) change nothing;
+    # a chunk budget below the patches of the continuations keeps the entries before they overflow.
+    score(int(patches.max()), int(closed[:, -1].max()) + 1)
+    score(int(patches.max()), int(closed[:, width // 2].min()) + 1)
+
+
 @pytest.fixture(scope="module")
 def sampled_generation():
     """300 sampled bytes after two prompts of different lengths, with the logits of every choice."""

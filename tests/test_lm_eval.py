@@ -55,6 +55,38 @@ def test_each_loglikelihood_equals_one_forward_over_its_text(model):
         assert scored.greedy == greedy
 
 
+def test_choices_of_a_shared_context_score_as_one_forward_each(model, monkeypatch):
+    """Multiple-choice requests: each context runs once for all its choices (BLTModel.continuation_logprobs),
+    and every score still equals a forward over context + choice. Groups of 2 to 9 choices (9 is split
+    over batches), a BOS-only context, multi-byte UTF-8, and a choice whose text is cut to max_length
+    (scored as a row of its own, like an unshared request)."""
+    rng = np.random.default_rng(1)
+    words = [b"def", b" return", b" x", b"(", b")", b":", b"\n    ", b" = ", b"1", b"self", " größe".encode()]
+    pairs = []
+    for n, choices in ((5, 4), (30, 2), (12, 9), (0, 3), (18, 4), (36, 3)):
+        context = b"".join(rng.choice(words, size=n))
+        pairs += [(context, b"".join(rng.choice(words, size=int(rng.integers(1, 6))))) for _ in range(choices)]
+    pairs.append((pairs[-1][0], b" x" * 40))  # the last context's texts no longer all fit 120 bytes
+    order = rng.permutation(len(pairs))  # lm-eval's requests arrive in any order
+    pairs = [pairs[i] for i in order]
+    calls = []
+    shared = model.continuation_logprobs
+    monkeypatch.setattr(model, "continuation_logprobs", lambda *a: calls.append(a[2].shape) or shared(*a))
+    got = scoring.score_continuations(model, pairs, batch_size=2, max_length=120)
+    for (context, continuation), scored in zip(pairs, got):
+        want, greedy = one_forward(model, context + continuation, len(continuation), 120)
+        assert scored.logprob == pytest.approx(want, abs=1e-4), (context[:20], continuation)
+        assert scored.greedy == greedy
+    # Batches of 2 contexts and 2 x (mean choices per shared context, rounded up) continuation rows.
+    groups: dict[bytes, int] = {}
+    for context, continuation in pairs:
+        if len(context) + len(continuation) <= 120:  # a text cut to fit is scored as a row of its own
+            groups[context] = groups.get(context, 0) + 1
+    sizes = [n for n in groups.values() if n > 1]
+    assert len(sizes) >= 4 and max(sizes) == 9, groups
+    assert len(calls) >= 3 and all(shape[0] == 2 * -(-sum(sizes) // len(sizes)) for shape in calls), calls
+
+
 def test_rolling_windows_score_every_byte_once_with_enough_context():
     rows = scoring.document_rows(0, bytes(range(32, 132)) * 2, max_length=64, stride=16)
     seen = []

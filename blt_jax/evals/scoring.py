@@ -6,6 +6,10 @@ number of rows, so XLA compiles a handful of programs, not one per request; the 
 the scored tokens' log-probabilities (`token_logprobs`), not [B, N, V] logits.
 Right padding changes nothing before it: every stack is causal, and so is every patching rule.
 Each row is patched by the model's own rule over the whole text, as a forward over it would.
+
+Continuations that share a context (the choices of a multiple-choice question) are scored after that
+context is run once, when the model can (`BLTModel.continuation_logprobs`): batches of `batch_size`
+contexts and about as many continuation rows per context as the requests have on average.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ class _Row:
     scored: int  # how many trailing tokens are scored
 
 
-def width(length: int) -> int:
-    """The padded width of a row of `length` tokens: a multiple of an eighth of the next power of two
-    (at least MIN_WIDTH), so padding wastes at most a quarter of a row and a task's rows share a few
-    widths (one compilation each): 389 -> 448, 1000 -> 1024, 1100 -> 1280."""
+def width(length: int, minimum: int = MIN_WIDTH, parts: int = 8) -> int:
+    """The padded width of a row of `length` tokens: a multiple of a `parts`-th of the next power of
+    two (at least `minimum`), so padding wastes at most 2 / parts of a row and a task's rows share a
+    few widths (one compilation each): 389 -> 448, 1000 -> 1024, 1100 -> 1280 (parts=16: 389 -> 416)."""
     power = 1 << (max(length, 1) - 1).bit_length()
-    step = max(MIN_WIDTH, power // 8)
-    return max(MIN_WIDTH, -(-length // step) * step)
+    step = max(minimum, power // parts)
+    return max(minimum, -(-length // step) * step)
 
 
 def _continuation_row(index: int, context: bytes, continuation: bytes, max_length: int) -> _Row:
@@ -152,9 +156,94 @@ def load_model(path: str, entropy: str | None = None):
 def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size: int = 8, max_length: int = 2048,
                         progress: bool = False) -> list[Scored]:
     """log p(continuation | context) and greediness of (context, continuation) byte pairs; each
-    text is BOS + context + continuation, its oldest bytes cut beyond `max_length`."""
+    text is BOS + context + continuation, its oldest bytes cut beyond `max_length`.
+
+    Requests whose context is shared by others (and whose texts fit `max_length`) are scored with
+    the context run once (`score_shared`) when the model can; the others as one row each."""
     rows = [_continuation_row(i, ctx, cont, max_length) for i, (ctx, cont) in enumerate(pairs)]
-    return score_rows(model, rows, batch_size, progress)
+    groups: dict[bytes, list[int]] = {}
+    if hasattr(model, "continuation_logprobs"):
+        for i, (ctx, cont) in enumerate(pairs):
+            if len(rows[i].tokens) == 1 + len(ctx) + len(cont):  # nothing cut
+                groups.setdefault(ctx, []).append(i)
+    shared = [members for members in groups.values() if len(members) > 1]
+    alone = sorted(set(range(len(pairs))) - {i for members in shared for i in members})
+    results: list[Scored | None] = [None] * len(pairs)
+    bar = tqdm(total=len(pairs), disable=not progress, unit="request", desc="scoring", dynamic_ncols=True)
+    for i, scored in zip(alone, score_rows(model, [rows[i] for i in alone], batch_size, on_batch=bar.update)):
+        results[i] = scored
+    if shared:
+        contexts = [rows[members[0]].tokens[: -len(pairs[members[0]][1])] for members in shared]
+        continuations = [[rows[i].tokens[-len(pairs[i][1]):] for i in members] for members in shared]
+        for members, scored in zip(shared, score_shared(model, contexts, continuations, batch_size, bar.update)):
+            for i, one in zip(members, scored):
+                results[i] = one
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[Sequence[np.ndarray]],
+                 batch_size: int, on_batch: Callable[[int], None] | None = None) -> list[list[Scored]]:
+    """Continuations scored after their shared context, each context run once per batch.
+
+    Contexts are taken longest first, `batch_size` per batch, with up to `batch_size` times the mean
+    number of continuations per context as continuation rows (a context with more is split over
+    batches); widths are bucketed by `width`, so a task compiles a few programs.
+
+    Args:
+      model: has `continuation_logprobs` (a `BLTModel`).
+      contexts: per group, int [Lc] BOS + context bytes.
+      continuations: per group, its continuations' bytes (int [Lx] each, Lx >= 1).
+      batch_size: contexts per batch.
+      on_batch: called with the number of continuations after each batch.
+
+    Returns:
+      per group, one Scored per continuation.
+    """
+    per_context = -(-sum(map(len, continuations)) // max(len(continuations), 1))
+    rows_per_batch = batch_size * per_context
+    # Units of one context and at most rows_per_batch of its continuations, longest context first.
+    units = [(g, j) for g in sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
+             for j in range(0, len(continuations[g]), rows_per_batch)]
+    results: list[list[Scored | None]] = [[None] * len(c) for c in continuations]
+    batch: list[tuple[int, int]] = []
+
+    def run(batch):
+        members = [(g, j) for g, start in batch for j in range(start, min(start + rows_per_batch, len(continuations[g])))]
+        # Finer context widths than rows': a context is run once for several rows, so its padding costs more.
+        ctx_width = width(max(len(contexts[g]) for g, _ in batch), minimum=16, parts=16)
+        cont_width = width(max(len(continuations[g][j]) for g, j in members), minimum=16)
+        ctx = np.full((batch_size, ctx_width), PAD_ID, np.int32)
+        lengths = np.full((batch_size,), len(contexts[batch[0][0]]), np.int32)
+        for r, (g, _) in enumerate(batch):
+            ctx[r, : len(contexts[g])], lengths[r] = contexts[g], len(contexts[g])
+        ctx[len(batch):] = ctx[0]  # a short batch is filled with copies: one shape per width pair
+        cont = np.full((rows_per_batch, cont_width), PAD_ID, np.int32)
+        cont_lengths = np.full((rows_per_batch,), len(continuations[members[0][0]][members[0][1]]), np.int32)
+        parents = np.zeros((rows_per_batch,), np.int32)
+        slot = {unit: r for r, unit in enumerate(batch)}
+        for r, (g, j) in enumerate(members):
+            cont[r, : len(continuations[g][j])], cont_lengths[r] = continuations[g][j], len(continuations[g][j])
+            parents[r] = slot[(g, j - j % rows_per_batch)]
+        cont[len(members):] = cont[0]
+        logprob, hit = model.continuation_logprobs(ctx, lengths, cont, cont_lengths, parents)
+        for r, (g, j) in enumerate(members):
+            n = len(continuations[g][j])
+            results[g][j] = Scored(float(logprob[r, :n].sum(dtype=np.float64)), bool(hit[r, :n].all()))
+        if on_batch is not None:
+            on_batch(len(members))
+
+    rows = 0
+    for g, start in units:
+        size = min(rows_per_batch, len(continuations[g]) - start)
+        if batch and (len(batch) == batch_size or rows + size > rows_per_batch):
+            run(batch)
+            batch, rows = [], 0
+        batch.append((g, start))
+        rows += size
+    if batch:
+        run(batch)
+    return results  # type: ignore[return-value]
 
 
 def score_documents(model, documents: Sequence[bytes], batch_size: int = 8, max_length: int = 2048,

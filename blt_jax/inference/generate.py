@@ -111,9 +111,10 @@ class Generator:
 
     def _advance_impl(self, params, entropy_params, carry, prompt, prompt_len, key, max_new, eos):
         state, logits, done, count = carry
-        t = state.t
+        t = state.t  # [B], equal in every row: all rows were prefilled to one length and step together
         in_prompt = t < prompt_len
-        token = jnp.where(in_prompt, prompt[:, t], sample(logits, jax.random.fold_in(key, t), self.sampling))
+        from_prompt = jnp.take_along_axis(prompt, jnp.minimum(t, prompt.shape[1] - 1)[:, None], axis=1)[:, 0]
+        token = jnp.where(in_prompt, from_prompt, sample(logits, jax.random.fold_in(key, t[0]), self.sampling))
         emitted = ~in_prompt & ~done
         count = count + emitted.astype(jnp.int32)
         done = done | (emitted & ((token == eos) | (count >= max_new)))

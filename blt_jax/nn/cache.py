@@ -110,11 +110,14 @@ def _ring_slots(cache: KVCache, positions: jax.Array, valid: jax.Array | None) -
     """Slot of each new position; positions that must not be written get slot M (dropped)."""
     size, length = cache.size, positions.shape[1]
     slots = positions % size
-    # Of a chunk longer than the ring only the last M positions survive; writing the others too
-    # would make the scatter's result depend on the order of duplicate writes.
-    keep = jnp.arange(length) >= length - size
-    keep = keep[None, :] if valid is None else keep[None, :] & valid
-    return jnp.where(keep, slots, size).astype(jnp.int32)
+    # Of a chunk longer than the ring only the last M positions to be stored survive (per row: rows of
+    # different lengths are right-padded); writing the others too would make the scatter's result
+    # depend on the order of duplicate writes.
+    index = jnp.arange(length)[None, :]
+    if valid is None:
+        return jnp.where(index >= length - size, slots, size).astype(jnp.int32)
+    end = jnp.max(jnp.where(valid, index + 1, 0), axis=1, keepdims=True)  # one past the last stored entry
+    return jnp.where(valid & (index >= end - size), slots, size).astype(jnp.int32)
 
 
 def _scatter(buffer: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Array:

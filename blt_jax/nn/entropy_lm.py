@@ -44,6 +44,7 @@ class EntropyLM(nn.Module):
         positions: jax.Array | None = None,
         docs: jax.Array | None = None,
         cache: KVCache | None = None,
+        store: jax.Array | None = None,
     ):
         """Next-token logits.
 
@@ -54,6 +55,8 @@ class EntropyLM(nn.Module):
           cache: keys/values of the previous positions (`nn.cache.KVCache`, ordered or ring). With a
             cache the call continues a stream: queries also see the cached positions, and the
             updated cache is returned.
+          store: bool [B, N], ring caches only: which positions to keep in the cache (default all;
+            right padding of rows of different lengths is not kept).
 
         Returns:
           fp32 logits [B, N, V] (position t predicts token t + 1); with a cache, (logits, new cache).
@@ -74,7 +77,7 @@ class EntropyLM(nn.Module):
             h = scanned_blocks(st, dt, pdt, self.remat)(h, mask, rope)
         else:
             blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
-            outputs, cache = run_blocks(blocks, h, rope, positions, docs, st.window, cache)
+            outputs, cache = run_blocks(blocks, h, rope, positions, docs, st.window, cache, store)
             h = outputs[-1]
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
         head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")

@@ -83,7 +83,8 @@ class LocalEncoder(nn.Module):
             h = self.hash_embeddings(tokens, h)
         return h
 
-    def byte_states(self, h: jax.Array, positions: jax.Array, doc_ids: jax.Array, cache: KVCache | None = None):
+    def byte_states(self, h: jax.Array, positions: jax.Array, doc_ids: jax.Array, cache: KVCache | None = None,
+                    store: jax.Array | None = None):
         """Runs the local stack.
 
         Args:
@@ -91,6 +92,7 @@ class LocalEncoder(nn.Module):
           positions: int [B, T] RoPE positions.
           doc_ids: int [B, T] EOS-delimited document ids.
           cache: the stack's KVCache (incremental use) or None.
+          store: bool [B, T], ring caches only: which positions to keep (default all).
 
         Returns:
           (states [n_cross x [B, T, D]] after each cross-attention layer, the updated cache or None).
@@ -99,7 +101,7 @@ class LocalEncoder(nn.Module):
         st = self.config.encoder
         rope = rope_tables(positions, st.head_dim, st.rope_theta)
         outputs, cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window,
-                                    cache)
+                                    cache, store)
         return [outputs[i] for i in self.cross_layer_indices()], cache
 
     def patch_vectors(self, states: list[jax.Array], patch_ids: jax.Array, num_patches: int) -> jax.Array:
@@ -232,6 +234,7 @@ class LocalDecoder(nn.Module):
         positions: jax.Array,
         doc_ids: jax.Array,
         cache: KVCache | None = None,
+        store: jax.Array | None = None,
     ):
         """Decodes bytes against projected slots.
 
@@ -243,6 +246,7 @@ class LocalDecoder(nn.Module):
           positions: int [B, T] RoPE positions.
           doc_ids: int [B, T] EOS-delimited document ids.
           cache: the stack's KVCache (incremental use) or None.
+          store: bool [B, T], ring caches only: which positions to keep (default all).
 
         Returns:
           fp32 logits [B, T, V] (position i predicts byte i + 1); with a cache, (logits, new cache).
@@ -257,7 +261,7 @@ class LocalDecoder(nn.Module):
             return 2 * x + ca.attend(x, *slot_kv[i], dec_patch_ids)  # doubled residual, as in the reference
 
         outputs, new_cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids,
-                                        st.window, cache, before=cross)
+                                        st.window, cache, store, before=cross)
         logits = self.output(self.norm(outputs[-1])).astype(jnp.float32)
         return logits if cache is None else (logits, new_cache)
 
