@@ -87,11 +87,15 @@ class ContinuationScorer:
     def __init__(self, config: BLTConfig):
         self.config = config
         self.per_byte: list[float | None] = [None, None]
+        self._programs: dict[tuple[int, int, int], object] = {}
 
-    @functools.cache  # noqa: B019 - one scorer per model, kept for the model's life
     def _compiled(self, capacity: int, context_patches: int, chunk_patches: int):
-        engine = DecodeEngine(self.config, capacity, max_patches=context_patches + chunk_patches)
-        return jax.jit(functools.partial(continuation_logprobs, engine, context_patches, chunk_patches))
+        key = (capacity, context_patches, chunk_patches)
+        if key not in self._programs:
+            engine = DecodeEngine(self.config, capacity, max_patches=context_patches + chunk_patches)
+            self._programs[key] = jax.jit(functools.partial(continuation_logprobs, engine, context_patches,
+                                                            chunk_patches))
+        return self._programs[key]
 
     def __call__(self, params, entropy_params, contexts: np.ndarray, lengths: np.ndarray, continuations: np.ndarray,
                  continuation_lengths: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
