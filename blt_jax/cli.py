@@ -674,6 +674,24 @@ def _quiet_tpu_probe() -> None:
         jax.config.update("jax_platforms", "cpu")
 
 
+def _compilation_cache() -> None:
+    """Keeps compiled XLA programs across runs, so a command run again on the same shapes (a second
+    `blt-jax lm-eval` on a task, a restarted training launch) skips compilation: in
+    `$XDG_CACHE_HOME/blt_jax/xla` (default `~/.cache/blt_jax/xla`), or BLT_JAX_COMPILATION_CACHE (a
+    directory: relative, `~` or gs://; `off` turns it off). JAX's own JAX_COMPILATION_CACHE_DIR wins."""
+    import jax
+
+    from blt_jax import paths
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    choice = os.environ.get("BLT_JAX_COMPILATION_CACHE", "").strip()
+    if choice.lower() == "off":
+        return
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "blt_jax", "xla")
+    jax.config.update("jax_compilation_cache_dir", paths.resolve(choice or default))
+
+
 def _verbose(argv: list[str]) -> bool:
     return "--verbose" in argv or os.environ.get("BLT_JAX_VERBOSE", "") not in ("", "0")
 
@@ -692,6 +710,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("blt_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and grain log every save at INFO
     _quiet_tpu_probe()
+    _compilation_cache()
     try:
         rest, overrides = split_overrides(argv)
         args = build_parser().parse_args(rest)

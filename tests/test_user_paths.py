@@ -242,3 +242,31 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
     assert json.loads(result.stdout)["devices"] == 4
     for noise in TPU_NOISE:
         assert noise not in result.stderr, result.stderr[-3000:]
+
+
+def test_compiled_programs_are_kept_between_runs(tmp_path):
+    """`blt-jax` keeps XLA programs in ~/.cache/blt_jax/xla, or in BLT_JAX_COMPILATION_CACHE (relative
+    here), or nowhere with `off`; the second run of a command reads them and prints the same."""
+    home, work = tmp_path / "home", tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    # As a user's shell has it: no cache setting (the suite's shared cache is removed); every program
+    # kept however fast it compiled.
+    env = dict(JAX_COMPILATION_CACHE_DIR="", XDG_CACHE_HOME="", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0)
+
+    def smoke(**extra):
+        result = blt_jax("smoke", "--config", TINY, cwd=work, home=home, **env, **extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.split("; total")[0]  # what the run computed (its timing aside)
+
+    first = smoke()
+    kept = home / ".cache" / "blt_jax" / "xla"
+    programs = sorted(os.listdir(kept))
+    assert any(name.startswith("jit_") for name in programs), programs
+    assert smoke() == first
+    assert sorted(os.listdir(kept)) == programs  # read, nothing compiled again
+    assert smoke(BLT_JAX_COMPILATION_CACHE="xla_cache") == first
+    elsewhere = sorted(os.listdir(work / "xla_cache"))
+    assert len(elsewhere) == len(programs), (elsewhere, programs)
+    shutil.rmtree(kept)
+    assert smoke(BLT_JAX_COMPILATION_CACHE="off") == first
+    assert not kept.exists() and sorted(os.listdir(work / "xla_cache")) == elsewhere
