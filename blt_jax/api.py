@@ -125,6 +125,12 @@ class BLTModel:
 
     # ---- numerics ------------------------------------------------------------------------------
 
+    def _require_patcher(self) -> None:
+        """Online patching (decoding, shared-context scoring) needs the entropy LM of an entropy-patched model."""
+        if self.config.patching.mode == "entropy" and self.entropy_params is None:
+            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
+                             "includes the patcher")
+
     @functools.cached_property
     def _logits_fn(self):
         module = BLT(self.config)
@@ -205,9 +211,7 @@ class BLTModel:
         """
         from blt_jax.inference.continuations import ContinuationScorer
 
-        if self.config.patching.mode == "entropy" and self.entropy_params is None:
-            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
-                             "includes the patcher")
+        self._require_patcher()
         scorer = self.__dict__.get("_continuation_scorer")
         if scorer is None:
             scorer = self.__dict__["_continuation_scorer"] = ContinuationScorer(self.config)
@@ -276,9 +280,7 @@ class BLTModel:
         from blt_jax.inference.generate import capacity_for, encode_prompts
         from blt_jax.inference.sampling import SamplingConfig
 
-        if self.config.patching.mode == "entropy" and self.entropy_params is None:
-            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
-                             "includes the patcher")
+        self._require_patcher()
         if not isinstance(max_new_bytes, (int, np.integer)) or max_new_bytes < 1:
             raise InputError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
         prompts = encode_prompts(prompt if isinstance(prompt, list) else [prompt])

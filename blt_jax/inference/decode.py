@@ -348,7 +348,7 @@ class DecodeEngine:
         """Start flags of positions t..t + T of every row: the state's flag of t, then the rule on the
         chunk after byte t - 1 (and H_{t-1}), then the length cap counted from the open patch's start.
         bool [B, T + 1]."""
-        batch, length = tokens.shape
+        length = tokens.shape[1]
         rule = dataclasses.replace(self.config.patching, max_patch_length=None)
         offsets = jnp.arange(-1, length, dtype=jnp.int32)
         window_pos = state.t[:, None] + offsets[None]  # positions t - 1 .. t + T - 1
