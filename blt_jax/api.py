@@ -123,6 +123,10 @@ class BLTModel:
         with paths.staged_dir(paths.resolve(directory)) as local:
             writers[format](local, self.config, jax.device_get(self.params), entropy)
 
+    def describe(self) -> str:
+        """One line saying what the model is."""
+        return f"{type(self.config).__name__}, entropy LM: {self.entropy_params is not None}"
+
     # ---- numerics ------------------------------------------------------------------------------
 
     def _require_patcher(self) -> None:
@@ -337,44 +341,68 @@ class ByteLM:
 
 
 class TokenLM(ByteLM):
-    """A token transformer (the BPE baseline of `blt-jax study`) behind the same scoring interface,
-    reading text through its BPE tokenizer.
+    """A token LM behind the same scoring interface as `BLTModel`, reading text through its tokenizer:
+    the BPE baseline of `blt-jax study`, or a pretrained Llama-family model (`from_pretrained` on a
+    Hugging Face `LlamaForCausalLM` directory).
 
     Attributes:
       config: its `TokenLMConfig`.
       params: its parameters.
-      tokenizer: its `blt_jax.data.bpe.BpeTokenizer`.
+      tokenizer: its tokenizer (`blt_jax.data.bpe.BpeTokenizer`, or the model directory's
+        `tokenizer.json` as a `blt_jax.data.pretrained_tokenizer.PretrainedTokenizer`), or None when
+        the directory has none (`logits` of ids still work).
     """
 
-    def __init__(self, config: Any, params: Mapping, tokenizer: Any):
+    def __init__(self, config: Any, params: Mapping, tokenizer: Any = None):
         super().__init__(config, params)
-        if tokenizer.vocab_size > config.vocab_size:
+        if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
             raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids, the model only {config.vocab_size}")
         self.tokenizer = tokenizer
 
+    def logits(self, tokens: Any) -> jax.Array:
+        """Next-token logits: float32 [B, T, V] of int token ids [B, T] (position t predicts t + 1)."""
+        return super().logits(tokens)
+
+    def describe(self) -> str:
+        """One line saying what the model is."""
+        return (f"a token LM, {self.config.vocab_size} ids; tokenizer: "
+                f"{'included' if self.tokenizer is not None else 'none'}")
+
     def encode(self, data: bytes) -> np.ndarray:
         """int32 [L] ids of BOS + the tokens of `data` (no EOS): what scoring feeds the model."""
+        if self.tokenizer is None:
+            raise InputError("this token LM was loaded without a tokenizer (its directory has no tokenizer.json)")
         return self.tokenizer.encode(data, add_bos=True, add_eos=False)
+
+    def save(self, directory: str) -> None:
+        """Writes the model in our format (`blt_jax.json`, `params.safetensors`, and its tokenizer as
+        `tokenizer.json`) to a directory (local, `~` or `gs://`) that `from_pretrained` reads back."""
+        from blt_jax import paths
+        from blt_jax.convert.native import save_native
+
+        extra = {} if self.tokenizer is None else {loading.TOKENIZER_KEY: loading.tokenizer_record(self.tokenizer)}
+        with paths.staged_dir(paths.resolve(directory)) as local:
+            save_native(local, self.config, jax.device_get(self.params), None, extra)
+            if self.tokenizer is not None:
+                paths.copy_file(self.tokenizer.path, paths.join(local, loading.TOKENIZER_FILE))
 
 
 def load_token_model(path: str) -> TokenLM:
-    """A training run of a token transformer with the tokenizer it was trained with: the copy in the
-    run directory, else the run's `data.tokenizer`."""
-    from blt_jax.data.bpe import BpeTokenizer
+    """A token LM with its tokenizer: a training run of a token transformer (with the tokenizer it was
+    trained with), a token LM saved in our format, or a Llama-family Hugging Face directory."""
     from blt_jax.models import require_kind
     from blt_jax.train import runs
 
-    experiment, params = runs.read_run(path)
-    require_kind(experiment.model, "token_lm", "loading a token transformer", path)
-    from blt_jax import paths
-
-    copy = paths.join(paths.resolve(path), runs.TOKENIZER_FILE)
-    return TokenLM(experiment.model, params, BpeTokenizer.load(copy if paths.exists(copy) else experiment.data.tokenizer))
+    loaded = runs.load_model(path)
+    require_kind(loaded.config, "token_lm", "loading a token LM", path)
+    return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
 
 
-def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> BLTModel:
+def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> "BLTModel | TokenLM":
     """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
-    run of ours (its newest checkpoint; the run's corpus is not needed).
+    run of ours (its newest checkpoint; the run's corpus is not needed); or a token LM: a Llama-family
+    Hugging Face directory (`LlamaForCausalLM`, Mistral, Qwen2), or a token LM of ours (a run or a
+    directory), with its tokenizer.
 
     Args:
       path: the model directory or training workdir (relative, `~` or `gs://`).
@@ -386,12 +414,18 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
         config's dtype.
 
     Returns:
-      A `BLTModel`.
+      A `BLTModel`, or a `TokenLM` (`logits(ids)`: int [B, T] -> float32 [B, T, V]).
     """
+    from blt_jax.models import model_kind
     from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
 
-    config, params, entropy = runs.load_blt(path, entropy_path, dtype)
-    return BLTModel(config, params, entropy)
+    loaded = runs.load_model(path, entropy_path, dtype)
+    if model_kind(loaded.config).token_rows:
+        return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
+    if not isinstance(loaded.config, BLTConfig):
+        raise loading.CheckpointError(f"{path} holds {model_kind(loaded.config).description}, not a BLT "
+                                      "(load_entropy_model reads entropy LMs)")
+    return BLTModel(loaded.config, loaded.params, loaded.entropy_params)
 
 
 def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:

@@ -107,7 +107,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     model = from_pretrained(args.source, entropy_path=args.entropy)
     model.save(args.dest)
-    print(f"wrote {args.dest} ({type(model.config).__name__}, entropy LM: {model.entropy_params is not None})")
+    print(f"wrote {args.dest} ({model.describe()})")
     return 0
 
 
@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p, "experiment file[:arg]", required=True)
     p.set_defaults(fn=cmd_params)
 
-    p = sub.add_parser("convert", help="convert an HF or Meta checkpoint to our format")
-    p.add_argument("source", help="directory: HF (config.json + model.safetensors) or Meta (params.json + consolidated.pth)")
+    p = sub.add_parser("convert", help="convert an HF or Meta checkpoint (a BLT, or a Llama-family token LM) to our format")
+    p.add_argument("source", help="directory: HF (config.json + model.safetensors: BltForCausalLM, or LlamaForCausalLM "
+                   "and its family with tokenizer.json), Meta (params.json + consolidated.pth), or a token LM run of ours")
     p.add_argument("dest", help="output directory")
     p.add_argument("--entropy", default=None, help="Meta layout: entropy model directory")
     p.set_defaults(fn=cmd_convert)

@@ -29,8 +29,6 @@ LATENT_MASKS = ("block_causal", "causal")
 DTYPES = ("float32", "bfloat16", "float16")
 # Largest vocabulary of a token transformer (a BPE vocabulary; `blt_jax.data.bpe.MAX_VOCAB`).
 MAX_TOKEN_VOCAB = 1 << 20
-# Ids of a byte vocabulary: 4 specials + 256 bytes. A token vocabulary is larger.
-BYTE_VOCAB = 260
 # The global entropy threshold (nats) of the released checkpoints (facebook/blt): the default of
 # entropy patching, and the fallback wherever a checkpoint or a user leaves it unset.
 RELEASED_THRESHOLD = 1.335442066192627
@@ -69,19 +67,60 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+ROPE_SCALINGS = ("llama3",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3's RoPE frequency scaling (`rope_type: llama3` in a Hugging Face config).
+
+    Wavelengths longer than original_max_position / low_freq_factor are divided by `factor`, those
+    shorter than original_max_position / high_freq_factor are kept, and the ones between are blended.
+
+    Attributes:
+      kind: "llama3" (the one scaling read; others are refused by name).
+      factor: the division of long wavelengths (Llama 3.1: 8, Llama 3.2: 32).
+      low_freq_factor / high_freq_factor: the band edges (Llama 3: 1 and 4).
+      original_max_position: the context the frequencies were trained for (Llama 3: 8192).
+    """
+
+    kind: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+    def __post_init__(self):
+        require(self.kind in ROPE_SCALINGS, "kind",
+                f"unknown RoPE scaling {self.kind!r}; expected one of {', '.join(ROPE_SCALINGS)}")
+        require(self.factor > 0, "factor", f"must be > 0, got {self.factor!r}")
+        require(0 < self.low_freq_factor < self.high_freq_factor, "high_freq_factor",
+                f"must exceed low_freq_factor > 0, got {self.low_freq_factor!r} and {self.high_freq_factor!r}")
+        require(_is_int(self.original_max_position) and self.original_max_position >= 1, "original_max_position",
+                f"must be a positive integer, got {self.original_max_position!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
-    """One stack of pre-norm transformer blocks (local encoder/decoder, latent, or entropy LM).
+    """One stack of pre-norm transformer blocks (local encoder/decoder, latent, entropy LM, or a token
+    LM such as a Llama).
 
     Attributes:
       dim: model width D.
       n_layers: number of blocks.
-      n_heads: attention heads; head_dim = dim // n_heads (must be even for RoPE).
+      n_heads: query heads H.
       ffn_hidden: SwiGLU hidden width F (the reference uses `swiglu_hidden(dim)`).
       rope_theta: RoPE base (500000 for BLT stacks, 10000 for the entropy LM).
       window: sliding attention window W (key j visible to query i iff i - W < j <= i), or None for
         full causal attention (the latent transformer).
       norm_eps: RMSNorm epsilon.
+      n_kv_heads: key/value heads (grouped-query attention: each serves H / n_kv_heads query heads);
+        None = n_heads.
+      head_dim: K, the width of one head (even: RoPE rotates pairs); None = dim // n_heads.
+      rope_scaling: Llama 3's frequency scaling, or None.
+      qkv_bias: query, key and value projections carry biases (Qwen2).
+
+    `n_kv_heads` and `head_dim` are filled in at construction when left None.
     """
 
     dim: int
@@ -91,21 +130,32 @@ class StackConfig:
     rope_theta: float = 500000.0
     window: int | None = None
     norm_eps: float = 1e-5
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = False
 
     def __post_init__(self):
         for name in ("dim", "n_layers", "n_heads", "ffn_hidden"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 1, name, f"must be a positive integer, got {value!r}")
-        require(
-            self.dim % self.n_heads == 0,
-            "n_heads",
-            f"dim={self.dim} is not divisible by n_heads={self.n_heads}; head_dim must be an integer",
-        )
-        require(
-            (self.dim // self.n_heads) % 2 == 0,
-            "n_heads",
-            f"head_dim={self.dim // self.n_heads} (dim/n_heads) must be even: RoPE rotates pairs",
-        )
+        if self.head_dim is None:
+            require(
+                self.dim % self.n_heads == 0,
+                "n_heads",
+                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; set head_dim, or heads that divide dim",
+            )
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        require(_is_int(self.head_dim) and self.head_dim >= 1, "head_dim",
+                f"must be a positive integer, got {self.head_dim!r}")
+        derived = self.head_dim == self.dim // self.n_heads  # then the heads are what to change
+        require(self.head_dim % 2 == 0, "n_heads" if derived else "head_dim",
+                f"head_dim={self.head_dim}{' (dim/n_heads)' if derived else ''} must be even: RoPE rotates pairs")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        require(_is_int(self.n_kv_heads) and self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
+                "n_kv_heads", f"must divide n_heads={self.n_heads} (each key/value head serves a group of query "
+                f"heads), got {self.n_kv_heads!r}")
         require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta!r}")
         if self.window is not None:
             require(
@@ -114,10 +164,12 @@ class StackConfig:
                 f"must be None (full causal) or an integer >= 1, got {self.window!r}",
             )
         require(0 < self.norm_eps < 1, "norm_eps", f"must be in (0, 1), got {self.norm_eps!r}")
+        require(isinstance(self.qkv_bias, bool), "qkv_bias", f"must be true or false, got {self.qkv_bias!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def kv_groups(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,30 +285,37 @@ class EntropyLMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenLMConfig:
-    """A token transformer: the entropy LM's causal stack (`nn.entropy_lm.EntropyLM`) over the ids of
-    a BPE tokenizer (`blt_jax.data.bpe`), the BPE baseline a BLT is compared against.
+    """A token transformer: a causal stack (`nn.entropy_lm.EntropyLM`) over the ids of a tokenizer: the
+    BPE baseline a BLT is compared against (`blt_jax.data.bpe`), or a pretrained Llama-family model
+    (`blt_jax.convert.llama`).
 
     Attributes:
       stack: its transformer (window None: full causal attention within each document).
-      vocab_size: V, the tokenizer's ids (4 specials + 256 bytes + merges), at least the vocabulary
-        of the tokenizer it reads.
+      vocab_size: V, at least the vocabulary of the tokenizer it reads.
       dtype: compute dtype; params are kept in `param_dtype`.
+      tie_embeddings: the output head is the embedding table (transposed), as in Llama 3.2 1B.
+      eos_id: the id after which a new document starts (attention never crosses it), or None for one
+        document per row (what transformers' Llama does: plain causal attention).
     """
 
     stack: StackConfig
     vocab_size: int
     dtype: str = "float32"
     param_dtype: str = "float32"
+    tie_embeddings: bool = False
+    eos_id: int | None = 2  # EOS of our byte and BPE vocabularies (`blt_jax.tokenizer.EOS_ID`)
 
     def __post_init__(self):
         require(
-            _is_int(self.vocab_size) and BYTE_VOCAB < self.vocab_size <= MAX_TOKEN_VOCAB,
+            _is_int(self.vocab_size) and 2 <= self.vocab_size <= MAX_TOKEN_VOCAB,
             "vocab_size",
-            f"must be in ({BYTE_VOCAB}, {MAX_TOKEN_VOCAB}] (a BPE vocabulary: specials, bytes and merges), "
-            f"got {self.vocab_size!r}",
+            f"must be an integer in [2, {MAX_TOKEN_VOCAB}], got {self.vocab_size!r}",
         )
         _check_dtype(self.dtype, "dtype")
         _check_dtype(self.param_dtype, "param_dtype")
+        require(isinstance(self.tie_embeddings, bool), "tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
+        require(self.eos_id is None or (_is_int(self.eos_id) and 0 <= self.eos_id < self.vocab_size), "eos_id",
+                f"must be None or an id below vocab_size={self.vocab_size}, got {self.eos_id!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,7 +446,7 @@ def stack_from_dict(raw: Any, path: str = "stack") -> StackConfig:
     data = _as_dict(raw, path)
     if data.get("ffn_hidden") is None and "dim" in data:
         data["ffn_hidden"] = swiglu_hidden(int(data["dim"]))
-    return _build(StackConfig, data, path)
+    return _build(StackConfig, data, path, nested={"rope_scaling": lambda v, p: _build(RopeScaling, v, p)})
 
 
 def entropy_lm_from_dict(raw: Any, path: str = "entropy_model") -> EntropyLMConfig:

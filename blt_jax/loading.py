@@ -4,6 +4,7 @@ Meta's, detected. Training runs are read by `blt_jax.train.runs`, which builds o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,9 +12,10 @@ import jax
 import numpy as np
 
 from blt_jax import paths
-from blt_jax.config import EntropyLMConfig
+from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
 from blt_jax.convert.layout import WeightError
 from blt_jax.errors import InputError, NotFound
+from blt_jax.models import model_kind
 from blt_jax.params import abstract_params
 
 
@@ -40,27 +42,85 @@ def check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
 
 
 def detect_layout(path: str) -> str:
-    """"native", "hf" or "meta" for a model directory.
+    """"native", "hf" (a BLT), "llama" (a Llama-family token LM) or "meta" for a model directory.
 
     Raises:
-      NotFound: none of the layouts is there. InputError: an unreadable config.json.
+      NotFound: none of the layouts is there. InputError: an unreadable config.json, or one of a
+      Hugging Face architecture we do not read.
     """
+    from blt_jax.convert.llama import FAMILY, describe, is_llama_config
     from blt_jax.convert.native import CONFIG_FILE
 
     if paths.exists(paths.join(path, CONFIG_FILE)):
         return "native"
     config_json = paths.join(path, "config.json")
+    has_meta = paths.exists(paths.join(path, "params.json")) and paths.exists(paths.join(path, "consolidated.pth"))
     if paths.exists(config_json):
-        cfg = paths.read_json(config_json)
+        try:
+            cfg = paths.read_json(config_json)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{config_json}: unreadable ({e})") from None
+        if not isinstance(cfg, dict):
+            raise InputError(f"{config_json}: not a JSON object")
         if "encoder_config" in cfg or cfg.get("model_type") == "blt":
             return "hf"
-    if paths.exists(paths.join(path, "params.json")) and paths.exists(paths.join(path, "consolidated.pth")):
+        if is_llama_config(cfg):
+            return "llama"
+    if has_meta:
         return "meta"
+    if paths.exists(config_json):
+        raise InputError(f"{path}: {describe(cfg)} is an architecture blt_jax does not read (it reads BLTs and "
+                         f"Llama-family token LMs: {', '.join(FAMILY)})")
     raise NotFound(
-        f"{path}: not a BLT checkpoint directory. Expected one of: blt_jax.json + params.safetensors "
-        "(ours); config.json + model.safetensors (Hugging Face BltForCausalLM); params.json + "
-        "consolidated.pth (Meta); checkpoints/ (a blt-jax training run)"
+        f"{path}: not a model directory. Expected one of: blt_jax.json + params.safetensors "
+        "(ours); config.json + model.safetensors (Hugging Face BltForCausalLM, or a Llama-family "
+        "LlamaForCausalLM); params.json + consolidated.pth (Meta); checkpoints/ (a blt-jax training run)"
     )
+
+
+# The entry of a token LM's `blt_jax.json` that says how to read the `tokenizer.json` beside it.
+TOKENIZER_KEY = "tokenizer"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model read from a directory or a run.
+
+    Attributes:
+      config: its configuration (any model kind).
+      params: its parameters.
+      entropy_params: a BLT's entropy LM, or None.
+      tokenizer: a token LM's tokenizer (`data.bpe.BpeTokenizer` or
+        `data.pretrained_tokenizer.PretrainedTokenizer`), or None.
+    """
+
+    config: ModelConfig
+    params: dict
+    entropy_params: dict | None = None
+    tokenizer: Any = None
+
+
+def tokenizer_record(tokenizer: Any) -> dict:
+    """What `blt_jax.json` keeps of a token LM's tokenizer, so `read_tokenizer` reads it back."""
+    from blt_jax.data.bpe import BpeTokenizer
+
+    if isinstance(tokenizer, BpeTokenizer):
+        return {"kind": "bpe"}
+    return {"kind": "pretrained", "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
+
+
+def read_tokenizer(path: str, record: Mapping | None) -> Any:
+    """A tokenizer file read as `record` (`tokenizer_record`) says; None without a record."""
+    if not record:
+        return None
+    if record.get("kind") == "bpe":
+        from blt_jax.data.bpe import BpeTokenizer
+
+        return BpeTokenizer.load(path)
+    from blt_jax.data.pretrained_tokenizer import PretrainedTokenizer
+
+    return PretrainedTokenizer(path, record.get("bos_id"), record.get("eos_id"))
 
 
 def _require_dir(path: str) -> str:
@@ -70,23 +130,49 @@ def _require_dir(path: str) -> str:
     return resolved
 
 
-def load_model_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32):
-    """(config, params, entropy params or None) of a BLT model directory in any layout (detected).
+def load_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> LoadedModel:
+    """A model directory in any layout (detected): a BLT (ours, Hugging Face's, Meta's), a token LM
+    (ours, or a Llama-family Hugging Face directory, with its tokenizer when it has one), or an
+    entropy LM of ours.
 
-    `entropy_path` is Meta's separate entropy model directory. Shapes are checked by `BLTModel`.
+    `entropy_path` is Meta's separate entropy model directory. Shapes are checked by the caller.
     """
     resolved = _require_dir(path)
     if paths.is_uri(resolved):  # the readers memory-map local files: read a local copy
         with paths.local_dir(resolved) as local:
-            return load_model_dir(local, entropy_path, dtype)
+            return load_dir(local, entropy_path, dtype)
     layout = detect_layout(resolved)
     if layout == "native":
-        from blt_jax.convert.native import load_native
+        from blt_jax.convert.native import load_native, read_meta
 
         config, params, entropy = load_native(resolved, np.dtype(dtype))
-        if isinstance(config, EntropyLMConfig):
-            raise CheckpointError(f"{path} holds an entropy LM, not a BLT")
-    elif layout == "hf":
+        tokenizer = read_tokenizer(paths.join(resolved, TOKENIZER_FILE), read_meta(resolved).get(TOKENIZER_KEY))
+        return LoadedModel(config, params, entropy, tokenizer)
+    if layout == "llama":
+        from blt_jax.convert.llama import load_llama
+        from blt_jax.data.pretrained_tokenizer import PretrainedTokenizer
+
+        config, params = load_llama(resolved, np.dtype(dtype))
+        has_tokenizer = paths.exists(paths.join(resolved, TOKENIZER_FILE))
+        tokenizer = PretrainedTokenizer.from_model_dir(resolved) if has_tokenizer else None
+        return LoadedModel(config, params, None, tokenizer)
+    return LoadedModel(*_load_blt_dir(resolved, layout, entropy_path, dtype))
+
+
+def load_model_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32):
+    """(config, params, entropy params or None) of a BLT model directory in any layout (detected).
+
+    Raises:
+      CheckpointError: the directory holds another kind of model.
+    """
+    loaded = load_dir(path, entropy_path, dtype)
+    if not isinstance(loaded.config, BLTConfig):
+        raise CheckpointError(f"{path} holds {model_kind(loaded.config).description}, not a BLT")
+    return loaded.config, loaded.params, loaded.entropy_params
+
+
+def _load_blt_dir(resolved: str, layout: str, entropy_path: str | None, dtype: Any):
+    if layout == "hf":
         from blt_jax.convert.hf import load_hf
 
         config, params, entropy = load_hf(resolved, np.dtype(dtype))

@@ -113,7 +113,7 @@ def test_load_in_bfloat16(hf_dir, loaded):
 
 def test_unknown_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(FileNotFoundError, match="not a BLT checkpoint directory.*consolidated.pth"):
+    with pytest.raises(FileNotFoundError, match="not a model directory.*consolidated.pth"):
         blt_jax.from_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no such directory"):
         blt_jax.from_pretrained(str(tmp_path / "missing"))

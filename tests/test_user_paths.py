@@ -163,7 +163,7 @@ def _cases(bad, straight_workdir):
         (["generate", "--checkpoint", "nowhere", "--prompt", "x"], "no such directory"),
         (["generate", "--checkpoint", str(bad / "broken_model"), "--prompt", "x"], "blt_jax.json"),
         (["export", str(bad / "broken_run"), "out"], "no complete checkpoint"),
-        (["convert", str(bad / "empty"), "out"], "not a BLT checkpoint directory"),
+        (["convert", str(bad / "empty"), "out"], "not a model directory"),
         (["quickstart", "--only", "bogus", "--workdir", "qs"], "unknown stage 'bogus'"),
         # One override dialect: every command that reads an experiment checks its overrides alike.
         (["smoke", "--config.model.latent.n_layres=1"], "did you mean model.latent.n_layers?"),

@@ -8,6 +8,9 @@ renaming of those names (`convert/hf.py`). Layout kinds, torch -> ours:
   qkv    [H*K, D]    -> [D, H, K]       (attention query/key/value projections)
   out    [D, H*K]    -> [H, K, D]       (attention output projection)
   hash   [G, D]      -> one [G, D] slice of the [T, G, D] stacked hash tables
+  qkv_half  [H*K, D] -> [D, H, K]       (as qkv, from a checkpoint that rotates halves: `half_to_pairs`)
+  bias      [H*K]    -> [H, K]          (attention projection biases)
+  bias_half [H*K]    -> [H, K]          (as bias, rotating halves)
 """
 
 from __future__ import annotations
@@ -90,10 +93,30 @@ def entropy_entries(config: EntropyLMConfig) -> list[Entry]:
     return out
 
 
+def half_to_pairs(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of a q or k projection [H*K, ...] that rotates halves (row j pairs with row j + K/2 of its
+    head: Hugging Face's Llama layout, `rotate_half`) reordered for interleaved pairs (rows 2j and
+    2j + 1: ours and Meta's). A permutation, so the model computes exactly the same function."""
+    rest = weight.shape[1:]
+    per_head = weight.shape[0] // heads
+    return weight.reshape(heads, 2, per_head // 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+
+
+def pairs_to_half(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of `half_to_pairs`."""
+    rest = weight.shape[1:]
+    per_head = weight.shape[0] // heads
+    return weight.reshape(heads, per_head // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+
+
 def torch_shape(kind: str, ours: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of the reference tensor whose converted form has shape `ours`."""
     if kind in ("embed", "norm"):
         return ours
+    if kind in ("bias", "bias_half"):
+        return (ours[0] * ours[1],)
+    if kind == "qkv_half":
+        return (ours[1] * ours[2], ours[0])
     if kind == "linear":
         return (ours[1], ours[0])
     if kind == "qkv":
@@ -113,8 +136,14 @@ def to_ours(kind: str, tensor: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
         return tensor.T
     if kind == "qkv":
         return tensor.T.reshape(ours)
+    if kind == "qkv_half":
+        return half_to_pairs(tensor, ours[1]).T.reshape(ours)
     if kind == "out":
         return tensor.T.reshape(ours)
+    if kind == "bias":
+        return tensor.reshape(ours)
+    if kind == "bias_half":
+        return half_to_pairs(tensor, ours[0]).reshape(ours)
     raise ValueError(f"unknown layout kind {kind!r}")
 
 
@@ -124,9 +153,13 @@ def to_torch(kind: str, array: np.ndarray) -> np.ndarray:
         return array
     if kind == "linear":
         return array.T
-    if kind == "qkv":
+    if kind in ("qkv", "qkv_half"):
         d, h, k = array.shape
-        return array.reshape(d, h * k).T
+        rows = array.reshape(d, h * k).T
+        return pairs_to_half(rows, h) if kind == "qkv_half" else rows
+    if kind in ("bias", "bias_half"):
+        h, k = array.shape
+        return pairs_to_half(array.reshape(h * k), h) if kind == "bias_half" else array.reshape(h * k)
     if kind == "out":
         h, k, d = array.shape
         return array.reshape(h * k, d).T

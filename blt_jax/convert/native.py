@@ -34,22 +34,21 @@ def _unflatten(tensors: Mapping[str, np.ndarray], dtype) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def save_native(directory: str, config: ModelConfig, params: Mapping, entropy_params: Mapping | None = None) -> None:
-    """Writes a model directory (a BLT, or an entropy LM alone) that `blt_jax.from_pretrained` /
-    `blt_jax.api.load_entropy_model` read back."""
+def save_native(directory: str, config: ModelConfig, params: Mapping, entropy_params: Mapping | None = None,
+                extra: Mapping | None = None) -> None:
+    """Writes a model directory (a BLT, an entropy LM alone, or a token LM) that `blt_jax.from_pretrained` /
+    `blt_jax.api.load_entropy_model` read back. `extra` entries are added to its `blt_jax.json` (a
+    token LM's tokenizer record, `loading.TOKENIZER_KEY`)."""
     os.makedirs(directory, exist_ok=True)
     paths.write_json(os.path.join(directory, CONFIG_FILE), {"format_version": FORMAT_VERSION,
-                                                            "model": config_to_dict(config)})
+                                                            "model": config_to_dict(config), **(extra or {})})
     write_safetensors(os.path.join(directory, PARAMS_FILE), _flatten(params))
     if entropy_params is not None:
         write_safetensors(os.path.join(directory, ENTROPY_FILE), _flatten(entropy_params))
 
 
-def load_native(directory: str, dtype=np.float32):
-    """Reads a directory written by `save_native`. Returns (config, params, entropy params or None).
-
-    Shapes are checked by the caller against the config's abstract parameters.
-    """
+def read_meta(directory: str) -> dict:
+    """The parsed `blt_jax.json` of a directory written by `save_native`."""
     config_path = os.path.join(directory, CONFIG_FILE)
     try:
         with open(config_path) as f:
@@ -58,6 +57,15 @@ def load_native(directory: str, dtype=np.float32):
         raise InputError(f"{config_path}: unreadable ({e})") from e
     if not isinstance(meta, dict) or "model" not in meta:
         raise InputError(f"{config_path}: no model configuration in it")
+    return meta
+
+
+def load_native(directory: str, dtype=np.float32):
+    """Reads a directory written by `save_native`. Returns (config, params, entropy params or None).
+
+    Shapes are checked by the caller against the config's abstract parameters.
+    """
+    meta = read_meta(directory)
     if not os.path.exists(os.path.join(directory, PARAMS_FILE)):
         raise NotFound(f"{directory}: {CONFIG_FILE} without {PARAMS_FILE}")
     version = meta.get("format_version")

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from blt_jax.nn import axes
 from blt_jax.nn.cache import LayerPrefix, attend_keys
-from blt_jax.nn.layers import Dtype, RMSNorm, apply_rope, depth_factor, param, trunc_normal
+from blt_jax.nn.layers import Dtype, RMSNorm, depth_factor, param, trunc_normal
+from blt_jax.nn.rope import apply_rope
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
@@ -63,30 +64,67 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec)
     return masked_attention(q, k, v, spec.dense())
 
 
-def _projections(module: nn.Module, dim: int, n_heads: int, std: float, dtype: Dtype):
-    head_dim = dim // n_heads
+def _projections(module: nn.Module, dim: int, n_heads: int, std: float, dtype: Dtype, n_kv_heads: int | None = None,
+                 head_dim: int | None = None):
+    """wq [D, H, K], wk and wv [D, Hkv, K], wo [H, K, D] (Hkv = H and K = D / H unless given)."""
+    head_dim = dim // n_heads if head_dim is None else head_dim
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     init = trunc_normal(std)
-    qkv_shape, qkv_names = (dim, n_heads, head_dim), (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
-    wq = param(module, "wq", init, qkv_shape, qkv_names, dtype)
-    wk = param(module, "wk", init, qkv_shape, qkv_names, dtype)
-    wv = param(module, "wv", init, qkv_shape, qkv_names, dtype)
+    names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+    wq = param(module, "wq", init, (dim, n_heads, head_dim), names, dtype)
+    wk = param(module, "wk", init, (dim, n_kv_heads, head_dim), names, dtype)
+    wv = param(module, "wv", init, (dim, n_kv_heads, head_dim), names, dtype)
     wo = param(module, "wo", init, (n_heads, head_dim, dim), (axes.HEADS, axes.HEAD_DIM, axes.EMBED), dtype)
     return wq, wk, wv, wo
 
 
+def _biases(module: nn.Module, n_heads: int, n_kv_heads: int, head_dim: int, dtype: Dtype):
+    """bq [H, K], bk and bv [Hkv, K] (Qwen2's projections carry biases)."""
+    names = (axes.HEADS, axes.HEAD_DIM)
+    zeros = nn.initializers.zeros
+    return (param(module, "bq", zeros, (n_heads, head_dim), names, dtype),
+            param(module, "bk", zeros, (n_kv_heads, head_dim), names, dtype),
+            param(module, "bv", zeros, (n_kv_heads, head_dim), names, dtype))
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with interleaved RoPE on q and k (no biases, no GQA).
+    """Multi-head self-attention with interleaved RoPE on q and k; optionally grouped-query (fewer
+    key/value heads, each serving a group of query heads), with a head width other than D / H, and
+    with biases on q, k and v.
 
     Attributes:
       n_heads: H.
       depth: block index in its stack (init scale).
       dtype / param_dtype: compute and parameter dtypes.
+      n_kv_heads: Hkv (None = H); H must be a multiple.
+      head_dim: K (None = D / H).
+      qkv_bias: q, k and v projections carry biases.
     """
 
     n_heads: int
     depth: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    qkv_bias: bool = False
+
+    def _qkv(self, x: jax.Array):
+        """q [B, N, H, K], k and v [B, N, Hkv, K] and wo of x [B, N, D]."""
+        dim = x.shape[-1]
+        if self.has_variable("params", FUSED_QKV):  # decoding layout (`inference.fused`): one product
+            wqkv = self.get_variable("params", FUSED_QKV).astype(self.dtype)  # [D, 3, H, K]
+            qkv = jnp.einsum("bnd,dthk->bnthk", x, wqkv)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.get_variable("params", "wo")
+        std = dim**-0.5 / depth_factor(self.depth)
+        wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype, self.n_kv_heads, self.head_dim)
+        q = jnp.einsum("bnd,dhk->bnhk", x, wq.astype(self.dtype))
+        k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
+        v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
+        if self.qkv_bias:
+            bq, bk, bv = _biases(self, self.n_heads, wk.shape[1], wq.shape[2], self.param_dtype)
+            q, k, v = q + bq.astype(self.dtype), k + bk.astype(self.dtype), v + bv.astype(self.dtype)
+        return q, k, v, wo
 
     @nn.compact
     def __call__(
@@ -102,25 +140,18 @@ class SelfAttention(nn.Module):
           x: [B, N, D].
           mask: ids of the N queries and of the keys attended to (see `cache.cached_call`).
           rope: (cos, sin) [B, N, K/2] of x's positions.
-          prefix: this layer's cache view (keys already rotated).
+          prefix: this layer's cache view (keys already rotated; H heads: grouped key/value heads are
+            stored repeated, so caches and kernels see plain multi-head attention).
 
         Returns:
           [B, N, D]; with a prefix, ([B, N, D], the layer's cache update (`cache.attend_keys`)).
         """
-        dim = x.shape[-1]
         x = x.astype(self.dtype)
-        if self.has_variable("params", FUSED_QKV):  # decoding layout (`inference.fused`): one product
-            wqkv = self.get_variable("params", FUSED_QKV).astype(self.dtype)  # [D, 3, H, K]
-            wo = self.get_variable("params", "wo")
-            qkv = jnp.einsum("bnd,dthk->bnthk", x, wqkv)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:
-            std = dim**-0.5 / depth_factor(self.depth)
-            wq, wk, wv, wo = _projections(self, dim, self.n_heads, std, self.param_dtype)
-            q = jnp.einsum("bnd,dhk->bnhk", x, wq.astype(self.dtype))
-            k = jnp.einsum("bnd,dhk->bnhk", x, wk.astype(self.dtype))
-            v = jnp.einsum("bnd,dhk->bnhk", x, wv.astype(self.dtype))
+        q, k, v, wo = self._qkv(x)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        groups = q.shape[2] // k.shape[2]
+        if groups > 1:  # query head h reads key/value head h // groups (transformers' `repeat_kv`)
+            k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
         if prefix is None:
             out = causal_attention(q, k, v, mask)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))

@@ -47,7 +47,9 @@ class TransformerBlock(nn.Module):
         """
         eps, dt, pdt = self.stack.norm_eps, self.dtype, self.param_dtype
         h = RMSNorm(eps, dt, pdt, name="attention_norm")(x)
-        attn = SelfAttention(self.stack.n_heads, self.depth, dt, pdt, name="attention")(h, mask, rope, prefix)
+        st = self.stack
+        attn = SelfAttention(st.n_heads, self.depth, dt, pdt, st.n_kv_heads, st.head_dim, st.qkv_bias,
+                             name="attention")(h, mask, rope, prefix)
         attn, kv = attn if prefix is not None else (attn, None)
         x = x + attn
         h = RMSNorm(eps, dt, pdt, name="ffn_norm")(x)

@@ -16,9 +16,11 @@ from blt_jax.config import EntropyLMConfig, TokenLMConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
 from blt_jax.nn.cache import KVCache
-from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
+from blt_jax.nn.layers import Dense, Embed, RMSNorm
+from blt_jax.nn.rope import rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
 from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
+from blt_jax.tokenizer import EOS_ID
 
 
 class EntropyLM(nn.Module):
@@ -51,7 +53,7 @@ class EntropyLM(nn.Module):
         Args:
           tokens: int [B, N].
           positions: int [B, N] RoPE positions (default 0..N-1).
-          docs: int [B, N] document ids (default: EOS-delimited documents of the row).
+          docs: int [B, N] document ids (default: `stream_documents`).
           cache: keys/values of the previous positions (`nn.cache.KVCache`, ordered or ring). With a
             cache the call continues a stream: queries also see the cached positions, and the
             updated cache is returned.
@@ -67,9 +69,10 @@ class EntropyLM(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         if docs is None:
-            docs = document_ids(tokens)
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
-        h = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")(tokens)
+            docs = stream_documents(cfg, tokens)
+        rope = rope_tables(positions, st)
+        embed = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")
+        h = embed(tokens)
         if self.scan:
             if cache is not None:
                 raise ValueError("a scanned entropy LM has no cached path; unstack its parameters to stream")
@@ -80,9 +83,21 @@ class EntropyLM(nn.Module):
             outputs, cache = run_blocks(blocks, h, rope, positions, docs, st.window, cache, store)
             h = outputs[-1]
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
-        head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")
-        logits = head(h).astype(jnp.float32)
+        if getattr(cfg, "tie_embeddings", False):  # the head is the embedding table [V, D], transposed
+            logits = embed.attend(h).astype(jnp.float32)
+        else:
+            head = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), st.dim**-0.5, dt, pdt, name="output")
+            logits = head(h).astype(jnp.float32)
         return logits if cache is None else (logits, cache)
+
+
+def stream_documents(config: EntropyLMConfig | TokenLMConfig, tokens: jax.Array) -> jax.Array:
+    """Document ids [B, N] of rows of tokens: a document ends after each EOS (a token LM's `eos_id`,
+    or none: one document per row)."""
+    eos = getattr(config, "eos_id", EOS_ID)
+    if eos is None:
+        return jnp.zeros(tokens.shape, jnp.int32)
+    return document_ids(tokens, eos)
 
 
 def entropies_from_logits(logits: jax.Array) -> jax.Array:

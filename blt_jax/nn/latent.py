@@ -11,7 +11,8 @@ from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
 from blt_jax.nn.cache import KVCache
-from blt_jax.nn.layers import Dense, rope_tables
+from blt_jax.nn.layers import Dense
+from blt_jax.nn.rope import rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
 
@@ -80,7 +81,7 @@ class LatentTransformer(nn.Module):
             patch_docs = jnp.zeros_like(patch_docs)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        rope = rope_tables(positions, st)
         if self.scan:
             if cache is not None:
                 raise ValueError("a scanned latent stack has no cached path; unstack its parameters to decode")

@@ -1,4 +1,5 @@
-"""Basic layers shared by every stack: initialisers, RMSNorm, interleaved RoPE, SwiGLU FFN.
+"""Basic layers shared by every stack: initialisers, RMSNorm, dense maps, SwiGLU FFN, embeddings
+(RoPE is `nn.rope`).
 
 All parameters are created through `param`, which attaches logical axis names; all computation is
 pure over an explicit params tree (Flax Linen init/apply).
@@ -64,44 +65,6 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
-
-
-def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """Inverse frequencies theta^(-2j/K), j < K/2, computed in fp32 like the reference. [K/2]."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
-
-
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos and sin of the rotation angles.
-
-    Args:
-      positions: int [B, N] (or [N]) absolute positions.
-      head_dim: K.
-      theta: RoPE base.
-
-    Returns:
-      (cos, sin), each fp32 [B, N, K/2] (or [N, K/2]).
-    """
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(head_dim, theta))
-    return jnp.cos(angles), jnp.sin(angles)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates interleaved pairs (x_2j, x_2j+1) by the angle of pair j (Llama-1 convention).
-
-    Args:
-      x: [B, N, H, K].
-      cos, sin: [B, N, K/2].
-
-    Returns:
-      [B, N, H, K] in x's dtype; the rotation itself is computed in fp32.
-    """
-    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    c, s = cos[:, :, None, :], sin[:, :, None, :]
-    out = jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
-    return out.reshape(x.shape).astype(x.dtype)
 
 
 class Dense(nn.Module):
@@ -206,3 +169,8 @@ class Embed(nn.Module):
             self.param_dtype,
         )
         return jnp.take(table, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """The table as an output head (tied embeddings): [..., D] -> [..., V]."""
+        table = nn.meta.unbox(self.get_variable("params", "embedding"))
+        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), table.astype(self.dtype))

@@ -12,7 +12,8 @@ from blt_jax.nn.attention import CrossAttention
 from blt_jax.nn.block import block_class, run_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.hash_embed import HashEmbedding
-from blt_jax.nn.layers import Dense, Embed, RMSNorm, rope_tables
+from blt_jax.nn.layers import Dense, Embed, RMSNorm
+from blt_jax.nn.rope import rope_tables
 
 
 def max_pool_patches(h: jax.Array, patch_ids: jax.Array, num_patches: int) -> jax.Array:
@@ -99,7 +100,7 @@ class LocalEncoder(nn.Module):
           The last entry is the last layer's output (no final norm), the decoder's input.
         """
         st = self.config.encoder
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        rope = rope_tables(positions, st)
         outputs, cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window,
                                     cache, store)
         return [outputs[i] for i in self.cross_layer_indices()], cache
@@ -252,7 +253,7 @@ class LocalDecoder(nn.Module):
           fp32 logits [B, T, V] (position i predicts byte i + 1); with a cache, (logits, new cache).
         """
         st = self.config.decoder
-        rope = rope_tables(positions, st.head_dim, st.rope_theta)
+        rope = rope_tables(positions, st)
 
         def cross(i, x):
             if i >= len(self.cross_attn_layers):

@@ -15,7 +15,7 @@ import numpy as np
 
 from blt_jax import paths
 from blt_jax.config import EntropyLMConfig, ModelConfig
-from blt_jax.loading import CheckpointError, check_tree, load_entropy_dir, load_model_dir
+from blt_jax.loading import CheckpointError, LoadedModel, check_tree, load_dir, load_entropy_dir, load_model_dir
 from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, unstack_layers
 from blt_jax.params import abstract_params
@@ -28,7 +28,7 @@ logger = logging.getLogger("blt_jax.runs")
 # only test of it, so the readers here, the API and the train loop agree.
 CHECKPOINTS = "checkpoints"
 # A token transformer's run keeps a copy of its BPE tokenizer here (`data.tokenizer` may move away).
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "tokenizer.json"  # the name `loading.TOKENIZER_FILE` gives a token LM directory's too
 
 
 def checkpoints_dir(workdir: str) -> str:
@@ -152,6 +152,29 @@ def load_blt(path: str, entropy_path: str | None = None, dtype: Any = np.float32
     config, entropy_params = patching_model(experiment, entropy_path, path)
     params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
     return config, params, entropy_params
+
+
+def run_tokenizer(path: str, experiment) -> Any:
+    """The BPE tokenizer a token LM's run trained with: the copy in the run directory, else the run's
+    `data.tokenizer`."""
+    from blt_jax.data.bpe import BpeTokenizer
+
+    copy = paths.join(paths.resolve(path), TOKENIZER_FILE)
+    return BpeTokenizer.load(copy if paths.exists(copy) else experiment.data.tokenizer)
+
+
+def load_model(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> LoadedModel:
+    """Any model from a model directory (`loading.load_dir`) or a training run of ours: a BLT (as
+    `load_blt`), a token LM with its tokenizer, or an entropy LM."""
+    if not is_training_run(path):
+        return load_dir(path, entropy_path, dtype)
+    experiment = read_run_config(path)
+    if model_kind(experiment.model).name == "blt":
+        return LoadedModel(*load_blt(path, entropy_path, dtype))
+    experiment, params = read_run(path)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
+    tokenizer = run_tokenizer(path, experiment) if model_kind(experiment.model).token_rows else None
+    return LoadedModel(experiment.model, params, None, tokenizer)
 
 
 def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[ModelConfig, dict | None]:
