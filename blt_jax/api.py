@@ -379,8 +379,9 @@ class TokenLM(ByteLM):
         `tokenizer.json`) to a directory (local, `~` or `gs://`) that `from_pretrained` reads back."""
         from blt_jax import paths
         from blt_jax.convert.native import save_native
+        from blt_jax.data import token_patches
 
-        extra = {} if self.tokenizer is None else {loading.TOKENIZER_KEY: loading.tokenizer_record(self.tokenizer)}
+        extra = {} if self.tokenizer is None else {loading.TOKENIZER_KEY: token_patches.tokenizer_record(self.tokenizer)}
         with paths.staged_dir(paths.resolve(directory)) as local:
             save_native(local, self.config, jax.device_get(self.params), None, extra)
             if self.tokenizer is not None:

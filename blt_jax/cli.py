@@ -391,6 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_quickstart)
 
+    p = sub.add_parser("byteify", help="a BLT from a pretrained token LM (a Llama-family directory, or ours): "
+                                       "stage 1 beside the frozen teacher, stage 2 end to end, and a baseline")
+    p.add_argument("--teacher", required=True,
+                   help="the token LM: a Hugging Face LlamaForCausalLM directory (or Mistral, Qwen2) with tokenizer.json, "
+                        "a token LM of ours (`blt-jax convert`), or a token LM's training run")
+    p.add_argument("--corpus", default="default", help="a text directory, file or glob (also JSONL / Parquet), or `default`")
+    p.add_argument("--workdir", default="runs/byteify", help="where everything goes; a re-run resumes it")
+    p.add_argument("--minutes", type=float, default=30.0,
+                   help="budget the step counts are planned from, where the options leave them 0 (default 30)")
+    p.add_argument("--stages", default="1,2", help="1: stage 1 only; 1,2 (default): both")
+    p.add_argument("--scale", choices=("small", "tiny"), default="small",
+                   help="the default options' sizes, without --config (tiny: CI and notebooks)")
+    _add_config_arg(p, "options file[:arg] (experiments/byteify.py); --config.a.b=v overrides any option")
+    p.add_argument("--no-baseline", action="store_true", help="skip the same BLT trained from scratch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_byteify)
+
     p = sub.add_parser("study", help="the paper's comparisons at matched training compute on any corpus, with seeds")
     p.add_argument("--corpus", default="default",
                    help="a text directory, file or glob (also JSONL / Parquet), or `default` (Python's standard library)")
@@ -486,6 +503,45 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def cmd_byteify(args: argparse.Namespace) -> int:
+    from blt_jax import paths
+    from blt_jax.byteify import default_options, run_byteify
+    from blt_jax.experiment import apply_override, load_experiment
+    from blt_jax.quickstart.stages import StageInterrupted
+
+    if paths.is_uri(args.workdir):
+        raise InputError(f"--workdir {args.workdir}: byteify runs on this machine; give a local directory")
+    if args.config:
+        options = load_experiment(args.config, args.overrides)
+    else:
+        options = default_options(args.scale)
+        for item in args.overrides:
+            apply_override(options, item)
+    try:
+        numbers = tuple(int(part) for part in args.stages.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"--stages {args.stages}: expected 1, 2 or 1,2") from None
+
+    def terminate(signum, frame):  # SIGTERM outside a training loop (which checkpoints on its own)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        report = run_byteify(args.workdir, args.teacher, args.corpus, options.to_dict(), args.minutes, numbers,
+                             baseline=not args.no_baseline, progress=not args.no_progress)
+    except StageInterrupted as e:
+        print(f"blt-jax byteify: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("blt-jax byteify: stopped; run the same command again to resume (finished stages are kept)",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"byteified BLT: {report['final_run']} (report: {os.path.join(args.workdir, 'report.md')})")
     return 0
 
 

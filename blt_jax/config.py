@@ -22,7 +22,7 @@ from blt_jax.errors import InputError
 MAX_HASH_VOCAB = 1 << 23
 # Number of distinct hash functions the reference defines (one prime each).
 MAX_HASH_FUNCTIONS = 11
-PATCHING_MODES = ("entropy", "space", "static", "byte")
+PATCHING_MODES = ("entropy", "space", "static", "byte", "bpe")
 # The latent transformer's mask: causal within EOS-delimited documents of patches (the released
 # checkpoints), or causal over the whole row (Meta's code default: patches see earlier documents).
 LATENT_MASKS = ("block_causal", "causal")
@@ -32,6 +32,10 @@ MAX_TOKEN_VOCAB = 1 << 20
 # The global entropy threshold (nats) of the released checkpoints (facebook/blt): the default of
 # entropy patching, and the fallback wherever a checkpoint or a user leaves it unset.
 RELEASED_THRESHOLD = 1.335442066192627
+
+
+# The file of a model directory in our format that holds its configuration (`convert.native`).
+MODEL_CONFIG_FILE = "blt_jax.json"
 
 
 class ConfigError(InputError):
@@ -219,6 +223,10 @@ class PatchingConfig:
       threshold_add: if set, the combined rule H_t > threshold and H_t - H_{t-1} > threshold_add.
       static_size: patch size of the "static" mode.
       max_patch_length: split longer patches into chunks of this size (None: no limit).
+      tokenizer: the "bpe" mode's tokenizer: patches are its tokens (the reference's name for
+        patching by a token LM's tokenizer). A token LM directory of ours, a Hugging Face model
+        directory with `tokenizer.json`, or a token LM's training run; read on the host, while the
+        corpus is read (`data.token_patches`).
     """
 
     mode: str = "entropy"
@@ -227,6 +235,7 @@ class PatchingConfig:
     threshold_add: float | None = None
     static_size: int = 4
     max_patch_length: int | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self):
         require(
@@ -251,6 +260,8 @@ class PatchingConfig:
             "threshold_add",
             "the combined rule (threshold_add) and the monotonic rule are exclusive; set one",
         )
+        require((self.mode == "bpe") == bool(self.tokenizer), "tokenizer",
+                "bpe patching needs its tokenizer (a token LM directory or run), and only it takes one")
 
 
 def _check_dtype(value: str, field: str) -> None:
@@ -339,6 +350,8 @@ class BLTConfig:
       dtype / param_dtype: compute and parameter dtypes.
       latent_mask: the latent transformer's mask, "block_causal" (within documents; the released
         checkpoints) or "causal" (over the whole row; Meta's `attn_bias_type` default).
+      latent_norm: the latent transformer ends with an RMSNorm (a byteified BLT keeps its teacher's
+        final norm, which its blocks' outputs were trained to pass through); Meta's has none.
     """
 
     encoder: StackConfig
@@ -355,8 +368,10 @@ class BLTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     latent_mask: str = "block_causal"
+    latent_norm: bool = False
 
     def __post_init__(self):
+        require(isinstance(self.latent_norm, bool), "latent_norm", f"must be true or false, got {self.latent_norm!r}")
         require(self.latent_mask in LATENT_MASKS, "latent_mask",
                 f"unknown latent mask {self.latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}")
         if self.cross_attn_heads is None:
@@ -405,7 +420,53 @@ class BLTConfig:
         return self.latent_input_dim != self.latent.dim
 
 
-ModelConfig = Union[BLTConfig, EntropyLMConfig, TokenLMConfig]
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Byteification's first stage: a BLT whose latent transformer holds a token LM's blocks, trained
+    beside that teacher (its token embeddings and head kept, frozen) on patches that are the teacher's
+    tokens (Bolmo, arXiv 2512.15586, stage 1).
+
+    Attributes:
+      blt: the BLT (its latent has the teacher's shape and final norm: `latent_norm`).
+      teacher_vocab: V_T, the teacher's vocabulary.
+      teacher_tied: the teacher's head is its embedding table.
+      hidden_layer: k: the latent's states after block k on the BLT's patch vectors are pulled
+        toward the teacher's after block k on its token embeddings (Bolmo: 4).
+      hidden_weight: weight of that mean squared error (Bolmo: 4).
+      distill_weight: weight of the binarised KL between the teacher's log p(token) and the sum of the
+        BLT's log-probs of that token's bytes (Bolmo: 1).
+      temperature: of that KL (Bolmo: 5).
+    """
+
+    blt: BLTConfig
+    teacher_vocab: int
+    teacher_tied: bool = False
+    hidden_layer: int = 4
+    hidden_weight: float = 4.0
+    distill_weight: float = 1.0
+    temperature: float = 5.0
+
+    def __post_init__(self):
+        require(self.blt.latent_norm, "blt.latent_norm", "must be true: the teacher's final norm ends the latent")
+        require(_is_int(self.teacher_vocab) and 2 <= self.teacher_vocab <= MAX_TOKEN_VOCAB, "teacher_vocab",
+                f"must be an integer in [2, {MAX_TOKEN_VOCAB}], got {self.teacher_vocab!r}")
+        require(_is_int(self.hidden_layer) and 1 <= self.hidden_layer <= self.blt.latent.n_layers, "hidden_layer",
+                f"must be in [1, latent.n_layers={self.blt.latent.n_layers}], got {self.hidden_layer!r}")
+        for name in ("hidden_weight", "distill_weight"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)!r}")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
+
+    # What code reading any BLT-like configuration asks of it.
+    @property
+    def vocab_size(self) -> int:
+        return self.blt.vocab_size
+
+    @property
+    def dtype(self) -> str:
+        return self.blt.dtype
+
+
+ModelConfig = Union[BLTConfig, EntropyLMConfig, TokenLMConfig, DistillConfig]
 
 # ---------------------------------------------------------------------------------------------
 # Construction from plain mappings (ml_collections.ConfigDict, JSON) with full field paths.
@@ -473,3 +534,9 @@ def blt_from_dict(raw: Any, path: str = "model") -> BLTConfig:
         "entropy_model": entropy_lm_from_dict,
     }
     return _build(BLTConfig, data, path, nested=nested)
+
+
+def distill_from_dict(raw: Any, path: str = "model") -> DistillConfig:
+    data = _as_dict(raw, path)
+    data.pop("kind", None)
+    return _build(DistillConfig, data, path, nested={"blt": blt_from_dict})

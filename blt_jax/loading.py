@@ -14,6 +14,7 @@ import numpy as np
 from blt_jax import paths
 from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
 from blt_jax.convert.layout import WeightError
+from blt_jax.data import token_patches
 from blt_jax.errors import InputError, NotFound
 from blt_jax.models import model_kind
 from blt_jax.params import abstract_params
@@ -78,9 +79,8 @@ def detect_layout(path: str) -> str:
     )
 
 
-# The entry of a token LM's `blt_jax.json` that says how to read the `tokenizer.json` beside it.
-TOKENIZER_KEY = "tokenizer"
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = token_patches.TOKENIZER_FILE
+TOKENIZER_KEY = token_patches.RECORD_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,28 +99,6 @@ class LoadedModel:
     params: dict
     entropy_params: dict | None = None
     tokenizer: Any = None
-
-
-def tokenizer_record(tokenizer: Any) -> dict:
-    """What `blt_jax.json` keeps of a token LM's tokenizer, so `read_tokenizer` reads it back."""
-    from blt_jax.data.bpe import BpeTokenizer
-
-    if isinstance(tokenizer, BpeTokenizer):
-        return {"kind": "bpe"}
-    return {"kind": "pretrained", "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
-
-
-def read_tokenizer(path: str, record: Mapping | None) -> Any:
-    """A tokenizer file read as `record` (`tokenizer_record`) says; None without a record."""
-    if not record:
-        return None
-    if record.get("kind") == "bpe":
-        from blt_jax.data.bpe import BpeTokenizer
-
-        return BpeTokenizer.load(path)
-    from blt_jax.data.pretrained_tokenizer import PretrainedTokenizer
-
-    return PretrainedTokenizer(path, record.get("bos_id"), record.get("eos_id"))
 
 
 def _require_dir(path: str) -> str:
@@ -146,7 +124,8 @@ def load_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32
         from blt_jax.convert.native import load_native, read_meta
 
         config, params, entropy = load_native(resolved, np.dtype(dtype))
-        tokenizer = read_tokenizer(paths.join(resolved, TOKENIZER_FILE), read_meta(resolved).get(TOKENIZER_KEY))
+        tokenizer = token_patches.read_tokenizer(paths.join(resolved, TOKENIZER_FILE),
+                                                 read_meta(resolved).get(TOKENIZER_KEY))
         return LoadedModel(config, params, entropy, tokenizer)
     if layout == "llama":
         from blt_jax.convert.llama import load_llama

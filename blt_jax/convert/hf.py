@@ -152,6 +152,16 @@ def hf_config_dict(config: BLTConfig) -> dict:
     Raises:
       ConfigError: naming the first field HF cannot express.
     """
+    if config.latent_norm:
+        raise ConfigError("latent_norm", "HF's BltForCausalLM has no final norm on the latent transformer")
+    stacks = {"encoder": config.encoder, "latent": config.latent, "decoder": config.decoder}
+    if config.entropy_model is not None:
+        stacks["entropy_model.stack"] = config.entropy_model.stack
+    for where, st in stacks.items():  # what HF's BLT stacks cannot express (a byteified latent can have it)
+        for field, plain in (("n_kv_heads", st.n_heads), ("head_dim", st.dim // st.n_heads), ("rope_scaling", None),
+                             ("qkv_bias", False)):
+            if getattr(st, field) != plain:
+                raise ConfigError(f"{where}.{field}", f"HF's BltForCausalLM cannot express {field}={getattr(st, field)!r}")
     if config.latent_mask != "block_causal":
         raise ConfigError("latent_mask", f"HF's BltForCausalLM has no {config.latent_mask!r} latent mask")
     if config.cross_attn_heads != config.encoder.n_heads or config.encoder.n_heads != config.decoder.n_heads:

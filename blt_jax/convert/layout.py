@@ -75,6 +75,8 @@ def blt_entries(config: BLTConfig) -> list[Entry]:
         out.append(Entry("global_transformer.token_embedding_projection.weight",
                          ("global_transformer", "token_embedding_projection", "kernel"), "linear"))
     out += _layers("global_transformer", ("global_transformer",), config.latent)
+    if config.latent_norm:  # ours only (a byteified BLT's): Meta's latent has no final norm
+        out.append(Entry("global_transformer.norm.weight", ("global_transformer", "norm", "scale"), "norm"))
     out += _layers("local_decoder", dec, config.decoder)
     out += _cross("local_decoder", dec, config.decoder.n_layers if config.cross_attn_all_layers_decoder else 1)
     out.append(Entry("local_decoder.patch_embedding_projection.weight", dec + ("patch_embedding_projection", "kernel"), "linear"))

@@ -14,12 +14,12 @@ import numpy as np
 from flax import traverse_util
 
 from blt_jax import paths
-from blt_jax.config import ModelConfig
+from blt_jax.config import MODEL_CONFIG_FILE, ModelConfig
 from blt_jax.convert.safetensors_io import read_safetensors, write_safetensors
 from blt_jax.errors import InputError, NotFound
 from blt_jax.models import config_to_dict, model_config_from_dict
 
-CONFIG_FILE = "blt_jax.json"
+CONFIG_FILE = MODEL_CONFIG_FILE
 PARAMS_FILE = "params.safetensors"
 ENTROPY_FILE = "entropy.safetensors"
 FORMAT_VERSION = 1

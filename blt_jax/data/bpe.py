@@ -217,6 +217,20 @@ class BpeTokenizer:
             out[-1] = EOS_ID
         return out
 
+    # The ids BLT's byte vocabulary also gives BOS and EOS (what teacher-token patches read).
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+
+    def pieces(self, data: TextLike) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens of some bytes (no specials) and the byte where each starts.
+
+        Returns:
+          (ids int32 [T], starts int64 [T]: exact, as every token stands for fixed bytes).
+        """
+        ids = self.encode(data, add_bos=False, add_eos=False)
+        lengths = self._lengths[ids].astype(np.int64)
+        return ids, np.cumsum(lengths) - lengths
+
     def decode(self, ids: Iterable[int]) -> bytes:
         """The bytes of token ids; special ids (< OFFSET) and ids out of range are dropped."""
         arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64).reshape(-1)

@@ -31,7 +31,8 @@ def mean_patch_length(real_bytes: float, rows: int, patches: float, token_rows: 
     return (real_bytes + rows) / max(patches, 1)
 
 
-def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int) -> tuple[dict, int]:
+def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int,
+             units: np.ndarray | None = None) -> tuple[dict, int]:
     """Builds one row from the head of a token stream.
 
     Args:
@@ -39,10 +40,14 @@ def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches
       starts: bool [L] patch start flags of the stream (document convention, per document).
       row_bytes: N.
       row_patches: P (>= 2), or 0 for byte rows without patches (entropy LM training).
+      units: int [L] teacher-token units of the stream (`data.token_patches.token_units`), or None.
 
     Returns:
       (row, n): the row's arrays {tokens [N], targets [N], mask [N], patch_lengths [P]} (no
-      patch_lengths when P = 0) and the number n of real input bytes it consumed.
+      patch_lengths when P = 0; with `units`, also patch_tokens int32 [P], the teacher id of each
+      patch (-1: none), and token_mask bool [P], the patch is exactly that token: not cut by the
+      row, which splits its first byte off and ends inside its last patch) and the number n of real
+      input bytes it consumed.
     """
     available = min(len(tokens) - 1, row_bytes)
     x = np.zeros(row_bytes, np.int32)
@@ -63,7 +68,23 @@ def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches
     x[:n] = tokens[:n]
     y[:n] = tokens[1 : n + 1]
     mask = np.arange(row_bytes) < n
-    return {"tokens": x, "targets": y, "mask": mask, "patch_lengths": patch_lengths}, n
+    row = {"tokens": x, "targets": y, "mask": mask, "patch_lengths": patch_lengths}
+    if units is not None:
+        row.update(_teacher_tokens(units, first, n, row_patches))
+    return row, n
+
+
+def _teacher_tokens(units: np.ndarray, first: np.ndarray, n: int, row_patches: int) -> dict:
+    """patch_tokens int32 [P] and token_mask bool [P] of a row whose patches start at `first`."""
+    ids = np.full(row_patches, -1, np.int32)
+    exact = np.zeros(row_patches, bool)
+    head = units[first]
+    ids[: len(first)] = np.where(head >= 0, head, -1)
+    # Patch j is one token when it starts at one and the next patch starts where the next token
+    # does; the last patch (holding the byte still to be predicted) is never whole.
+    ends = first[1:]
+    exact[: len(ends)] = (head[:-1] >= 0) & (units[ends] != -1)
+    return {"patch_tokens": ids, "token_mask": exact}
 
 
 class _PackIterator(grain.DatasetIterator):
@@ -73,7 +94,7 @@ class _PackIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, row_bytes: int, row_patches: int):
         super().__init__(parent)
         self._n, self._p = row_bytes, row_patches
-        self._docs: deque = deque()  # (parent state before the doc, tokens, starts)
+        self._docs: deque = deque()  # (parent state before the doc, tokens, starts, units or None)
         self._offset = 0
         self._exhausted = False
 
@@ -89,27 +110,32 @@ class _PackIterator(grain.DatasetIterator):
                 break
             starts = doc.get("starts")
             starts = np.zeros(len(doc["tokens"]), bool) if starts is None else np.asarray(starts, bool)
-            self._docs.append((state, np.asarray(doc["tokens"], np.int32), starts))
+            units = doc.get("units")
+            units = None if units is None else np.asarray(units, np.int32)
+            self._docs.append((state, np.asarray(doc["tokens"], np.int32), starts, units))
             have += len(doc["tokens"])
         return have
 
-    def _head(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next `count` (or fewer) buffered tokens and flags, copying only what is needed."""
-        tokens, starts, begin = [], [], self._offset
-        for _, doc_tokens, doc_starts in self._docs:
+    def _head(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The next `count` (or fewer) buffered tokens, flags and units (None when the documents have
+        none), copying only what is needed."""
+        tokens, starts, units, begin = [], [], [], self._offset
+        for _, doc_tokens, doc_starts, doc_units in self._docs:
             take = doc_tokens[begin : begin + count - sum(len(t) for t in tokens)]
             tokens.append(take)
             starts.append(doc_starts[begin : begin + len(take)])
+            units.append(None if doc_units is None else doc_units[begin : begin + len(take)])
             begin = 0
             if sum(len(t) for t in tokens) >= count:
                 break
-        return np.concatenate(tokens), np.concatenate(starts)
+        joined = None if any(u is None for u in units) else np.concatenate(units)
+        return np.concatenate(tokens), np.concatenate(starts), joined
 
     def __next__(self) -> dict:
         if self._fill() < 2:
             raise StopIteration
-        tokens, starts = self._head(self._n + 1)
-        row, used = pack_row(tokens, starts, self._n, self._p)
+        tokens, starts, units = self._head(self._n + 1)
+        row, used = pack_row(tokens, starts, self._n, self._p, units)
         self._offset += used
         while self._docs and self._offset >= len(self._docs[0][1]):
             self._offset -= len(self._docs[0][1])

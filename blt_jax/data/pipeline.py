@@ -14,7 +14,8 @@ another process count: the iterator state is per shard (`get_state`: this proces
 `set_state`: takes its own shards out of any process's or the merged state).
 
 Batches are dicts of NumPy arrays per process: tokens [b, N] int32, targets [b, N] int32, mask
-[b, N] bool, patch_lengths [b, P] int32 (b: this process's rows); `to_global` turns them into
+[b, N] bool, patch_lengths [b, P] int32 (b: this process's rows), and with "bpe" patching (a token
+LM's tokens as patches) patch_tokens [b, P] int32 and token_mask [b, P] bool (`packing.pack_row`); `to_global` turns them into
 global arrays sharded over the mesh's batch axes with `jax.make_array_from_process_local_data`.
 
 With a BPE tokenizer (`DataConfig.tokenizer`), documents are encoded into BPE token ids instead of
@@ -35,8 +36,9 @@ import numpy as np
 from blt_jax.config import PatchingConfig, require
 from blt_jax.data.bpe import BpeTokenizer
 from blt_jax.data.packing import PackIterDataset
-from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
 from blt_jax.data.shards import ShardedBatches, process_share, shards_of_rows
+from blt_jax.data.sources import HF_PREFIX, Document, HFStream, SourceError, SourceStats, open_corpus
+from blt_jax.data.token_patches import open_model_tokenizer, token_units, unit_starts
 from blt_jax.errors import InputError
 from blt_jax.patching.rules import patch_starts
 from blt_jax.patching.stream import EntropyStreamer
@@ -133,9 +135,13 @@ def prepare_document(
     tokenizer: BpeTokenizer | None = None,
 ) -> dict:
     """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention);
-    no flags when `patching` is None. With a `tokenizer`: BOS + BPE tokens + EOS, no flags."""
+    no flags when `patching` is None; with "bpe" patching also the teacher's units
+    (`data.token_patches`). With a `tokenizer`: BOS + BPE tokens + EOS, no flags."""
     if tokenizer is not None:
         return {"tokens": tokenizer.encode(doc.data)}
+    if patching is not None and patching.mode == "bpe":  # the teacher's tokens are the patches
+        tokens, units = token_units(open_model_tokenizer(patching.tokenizer), doc.data)
+        return {"tokens": tokens, "starts": unit_starts(units), "units": units}
     tokens = encode(doc.data)
     if patching is None:
         return {"tokens": tokens}

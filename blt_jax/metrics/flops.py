@@ -19,8 +19,9 @@ def visible_keys(length: int, window: int | None) -> int:
 def stack_forward_flops(stack: StackConfig, length: int) -> int:
     """Forward FLOPs of one row of `length` positions through a stack (projections, FFN, attention)."""
     d, f = stack.dim, stack.ffn_hidden
-    dense = length * (4 * 2 * d * d + 3 * 2 * d * f)
-    attention = 2 * 2 * d * visible_keys(length, stack.window)  # QK^T and PV over all heads
+    width, kv_width = stack.n_heads * stack.head_dim, stack.n_kv_heads * stack.head_dim  # H K and Hkv K
+    dense = length * (2 * 2 * d * width + 2 * 2 * d * kv_width + 3 * 2 * d * f)  # q, o; k, v; SwiGLU
+    attention = 2 * 2 * width * visible_keys(length, stack.window)  # QK^T and PV over all heads
     return stack.n_layers * (dense + attention)
 
 

@@ -13,12 +13,13 @@ from blt_jax.config import ConfigError, ModelConfig, _as_dict
 from blt_jax.errors import InputError
 from blt_jax.models.base import EncoderInput, ModelKind
 from blt_jax.models.blt import BLTKind
+from blt_jax.models.distill import DistillKind
 from blt_jax.models.entropy_lm import EntropyLMKind
 from blt_jax.models.token_lm import TokenLMKind
 
 __all__ = ["KINDS", "EncoderInput", "ModelKind", "config_to_dict", "model_config_from_dict", "model_kind", "require_kind"]
 
-KINDS: dict[str, type[ModelKind]] = {kind.name: kind for kind in (BLTKind, EntropyLMKind, TokenLMKind)}
+KINDS: dict[str, type[ModelKind]] = {kind.name: kind for kind in (BLTKind, EntropyLMKind, TokenLMKind, DistillKind)}
 DEFAULT_KIND = "blt"
 
 

@@ -19,6 +19,22 @@ import jax.numpy as jnp
 from blt_jax.config import EntropyLMConfig, PatchingConfig
 
 Batch = Mapping[str, jax.Array]
+# What a training objective returns: (the sum to differentiate, (summed cross-entropy in nats over the
+# real targets, their number, other summed metrics by name)); the train step divides both sums by the
+# number of targets.
+Objective = Callable[..., tuple[jax.Array, tuple[jax.Array, jax.Array, dict[str, jax.Array]]]]
+
+
+def ce_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of cross-entropy in nats over the targets where mask is True, their number).
+
+    Args:
+      logits: [B, N, V]. targets: int [B, N]. mask: bool [B, N].
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    weights = mask.astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
 # Parameter path of a stack's parent dict and its number of layers (see `nn.scan`).
 StackPath = tuple[tuple[str, ...], int]
 
@@ -128,3 +144,14 @@ class ModelKind(abc.ABC):
         """(params, batch, embeds=None) -> fp32 logits [B, N, V]."""
         module = self.module(remat, scan)
         return lambda params, batch, embeds=None: module.apply({"params": params}, *self.inputs(batch, embeds))
+
+    def objective_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> Objective:
+        """What training minimises: (params, batch, embeds=None) -> `Objective`'s tuple. By default the
+        cross-entropy of the next byte (or token) alone; a kind with more losses adds them."""
+        apply = self.apply_fn(remat, scan)
+
+        def objective(params, batch, embeds=None):
+            total, count = ce_sums(apply(params, batch, embeds), batch["targets"], batch["mask"])
+            return total, (total, count, {})
+
+        return objective

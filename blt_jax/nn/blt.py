@@ -37,7 +37,8 @@ class BLT(nn.Module):
         self.global_transformer = LatentTransformer(self.config, stack_remat(self.remat, "latent"), "latent" in self.scan)
         self.local_decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"))
 
-    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None,
+                 tap: int | None = None):
         """Forward pass.
 
         Args:
@@ -45,9 +46,12 @@ class BLT(nn.Module):
           patch_lengths: int [B, P], summing to N + 1 per row, first patch of length 1, trailing
             zeros for unused patches.
           embeds: optional precomputed encoder input [B, N, D] (`encoder_input`).
+          tap: also return the latent states after this block (1-based) and the patch documents
+            (byteification: `nn.distill`).
 
         Returns:
-          fp32 logits [B, N, V]; position i predicts token i + 1.
+          fp32 logits [B, N, V]; position i predicts token i + 1. With `tap`: (logits, latent states
+          [B, P, D_latent] after block `tap`, int [B, P] patch documents).
         """
         batch, length = tokens.shape
         num_patches = patch_lengths.shape[1]
@@ -56,9 +60,16 @@ class BLT(nn.Module):
         patch_ids = patch_ids_from_lengths(patch_lengths, length)
         h, patches = self.local_encoder(tokens, patch_ids, num_patches, positions, docs, embeds)
         patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
-        latent = self.global_transformer(patches, patch_docs)
+        latent = self.global_transformer(patches, patch_docs, tap=tap)
+        latent, tapped = latent if tap is not None else (latent, None)
         dec_ids = decoder_patch_ids(patch_lengths, length)
-        return self.local_decoder(h, latent, dec_ids, positions, docs)
+        logits = self.local_decoder(h, latent, dec_ids, positions, docs)
+        return logits if tap is None else (logits, tapped, patch_docs)
+
+    def latent_of_embeddings(self, embeds: jax.Array, patch_docs: jax.Array, tap: int):
+        """The latent transformer over latent-wide inputs (a teacher's token embeddings [B, P, D_latent])
+        -> (final states, states after block `tap`), each [B, P, D_latent]."""
+        return self.global_transformer(embeds, patch_docs, embedded=True, tap=tap)
 
     # The parts one at a time, for incremental decoding (`inference.decode`), which runs them step by
     # step: `BLT(config).apply({"params": params}, name, *args, method=BLT.encoder)`.

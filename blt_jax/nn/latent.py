@@ -1,5 +1,5 @@
 """The global latent transformer over patches (block-causal over documents, or causal over the row
-with `latent_mask="causal"`; no final norm)."""
+with `latent_mask="causal"`; no final norm, unless `latent_norm`: a byteified teacher's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
 from blt_jax.nn.cache import KVCache
-from blt_jax.nn.layers import Dense
+from blt_jax.nn.layers import Dense, RMSNorm
 from blt_jax.nn.rope import rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
@@ -57,23 +57,28 @@ class LatentTransformer(nn.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         store: jax.Array | None = None,
+        embedded: bool = False,
+        tap: int | None = None,
     ):
         """Latent states of patches.
 
         Args:
-          patches: [B, P, k * D_local] patch vectors.
+          patches: [B, P, k * D_local] patch vectors (or [B, P, D_latent] with `embedded`).
           patch_docs: int [B, P] document of every patch.
           positions: int [B, P] patch indices (default 0..P-1).
           cache: keys/values of earlier patches (incremental decoding), or None.
           store: bool [B, P], ring caches: which patches to keep in the cache (default all).
+          embedded: `patches` are already latent-wide (a teacher's token embeddings): no input projection.
+          tap: also return the states after block `tap` (1-based; byteification's hidden-state loss).
 
         Returns:
-          [B, P, D_latent]; with a cache, (outputs, new cache).
+          [B, P, D_latent]; with a cache, (outputs, new cache); with `tap`, (outputs, [B, P, D_latent]
+          states after block `tap`).
         """
         cfg, st = self.config, self.config.latent
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = patches.astype(dt)
-        if cfg.has_latent_projection:
+        if cfg.has_latent_projection and not embedded:
             x = Dense(st.dim, (axes.LATENT_IN, axes.EMBED), cfg.latent_input_dim**-0.5, dt, pdt,
                       name="token_embedding_projection")(x)
         batch, num_patches = x.shape[:2]
@@ -82,11 +87,15 @@ class LatentTransformer(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         rope = rope_tables(positions, st)
+        norm = RMSNorm(st.norm_eps, dt, pdt, name="norm") if cfg.latent_norm else (lambda h: h)
         if self.scan:
-            if cache is not None:
-                raise ValueError("a scanned latent stack has no cached path; unstack its parameters to decode")
+            if cache is not None or tap is not None:
+                raise ValueError("a scanned latent stack has no cached or tapped path; unstack its parameters")
             mask = CausalSpec.self_attention(positions, patch_docs, st.window)
-            return scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope)
+            return norm(scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope))
         blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
         outputs, new_cache = run_blocks(blocks, x, rope, positions, patch_docs, st.window, cache, store)
-        return outputs[-1] if cache is None else (outputs[-1], new_cache)
+        out = norm(outputs[-1])
+        if tap is not None:
+            return out, outputs[tap - 1]
+        return out if cache is None else (out, new_cache)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from blt_jax.config import PatchingConfig
+from blt_jax.errors import InputError
 from blt_jax.tokenizer import OFFSET
 
 
@@ -211,6 +212,9 @@ def patch_starts(
         starts = static_starts(batch, length, config.static_size, include_next, positions, xp)
     elif config.mode == "byte":
         starts = byte_starts(batch, length, include_next, xp)
+    elif config.mode == "bpe":
+        raise InputError("bpe patches are a tokenizer's tokens, cut on the host while the corpus is read "
+                         "(`blt_jax.data.token_patches`); a model patched so cannot patch text on its own")
     else:  # PatchingConfig validates the mode; this guards direct misuse
         raise ValueError(f"unknown patching mode {config.mode!r}")
     if config.max_patch_length is not None:

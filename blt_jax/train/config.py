@@ -59,6 +59,34 @@ def resolve_scan(spec: str, model: ModelConfig) -> tuple[str, ...]:
     return stacks
 
 
+def subtree(prefix: str) -> tuple[str, ...]:
+    """"blt/global_transformer" -> ("blt", "global_transformer"); "" -> () (the whole tree)."""
+    return tuple(part for part in prefix.strip().split("/") if part)
+
+
+def parse_multipliers(spec: str) -> list[tuple[tuple[str, ...], float]]:
+    """"global_transformer=0.5,local_encoder=2" -> [(("global_transformer",), 0.5), ...]."""
+    out = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        path, sep, value = part.partition("=")
+        require(bool(sep) and bool(subtree(path)), "lr_multipliers", f"expected SUBTREE=FACTOR, got {part.strip()!r}")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = -1.0
+        require(factor > 0, "lr_multipliers", f"{part.strip()!r}: the factor must be a number > 0")
+        out.append((subtree(path), factor))
+    return out
+
+
+def parse_frozen(spec: str) -> list[tuple[str, ...]]:
+    """"blt/global_transformer,teacher" -> [("blt", "global_transformer"), ("teacher",)]."""
+    return [subtree(part) for part in spec.split(",") if subtree(part)]
+
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and bookkeeping of a run.
@@ -82,8 +110,14 @@ class TrainConfig:
       log_every / eval_every / checkpoint_every: in steps (0 disables eval / periodic checkpoints).
       eval_batches: batches per evaluation.
       keep_checkpoints: how many recent checkpoints to keep.
-      init_from: initial weights (our checkpoint or any `from_pretrained` layout), or None.
+      init_from: initial weights, or None: a source (a run of ours, or any model directory
+        `from_pretrained` reads) for the whole tree, or parts of the tree from several sources,
+        "SUBTREE=SOURCE[#FROM],..." (`train.init.parse_init_from`): e.g.
+        "blt/global_transformer=~/llama,teacher=~/llama" puts a Llama's blocks in a BLT's latent.
       peak_flops: FLOP/s per device for MFU; 0 = from the device table / a CPU probe.
+      freeze: comma-separated parameter subtrees ("blt/global_transformer") left as they are: no
+        gradient, no update, no optimizer state.
+      lr_multipliers: "SUBTREE=FACTOR,..." subtrees trained at FACTOR times the learning rate.
     """
 
     steps: int = 1000
@@ -106,6 +140,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     init_from: str | None = None
     peak_flops: float = 0.0
+    freeze: str = ""
+    lr_multipliers: str = ""
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -126,6 +162,7 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 0, name, f"must be >= 0, got {value}")
         require(self.log_every >= 1, "log_every", "must be >= 1")
+        parse_multipliers(self.lr_multipliers)  # checks the syntax, naming the field
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
 
 

@@ -30,12 +30,16 @@ from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
 from blt_jax.models import model_kind
 from blt_jax.parallel import describe_shardings, process_rows
+from blt_jax.params import init_params
 from blt_jax.train import runs
 from blt_jax.train.checkpoint import Checkpointer
 from blt_jax.train.config import ExperimentConfig, experiment_to_dict
+from blt_jax.train.init import resolve_init_from
 from blt_jax.train.programs import TrainPrograms
 
 logger = logging.getLogger("blt_jax.train")
+# What every train step reports (`train.step.train_step`); a kind's objective may add more.
+STEP_METRICS = ("loss", "bpb", "grad_norm", "lr", "bytes", "patches")
 
 
 class _Preemption:
@@ -103,7 +107,7 @@ def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
         evaluation = _resolve_data(evaluation)
     train = experiment.train
     if train.init_from:
-        train = dataclasses.replace(train, init_from=paths.resolve(train.init_from))
+        train = dataclasses.replace(train, init_from=resolve_init_from(train.init_from))
     lm_eval = experiment.lm_eval
     if lm_eval is not None:
         lm_eval = dataclasses.replace(lm_eval, **{name: paths.resolve(getattr(lm_eval, name))
@@ -221,7 +225,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     else:
         start = 0
         if train.init_from:
-            state = programs.init_from_params(runs.load_initial_params(experiment.model, train.init_from))
+            fresh = lambda: init_params(experiment.model, jax.random.key(train.seed))  # noqa: E731
+            state = programs.init_from_params(runs.load_initial_params(experiment.model, train.init_from, fresh))
         else:
             state = programs.init()
 
@@ -264,6 +269,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             "bytes_per_s": bytes_per_s, "patches_per_s": window["patches"] / elapsed if timed else None,
             "mean_patch_len": mean_len, "flops_per_byte": flops_per_byte,
             "mfu": flops_per_byte * bytes_per_s / peak if timed else None,
+            # The objective's other losses (a model kind's own: byteification's hidden and distill).
+            **{k: v for k, v in values.items() if k not in STEP_METRICS},
         }
         writer.write(p_step + 1, row)
         summary["metrics"] = {"step": p_step + 1, **row}

@@ -33,7 +33,7 @@ from blt_jax.parallel import (
     wait_for_all_processes,
 )
 from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
-from blt_jax.train.optimizer import learning_rate, make_optimizer
+from blt_jax.train.optimizer import check_groups, learning_rate, make_optimizer, stop_frozen
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step
 
@@ -62,10 +62,14 @@ class TrainPrograms:
         self.scan = resolve_scan(train.scan, model)
         kind = model_kind(model)
         self.apply = kind.apply_fn(parse_remat(train.remat), self.scan)
+        objective = kind.objective_fn(parse_remat(train.remat), self.scan)
+        frozen = stop_frozen(train)  # frozen subtrees: no weight gradient is ever computed
+        self.objective = lambda params, batch, embeds=None: objective(frozen(params), batch, embeds)  # noqa: E731
         layout = kind.scan_layout(self.scan)
 
         stack = lambda params: stack_layers(params, layout)  # noqa: E731
         abstract = jax.eval_shape(stack, abstract_params(model))
+        check_groups(train, abstract)
         axes_tree = stacked_axes(logical_axes(model), layout, axes.LAYERS)
         self.param_shardings = logical_to_shardings(axes_tree, abstract, self.mesh)
         abstract_opt = jax.eval_shape(self.tx.init, abstract)
@@ -79,7 +83,7 @@ class TrainPrograms:
         fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))  # noqa: E731
         self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
-        step = functools.partial(train_step, apply=self.apply, tx=self.tx, schedule=self.schedule,
+        step = functools.partial(train_step, objective=self.objective, tx=self.tx, schedule=self.schedule,
                                  grad_accum=train.grad_accum, embed=kind.encoder_input())
         self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)

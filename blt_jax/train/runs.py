@@ -113,19 +113,24 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
 
 
 
-def load_initial_params(model: ModelConfig, path: str) -> Any:
-    """Parameters for `model` to start training from (`train.init_from`): a training run of ours, or
-    a model directory in any layout this module reads (for an entropy LM, any form
-    `load_entropy_lm` reads). Shapes are checked against `model`."""
-    if is_training_run(path):
-        _, params = read_run(path)
-    elif model_kind(model).name == "entropy_lm":
-        params = load_entropy_lm(path)[1]
-    else:
-        params = load_model_dir(path)[1]
-    check_tree(params, abstract_params(model), f"init_from {path}")
-    return params
+def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
+    """Parameters for `model` to start training from (`train.init_from`, `train.init`): runs of ours,
+    or model directories in any layout `loading` reads (for an entropy LM, any form `load_entropy_lm`
+    reads), for the whole tree or parts of it. `fresh()` gives the initialisation of what no source
+    fills (default: seed 0)."""
+    from blt_jax.params import init_params
+    from blt_jax.train.init import initial_params
 
+    fresh = fresh or (lambda: init_params(model, jax.random.key(0)))
+
+    def load(path: str) -> Any:
+        if is_training_run(path):
+            return read_run(path)[1]
+        if model_kind(model).name == "entropy_lm":
+            return load_entropy_lm(path)[1]
+        return load_dir(path).params
+
+    return initial_params(model, spec, fresh, load)
 
 
 def _pass_entropy_model(source: str) -> str | None:

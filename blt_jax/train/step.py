@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from blt_jax.models import EncoderInput
+from blt_jax.models.base import Objective, ce_sums
 from blt_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -28,10 +29,7 @@ Batch = Mapping[str, jax.Array]
 
 def loss_sums(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """(sum of CE over real targets in nats, number of real targets)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
-    mask = batch["mask"].astype(jnp.float32)
-    return jnp.sum(nll * mask), jnp.sum(mask)
+    return ce_sums(logits, batch["targets"], batch["mask"])
 
 
 def target_bytes(batch: Batch) -> jax.Array | None:
@@ -45,48 +43,52 @@ def _split(batch: Batch, parts: int) -> Batch:
     return {k: v.reshape(parts, v.shape[0] // parts, *v.shape[1:]) for k, v in batch.items()}
 
 
-def _accumulated_grads(params, batch, apply, grad_accum, embed):
-    """Sum of CE, count and gradients over `grad_accum` micro-batches (a scan).
+def _accumulated_grads(params, batch, objective, grad_accum, embed):
+    """Sum of the objective's gradients and of its sums (CE, count, extras) over `grad_accum`
+    micro-batches (a scan).
 
     With `embed` (BLT), the encoder input is computed once for the whole batch and the large byte and
     hash tables are differentiated once, from the summed gradient of that input, instead of building
     a dense table-sized gradient in every micro-batch.
     """
     micro_batches = _split(batch, grad_accum)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+    first_embeds = None if embed is None else embed(embed.split(params)[0], first["tokens"])
+    shapes = jax.eval_shape(lambda: objective(params, first, first_embeds)[1])  # traced only: no work
+    zero_sums = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     if embed is None:
-        grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(apply(p, mb), mb), has_aux=True)
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
 
         def accumulate(carry, mb):
-            (t, c), g = grad_fn(params, mb)
-            return jax.tree_util.tree_map(jnp.add, carry, (t, c, g)), None
+            (_, sums), g = grad_fn(params, mb)
+            return jax.tree_util.tree_map(jnp.add, carry, (sums, g)), None
 
-        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
-        (total, count, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
-        return total, count, grads
+        (sums, grads), _ = jax.lax.scan(accumulate, (zero_sums, jax.tree_util.tree_map(jnp.zeros_like, params)),
+                                        micro_batches)
+        return sums, grads
 
     emb, rest = embed.split(params)
     embeds, emb_vjp = jax.vjp(lambda e: embed(e, batch["tokens"]), emb)
-    grad_fn = jax.value_and_grad(
-        lambda r, h, mb: loss_sums(apply(embed.merge(emb, r), mb, h), mb), argnums=(0, 1), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda r, h, mb: objective(embed.merge(emb, r), mb, h), argnums=(0, 1), has_aux=True)
 
     def accumulate(carry, xs):
         mb, h = xs
-        (t, c), (g, dh) = grad_fn(rest, h, mb)
-        t0, c0, g0 = carry
-        return (t0 + t, c0 + c, jax.tree_util.tree_map(jnp.add, g0, g)), dh
+        (_, sums), (g, dh) = grad_fn(rest, h, mb)
+        s0, g0 = carry
+        return (jax.tree_util.tree_map(jnp.add, s0, sums), jax.tree_util.tree_map(jnp.add, g0, g)), dh
 
-    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, rest))
     split_embeds = embeds.reshape(grad_accum, embeds.shape[0] // grad_accum, *embeds.shape[1:])
-    (total, count, grads_rest), d_embeds = jax.lax.scan(accumulate, zeros, (micro_batches, split_embeds))
+    zeros = (zero_sums, jax.tree_util.tree_map(jnp.zeros_like, rest))
+    (sums, grads_rest), d_embeds = jax.lax.scan(accumulate, zeros, (micro_batches, split_embeds))
     (grads_emb,) = emb_vjp(d_embeds.reshape(embeds.shape))
-    return total, count, embed.merge(grads_emb, grads_rest)
+    return sums, embed.merge(grads_emb, grads_rest)
 
 
 def train_step(
     state: TrainState,
     batch: Batch,
     *,
-    apply: Callable,
+    objective: Objective,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum: int = 1,
@@ -95,18 +97,20 @@ def train_step(
     """One optimizer step on a batch (split into `grad_accum` micro-batches, gradients summed exactly).
 
     Args:
+      objective: the model kind's `objective_fn` (cross-entropy, plus a kind's other losses).
       embed: the model's `ModelKind.encoder_input()`, if it has one (its big embedding tables are then
         differentiated once per step).
 
     Returns:
       The new state and metrics: loss (nats per target), bpb, grad_norm, lr, bytes (real targets, or
-      for token rows the bytes they stand for), patches (of token rows: real targets, i.e. tokens).
+      for token rows the bytes they stand for), patches (of token rows: real targets, i.e. tokens),
+      and the objective's other losses, per target.
     """
     if grad_accum == 1:
-        grad_fn = jax.value_and_grad(lambda p, b: loss_sums(apply(p, b), b), has_aux=True)
-        (total, count), grads = grad_fn(state.params, batch)
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
     else:
-        total, count, grads = _accumulated_grads(state.params, batch, apply, grad_accum, embed)
+        sums, grads = _accumulated_grads(state.params, batch, objective, grad_accum, embed)
+    total, count, extras = sums
     count = jnp.maximum(count, 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -120,6 +124,7 @@ def train_step(
         "lr": schedule(state.step),
         "bytes": count if byte_sum is None else byte_sum,
         "patches": jnp.sum(batch["patch_lengths"] > 0) if "patch_lengths" in batch else count,
+        **{name: value / count for name, value in extras.items()},
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
