@@ -19,7 +19,15 @@ import pytest
 
 from blt_jax import tokenizer
 from blt_jax.api import BLTModel
-from blt_jax.config import BLTConfig, ConfigError, EntropyLMConfig, HashConfig, PatchingConfig, StackConfig
+from blt_jax.config import (
+    BLTConfig,
+    ConfigError,
+    EntropyLMConfig,
+    HashConfig,
+    PatchingConfig,
+    RopeScaling,
+    StackConfig,
+)
 from blt_jax.inference.decode import DecodeEngine
 from blt_jax.inference.fused import fuse_projections
 from blt_jax.inference.generate import Generator, capacity_for, encode_prompts
@@ -66,6 +74,11 @@ CASES = {
                                               latent=StackConfig(64, 2, 4, 192, window=8)),
     # Meta's attn_bias_type="causal": the second document's patches see the first's.
     "space_causal_latent": lambda: make_model(PatchingConfig(mode="space"), latent_mask="causal"),
+    # A byteified latent (a Llama's blocks): grouped-query attention, 8 heads of 12 on a width of 64,
+    # Llama 3's RoPE scaling, and the teacher's final norm.
+    "entropy_byteified_latent": lambda: make_model(
+        PatchingConfig(mode="entropy", threshold=2.6), latent_norm=True,
+        latent=StackConfig(64, 2, 8, 192, n_kv_heads=2, head_dim=12, rope_scaling=RopeScaling(factor=8.0, original_max_position=16))),
 }
 
 
