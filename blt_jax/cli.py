@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the token LM: a Hugging Face LlamaForCausalLM directory (or Mistral, Qwen2) with tokenizer.json, "
                         "a token LM of ours (`blt-jax convert`), or a token LM's training run")
     p.add_argument("--corpus", default="default", help="a text directory, file or glob (also JSONL / Parquet), or `default`")
+    p.add_argument("--heldout", default=None,
+                   help="held-out text given apart (e.g. text the teacher never read; `default:validation`); by "
+                        "default some of the corpus's documents are held out")
     p.add_argument("--workdir", default="runs/byteify", help="where everything goes; a re-run resumes it")
     p.add_argument("--minutes", type=float, default=30.0,
                    help="budget the step counts are planned from, where the options leave them 0 (default 30)")
@@ -531,7 +534,7 @@ def cmd_byteify(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         report = run_byteify(args.workdir, args.teacher, args.corpus, options.to_dict(), args.minutes, numbers,
-                             baseline=not args.no_baseline, progress=not args.no_progress)
+                             baseline=not args.no_baseline, progress=not args.no_progress, heldout=args.heldout)
     except StageInterrupted as e:
         print(f"blt-jax byteify: {e}", file=sys.stderr)
         return 130

@@ -325,3 +325,16 @@ def test_blt_jax_train_a_token_transformer_from_relative_paths(tmp_path):
     result = blt_jax("eval", "--checkpoint", "runs/bpe", cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bits per byte" in result.stdout
+
+    # A token LM of ours is a token LM like a Llama: `blt-jax convert` writes it in our format with
+    # its tokenizer, and both load with the same logits and the same ids for a text.
+    result = blt_jax("convert", "runs/bpe", "converted", cwd=cwd, timeout=600)
+    assert result.returncode == 0 and "a token LM" in result.stdout, result.stderr[-3000:]
+    import blt_jax as bj
+
+    run_model, converted = bj.from_pretrained(str(run)), bj.from_pretrained(str(cwd / "converted"))
+    assert isinstance(converted, bj.api.TokenLM) and converted.config == run_model.config
+    text = document(3)[:200]
+    ids = converted.encode(text)
+    np.testing.assert_array_equal(ids, run_model.encode(text))
+    np.testing.assert_array_equal(np.asarray(converted.logits(ids[None])), np.asarray(run_model.logits(ids[None])))

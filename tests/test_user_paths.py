@@ -236,8 +236,10 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
     assert result.returncode == 0, result.stderr[-3000:]
     for noise in TPU_NOISE:
         assert noise not in result.stderr, result.stderr[-3000:]
+    # The suite's other worker may hold libtpu (test_aot compiles in-process): a user's machine has one
+    # libtpu process, so only the lock is lifted, not anything that could print.
     result = blt_jax("aot", "--config", TINY, "--topology", "v5litepod-4", "--config.mesh.fsdp=4",
-                     cwd=home / "work", home=home)
+                     cwd=home / "work", home=home, ALLOW_MULTIPLE_LIBTPU_LOAD=1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["devices"] == 4
     for noise in TPU_NOISE:

@@ -63,7 +63,7 @@ def _plain(value: Any) -> Any:
 
 def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Mapping | None = None,
                 minutes: float = DEFAULT_MINUTES, stage_numbers: Sequence[int] = (1, 2), baseline: bool = True,
-                progress: bool = True) -> dict:
+                progress: bool = True, heldout: str | None = None) -> dict:
     """Runs (or resumes) a byteification and returns its report (`report.json`).
 
     Args:
@@ -75,6 +75,8 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
       stage_numbers: (1,) stops after stage 1; (1, 2) does both (2 alone needs 1 done).
       baseline: also train the same BLT from scratch.
       progress: progress bars.
+      heldout: held-out text given apart (any corpus spec; say, text the teacher never read); by
+        default some of the corpus's documents are held out.
     """
     import jax
 
@@ -83,6 +85,7 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
     workdir = resolve(workdir)
     teacher = resolve(teacher)
     corpus = corpus_spec(corpus)
+    heldout = None if heldout is None else corpus_spec(heldout)
     options = _plain(dict(options or default_options()))
     wanted = set(stage_numbers)
     if not wanted or not wanted <= {1, 2}:
@@ -97,10 +100,13 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
     if load_result(paths, "corpus") is None:
         from blt_jax.data.split import check_corpus
 
-        check_corpus(corpus)
+        for spec in (corpus, heldout):
+            if spec is not None:
+                check_corpus(spec)
     os.makedirs(workdir, exist_ok=True)
-    plan = open_plan(paths, make_plan(options, config, minutes, total_peak_flops()), teacher, corpus)
-    ctx = Context(paths, plan, config, corpus, progress)
+    named = corpus if heldout is None else f"{corpus} (held out: {heldout})"
+    plan = open_plan(paths, make_plan(options, config, minutes, total_peak_flops()), teacher, named)
+    ctx = Context(paths, plan, config, corpus, progress, heldout)
     todo: list[tuple[str, Any]] = [("teacher", lambda c: stages.stage_teacher(teacher, paths, progress))]
     todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_ONE]
     if 2 in wanted:

@@ -57,6 +57,7 @@ class Context:
     teacher: TokenLMConfig
     corpus: str
     progress: bool = True
+    heldout: str | None = None  # held-out text given apart (else some of the corpus's documents)
 
 
 def teacher_config(path: str) -> TokenLMConfig:
@@ -115,12 +116,19 @@ def stage_teacher(source: str, paths: Paths, progress: bool) -> StageResult:
 
 
 def stage_corpus(ctx: Context) -> StageResult:
-    """Splits the corpus into held-out text (every model is scored on it) and training text."""
-    from blt_jax.data.split import split_corpus
+    """Splits the corpus into held-out text (every model is scored on it) and training text (or samples
+    both, from the corpus and the held-out text given apart)."""
+    from blt_jax.data.split import sample_corpus, split_corpus
 
     start = time.perf_counter()
-    detail = split_corpus(ctx.corpus, ctx.paths.corpus_train, ctx.paths.corpus_validation, ctx.plan.corpus_bytes,
-                          ctx.plan.validation_bytes)
+    if ctx.heldout is None:
+        detail = split_corpus(ctx.corpus, ctx.paths.corpus_train, ctx.paths.corpus_validation, ctx.plan.corpus_bytes,
+                              ctx.plan.validation_bytes)
+    else:
+        train = sample_corpus(ctx.corpus, ctx.paths.corpus_train, ctx.plan.corpus_bytes)
+        held = sample_corpus(ctx.heldout, ctx.paths.corpus_validation, ctx.plan.validation_bytes, seed=1)
+        detail = dict(train_documents=train["documents"], train_bytes=train["bytes"],
+                      validation_documents=held["documents"], validation_bytes=held["bytes"], heldout=ctx.heldout)
     if detail["validation_bytes"] < ctx.plan.bytes_per_step:
         raise InputError(f"{ctx.corpus}: only {detail['validation_bytes']:,} bytes could be held out, less than one "
                          f"batch of {ctx.plan.bytes_per_step:,}; give a bigger corpus")

@@ -124,9 +124,12 @@ def patching_from_meta(raw: Mapping[str, Any], model_args: Mapping[str, Any]) ->
         elif in_model is not None:
             chosen[field] = in_model
     mode = chosen.get("mode") or "entropy"
-    if mode not in PATCHING_MODES:
+    # Meta's "bpe" mode splits at BPE delimiter ids in the byte stream; ours (a token LM's tokens,
+    # read by its tokenizer) is another rule under the same name.
+    readable = [m for m in PATCHING_MODES if m != "bpe"]
+    if mode not in readable:
         raise ConfigError("data.patcher_args.patching_mode",
-                          f"{mode!r} is not supported; expected one of {', '.join(PATCHING_MODES)}")
+                          f"{mode!r} is not supported; expected one of {', '.join(readable)}")
     static = {}
     if mode == "static":  # Meta fills static patches with int(patch_size) bytes
         static["static_size"] = int(patcher.get("patch_size", 4.5))

@@ -108,3 +108,29 @@ def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: in
     _write_pieces(train_dir, train)
     return dict(train_documents=train_docs, train_pieces=len(train), train_bytes=size(train),
                 validation_documents=held_docs, validation_pieces=len(held), validation_bytes=size(held))
+
+
+def sample_corpus(spec: str, directory: str, budget: int, seed: int = 0) -> dict:
+    """Writes up to `budget` bytes of a corpus as plain files, documents in a seeded order, long ones
+    cut into pieces at line ends (1/64 of the budget), as `split_corpus` writes its training text: for
+    a corpus whose held-out text is given apart (`blt-jax byteify --heldout`).
+
+    Raises:
+      InputError: no text. SourceError: the corpus cannot be read.
+    """
+    source = check_corpus(spec)
+    order = np.random.default_rng(seed).permutation(len(source))
+    cap, items, documents = max(2048, budget // 64), [], 0
+    size = lambda: sum(len(x) for x in items)  # noqa: E731
+    for index in order:
+        if size() >= budget:
+            break
+        item = source[int(index)]
+        if item is None or not item.data.strip():
+            continue
+        items += _up_to(pieces(item.data, cap), budget - size())
+        documents += 1
+    if not items:
+        raise InputError(f"{spec}: the corpus holds no text")
+    _write_pieces(directory, items)
+    return dict(documents=documents, pieces=len(items), bytes=size())
