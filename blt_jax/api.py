@@ -388,6 +388,22 @@ class TokenLM(ByteLM):
                 paths.copy_file(self.tokenizer.path, paths.join(local, loading.TOKENIZER_FILE))
 
 
+def _facades() -> dict:
+    from blt_jax.models.blt import BLTKind
+    from blt_jax.models.entropy_lm import EntropyLMKind
+    from blt_jax.models.token_lm import TokenLMKind
+
+    return {
+        BLTKind: lambda m: BLTModel(m.config, m.params, m.entropy_params),
+        TokenLMKind: lambda m: TokenLM(m.config, m.params, m.tokenizer),
+        EntropyLMKind: lambda m: ByteLM(m.config, m.params),
+    }
+
+
+# Model kind -> how a loaded model of it is used (a new kind with a standalone use adds its line).
+FACADES = _facades()
+
+
 def load_token_model(path: str) -> TokenLM:
     """A token LM with its tokenizer: a training run of a token transformer (with the tokenizer it was
     trained with), a token LM saved in our format, or a Llama-family Hugging Face directory."""
@@ -399,7 +415,7 @@ def load_token_model(path: str) -> TokenLM:
     return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
 
 
-def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> "BLTModel | TokenLM":
+def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> "BLTModel | TokenLM | ByteLM":
     """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
     run of ours (its newest checkpoint; the run's corpus is not needed); or a token LM: a Llama-family
     Hugging Face directory (`LlamaForCausalLM`, Mistral, Qwen2), or a token LM of ours (a run or a
@@ -415,18 +431,22 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
         config's dtype.
 
     Returns:
-      A `BLTModel`, or a `TokenLM` (`logits(ids)`: int [B, T] -> float32 [B, T, V]).
+      A `BLTModel`; a `TokenLM` (`logits(ids)`: int [B, T] -> float32 [B, T, V]); or, for an entropy LM
+      or a byte LM, a `ByteLM` (scoring only).
     """
-    from blt_jax.models import model_kind
     from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
 
-    loaded = runs.load_model(path, entropy_path, dtype)
-    if model_kind(loaded.config).token_rows:
-        return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
-    if not isinstance(loaded.config, BLTConfig):
-        raise loading.CheckpointError(f"{path} holds {model_kind(loaded.config).description}, not a BLT "
-                                      "(load_entropy_model reads entropy LMs)")
-    return BLTModel(loaded.config, loaded.params, loaded.entropy_params)
+    return facade(runs.load_model(path, entropy_path, dtype))
+
+
+def facade(loaded: loading.LoadedModel) -> "BLTModel | TokenLM | ByteLM":
+    """The object a loaded model is used through, by its kind (`FACADES`)."""
+    from blt_jax.models import model_kind
+
+    kind = type(model_kind(loaded.config))
+    if kind not in FACADES:
+        raise loading.CheckpointError(f"{model_kind(loaded.config).description} has no standalone use")
+    return FACADES[kind](loaded)
 
 
 def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from blt_jax import paths
-from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
+from blt_jax.config import EntropyLMConfig, ModelConfig
 from blt_jax.convert.layout import WeightError
 from blt_jax.data import token_patches
 from blt_jax.errors import InputError, NotFound
@@ -138,18 +138,6 @@ def load_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32
     return LoadedModel(*_load_blt_dir(resolved, layout, entropy_path, dtype))
 
 
-def load_model_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32):
-    """(config, params, entropy params or None) of a BLT model directory in any layout (detected).
-
-    Raises:
-      CheckpointError: the directory holds another kind of model.
-    """
-    loaded = load_dir(path, entropy_path, dtype)
-    if not isinstance(loaded.config, BLTConfig):
-        raise CheckpointError(f"{path} holds {model_kind(loaded.config).description}, not a BLT")
-    return loaded.config, loaded.params, loaded.entropy_params
-
-
 def _load_blt_dir(resolved: str, layout: str, entropy_path: str | None, dtype: Any):
     if layout == "hf":
         from blt_jax.convert.hf import load_hf
@@ -175,13 +163,14 @@ def load_entropy_dir(path: str) -> tuple[EntropyLMConfig, dict]:
 
     if paths.exists(paths.join(resolved, CONFIG_FILE)):
         config, params, entropy = load_native(resolved)
-        if isinstance(config, EntropyLMConfig):
+        if model_kind(config).is_patcher:
             check_tree(params, abstract_params(config), path)
             return config, params
-        if entropy is None or config.entropy_model is None:
-            raise CheckpointError(f"{path}: this BLT was saved without an entropy LM")
-        check_tree(entropy, abstract_params(config.entropy_model), path)
-        return config.entropy_model, entropy
+        entropy_config = model_kind(config).entropy_lm
+        if entropy is None or entropy_config is None:
+            raise CheckpointError(f"{path}: this model was saved without an entropy LM")
+        check_tree(entropy, abstract_params(entropy_config), path)
+        return entropy_config, entropy
     params_json = paths.join(resolved, "params.json")
     if paths.exists(params_json):
         raw = paths.read_json(params_json)
@@ -190,9 +179,9 @@ def load_entropy_dir(path: str) -> tuple[EntropyLMConfig, dict]:
             from blt_jax.convert.meta import load_meta_entropy
 
             return load_meta_entropy(resolved)
-    config, _, entropy = load_model_dir(resolved)
-    if entropy is None:
+    loaded = load_dir(resolved)
+    if loaded.entropy_params is None:
         raise CheckpointError(f"{path}: the checkpoint has no entropy LM (patcher)")
-    return config.entropy_model, entropy
+    return model_kind(loaded.config).entropy_lm, loaded.entropy_params
 
 

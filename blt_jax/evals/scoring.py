@@ -133,23 +133,16 @@ class Throughput:
 
 
 def load_model(path: str, entropy: str | None = None):
-    """What scores text from a saved model: a `BLTModel` from a training run or model directory, an
-    `api.ByteLM` when `path` is a training run of a byte-level LM (an entropy LM kind, such as the
-    quickstart's baseline), an `api.TokenLM` for a run of a token transformer.
+    """What scores text from a saved model (`api.from_pretrained`): a `BLTModel`, an `api.ByteLM` for a
+    byte-level LM (an entropy LM kind, such as the quickstart's baseline), an `api.TokenLM` for a token
+    transformer (a run of ours or a Llama-family directory).
 
     Args:
       path: the run or directory (relative, `~` or gs://).
       entropy: the entropy LM of a BLT run patched by entropy (`from_pretrained`'s `entropy_path`).
     """
     from blt_jax import api
-    from blt_jax.models import model_kind
-    from blt_jax.train import runs
 
-    kind = model_kind(runs.read_run_config(path).model).name if runs.is_training_run(path) else "blt"
-    if kind == "entropy_lm":
-        return api.ByteLM(*api.load_entropy_model(path))
-    if kind == "token_lm":
-        return api.load_token_model(path)
     return api.from_pretrained(path, entropy_path=entropy)
 
 

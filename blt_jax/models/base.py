@@ -75,6 +75,8 @@ class ModelKind(abc.ABC):
     config_class: ClassVar[type]
     description: ClassVar[str]
     token_rows: ClassVar[bool] = False
+    # The model is itself an entropy LM: loading also finds it as a BLT's patcher.
+    is_patcher: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -135,6 +137,16 @@ class ModelKind(abc.ABC):
     def companions(self) -> dict[str, Any]:
         """Models stored beside this one with their own parameters (label -> configuration)."""
         return {}
+
+    def with_patching(self, patching: PatchingConfig, entropy_lm: EntropyLMConfig | None) -> Any:
+        """The configuration patching with `patching` (a run's rule and threshold) and `entropy_lm`;
+        unchanged for a model of plain rows."""
+        return self.config
+
+    def standalone(self, params: Mapping) -> tuple[Any, Mapping]:
+        """(configuration, parameters) of the model this one is to use once trained: itself, or the
+        part of it that is a model of its own (byteification's stage 1: its BLT, without the teacher)."""
+        return self.config, params
 
     def encoder_input(self) -> EncoderInput | None:
         """The separately computable encoder input, for models that have one."""

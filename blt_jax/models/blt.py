@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,9 @@ class BLTKind(ModelKind):
     def companions(self) -> dict[str, Any]:
         model = self.config.entropy_model
         return {} if model is None else {"entropy model (separate)": model}
+
+    def with_patching(self, patching: PatchingConfig, entropy_lm: EntropyLMConfig | None) -> BLTConfig:
+        return dataclasses.replace(self.config, patching=patching, entropy_model=entropy_lm)
 
     def encoder_input(self) -> EncoderInput:
         return _BLTEncoderInput(self.config)

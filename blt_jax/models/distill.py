@@ -13,6 +13,7 @@ The teacher's side is a target: no gradient flows into it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -111,6 +112,14 @@ class DistillKind(ModelKind):
     @property
     def patching(self) -> PatchingConfig:
         return self.config.blt.patching
+
+    def with_patching(self, patching: PatchingConfig, entropy_lm: EntropyLMConfig | None) -> DistillConfig:
+        blt = dataclasses.replace(self.config.blt, patching=patching, entropy_model=entropy_lm)
+        return dataclasses.replace(self.config, blt=blt)
+
+    def standalone(self, params: Mapping) -> tuple[Any, Mapping]:
+        """The BLT and its parameters (the teacher's ends were only for training)."""
+        return self.config.blt, params["blt"]
 
     @property
     def entropy_lm(self) -> EntropyLMConfig | None:

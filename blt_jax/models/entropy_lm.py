@@ -21,6 +21,7 @@ class EntropyLMKind(ModelKind):
     name = "entropy_lm"
     config_class = EntropyLMConfig
     description = "an entropy LM"
+    is_patcher = True
     config: EntropyLMConfig
 
     @classmethod

@@ -6,7 +6,6 @@ loads the same. Model directories are read by `blt_jax.loading`; the functions h
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -14,8 +13,8 @@ import jax
 import numpy as np
 
 from blt_jax import paths
-from blt_jax.config import EntropyLMConfig, ModelConfig
-from blt_jax.loading import CheckpointError, LoadedModel, check_tree, load_dir, load_entropy_dir, load_model_dir
+from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
+from blt_jax.loading import CheckpointError, LoadedModel, load_dir, load_entropy_dir
 from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, unstack_layers
 from blt_jax.params import abstract_params
@@ -126,7 +125,7 @@ def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
     def load(path: str) -> Any:
         if is_training_run(path):
             return read_run(path)[1]
-        if model_kind(model).name == "entropy_lm":
+        if model_kind(model).is_patcher:  # also a BLT's patcher, in any layout
             return load_entropy_lm(path)[1]
         return load_dir(path).params
 
@@ -145,18 +144,12 @@ def _pass_entropy_model(source: str) -> str | None:
 
 
 def load_blt(path: str, entropy_path: str | None = None, dtype: Any = np.float32):
-    """(config, params, entropy params or None) of a BLT from a model directory or a training run.
-
-    A training run's BLT patches with the rule and threshold it was trained with; when that rule is
-    entropy patching, `entropy_path` names its entropy LM (anything `load_entropy_lm` reads); by
-    default, the model named by the manifest of the entropy pass the run trained on, if still there.
-    """
-    if not is_training_run(path):
-        return load_model_dir(path, entropy_path, dtype)
-    experiment, params = read_run(path)
-    config, entropy_params = patching_model(experiment, entropy_path, path)
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
-    return config, params, entropy_params
+    """(config, params, entropy params or None) of a BLT from a model directory or a training run
+    (`load_model`, required to hold a BLT)."""
+    loaded = load_model(path, entropy_path, dtype)
+    if not isinstance(loaded.config, BLTConfig):
+        raise CheckpointError(f"{path} holds {model_kind(loaded.config).description}, not a BLT")
+    return loaded.config, loaded.params, loaded.entropy_params
 
 
 def run_tokenizer(path: str, experiment) -> Any:
@@ -169,22 +162,29 @@ def run_tokenizer(path: str, experiment) -> Any:
 
 
 def load_model(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> LoadedModel:
-    """Any model from a model directory (`loading.load_dir`) or a training run of ours: a BLT (as
-    `load_blt`), a token LM with its tokenizer, or an entropy LM."""
+    """Any model from a model directory (`loading.load_dir`) or a training run of ours.
+
+    A run's model is what it trains to be (`ModelKind.standalone`: byteification's stage 1 gives its
+    BLT) and patches with the rule and threshold it trained with; when that rule is entropy patching,
+    `entropy_path` names its entropy LM (anything `load_entropy_lm` reads), by default the model named
+    by the manifest of the entropy pass the run trained on, if still there. A token LM comes with its
+    tokenizer.
+    """
     if not is_training_run(path):
         return load_dir(path, entropy_path, dtype)
-    experiment = read_run_config(path)
-    if model_kind(experiment.model).name == "blt":
-        return LoadedModel(*load_blt(path, entropy_path, dtype))
     experiment, params = read_run(path)
+    kind = model_kind(experiment.model)
+    config, entropy_params = patching_model(experiment, entropy_path, path)
+    config, params = model_kind(config).standalone(params)
     params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), jax.device_get(params))
-    tokenizer = run_tokenizer(path, experiment) if model_kind(experiment.model).token_rows else None
-    return LoadedModel(experiment.model, params, None, tokenizer)
+    tokenizer = run_tokenizer(path, experiment) if kind.token_rows else None
+    return LoadedModel(config, params, entropy_params, tokenizer)
 
 
 def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[ModelConfig, dict | None]:
-    """The config of a run's BLT as a standalone model (patching with the rule and threshold the run
-    trained with), and its entropy LM's parameters when that rule is entropy patching.
+    """The config of a run's model as a standalone one: patching with the rule and threshold the run
+    trained with (`ModelKind.with_patching`; unchanged for a model of plain rows), and its entropy
+    LM's parameters when that rule is entropy patching.
 
     Args:
       experiment: the run's `ExperimentConfig`.
@@ -193,11 +193,11 @@ def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[Mode
       run: the run's name in error messages.
 
     Raises:
-      CheckpointError: not a BLT, or an entropy-patched run whose entropy LM is not found.
+      CheckpointError: an entropy-patched run whose entropy LM is not found.
     """
     kind = model_kind(experiment.model)
-    if kind.name != "blt":
-        raise CheckpointError(f"{run} trained {kind.description}, not a BLT")
+    if kind.patching is None:
+        return experiment.model, None
     patching = experiment.data.patching
     entropy_config, entropy_params = None, None
     if patching.mode == "entropy":
@@ -206,7 +206,7 @@ def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[Mode
             raise CheckpointError(f"{run} was trained with entropy patching: name its entropy LM "
                                   "(--entropy-checkpoint DIR)")
         entropy_config, entropy_params = load_entropy_lm(entropy_path)
-    return dataclasses.replace(experiment.model, patching=patching, entropy_model=entropy_config), entropy_params
+    return kind.with_patching(patching, entropy_config), entropy_params
 
 
 def per_layer(experiment, params: Any) -> Any:
