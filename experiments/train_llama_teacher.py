@@ -88,7 +88,19 @@ def train_llama(directory, documents, vocab_size=512, steps=300, seq=128, batch=
             print(f"step {step}/{steps}: loss {loss.item():.4f} nats/token ({time.perf_counter() - start:.0f}s)",
                   flush=True)
     model.save_pretrained(directory)
+    write_tokenizer_config(directory)
     return float(loss.detach())
+
+
+def write_tokenizer_config(directory) -> None:
+    """`tokenizer_config.json` as a Hugging Face model directory has it: the class and the special
+    tokens by name (without it `AutoTokenizer` knows no EOS, and lm-eval's `hf` backend cannot stop
+    a generation)."""
+    import json
+
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIALS[0], "eos_token": SPECIALS[1],
+                   "model_max_length": 4096}, f, indent=1)
 
 
 def main() -> None:

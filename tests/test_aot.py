@@ -174,10 +174,10 @@ def test_memory_per_device_does_not_grow_with_the_global_batch():
     assert temp_32 < 1.1 * temp_8, (temp_8, temp_32)
 
 
-# The released sizes' profiles and bench_small, compiled as configured. Together ~20 minutes of
-# compilation on 2 CPU cores (1B v5e-256 alone 7-12), so they are a separate tier, not part of the
-# 15-minute suite: CI runs them after it (the README's release-check command) with
-#   BLT_JAX_AOT_RELEASED=1 python -m pytest -m released -n 2 --dist worksteal -rP tests/test_aot.py
+# The released sizes' profiles, byteify's and bench_small, compiled as configured. Together ~37
+# minutes of compilation on 2 CPU cores (1B v5e-256 alone 7-12, byteify's stages ~8 and ~7), so they are a
+# separate tier, not part of the suite: CI runs them after it, one at a time (the README's release
+# command).
 PROFILES = [
     ("bench_small.py", "v5p:2x2x2"),
     ("bench_small.py", "v5e:2x2"),
@@ -186,6 +186,9 @@ PROFILES = [
     ("blt_7b.py:v5p-128", "v5p-128"),
     ("entropy_100m.py:v5p-32", "v5p-32"),
     ("entropy_100m.py:v5e-256", "v5litepod-256"),
+    # Byteifying Llama-3.2-1B: stage 1 (the teacher frozen beside the BLT, unscanned) and stage 2.
+    ("byteify_llama_1b.py:stage1:v5p-8", "v5p-8"),
+    ("byteify_llama_1b.py:stage2:v5p-8", "v5p-8"),
 ]
 
 
