@@ -18,7 +18,7 @@ WORDS = [
     "copper", "marble", "tunnel", "spider", "falcon", "guitar", "harbor", "island", "kettle", "lantern",
     "meadow", "napkin", "oyster", "puzzle", "quartz", "rabbit", "saddle", "throne", "velvet", "walnut",
 ]
-CHAR_KINDS = {"spelling", "spelling_inverse", "contains_char", "ins_char", "del_char", "sub_char", "swap_char"}
+CHAR_KINDS = {"spelling", "spelling_choice", "spelling_inverse", "contains_char", "ins_char", "del_char", "sub_char", "swap_char"}
 EDIT_KINDS = {k for k in cute.TASKS if k.split("_")[0] in ("ins", "del", "sub", "swap")}
 N = 30
 
@@ -39,7 +39,7 @@ def expected(kind: str, instruction: str, text: str, answer: str) -> str:
     conditions that make it the only one."""
     args = re.findall(r'"([^"]*)"', instruction)
     tokens = text.split(" ")
-    if kind == "spelling":
+    if kind in ("spelling", "spelling_choice"):
         assert text.isalpha() and args == []
         return " ".join(text)
     if kind == "spelling_inverse":
@@ -94,6 +94,28 @@ def subject_words(kind: str, instruction: str, text: str) -> set[str]:
     return set(text.split(" ")) | set(re.findall(r'"([^"]*)"', instruction))
 
 
+def assert_misspellings(word: str, choices: list[str], answer: str) -> None:
+    """Four distinct spelled-out choices: the answer, and the word with two different neighbouring
+    letters swapped, with one letter replaced, and with one letter dropped."""
+    assert len(choices) == 4 == len(set(choices)) and answer in choices
+    letters = [c.replace(" ", "") for c in choices if c != answer]
+    assert all(c == " ".join(c.replace(" ", "")) for c in choices)
+    kinds = set()
+    for wrong in letters:
+        if len(wrong) == len(word) - 1:
+            assert any(word[:k] + word[k + 1:] == wrong for k in range(len(word)))
+            kinds.add("drop")
+            continue
+        diff = [i for i in range(len(word)) if word[i] != wrong[i]]
+        if len(diff) == 1:
+            kinds.add("replace")
+        else:
+            i, j = diff
+            assert j == i + 1 and wrong[i] == word[j] and wrong[j] == word[i]
+            kinds.add("swap")
+    assert kinds == {"drop", "replace", "swap"}
+
+
 def item_answer(row: dict) -> str:
     return row["choices"][row["label"]] if "choices" in row else row["answer"]
 
@@ -120,10 +142,14 @@ def test_items_have_exactly_one_right_answer(kind):
             assert shot[:2] != (instruction, text)
             assert not subject_words(kind, *shot[:2]) & about, (shot, about)
         assert len({shot[:2] for shot in shots}) == len(shots)
-        if kind in cute.CHOICE_KINDS:
+        if kind in cute.YES_NO_KINDS:
             assert row["choices"] == ["Yes", "No"] and {s[2] for s in shots} == {"Yes", "No"}
+        if kind == "spelling_choice":
+            assert_misspellings(text, row["choices"], answer)
     assert len(set(questions)) == N
-    if kind in cute.CHOICE_KINDS:
+    if kind == "spelling_choice":  # the right spelling is not always in one place
+        assert len({row["label"] for row in rows}) == 4
+    if kind in cute.YES_NO_KINDS:
         yes = sum(row["label"] == 0 for row in rows)
         assert yes == N // 2
         assert [row["label"] for row in rows] != [i % 2 for i in range(N)]  # shuffled, not alternating
@@ -194,13 +220,14 @@ class _Oracle:
         from lm_eval.api.model import LM
 
         answers = {row["prompt"]: item_answer(row) for row in rows}
+        choices = {row["prompt"]: row.get("choices") for row in rows}
 
         class Oracle(LM):
             def loglikelihood(self, requests):
                 out = []
                 for request in requests:
                     context, continuation = request.args
-                    assert continuation in (" Yes", " No")  # lm-eval's delimiter, then the choice
+                    assert continuation[:1] == " " and continuation[1:] in choices[context]  # lm-eval's delimiter
                     right = continuation == " " + answers[context]
                     out.append((0.0 if right != wrong else -9.0, right != wrong))
                 return out
@@ -288,5 +315,7 @@ def test_lm_eval_scores_an_oracle_fully_and_a_wrong_model_zero(elsewhere, wrong)
     for kind, name in zip(kinds, names):
         key = "acc,none" if kind in cute.CHOICE_KINDS else "exact_match,strip"
         assert results[name][key] == want, (name, results[name])
+        if kind == "spelling_choice":
+            assert results[name]["acc_norm,none"] == want, (name, results[name])
     if wrong:
         assert results["cute"]["exact_match,strip"] == 0.0

@@ -52,9 +52,15 @@ TASKS: dict[str, str] = {
     "sub_word": "replace every occurrence of a word in the sentence with another word",
     "swap_char": "swap two letters of the word (each occurs once)",
     "swap_word": "swap two words of the sentence (each occurs once)",
+    # Not in CUTE: its spelling question scored by likelihood, which separates models too small to
+    # spell a word out by generation (where every such model scores 0).
+    "spelling_choice": "the spelling question, as a choice among the right spelling and three misspellings "
+                       "(two neighbouring letters swapped, a letter replaced, a letter dropped)",
 }
-CHOICE_KINDS = frozenset({"contains_char", "contains_word"})  # multiple choice; the rest generate
+YES_NO_KINDS = frozenset({"contains_char", "contains_word"})  # multiple choice between CHOICES
+CHOICE_KINDS = YES_NO_KINDS | {"spelling_choice"}  # multiple choice; the rest generate
 CHOICES = ("Yes", "No")
+SPELLING = "Spell out the word, with a space between its letters."
 GROUP = "cute"
 MIN_WORDS = 20  # fewer usable words cannot give distinct items with few-shot examples on other words
 SENTENCE_WORDS = (5, 8)  # a word-level input holds this many words (inclusive)
@@ -76,11 +82,13 @@ class _Example:
       question: the instruction line and the quoted input line.
       answer: the expected text after "Answer: " ("Yes"/"No" for the contains tasks).
       used: the words the question is about; its few-shot examples avoid them.
+      choices: the candidate answers of a kind with its own choices (the answer among them), else ().
     """
 
     question: str
     answer: str
     used: frozenset[str]
+    choices: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +129,26 @@ def _distinct_letters(word: str) -> list[str]:
 
 def _draw_spelling(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example:
     word = rng.choice(vocab.words)
-    return _Example(_question("Spell out the word, with a space between its letters.", word),
-                    " ".join(word), frozenset({word}))
+    return _Example(_question(SPELLING, word), " ".join(word), frozenset({word}))
+
+
+def _draw_spelling_choice(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
+    """The spelling question with four choices: the right spelling, and the word with two different
+    neighbouring letters swapped, with one letter replaced by another, and with one letter dropped.
+    The three change two letters, one letter and the length, so no two choices are equal."""
+    word = rng.choice(vocab.words)
+    pairs = [i for i in range(len(word) - 1) if word[i] != word[i + 1]]
+    if len(word) < 3 or not pairs or len(vocab.letters) < 2:
+        return None
+    i = rng.choice(pairs)
+    swapped = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    j = rng.randrange(len(word))
+    replaced = word[:j] + rng.choice([c for c in vocab.letters if c != word[j]]) + word[j + 1:]
+    k = rng.randrange(len(word))
+    dropped = word[:k] + word[k + 1:]
+    choices = [" ".join(w) for w in (word, swapped, replaced, dropped)]
+    rng.shuffle(choices)
+    return _Example(_question(SPELLING, word), " ".join(word), frozenset({word}), tuple(choices))
 
 
 def _draw_spelling_inverse(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example:
@@ -268,6 +294,7 @@ _DRAWS: dict[str, _Draw] = {
     "sub_word": _draw_sub_word,
     "swap_char": _draw_swap_char,
     "swap_word": _draw_swap_word,
+    "spelling_choice": _draw_spelling_choice,
 }
 
 
@@ -341,7 +368,8 @@ def _prompt(shots: Sequence[_Example], item: _Example) -> str:
 def _row(kind: str, shots: Sequence[_Example], item: _Example) -> dict:
     prompt = _prompt(shots, item)
     if kind in CHOICE_KINDS:
-        return {"prompt": prompt, "choices": list(CHOICES), "label": CHOICES.index(item.answer)}
+        choices = item.choices or CHOICES
+        return {"prompt": prompt, "choices": list(choices), "label": choices.index(item.answer)}
     return {"prompt": prompt, "answer": item.answer}
 
 
@@ -359,6 +387,7 @@ def make_items(kind: str, words: Sequence[str], n: int, seed: int, shots: int = 
         substituted word does not occur in the sentence; a deletion leaves something;
         the word-level edits sometimes make their word occur twice ("every occurrence");
       * swap_char / swap_word: the two letters/words differ and each occurs exactly once;
+      * spelling_choice: four distinct choices, one the spelling (see `_draw_spelling_choice`);
       * no question is repeated within a kind; the `shots` worked examples before the question are
         distinct, do not repeat it and use none of its words.
 
@@ -371,7 +400,8 @@ def make_items(kind: str, words: Sequence[str], n: int, seed: int, shots: int = 
 
     Returns:
       JSON-ready rows: {"prompt", "answer"} for generation tasks, {"prompt", "choices", "label"}
-      (choices ["Yes", "No"], label their index) for the contains tasks.
+      (label: the index of the right choice) for the multiple-choice ones (["Yes", "No"] for the
+      contains tasks).
 
     Raises:
       InputError: an unknown kind, n < 1 or shots < 0, too few usable words, or words that cannot
@@ -395,7 +425,7 @@ def make_items(kind: str, words: Sequence[str], n: int, seed: int, shots: int = 
     if len(rows) < n:
         raise InputError(f"only {len(rows)} distinct {task_name(kind)} items could be drawn from "
                          f"{len(vocab.words)} usable words; ask for fewer or give more words")
-    if kind in CHOICE_KINDS:
+    if kind in YES_NO_KINDS:
         rng.shuffle(rows)  # the alternation above must not be a pattern in the file
     return rows
 
@@ -451,6 +481,8 @@ def task_config(kind: str, rows: Sequence[dict]) -> dict:
             "doc_to_target": "label",
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         }
+        if kind not in YES_NO_KINDS:  # choices of different lengths: also per byte (lm-eval's acc_norm)
+            config["metric_list"].append({"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True})
     else:
         longest = max(len(row["answer"].encode("utf-8")) for row in rows)
         config |= {
