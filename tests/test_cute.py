@@ -95,25 +95,20 @@ def subject_words(kind: str, instruction: str, text: str) -> set[str]:
 
 
 def assert_misspellings(word: str, choices: list[str], answer: str) -> None:
-    """Four distinct spelled-out choices: the answer, and the word with two different neighbouring
-    letters swapped, with one letter replaced, and with one letter dropped."""
+    """Four distinct spelled-out choices of one length: the answer, the word with two different
+    neighbouring letters swapped, and the word with one letter replaced at two different places."""
     assert len(choices) == 4 == len(set(choices)) and answer in choices
-    letters = [c.replace(" ", "") for c in choices if c != answer]
-    assert all(c == " ".join(c.replace(" ", "")) for c in choices)
-    kinds = set()
-    for wrong in letters:
-        if len(wrong) == len(word) - 1:
-            assert any(word[:k] + word[k + 1:] == wrong for k in range(len(word)))
-            kinds.add("drop")
-            continue
+    assert all(c == " ".join(c.replace(" ", "")) and len(c) == len(answer) for c in choices)
+    swaps, replaced = 0, set()
+    for wrong in (c.replace(" ", "") for c in choices if c != answer):
         diff = [i for i in range(len(word)) if word[i] != wrong[i]]
         if len(diff) == 1:
-            kinds.add("replace")
+            replaced.add(diff[0])
         else:
             i, j = diff
             assert j == i + 1 and wrong[i] == word[j] and wrong[j] == word[i]
-            kinds.add("swap")
-    assert kinds == {"drop", "replace", "swap"}
+            swaps += 1
+    assert swaps == 1 and len(replaced) == 2
 
 
 def item_answer(row: dict) -> str:

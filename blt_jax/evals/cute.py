@@ -55,7 +55,7 @@ TASKS: dict[str, str] = {
     # Not in CUTE: its spelling question scored by likelihood, which separates models too small to
     # spell a word out by generation (where every such model scores 0).
     "spelling_choice": "the spelling question, as a choice among the right spelling and three misspellings "
-                       "(two neighbouring letters swapped, a letter replaced, a letter dropped)",
+                       "of the same length (two neighbouring letters swapped; a letter replaced, twice)",
 }
 YES_NO_KINDS = frozenset({"contains_char", "contains_word"})  # multiple choice between CHOICES
 CHOICE_KINDS = YES_NO_KINDS | {"spelling_choice"}  # multiple choice; the rest generate
@@ -133,20 +133,19 @@ def _draw_spelling(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Exampl
 
 
 def _draw_spelling_choice(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
-    """The spelling question with four choices: the right spelling, and the word with two different
-    neighbouring letters swapped, with one letter replaced by another, and with one letter dropped.
-    The three change two letters, one letter and the length, so no two choices are equal."""
+    """The spelling question with four choices of one length (so that likelihood does not simply
+    favour the shortest): the right spelling, the word with two different neighbouring letters
+    swapped, and the word with one letter replaced by another, at two different positions. The swap
+    changes two letters and each replacement one, at different places, so no two choices are equal."""
     word = rng.choice(vocab.words)
     pairs = [i for i in range(len(word) - 1) if word[i] != word[i + 1]]
     if len(word) < 3 or not pairs or len(vocab.letters) < 2:
         return None
     i = rng.choice(pairs)
     swapped = word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    j = rng.randrange(len(word))
-    replaced = word[:j] + rng.choice([c for c in vocab.letters if c != word[j]]) + word[j + 1:]
-    k = rng.randrange(len(word))
-    dropped = word[:k] + word[k + 1:]
-    choices = [" ".join(w) for w in (word, swapped, replaced, dropped)]
+    replaced = [word[:j] + rng.choice([c for c in vocab.letters if c != word[j]]) + word[j + 1:]
+                for j in rng.sample(range(len(word)), 2)]
+    choices = [" ".join(w) for w in (word, swapped, *replaced)]
     rng.shuffle(choices)
     return _Example(_question(SPELLING, word), " ".join(word), frozenset({word}), tuple(choices))
 
