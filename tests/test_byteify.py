@@ -190,6 +190,7 @@ def test_byteify_refuses_bad_input_in_one_line(tmp_path):
         (["--teacher", "gpt2"], "model_type 'gpt2' (GPT2LMHeadModel) is an architecture blt_jax does not read"),
         (["--teacher", "teacher", "--config.local.dim=64"], "local.dim: 64 is wider than the teacher's 48"),
         (["--teacher", "teacher", "--config.stage2.patcher=bpe"], "stage2.patcher: must be one of entropy, teacher"),
+        (["--teacher", "teacher", "--heldout", "nowhere"], "nowhere"),
     ]
     for extra, needle in cases:
         done = blt_jax("byteify", *extra, "--corpus", "corpus", "--workdir", "out", "--scale", "tiny", cwd=tmp_path)
@@ -197,3 +198,21 @@ def test_byteify_refuses_bad_input_in_one_line(tmp_path):
         assert done.returncode == 2, (extra, done.stderr)
         assert len(lines) == 1 and lines[0].startswith("blt-jax byteify: error:") and needle in lines[0], (extra, lines)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_sample_corpus_writes_a_seeded_sample_within_its_budget(tmp_path):
+    """`byteify --heldout`'s sampler: whole documents in a seeded order, the last one cut at the
+    budget, as plain files; the same seed gives the same sample."""
+    from blt_jax.data.split import sample_corpus
+
+    (tmp_path / "corpus").mkdir()
+    for i in range(20):
+        (tmp_path / "corpus" / f"{i:02d}.txt").write_text("".join(f"line {i} {j}\n" for j in range(200)))
+    first = sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "a"), 5_000)
+    again = sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "b"), 5_000)
+    sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "c"), 5_000, seed=1)
+    read = lambda d: [p.read_bytes() for p in sorted((tmp_path / d).iterdir())]  # noqa: E731
+    assert read("a") == read("b") and read("a") != read("c")
+    written = sum(map(len, read("a")))
+    assert first["bytes"] == written and 5_000 <= written < 5_000 + 2_048 and first == again
+    assert 1 < first["documents"] < 20 and first["pieces"] == len(read("a"))

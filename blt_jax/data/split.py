@@ -120,17 +120,18 @@ def sample_corpus(spec: str, directory: str, budget: int, seed: int = 0) -> dict
     """
     source = check_corpus(spec)
     order = np.random.default_rng(seed).permutation(len(source))
-    cap, items, documents = max(2048, budget // 64), [], 0
-    size = lambda: sum(len(x) for x in items)  # noqa: E731
+    cap, items, documents, total = max(2048, budget // 64), [], 0, 0
     for index in order:
-        if size() >= budget:
+        if total >= budget:
             break
         item = source[int(index)]
         if item is None or not item.data.strip():
             continue
-        items += _up_to(pieces(item.data, cap), budget - size())
+        taken = _up_to(pieces(item.data, cap), budget - total)
+        items += taken
+        total += sum(map(len, taken))
         documents += 1
     if not items:
         raise InputError(f"{spec}: the corpus holds no text")
     _write_pieces(directory, items)
-    return dict(documents=documents, pieces=len(items), bytes=size())
+    return dict(documents=documents, pieces=len(items), bytes=total)

@@ -222,6 +222,6 @@ def load_entropy_lm(path: str) -> tuple[EntropyLMConfig, dict]:
         return load_entropy_dir(path)
     experiment, params = read_run(path)
     kind = model_kind(experiment.model)
-    if kind.name != "entropy_lm":
+    if not kind.is_patcher:
         raise CheckpointError(f"{path} trained {kind.description}, not an entropy LM")
     return experiment.model, params
