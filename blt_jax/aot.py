@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from blt_jax.errors import InputError
 from blt_jax.models import model_kind, require_kind
 from blt_jax.parallel import make_mesh
-from blt_jax.train.config import ExperimentConfig
+from blt_jax.experiment.config import ExperimentConfig
 
 # Cloud names -> libtpu topology names. v4 / v5p counts are TensorCores (2 per chip); v5e / v6e counts
 # are chips.

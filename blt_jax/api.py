@@ -408,7 +408,7 @@ def load_token_model(path: str) -> TokenLM:
     """A token LM with its tokenizer: a training run of a token transformer (with the tokenizer it was
     trained with), a token LM saved in our format, or a Llama-family Hugging Face directory."""
     from blt_jax.models import require_kind
-    from blt_jax.train import runs
+    from blt_jax.loading import runs
 
     loaded = runs.load_model(path)
     require_kind(loaded.config, "token_lm", "loading a token LM", path)
@@ -434,7 +434,7 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
       A `BLTModel`; a `TokenLM` (`logits(ids)`: int [B, T] -> float32 [B, T, V]); or, for an entropy LM
       or a byte LM, a `ByteLM` (scoring only).
     """
-    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+    from blt_jax.loading import runs  # the training stack (grain, Orbax) loads only when used
 
     return facade(runs.load_model(path, entropy_path, dtype))
 
@@ -457,7 +457,7 @@ def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:
     Returns:
       (config, params).
     """
-    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+    from blt_jax.loading import runs  # the training stack (grain, Orbax) loads only when used
 
     return runs.load_entropy_lm(path)
 
@@ -473,7 +473,7 @@ def from_training_run(workdir: str, entropy_path: str | None = None) -> BLTModel
     Returns:
       A `BLTModel` whose config carries the run's patching rule (and threshold).
     """
-    from blt_jax.train import runs  # the training stack (grain, Orbax) loads only when used
+    from blt_jax.loading import runs  # the training stack (grain, Orbax) loads only when used
 
     runs.require_training_run(workdir)
     return from_pretrained(workdir, entropy_path)

@@ -551,7 +551,7 @@ def cmd_byteify(args: argparse.Namespace) -> int:
 def cmd_aot(args: argparse.Namespace) -> int:
     from blt_jax.aot import aot_entropy_pass, aot_generation_step, aot_train_step, require_fit
     from blt_jax.experiment import load_experiment
-    from blt_jax.train.config import experiment_from_dict
+    from blt_jax.experiment.config import experiment_from_dict
 
     experiment = experiment_from_dict(load_experiment(args.config, args.overrides))
     compile_fn = {"train": aot_train_step, "generate": aot_generation_step, "entropy": aot_entropy_pass}[args.program]

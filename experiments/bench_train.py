@@ -26,7 +26,7 @@ from blt_jax.experiment import load_experiment
 from blt_jax.models import model_kind
 from blt_jax.metrics.perf import cpu_matmul_peak
 from blt_jax.parallel import MeshConfig, make_mesh
-from blt_jax.train.config import experiment_from_dict
+from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.train.programs import TrainPrograms
 
 HERE = os.path.dirname(os.path.abspath(__file__))

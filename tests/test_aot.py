@@ -16,7 +16,7 @@ from blt_jax.aot import aot_train_step, libtpu_name, require_fit, topology_devic
 from blt_jax.cli import main  # noqa: E402
 from blt_jax.experiment import load_experiment  # noqa: E402
 from blt_jax.parallel import make_mesh  # noqa: E402
-from blt_jax.train.config import experiment_from_dict  # noqa: E402
+from blt_jax.experiment.config import experiment_from_dict  # noqa: E402
 from blt_jax.train.programs import TrainPrograms  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from blt_jax.errors import InputError, MissingDependency, NotFound
 from blt_jax.metrics.flops import entropy_lm_forward_flops
 from blt_jax.models import model_kind
 from blt_jax.parallel import MeshConfig, make_mesh
-from blt_jax.train.config import experiment_from_dict, experiment_to_dict
+from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict
 from blt_jax.train.programs import TrainPrograms
 
 from user import blt_jax, user_env

@@ -110,7 +110,7 @@ def test_init_from_fills_named_subtrees_from_their_sources(tmp_path):
     from blt_jax.api import TokenLM
     from blt_jax.config import BLTConfig, HashConfig, StackConfig, TokenLMConfig
     from blt_jax.params import init_params
-    from blt_jax.train.runs import load_initial_params
+    from blt_jax.loading.runs import load_initial_params
 
     stack = StackConfig(dim=32, n_layers=2, n_heads=4, ffn_hidden=64, n_kv_heads=2, head_dim=8)
     token = TokenLMConfig(stack=stack, vocab_size=300, tie_embeddings=True, eos_id=None)
@@ -171,6 +171,93 @@ def test_frozen_subtrees_stay_and_multiplied_ones_move_at_their_rate():
         TrainPrograms(tiny_experiment(freeze="global_transfomer"), mesh)
 
 
+def test_token_strings_are_the_bytes_each_id_stands_for(byte_level, bpe):
+    """Every id with text decodes (through the library) to the bytes `token_strings` gives; specials
+    have none; the 256 single bytes are all there."""
+    for tokenizer in (byte_level, bpe):
+        strings = tokenizer.token_strings()
+        assert len(strings) == tokenizer.vocab_size
+        assert {s[0] for s in strings if s is not None and len(s) == 1} == set(range(256))
+        for index, s in enumerate(strings):
+            if s is None:
+                continue
+            if tokenizer is bpe:
+                assert tokenizer.decode([index]) == s, index
+            elif s.isascii():  # the library decodes one token of a multi-byte character as U+FFFD
+                assert byte_level._tokenizer.decode([index]) == s.decode(), index
+    assert byte_level.token_strings()[0] is None and byte_level.token_strings()[1] is None  # BOS and EOS
+    assert bpe.token_strings()[BOS_ID] is None and bpe.token_strings()[EOS_ID] is None
+
+
+def _tiny_blt(hash_sizes=(1, 3, 4), vocab=1021):
+    from blt_jax.config import BLTConfig, HashConfig, StackConfig
+
+    local = StackConfig(dim=16, n_layers=1, n_heads=2, ffn_hidden=32, window=16)
+    latent = StackConfig(dim=32, n_layers=1, n_heads=4, ffn_hidden=64)
+    return BLTConfig(encoder=local, latent=latent, decoder=local, hash=HashConfig(hash_sizes, vocab))
+
+
+def test_encoder_tables_hold_the_teachers_tokens_where_a_blt_looks_them_up(bpe):
+    """Each token whose length is a group size sits (projected) in the bucket the BLT's own hash
+    gives its bytes inside a row, single-byte tokens in the byte table; colliding tokens share their
+    mean; the rest of every table is the fresh initialisation; the projected rows keep the fresh
+    rows' size."""
+    from blt_jax.byteify.embeddings import encoder_tables, fresh_tables, projected_tokens
+    from blt_jax.nn.hash_embed import all_hash_ids
+
+    config = _tiny_blt()
+    strings = bpe.token_strings()
+    embedding = np.random.default_rng(0).normal(size=(bpe.vocab_size + 3, 40)).astype(np.float32)  # padded rows
+    tables, coverage = encoder_tables(config, embedding, strings)
+    fresh = fresh_tables(config)
+    rms = float(np.sqrt(np.mean(fresh["tok_embeddings"][4:] ** 2)))
+    vectors = projected_tokens(embedding, strings, 16, rms)
+    assert np.sqrt(np.mean(vectors[[s is not None for s in strings] + [False] * 3] ** 2)) == pytest.approx(rms)
+    byte_table, hashed = tables["tok_embeddings/embedding"], tables["hash_embeddings/embedding"]
+    for index, s in enumerate(strings):
+        if s is not None and len(s) == 1:
+            np.testing.assert_allclose(byte_table[s[0] + 4], vectors[index], rtol=1e-6)
+    assert coverage.byte_rows == 256 and np.array_equal(byte_table[:4], fresh["tok_embeddings"][:4])
+    lengths = [len(s) if s else 0 for s in strings]
+    assert coverage.tokens == tuple(lengths.count(n) for n in (1, 3, 4)) and coverage.tokens[1] > 20
+    touched = np.zeros(hashed.shape[:2], bool)
+    for table, n in enumerate((1, 3, 4)):
+        ids = [i for i, length in enumerate(lengths) if length == n]
+        # The bucket of each token's bytes at their last byte, inside a row after other bytes.
+        buckets = []
+        for i in ids:
+            row = np.frombuffer(b"xyz " + strings[i], np.uint8).astype(np.int32)[None] + 4
+            buckets.append(int(np.asarray(all_hash_ids(row, config.hash)[table])[0, -1]))
+        for bucket in set(buckets):
+            mean = np.mean([vectors[i] for i, b in zip(ids, buckets) if b == bucket], axis=0)
+            np.testing.assert_allclose(hashed[table, bucket], mean, rtol=1e-5, atol=1e-7)
+            touched[table, bucket] = True
+        assert coverage.buckets[table] == len(set(buckets))
+    np.testing.assert_array_equal(hashed[~touched], fresh["hash_embeddings"][~touched])
+
+
+def test_init_from_reads_a_file_of_named_tensors(tmp_path, bpe):
+    """`train.init_from` with a `.safetensors` file: the tables it names fill that subtree, the rest
+    keep their initialisation; a missing file is refused naming it."""
+    from blt_jax.byteify.embeddings import encoder_tables
+    from blt_jax.convert.safetensors_io import write_safetensors
+    from blt_jax.errors import NotFound
+    from blt_jax.params import init_params
+    from blt_jax.loading.runs import load_initial_params
+
+    config = _tiny_blt()
+    tables, _ = encoder_tables(config, np.ones((bpe.vocab_size, 16), np.float32) * np.arange(16), bpe.token_strings())
+    write_safetensors(str(tmp_path / "tables.safetensors"), tables)
+    fresh = init_params(config, jax.random.key(3))
+    params = load_initial_params(config, f"local_encoder={tmp_path / 'tables.safetensors'}", lambda: fresh)
+    encoder = params["local_encoder"]
+    np.testing.assert_array_equal(encoder["hash_embeddings"]["embedding"], tables["hash_embeddings/embedding"])
+    np.testing.assert_array_equal(encoder["tok_embeddings"]["embedding"], tables["tok_embeddings/embedding"])
+    np.testing.assert_array_equal(encoder["layers_0"]["attention"]["wq"], fresh["local_encoder"]["layers_0"]["attention"]["wq"])
+    with pytest.raises(NotFound, match="nothing.safetensors: no such file"):
+        load_initial_params(config, f"local_encoder={tmp_path / 'nothing.safetensors'}", lambda: fresh)
+
+
 def test_byteify_refuses_bad_input_in_one_line(tmp_path):
     """From a fresh directory: a teacher without a tokenizer, an architecture we do not read, and
     options whose widths cannot fit the teacher; nothing is written."""
@@ -190,6 +277,7 @@ def test_byteify_refuses_bad_input_in_one_line(tmp_path):
         (["--teacher", "gpt2"], "model_type 'gpt2' (GPT2LMHeadModel) is an architecture blt_jax does not read"),
         (["--teacher", "teacher", "--config.local.dim=64"], "local.dim: 64 is wider than the teacher's 48"),
         (["--teacher", "teacher", "--config.stage2.patcher=bpe"], "stage2.patcher: must be one of entropy, teacher"),
+        (["--teacher", "teacher", "--config.stage1.embeddings=zeros"], "stage1.embeddings: must be one of teacher, random"),
         (["--teacher", "teacher", "--heldout", "nowhere"], "nowhere"),
     ]
     for extra, needle in cases:

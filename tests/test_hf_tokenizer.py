@@ -15,7 +15,7 @@ from blt_jax.convert.hf import save_hf
 from blt_jax.experiment import load_experiment
 from blt_jax.params import abstract_params
 from blt_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, decode, encode
-from blt_jax.train.config import experiment_from_dict
+from blt_jax.experiment.config import experiment_from_dict
 from user import TINY
 
 TRICKY = [

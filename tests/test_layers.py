@@ -1,8 +1,8 @@
 """The package's layers (`.importlinter`): no module imports one above its layer, no import cycle.
 
-Order, top to bottom: cli, quickstart, api | aot, train | inference, loading, convert, data,
-patching, params | parallel, models, nn | metrics, presets | experiment, config | tokenizer | paths,
-errors. A second contract forbids cycles between sibling modules at every depth.
+Order, top to bottom: cli, study | byteify, quickstart | evals, api | aot, train | inference, loading,
+experiment | checkpoint, convert, data, patching, params | parallel, models, nn | metrics, presets,
+config | tokenizer | paths, errors. A second contract forbids cycles between sibling modules at every depth.
 """
 
 import os

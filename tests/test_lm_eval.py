@@ -14,7 +14,7 @@ import blt_jax
 from blt_jax.evals import scoring
 from blt_jax.experiment import load_experiment
 from blt_jax.tokenizer import encode
-from blt_jax.train.config import experiment_from_dict
+from blt_jax.experiment.config import experiment_from_dict
 from user import TINY, blt_jax as run
 
 

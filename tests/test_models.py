@@ -15,7 +15,7 @@ from blt_jax.models import ModelKind
 from blt_jax.nn.entropy_lm import EntropyLM
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.params import count, init_params
-from blt_jax.train.config import experiment_from_dict, experiment_to_dict, resolve_scan
+from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict, resolve_scan
 from blt_jax.train.programs import TrainPrograms
 
 

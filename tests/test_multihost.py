@@ -68,7 +68,7 @@ def signal_one_process(tmp, name: str, after_steps: int, sig: int, processes: in
 
 def read_params(tmp, workdir, env=None):
     """A run's final parameters, read in a fresh process: {path: NumPy array}."""
-    code = ("import sys, numpy as np, jax; from blt_jax.train import runs; _, p = runs.read_run(sys.argv[1]); "
+    code = ("import sys, numpy as np, jax; from blt_jax.loading import runs; _, p = runs.read_run(sys.argv[1]); "
             "np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v) "
             "for k, v in jax.tree_util.tree_leaves_with_path(p)})")
     out = tmp / f"params_{str(workdir).replace('/', '_').replace(':', '')}.npz"

@@ -142,8 +142,8 @@ def test_cli_rejects_unknown_stage(tmp_path):
 def test_experiment_file_gives_the_runs_the_quickstart_trained(run):
     """`blt-jax train --config experiments/quickstart.py:<run>@<workdir>` repeats a stage by hand."""
     from blt_jax.experiment import load_experiment
-    from blt_jax.train.config import experiment_from_dict
-    from blt_jax.train.config import experiment_to_dict
+    from blt_jax.experiment.config import experiment_from_dict
+    from blt_jax.experiment.config import experiment_to_dict
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("entropy_lm", "blt", "baseline"):

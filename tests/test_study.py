@@ -18,7 +18,7 @@ from blt_jax.study import arms as arming
 from blt_jax.study import plan as planning
 from blt_jax.study import report as reporting
 from blt_jax.study import stages
-from blt_jax.train.config import experiment_from_dict
+from blt_jax.experiment.config import experiment_from_dict
 from user import TPU_NOISE, blt_jax, start
 
 TINY = ["--scale", "tiny", "--minutes", "0.01", "--no-progress"]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from blt_jax.experiment import load_experiment
-from blt_jax.train.config import experiment_from_dict
-from blt_jax.train.runs import load_initial_params, read_run
+from blt_jax.experiment.config import experiment_from_dict
+from blt_jax.loading.runs import load_initial_params, read_run
 from blt_jax.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

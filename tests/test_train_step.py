@@ -12,7 +12,7 @@ from blt_jax.experiment import load_experiment
 from blt_jax.models import model_kind
 from blt_jax.nn.scan import unstack_layers
 from blt_jax.parallel import MeshConfig, make_mesh
-from blt_jax.train.config import experiment_from_dict
+from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.train.optimizer import learning_rate
 from blt_jax.train.programs import TrainPrograms
 

@@ -25,7 +25,7 @@ from blt_jax.quickstart.stages import StageResult, load_result, save_result
 
 __all__ = ["DEFAULT_MINUTES", "ByteifyPlan", "Paths", "default_options", "run_byteify"]
 
-STAGE_ONE = ("corpus", "measure", "stage1")
+STAGE_ONE = ("corpus", "measure", "embeddings", "stage1")
 STAGE_TWO = ("entropy_lm", "entropy_pass", "calibrate", "stage2")
 
 
@@ -108,7 +108,8 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
     plan = open_plan(paths, make_plan(options, config, minutes, total_peak_flops()), teacher, named)
     ctx = Context(paths, plan, config, corpus, progress, heldout)
     todo: list[tuple[str, Any]] = [("teacher", lambda c: stages.stage_teacher(teacher, paths, progress))]
-    todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_ONE]
+    todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_ONE
+             if name != "embeddings" or stages.teacher_embeddings(ctx)]
     if 2 in wanted:
         todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_TWO
                  if stages.entropy_patched(ctx) or name == "stage2"]

@@ -7,8 +7,9 @@ The options (`default_options`):
               encoder and decoder layers, window, cross_attn_k, hash n-gram sizes and buckets
     data      rows per step, bytes per row, held-out bytes
     entropy   the entropy LM of stage 2's patches (width, layers, heads, window), its steps and rate
-    stage1    steps (0: from --minutes), learning rate, and the teacher losses (block k, weights,
-              temperature)
+    stage1    steps (0: from --minutes), learning rate, the teacher losses (block k, weights,
+              temperature), and where the encoder's byte and hash tables start ("teacher": from the
+              teacher's token embeddings, `byteify.embeddings`; "random")
     stage2    steps (0: from --minutes), learning rate of the byte stacks, the latent's multiple of it
               (Bolmo: 0.5), and the patcher ("entropy", or "teacher" to keep the teacher's tokens)
     baseline  learning rate of the same BLT trained from scratch (as many steps as stages 1 and 2)
@@ -57,13 +58,14 @@ def default_options(scale: str = "small") -> ml_collections.ConfigDict:
         # 2.16 held-out bits per byte where 2e-3 reached 2.59; a hidden-state weight of 4 (Bolmo's)
         # gave 2.59 where 1 gave 2.48 and 0 gave 2.46 (H-Net also found a high weight hurts).
         stage1=dict(steps=0, learning_rate=4e-3 if tiny else 3e-3, hidden_layer=4, hidden_weight=1.0,
-                    distill_weight=1.0, temperature=5.0),
+                    distill_weight=1.0, temperature=5.0, embeddings="teacher"),
         stage2=dict(steps=0, learning_rate=3e-3 if tiny else 2e-3, latent_lr_factor=0.5, patcher="entropy"),
         baseline=dict(learning_rate=4e-3 if tiny else 3e-3),
     ))
 
 
 PATCHERS = ("entropy", "teacher")
+EMBEDDINGS = ("teacher", "random")  # the local encoder's tables: from the teacher's (`byteify.embeddings`), or not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +132,8 @@ def check_options(options: dict, teacher: TokenLMConfig) -> None:
     local_shape(options, teacher.stack.dim)
     layer = options["stage1"]["hidden_layer"]  # beyond the teacher's depth: its last block
     require(isinstance(layer, int) and layer >= 1, "stage1.hidden_layer", f"must be an integer >= 1, got {layer!r}")
+    require(options["stage1"]["embeddings"] in EMBEDDINGS, "stage1.embeddings",
+            f"must be one of {', '.join(EMBEDDINGS)}, got {options['stage1']['embeddings']!r}")
     require(options["stage2"]["patcher"] in PATCHERS, "stage2.patcher",
             f"must be one of {', '.join(PATCHERS)}, got {options['stage2']['patcher']!r}")
     require(options["stage2"]["latent_lr_factor"] > 0, "stage2.latent_lr_factor", "must be > 0")

@@ -5,6 +5,7 @@ checkpoint.
     teacher       the teacher in our format, with its tokenizer               -> teacher/
     corpus        held-out and training text of the corpus                   -> corpus/{validation,train}
     measure       the teacher's bytes per token and held-out bits per byte
+    embeddings    the encoder's byte and hash tables from the teacher's       -> embeddings.safetensors
     stage1        the BLT beside its frozen teacher, on the teacher's tokens -> stage1/
     entropy_lm    the entropy LM of stage 2's patches                        -> entropy_lm/
     entropy_pass  its per-byte entropies of both splits                      -> entropies/
@@ -30,7 +31,7 @@ from blt_jax.byteify import plan as planning
 from blt_jax.byteify.plan import ByteifyPlan
 from blt_jax.config import TokenLMConfig
 from blt_jax.errors import InputError
-from blt_jax.paths import write_json
+from blt_jax.paths import replacing, write_json
 from blt_jax.quickstart import stages as qs
 from blt_jax.quickstart.stages import StageResult
 
@@ -44,6 +45,7 @@ class Paths(qs.Paths):
         self.stage1 = os.path.join(workdir, "stage1")
         self.stage2 = os.path.join(workdir, "stage2")
         self.plan = os.path.join(workdir, "plan.json")
+        self.embeddings = os.path.join(workdir, "embeddings.safetensors")
         self.report_json = os.path.join(workdir, "report.json")
         self.report_md = os.path.join(workdir, "report.md")
 
@@ -74,7 +76,7 @@ def teacher_config(path: str) -> TokenLMConfig:
     from blt_jax.errors import NotFound
     from blt_jax.loading import detect_layout
     from blt_jax.models import model_config_from_dict, require_kind
-    from blt_jax.train import runs
+    from blt_jax.loading import runs
 
     resolved = paths.resolve(path)
     if runs.is_training_run(resolved):
@@ -166,6 +168,30 @@ def measured(ctx: Context) -> dict:
     return qs.require_result(ctx.paths, "measure").detail
 
 
+def teacher_embeddings(ctx: Context) -> bool:
+    return ctx.plan.option("stage1", "embeddings") == "teacher"
+
+
+def stage_embeddings(ctx: Context) -> StageResult:
+    """Starts the encoder's byte and hash tables from the teacher's token embeddings."""
+    from blt_jax.byteify.embeddings import encoder_tables
+    from blt_jax.convert.native import read_param
+    from blt_jax.convert.safetensors_io import write_safetensors
+    from blt_jax.data.token_patches import open_model_tokenizer
+    from blt_jax.models import model_config_from_dict
+
+    start = time.perf_counter()
+    config = model_config_from_dict(planning.blt_dict(ctx.plan, ctx.teacher, dict(mode="space")))
+    embedding = read_param(ctx.paths.teacher, "tok_embeddings/embedding")
+    strings = open_model_tokenizer(ctx.paths.teacher).token_strings()
+    tables, coverage = encoder_tables(config, embedding, strings)
+    with replacing(ctx.paths.embeddings) as tmp:
+        write_safetensors(tmp, tables)
+    return StageResult("embeddings", time.perf_counter() - start,
+                       detail=dict(note=coverage.note(config.hash.group_sizes if config.hash else ()),
+                                   **dataclasses.asdict(coverage), path=ctx.paths.embeddings))
+
+
 # ---- the two stages ------------------------------------------------------------------------------
 
 
@@ -175,10 +201,12 @@ def stage1_experiment(ctx: Context) -> dict:
     plan, paths = ctx.plan, ctx.paths
     model = planning.distill_dict(plan, ctx.teacher, paths.teacher)
     patches = planning.row_patches(plan.option("data", "row_bytes"), measured(ctx)["bytes_per_token"])
+    init_from = f"blt/global_transformer={paths.teacher},teacher={paths.teacher}"
+    if teacher_embeddings(ctx):
+        init_from += f",blt/local_encoder={paths.embeddings}"
     return planning.experiment_dict(
         plan, model, plan.stage1_steps, paths.corpus_train, paths.corpus_validation,
-        plan.option("stage1", "learning_rate"), patches,
-        init_from=f"blt/global_transformer={paths.teacher},teacher={paths.teacher}",
+        plan.option("stage1", "learning_rate"), patches, init_from=init_from,
         freeze="blt/global_transformer,teacher")
 
 

@@ -60,6 +60,25 @@ def read_meta(directory: str) -> dict:
     return meta
 
 
+def read_tensors(path: str, dtype=np.float32) -> dict:
+    """A `.safetensors` file of '/'-named tensors as a parameter tree (a part of a model: what
+    `train.init_from` reads from such a file)."""
+    return _unflatten(read_safetensors(path), dtype)
+
+
+def read_param(directory: str, name: str) -> np.ndarray:
+    """One parameter of a directory written by `save_native`, by its '/'-joined path, memory-mapped
+    (a large model's embedding table without reading the rest).
+
+    Raises:
+      NotFound: the directory has no such parameter.
+    """
+    tensors = read_safetensors(os.path.join(directory, PARAMS_FILE))
+    if name not in tensors:
+        raise NotFound(f"{directory}: no parameter {name}")
+    return tensors[name]
+
+
 def load_native(directory: str, dtype=np.float32):
     """Reads a directory written by `save_native`. Returns (config, params, entropy params or None).
 

@@ -231,6 +231,11 @@ class BpeTokenizer:
         lengths = self._lengths[ids].astype(np.int64)
         return ids, np.cumsum(lengths) - lengths
 
+    def token_strings(self) -> list[bytes | None]:
+        """The bytes each id stands for, [vocab_size] (None for the specials)."""
+        return [None] * OFFSET + [self._buffer[start:start + length].tobytes() for start, length in
+                                  zip(self._starts[OFFSET:], self._lengths[OFFSET:])]
+
     def decode(self, ids: Iterable[int]) -> bytes:
         """The bytes of token ids; special ids (< OFFSET) and ids out of range are dropped."""
         arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), np.int64).reshape(-1)

@@ -28,6 +28,8 @@ from blt_jax.tokenizer import TextLike
 
 TOKENIZER_FILE = "tokenizer.json"
 _STRAY = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of a byte that is not UTF-8
+_BYTE_FALLBACK = re.compile("<0x([0-9A-Fa-f]{2})>")  # SentencePiece's token for a byte it has no piece for
+_SPACE_MARK = "\u2581"  # SentencePiece's space
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -98,7 +100,8 @@ class PretrainedTokenizer:
         self.bos_id, self.eos_id = bos_id, eos_id
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self._byte_lengths = None
-        if _uses_byte_level(spec):
+        self._byte_level = _uses_byte_level(spec)
+        if self._byte_level:
             alphabet = _byte_level_alphabet()
             vocab = self._tokenizer.get_vocab(with_added_tokens=False)
             lengths = np.full(self.vocab_size, -1, np.int64)
@@ -127,6 +130,27 @@ class PretrainedTokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
+
+    def token_strings(self) -> list[bytes | None]:
+        """The bytes each id stands for, [vocab_size] (None: a special or added token, or a string that
+        is not text of its own).
+
+        Byte-level vocabularies map back exactly through GPT-2's table; SentencePiece-style ones read
+        U+2581 as a space and byte-fallback tokens ("<0x41>") as their byte.
+        """
+        alphabet = _byte_level_alphabet() if self._byte_level else None
+        added = set(self._tokenizer.get_added_tokens_decoder())
+        out: list[bytes | None] = [None] * self.vocab_size
+        for token, index in self._tokenizer.get_vocab(with_added_tokens=False).items():
+            if index >= self.vocab_size or index in added:
+                continue
+            if alphabet is not None:
+                if all(ch in alphabet for ch in token):
+                    out[index] = bytes(alphabet[ch] for ch in token)
+                continue
+            fallback = _BYTE_FALLBACK.fullmatch(token)
+            out[index] = bytes([int(fallback.group(1), 16)]) if fallback else token.replace(_SPACE_MARK, " ").encode()
+        return out
 
     def encode(self, data: TextLike, add_bos: bool = True, add_eos: bool = True) -> np.ndarray:
         """Token ids of text or bytes: int32 [L] (BOS and EOS where asked for and the model has them)."""

@@ -68,7 +68,7 @@ class LmEvalEvaluator:
         self.manager = manager
 
     def __call__(self, step: int, params: Any) -> dict[str, float]:
-        from blt_jax.train.runs import per_layer
+        from blt_jax.loading.runs import per_layer
 
         start = time.perf_counter()
         self.lm.model.params = jax.device_put(per_layer(self.experiment, host_params(params)))
@@ -97,7 +97,7 @@ def evaluators_for(experiment) -> list[LmEvalEvaluator]:
     lm_eval_backend = load_harness()
     from blt_jax.api import BLTModel
     from blt_jax.params import abstract_params
-    from blt_jax.train import runs
+    from blt_jax.loading import runs
 
     noises = noise_list(config.noise or None)
     manager = lm_eval_backend.task_manager(config.task_names, config.include_path or None, include_flag="lm_eval.include_path")

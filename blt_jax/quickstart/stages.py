@@ -167,7 +167,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def train_run(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
     """Trains (or resumes) one run and summarises it."""
     from blt_jax.models import model_kind
-    from blt_jax.train.config import experiment_from_dict
+    from blt_jax.experiment.config import experiment_from_dict
     from blt_jax.train.loop import train_and_evaluate
 
     experiment = experiment_from_dict(raw)

@@ -156,7 +156,7 @@ def thresholds(paths: Paths, plan: StudyPlan) -> dict[str, float]:
 def _first_batches(raw: dict, batches: int, **changes) -> Iterator[dict]:
     """The first training batches of an experiment dict, its data section changed by `changes`."""
     from blt_jax.data.pipeline import build_dataset
-    from blt_jax.train.config import experiment_from_dict
+    from blt_jax.experiment.config import experiment_from_dict
 
     data = dataclasses.replace(experiment_from_dict(raw).data, read_threads=1, **changes)
     return itertools.islice(build_dataset(data), batches)

@@ -20,8 +20,8 @@ from blt_jax.experiment import apply_override, load_experiment
 from blt_jax.loading import check_tree
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.params import abstract_params
-from blt_jax.train import runs
-from blt_jax.train.config import ExperimentConfig, experiment_from_dict, experiment_to_dict
+from blt_jax.loading import runs
+from blt_jax.experiment.config import ExperimentConfig, experiment_from_dict, experiment_to_dict
 from blt_jax.train.programs import TrainPrograms
 
 

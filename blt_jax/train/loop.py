@@ -31,10 +31,10 @@ from blt_jax.metrics.writers import MetricsWriter
 from blt_jax.models import model_kind
 from blt_jax.parallel import describe_shardings, process_rows
 from blt_jax.params import init_params
-from blt_jax.train import runs
-from blt_jax.train.checkpoint import Checkpointer
-from blt_jax.train.config import ExperimentConfig, experiment_to_dict
-from blt_jax.train.init import resolve_init_from
+from blt_jax.loading import runs
+from blt_jax.checkpoint import Checkpointer
+from blt_jax.experiment.config import ExperimentConfig, experiment_to_dict
+from blt_jax.loading.init_from import resolve_init_from
 from blt_jax.train.programs import TrainPrograms
 
 logger = logging.getLogger("blt_jax.train")

@@ -56,7 +56,7 @@ def train_from_file(spec: str, overrides: list[str], workdir: str, progress: boo
     """
     from blt_jax.experiment import load_experiment
     from blt_jax.parallel import maybe_initialize_distributed
-    from blt_jax.train.config import experiment_from_dict
+    from blt_jax.experiment.config import experiment_from_dict
     from blt_jax.train.loop import resolve_experiment_paths, train_and_evaluate
 
     experiment = experiment_from_dict(load_experiment(spec, overrides))

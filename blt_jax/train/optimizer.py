@@ -16,7 +16,7 @@ import jax
 import optax
 
 from blt_jax.config import ConfigError
-from blt_jax.train.config import TrainConfig, parse_frozen, parse_multipliers
+from blt_jax.experiment.config import TrainConfig, parse_frozen, parse_multipliers
 
 FROZEN = "frozen"
 

@@ -32,7 +32,7 @@ from blt_jax.parallel import (
     replicated,
     wait_for_all_processes,
 )
-from blt_jax.train.config import ExperimentConfig, parse_remat, resolve_scan
+from blt_jax.experiment.config import ExperimentConfig, parse_remat, resolve_scan
 from blt_jax.train.optimizer import check_groups, learning_rate, make_optimizer, stop_frozen
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step

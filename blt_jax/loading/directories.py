@@ -1,5 +1,5 @@
-"""Reading weights from model directories (the one owner): our layout, the Hugging Face one and
-Meta's, detected. Training runs are read by `blt_jax.train.runs`, which builds on this module.
+"""Model directories: our layout, the Hugging Face one and Meta's, detected; and files of named
+tensors. Training runs are read by `runs`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -149,6 +149,36 @@ def _load_blt_dir(resolved: str, layout: str, entropy_path: str | None, dtype: A
         config, params, entropy = load_meta(resolved, None if entropy_path is None else paths.resolve(entropy_path),
                                             np.dtype(dtype))
     return config, params, entropy
+
+
+TENSORS_SUFFIX = ".safetensors"
+
+
+def is_tensors_file(path: str) -> bool:
+    """A path naming one `.safetensors` file (a part of a model, `load_tensors`) rather than a model."""
+    return path.endswith(TENSORS_SUFFIX)
+
+
+def load_tensors(path: str, dtype: Any = np.float32) -> dict:
+    """A `.safetensors` file of '/'-named tensors (such as byteify's `embeddings.safetensors`) as a
+    parameter tree, for `train.init_from`.
+
+    Raises:
+      NotFound: no such file.
+    """
+    from blt_jax.convert.native import read_tensors
+
+    resolved = paths.resolve(path)
+    if not paths.isfile(resolved):
+        raise NotFound(f"{path}: no such file")
+    if paths.is_uri(resolved):  # the reader memory-maps a local file: read a local copy
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as local:
+            copy = paths.join(local, "tensors" + TENSORS_SUFFIX)
+            paths.copy_file(resolved, copy)
+            return read_tensors(copy, np.dtype(dtype))  # astype copies: nothing stays mapped
+    return read_tensors(resolved, np.dtype(dtype))
 
 
 def load_entropy_dir(path: str) -> tuple[EntropyLMConfig, dict]:

@@ -6,7 +6,7 @@ all processes and written once, so a run resumes on another process count) and t
 configuration (JSON). Restores land directly in the target shardings. A latest checkpoint
 that cannot be read (corrupt or partial) is reported and the previous one is used.
 `CheckpointReader` reads a run's configuration and parameters alone, changing nothing in it
-(`blt_jax.train.runs` builds on it to use a run without its corpus).
+(`blt_jax.loading.runs` builds on it to use a run without its corpus).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class TrainConfig:
       keep_checkpoints: how many recent checkpoints to keep.
       init_from: initial weights, or None: a source (a run of ours, or any model directory
         `from_pretrained` reads) for the whole tree, or parts of the tree from several sources,
-        "SUBTREE=SOURCE[#FROM],..." (`train.init.parse_init_from`): e.g.
+        "SUBTREE=SOURCE[#FROM],..." (`loading.init_from.parse_init_from`): e.g.
         "blt/global_transformer=~/llama,teacher=~/llama" puts a Llama's blocks in a BLT's latent.
       peak_flops: FLOP/s per device for MFU; 0 = from the device table / a CPU probe.
       freeze: comma-separated parameter subtrees ("blt/global_transformer") left as they are: no

@@ -1,7 +1,7 @@
 """Training runs of ours as sources of weights: a run is read from its checkpoint alone (the
 resolved configuration saved with it and the parameters, restored without the optimizer state, the
 data iterator or the corpus, onto one device), so a run copied off its pod, or whose corpus is gone,
-loads the same. Model directories are read by `blt_jax.loading`; the functions here take either.
+loads the same. Model directories are read by `directories`; the functions here take either.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ import numpy as np
 
 from blt_jax import paths
 from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
-from blt_jax.loading import CheckpointError, LoadedModel, load_dir, load_entropy_dir
+from blt_jax.loading.directories import (
+    CheckpointError,
+    LoadedModel,
+    is_tensors_file,
+    load_dir,
+    load_entropy_dir,
+    load_tensors,
+)
 from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, unstack_layers
 from blt_jax.params import abstract_params
 from blt_jax.patching.store import MANIFEST
-from blt_jax.train.config import experiment_from_dict, resolve_scan
+from blt_jax.experiment.config import experiment_from_dict, resolve_scan
 
 logger = logging.getLogger("blt_jax.runs")
 
@@ -54,7 +61,7 @@ def require_training_run(workdir: str) -> str:
 def _reader(workdir: str):
     # Imported here, not above: Orbax is slow to import and installs a root logging handler, which
     # asking whether a path is a run, or loading a model directory, must not pay for.
-    from blt_jax.train.checkpoint import CheckpointReader
+    from blt_jax.checkpoint import CheckpointReader
 
     return CheckpointReader(require_training_run(workdir))
 
@@ -114,15 +121,17 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
 
 def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
     """Parameters for `model` to start training from (`train.init_from`, `train.init`): runs of ours,
-    or model directories in any layout `loading` reads (for an entropy LM, any form `load_entropy_lm`
-    reads), for the whole tree or parts of it. `fresh()` gives the initialisation of what no source
-    fills (default: seed 0)."""
+    model directories in any layout `loading` reads (for an entropy LM, any form `load_entropy_lm`
+    reads), or `.safetensors` files of '/'-named tensors, for the whole tree or parts of it. `fresh()`
+    gives the initialisation of what no source fills (default: seed 0)."""
     from blt_jax.params import init_params
-    from blt_jax.train.init import initial_params
+    from blt_jax.loading.init_from import initial_params
 
     fresh = fresh or (lambda: init_params(model, jax.random.key(0)))
 
     def load(path: str) -> Any:
+        if is_tensors_file(path):
+            return load_tensors(path)
         if is_training_run(path):
             return read_run(path)[1]
         if model_kind(model).is_patcher:  # also a BLT's patcher, in any layout

@@ -5,10 +5,12 @@ parts of it from several, as Levanter's `initialize_from_hf` does for whole mode
     "blt/global_transformer=~/llama,teacher=~/llama" a Llama's blocks and final norm into a BLT's
                                                     latent, its embeddings and head beside it
     "=runs/stage1#blt"                              the whole tree from the `blt` part of a run
+    "blt/local_encoder=byteify/embeddings.safetensors"  tables from a file of '/'-named tensors
 
 An entry SUBTREE=SOURCE[#FROM] fills the parameters under SUBTREE (a "/"-separated path; empty: the
-whole tree) from SOURCE (a run of ours, or any model directory `from_pretrained` reads), read at FROM:
-by default the subtree of the same name when SOURCE has one, else SOURCE's whole tree. Every
+whole tree) from SOURCE (a run of ours, any model directory `from_pretrained` reads, or a
+`.safetensors` file of '/'-named tensors), read at FROM: by default the subtree of the same name
+when SOURCE has one, else SOURCE's whole tree. Every
 parameter under SUBTREE whose path (below SUBTREE) exists at FROM is taken from it; shapes must match;
 the rest keep their fresh initialisation and are listed in the log. An entry that fills nothing is an
 error (a misspelt subtree), as is a shape that differs.
@@ -26,9 +28,9 @@ import numpy as np
 from flax import traverse_util
 
 from blt_jax.config import ConfigError, ModelConfig
-from blt_jax.loading import check_tree
+from blt_jax.loading.directories import check_tree
 from blt_jax.params import abstract_params
-from blt_jax.train.config import subtree
+from blt_jax.experiment.config import subtree
 
 logger = logging.getLogger("blt_jax.train")
 
