@@ -165,7 +165,8 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     devices = topology_devices(topology)
     mesh = make_mesh(experiment.mesh, devices)
     start = time.perf_counter()
-    programs = TrainPrograms(experiment, mesh)
+    options = experiment.options.replace(platform="tpu")  # "auto" attention means what it will on the TPU
+    programs = TrainPrograms(experiment, mesh, options)
     state = _abstract(programs.abstract_state, programs.state_shardings)
     batch = abstract_batch(experiment, programs.batch_sharding)
     with programs.context():
@@ -179,7 +180,8 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     report = _report("train_step", topology, devices, mesh, lowered, start,
                      batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
                             "grad_accum": experiment.train.grad_accum},
-                     remat=experiment.train.remat, scan=experiment.train.scan)
+                     remat=experiment.train.remat, scan=experiment.train.scan,
+                     attention="splash" if options.splash else "dense")
     report["analytic_flops_per_device"] = analytic
     if "compiled_flops_per_device" in report:  # absent when the compiler refused the program
         report["compiled_over_analytic"] = report["compiled_flops_per_device"] / analytic if analytic else None
@@ -280,9 +282,10 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
     tokens = jax.ShapeDtypeStruct((rows_n, window), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        lowered = jax.jit(entropies_fn(config), out_shardings=rows).lower(params, tokens)
+        options = experiment.run.replace(platform="tpu")
+        lowered = jax.jit(entropies_fn(config, options=options), out_shardings=rows).lower(params, tokens)
     return _report("entropy_pass", topology, devices, mesh, lowered, start,
-                   batch={"rows": rows_n, "window": window})
+                   batch={"rows": rows_n, "window": window}, attention="splash" if options.splash else "dense")
 
 
 def require_fit(report: dict) -> None:

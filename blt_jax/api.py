@@ -19,6 +19,7 @@ from blt_jax.config import BLTConfig, EntropyLMConfig
 from blt_jax.errors import InputError
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.patch_ids import lengths_from_starts
 from blt_jax.params import abstract_params, init_params
 from blt_jax.patching.rules import patch_starts
@@ -81,15 +82,19 @@ class BLTModel:
       config: the model configuration.
       params: BLT parameters (nested dict of arrays).
       entropy_params: entropy LM parameters, or None.
+      options: how it runs (`nn.options.RunOptions`: the attention implementation); not part of the
+        model: `save` never writes it.
     """
 
-    def __init__(self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None):
+    def __init__(self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None,
+                 options: RunOptions = DEFAULT):
         loading.check_tree(params, abstract_params(config), "BLT parameters")
         if entropy_params is not None:
             if config.entropy_model is None:
                 raise InputError("entropy_params given but config.entropy_model is None")
             loading.check_tree(entropy_params, abstract_params(config.entropy_model), "entropy LM parameters")
         self.config = config
+        self.options = options
         self.params = jax.device_put(params)
         self.entropy_params = None if entropy_params is None else jax.device_put(entropy_params)
 
@@ -137,12 +142,12 @@ class BLTModel:
 
     @functools.cached_property
     def _logits_fn(self):
-        module = BLT(self.config)
+        module = BLT(self.config, self.options)
         return jax.jit(lambda p, t, l: module.apply({"params": p}, t, l))
 
     @functools.cached_property
     def _entropy_fn(self):
-        module = EntropyLM(self.config.entropy_model)
+        module = EntropyLM(self.config.entropy_model, self.options)
         return jax.jit(lambda p, t: entropies_from_logits(module.apply({"params": p}, t)))
 
     @functools.cached_property
@@ -311,16 +316,18 @@ class ByteLM:
     Attributes:
       config: the entropy LM configuration.
       params: its parameters.
+      options: how it runs (as `BLTModel`'s).
     """
 
-    def __init__(self, config: EntropyLMConfig, params: Mapping):
+    def __init__(self, config: EntropyLMConfig, params: Mapping, options: RunOptions = DEFAULT):
         loading.check_tree(params, abstract_params(config), "byte LM parameters")
         self.config = config
         self.params = jax.device_put(params)
+        self.options = options
 
     @functools.cached_property
     def _logits_fn(self):
-        module = EntropyLM(self.config)
+        module = EntropyLM(self.config, self.options)
         return jax.jit(lambda p, t: module.apply({"params": p}, t))
 
     def logits(self, tokens: Any) -> jax.Array:
@@ -329,7 +336,7 @@ class ByteLM:
 
     @functools.cached_property
     def _scores_fn(self):
-        module = EntropyLM(self.config)
+        module = EntropyLM(self.config, self.options)
         return _scores_of(jax.jit(lambda p, t, _: module.apply({"params": p}, t)))
 
     def token_logprobs(self, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -353,8 +360,8 @@ class TokenLM(ByteLM):
         the directory has none (`logits` of ids still work).
     """
 
-    def __init__(self, config: Any, params: Mapping, tokenizer: Any = None):
-        super().__init__(config, params)
+    def __init__(self, config: Any, params: Mapping, tokenizer: Any = None, options: RunOptions = DEFAULT):
+        super().__init__(config, params, options)
         if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
             raise InputError(f"the tokenizer has {tokenizer.vocab_size} ids, the model only {config.vocab_size}")
         self.tokenizer = tokenizer
@@ -394,9 +401,9 @@ def _facades() -> dict:
     from blt_jax.models.token_lm import TokenLMKind
 
     return {
-        BLTKind: lambda m: BLTModel(m.config, m.params, m.entropy_params),
-        TokenLMKind: lambda m: TokenLM(m.config, m.params, m.tokenizer),
-        EntropyLMKind: lambda m: ByteLM(m.config, m.params),
+        BLTKind: lambda m, options: BLTModel(m.config, m.params, m.entropy_params, options),
+        TokenLMKind: lambda m, options: TokenLM(m.config, m.params, m.tokenizer, options),
+        EntropyLMKind: lambda m, options: ByteLM(m.config, m.params, options),
     }
 
 
@@ -415,7 +422,8 @@ def load_token_model(path: str) -> TokenLM:
     return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
 
 
-def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32) -> "BLTModel | TokenLM | ByteLM":
+def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32,
+                    attention_impl: str = "auto") -> "BLTModel | TokenLM | ByteLM":
     """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
     run of ours (its newest checkpoint; the run's corpus is not needed); or a token LM: a Llama-family
     Hugging Face directory (`LlamaForCausalLM`, Mistral, Qwen2), or a token LM of ours (a run or a
@@ -429,6 +437,8 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
       dtype: dtype of the loaded parameters (float32; `jnp.bfloat16` halves host memory for the
         released models, whose hash tables alone hold 3-4B parameters). Computation follows the
         config's dtype.
+      attention_impl: "auto" (splash kernels on TPU, dense elsewhere), "dense" or "splash" (off TPU
+        in interpret mode); how the model runs, not what it is.
 
     Returns:
       A `BLTModel`; a `TokenLM` (`logits(ids)`: int [B, T] -> float32 [B, T, V]); or, for an entropy LM
@@ -436,17 +446,18 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
     """
     from blt_jax.loading import runs  # the training stack (grain, Orbax) loads only when used
 
-    return facade(runs.load_model(path, entropy_path, dtype))
+    options = RunOptions(attention=attention_impl)  # refused in one line before anything is read
+    return facade(runs.load_model(path, entropy_path, dtype), options)
 
 
-def facade(loaded: loading.LoadedModel) -> "BLTModel | TokenLM | ByteLM":
+def facade(loaded: loading.LoadedModel, options: RunOptions = DEFAULT) -> "BLTModel | TokenLM | ByteLM":
     """The object a loaded model is used through, by its kind (`FACADES`)."""
     from blt_jax.models import model_kind
 
     kind = type(model_kind(loaded.config))
     if kind not in FACADES:
         raise loading.CheckpointError(f"{model_kind(loaded.config).description} has no standalone use")
-    return FACADES[kind](loaded)
+    return FACADES[kind](loaded, options)
 
 
 def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:

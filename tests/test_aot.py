@@ -174,21 +174,24 @@ def test_memory_per_device_does_not_grow_with_the_global_batch():
     assert temp_32 < 1.1 * temp_8, (temp_8, temp_32)
 
 
-# The released sizes' profiles, byteify's and bench_small, compiled as configured. Together ~37
-# minutes of compilation on 2 CPU cores (1B v5e-256 alone 7-12, byteify's stages ~8 and ~7), so they are a
+# The released sizes' profiles, byteify's and bench_small, compiled as configured: with the default
+# attention ("auto": the splash kernels on a TPU), and bench_small once more with dense attention,
+# where XLA counts every FLOP (it counts a Pallas kernel as none). Together ~40 minutes of
+# compilation on 2 CPU cores (1B v5e-256 alone 7-12, byteify's stages ~8 and ~7), so they are a
 # separate tier, not part of the suite: CI runs them after it, one at a time (the README's release
 # command).
 PROFILES = [
-    ("bench_small.py", "v5p:2x2x2"),
-    ("bench_small.py", "v5e:2x2"),
-    ("blt_1b.py:v5p-32", "v5p-32"),
-    ("blt_1b.py:v5e-256", "v5litepod-256"),
-    ("blt_7b.py:v5p-128", "v5p-128"),
-    ("entropy_100m.py:v5p-32", "v5p-32"),
-    ("entropy_100m.py:v5e-256", "v5litepod-256"),
+    ("bench_small.py", "v5p:2x2x2", "auto"),
+    ("bench_small.py", "v5e:2x2", "auto"),
+    ("bench_small.py", "v5e:2x2", "dense"),
+    ("blt_1b.py:v5p-32", "v5p-32", "auto"),
+    ("blt_1b.py:v5e-256", "v5litepod-256", "auto"),
+    ("blt_7b.py:v5p-128", "v5p-128", "auto"),
+    ("entropy_100m.py:v5p-32", "v5p-32", "auto"),
+    ("entropy_100m.py:v5e-256", "v5litepod-256", "auto"),
     # Byteifying Llama-3.2-1B: stage 1 (the teacher frozen beside the BLT, unscanned) and stage 2.
-    ("byteify_llama_1b.py:stage1:v5p-8", "v5p-8"),
-    ("byteify_llama_1b.py:stage2:v5p-8", "v5p-8"),
+    ("byteify_llama_1b.py:stage1:v5p-8", "v5p-8", "auto"),
+    ("byteify_llama_1b.py:stage2:v5p-8", "v5p-8", "auto"),
 ]
 
 
@@ -196,16 +199,20 @@ PROFILES = [
 @pytest.mark.skipif(not os.environ.get("BLT_JAX_AOT_RELEASED"),
                     reason="compiles a full-size train step (1-7 minutes each on 2 CPU cores; the release "
                            "tier CI runs after the suite); set BLT_JAX_AOT_RELEASED=1")
-@pytest.mark.parametrize("config,topology", PROFILES, ids=[f"{c.split('.py')[0]}{c.split('.py')[1]}-{t}" for c, t in PROFILES])
-def test_profile_compiles_and_fits(config, topology):
+@pytest.mark.parametrize("config,topology,attention", PROFILES,
+                         ids=[f"{c.split('.py')[0]}{c.split('.py')[1]}-{t}-{a}" for c, t, a in PROFILES])
+def test_profile_compiles_and_fits(config, topology, attention):
     """The train step of each profile compiles for its topology and its peak memory per chip stays
     under the chip's HBM (the figures of the README's Scaling table; printed with -rP)."""
-    experiment = experiment_from_dict(load_experiment(os.path.join(ROOT, "experiments", config)))
+    overrides = [f"model.attention_impl={attention}"]
+    experiment = experiment_from_dict(load_experiment(os.path.join(ROOT, "experiments", config), overrides))
     report = aot_train_step(experiment, topology)
     print(json.dumps(report))
+    assert report["attention"] == ("splash" if attention == "auto" else attention)  # auto means splash on a TPU
     assert report["fits"] is True, report
     assert 0 < report["peak_bytes_per_device"] < report["hbm_bytes_per_device"], report
     assert report["compiled_flops_per_device"] > 0
-    if not experiment.train.scan:
-        # Unscanned, XLA counts every layer: its FLOPs agree with ours (scanned loops count once).
+    if not experiment.train.scan and report["attention"] == "dense":
+        # Unscanned and without kernels, XLA counts every layer: its FLOPs agree with ours (scanned
+        # loops count once; Pallas kernels count none).
         assert 0.9 < report["compiled_over_analytic"] < 1.3, report

@@ -55,7 +55,7 @@ class ByteLMKind(ModelKind):
         data = entropy_lm_from_dict({k: v for k, v in dict(raw).items() if k != "kind"}, path)
         return ByteLMConfig(data.stack, data.vocab_size, data.dtype, data.param_dtype)
 
-    def module(self, remat=None, scan=()):
+    def module(self, options=None):
         return ByteLM(self.config)
 
     def inputs(self, batch, embeds=None):

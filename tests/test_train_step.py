@@ -168,6 +168,7 @@ def test_scan_over_layers_changes_layout_not_maths(scan, remat, batches, single_
 def test_scanned_entropy_lm_equals_per_layer():
     from blt_jax.config import EntropyLMConfig, StackConfig
     from blt_jax.nn.entropy_lm import EntropyLM
+    from blt_jax.nn.options import RunOptions
     from blt_jax.nn.scan import stack_layers
     from blt_jax.params import init_params
 
@@ -175,5 +176,5 @@ def test_scanned_entropy_lm_equals_per_layer():
     params = init_params(config, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(4, 260, size=(2, 20)).astype(np.int32)
     plain = EntropyLM(config).apply({"params": params}, tokens)
-    scanned = EntropyLM(config, scan=True).apply({"params": stack_layers(params, model_kind(config).scan_layout(("entropy",)))}, tokens)
+    scanned = EntropyLM(config, RunOptions(scan=("entropy",))).apply({"params": stack_layers(params, model_kind(config).scan_layout(("entropy",)))}, tokens)
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(plain), atol=1e-5, rtol=1e-5)

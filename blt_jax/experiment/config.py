@@ -23,6 +23,8 @@ from blt_jax.config import (
 from blt_jax.data.pipeline import DataConfig
 from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
 from blt_jax.nn.block import REMAT_POLICIES
+from blt_jax.nn.options import MODEL_KEYS as RUN_KEYS
+from blt_jax.nn.options import RunOptions
 from blt_jax.parallel import MeshConfig
 
 REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy", "token")
@@ -222,6 +224,13 @@ class ExperimentConfig:
     train: TrainConfig
     mesh: MeshConfig
     lm_eval: LmEvalConfig | None = None
+    run: RunOptions = RunOptions()  # the model section's run keys (attention); remat and scan: `options`
+
+    @property
+    def options(self) -> RunOptions:
+        """How the model runs in this experiment: `run` with the train section's remat and scan."""
+        return self.run.replace(remat=tuple(parse_remat(self.train.remat).items()),
+                                scan=resolve_scan(self.train.scan, self.model))
 
     def __post_init__(self):
         if self.data.batch_size % self.train.grad_accum:
@@ -266,7 +275,13 @@ def experiment_from_dict(raw: Any) -> ExperimentConfig:
         raise ConfigError(sorted(unknown)[0], "unknown section; expected model, data, eval, train, mesh, lm_eval")
     if "model" not in data:
         raise ConfigError("model", "missing: the experiment defines no model")
-    model = model_config_from_dict(data["model"], "model")
+    model_raw = _as_dict(data["model"], "model")
+    run_raw = {RUN_KEYS[key]: model_raw.pop(key) for key in list(model_raw) if key in RUN_KEYS}
+    model = model_config_from_dict(model_raw, "model")
+    try:
+        run = RunOptions(**run_raw)
+    except ConfigError as e:
+        raise e.under("model") from None
     train = _build(TrainConfig, data.get("train") or {}, "train")
     mesh = _build(MeshConfig, data.get("mesh") or {}, "mesh")
     training_data = _data_from_dict(data.get("data") or {}, "data", model)
@@ -274,15 +289,17 @@ def experiment_from_dict(raw: Any) -> ExperimentConfig:
     evaluation = _data_from_dict(eval_raw, "eval", model) if eval_raw else None
     lm_eval = _build(LmEvalConfig, data["lm_eval"], "lm_eval") if data.get("lm_eval") else None
     try:
-        return ExperimentConfig(model, training_data, evaluation, train, mesh, lm_eval)
+        return ExperimentConfig(model, training_data, evaluation, train, mesh, lm_eval, run)
     except ConfigError as e:
         raise e from None
 
 
 def experiment_to_dict(experiment: ExperimentConfig) -> dict:
     """JSON-friendly dict that `experiment_from_dict` turns back into the same experiment."""
+    run = experiment.run
     out = {
-        "model": config_to_dict(experiment.model),
+        "model": {**config_to_dict(experiment.model),
+                  **{key: getattr(run, field) for key, field in RUN_KEYS.items()}},
         "data": dataclasses.asdict(experiment.data),
         "train": dataclasses.asdict(experiment.train),
         "mesh": dataclasses.asdict(experiment.mesh),

@@ -18,6 +18,7 @@ import ml_collections
 
 from blt_jax import paths
 from blt_jax.errors import InputError, NotFound
+from blt_jax.nn.options import model_key_defaults
 
 OVERRIDE_PREFIX = "--config."
 
@@ -130,6 +131,12 @@ def load_experiment(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> m
       NotFound: no such file. InputError: no get_config, an unknown key, a value of the wrong type.
     """
     raw = _run_file(spec)
+    model = raw.get("model") if isinstance(raw, ml_collections.ConfigDict) else None
+    if isinstance(model, ml_collections.ConfigDict):  # run options the file leaves at their defaults
+        with model.unlocked():
+            for key, value in model_key_defaults().items():
+                if key not in model:
+                    model[key] = value
     for item in overrides:
         apply_override(raw, item)
     return raw

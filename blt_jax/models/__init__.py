@@ -16,6 +16,7 @@ from blt_jax.models.blt import BLTKind
 from blt_jax.models.distill import DistillKind
 from blt_jax.models.entropy_lm import EntropyLMKind
 from blt_jax.models.token_lm import TokenLMKind
+from blt_jax.nn.options import MODEL_KEYS
 
 __all__ = ["KINDS", "EncoderInput", "ModelKind", "config_to_dict", "model_config_from_dict", "model_kind", "require_kind"]
 
@@ -32,8 +33,11 @@ def model_kind(config: ModelConfig) -> ModelKind:
 
 
 def model_config_from_dict(raw: Any, path: str = "model") -> ModelConfig:
-    """The configuration of a dict whose `kind` field (default "blt") names its model kind."""
-    name = _as_dict(raw, path).get("kind", DEFAULT_KIND)
+    """The configuration of a dict whose `kind` field (default "blt") names its model kind. Run options
+    an experiment's model section carries (`nn.options.MODEL_KEYS`: attention) are not the model's and
+    are left out."""
+    raw = {k: v for k, v in _as_dict(raw, path).items() if k not in MODEL_KEYS}
+    name = raw.get("kind", DEFAULT_KIND)
     kind = KINDS.get(name)
     if kind is None:
         expected = " or ".join(repr(k) for k in KINDS)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.config import EntropyLMConfig, PatchingConfig
 
 Batch = Mapping[str, jax.Array]
@@ -87,8 +88,8 @@ class ModelKind(abc.ABC):
         """The validated configuration of a dict (errors name the field under `path`)."""
 
     @abc.abstractmethod
-    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
-        """The Flax module, with rematerialisation policies per stack and the stacks run as scans."""
+    def module(self, options: RunOptions = DEFAULT) -> nn.Module:
+        """The Flax module, running as the options say (remat per stack, scanned stacks, attention)."""
 
     @abc.abstractmethod
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
@@ -152,15 +153,15 @@ class ModelKind(abc.ABC):
         """The separately computable encoder input, for models that have one."""
         return None
 
-    def apply_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> Callable:
+    def apply_fn(self, options: RunOptions = DEFAULT) -> Callable:
         """(params, batch, embeds=None) -> fp32 logits [B, N, V]."""
-        module = self.module(remat, scan)
+        module = self.module(options)
         return lambda params, batch, embeds=None: module.apply({"params": params}, *self.inputs(batch, embeds))
 
-    def objective_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> Objective:
+    def objective_fn(self, options: RunOptions = DEFAULT) -> Objective:
         """What training minimises: (params, batch, embeds=None) -> `Objective`'s tuple. By default the
         cross-entropy of the next byte (or token) alone; a kind with more losses adds them."""
-        apply = self.apply_fn(remat, scan)
+        apply = self.apply_fn(options)
 
         def objective(params, batch, embeds=None):
             total, count = ce_sums(apply(params, batch, embeds), batch["targets"], batch["mask"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from blt_jax.config import BLTConfig, EntropyLMConfig, PatchingConfig, blt_from_dict
 from blt_jax.metrics.flops import blt_forward_flops_per_byte
 from blt_jax.models.base import Batch, EncoderInput, ModelKind, StackPath
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.blt import BLT, encoder_input, merge_embedding_params, split_embedding_params
 
 
@@ -44,8 +45,8 @@ class BLTKind(ModelKind):
     def config_from_dict(cls, raw: Any, path: str) -> BLTConfig:
         return blt_from_dict(raw, path)
 
-    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
-        return BLT(self.config, remat=dict(remat or {}), scan=tuple(scan))
+    def module(self, options: RunOptions = DEFAULT) -> nn.Module:
+        return BLT(self.config, options)
 
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
         return (batch["tokens"], batch["patch_lengths"], embeds)

@@ -14,7 +14,7 @@ The teacher's side is a target: no gradient flows into it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from blt_jax.config import DistillConfig, EntropyLMConfig, PatchingConfig, distill_from_dict
 from blt_jax.metrics.flops import blt_forward_flops_per_byte, stack_forward_flops
 from blt_jax.models.base import Batch, ModelKind, Objective, StackPath, ce_sums
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.distill import DistilledBLT
 from blt_jax.nn.patch_ids import patch_ids_from_lengths
 
@@ -59,8 +60,8 @@ class DistillKind(ModelKind):
     def config_from_dict(cls, raw: Any, path: str) -> DistillConfig:
         return distill_from_dict(raw, path)
 
-    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
-        return DistilledBLT(self.config, remat=dict(remat or {}))
+    def module(self, options: RunOptions = DEFAULT) -> nn.Module:
+        return DistilledBLT(self.config, options)
 
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
         return (batch["tokens"], batch["patch_lengths"], batch["patch_tokens"])
@@ -73,13 +74,13 @@ class DistillKind(ModelKind):
                 "patch_tokens": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
                 "token_mask": jax.ShapeDtypeStruct((rows, row_patches), jnp.bool_)}
 
-    def apply_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()):
+    def apply_fn(self, options: RunOptions = DEFAULT):
         """(params, batch, embeds=None) -> the BLT's fp32 byte logits [B, N, V]."""
-        module = self.module(remat, scan)
+        module = self.module(options)
         return lambda params, batch, embeds=None: module.apply({"params": params}, *self.inputs(batch))[0]
 
-    def objective_fn(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> Objective:
-        module, cfg = self.module(remat, scan), self.config
+    def objective_fn(self, options: RunOptions = DEFAULT) -> Objective:
+        module, cfg = self.module(options), self.config
 
         def objective(params, batch, embeds=None):
             logits, student, teacher, teacher_logp = module.apply({"params": params}, *self.inputs(batch))

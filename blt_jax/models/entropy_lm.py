@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -11,7 +11,7 @@ import jax
 from blt_jax.config import EntropyLMConfig, entropy_lm_from_dict
 from blt_jax.metrics.flops import entropy_lm_forward_flops
 from blt_jax.models.base import Batch, ModelKind, StackPath
-from blt_jax.nn.block import stack_remat
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.entropy_lm import EntropyLM
 
 
@@ -28,8 +28,8 @@ class EntropyLMKind(ModelKind):
     def config_from_dict(cls, raw: Any, path: str) -> EntropyLMConfig:
         return entropy_lm_from_dict(raw, path)
 
-    def module(self, remat: Mapping[str, str] | None = None, scan: Sequence[str] = ()) -> nn.Module:
-        return EntropyLM(self.config, remat=stack_remat(dict(remat or {}), "entropy"), scan="entropy" in scan)
+    def module(self, options: RunOptions = DEFAULT) -> nn.Module:
+        return EntropyLM(self.config, options, "entropy")
 
     def inputs(self, batch: Batch, embeds: jax.Array | None = None) -> tuple[jax.Array, ...]:
         return (batch["tokens"],)

@@ -13,6 +13,7 @@ from blt_jax.nn.layers import Dtype, RMSNorm, depth_factor, param, trunc_normal
 from blt_jax.nn.rope import apply_rope
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 from blt_jax.nn.softmax import masked_softmax
 
@@ -54,11 +55,18 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -
     return jnp.einsum("bhts,bhsk->bthk", probs.astype(v.dtype), v)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -> jax.Array:
-    """Causal self-attention from ids: banded when a window makes it worthwhile, dense otherwise.
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
+                     options: RunOptions = DEFAULT) -> jax.Array:
+    """Causal self-attention from ids, the one dispatch point: the splash kernel when the options ask
+    for it and the queries are the keys (no cache: training, evaluation, whole-row prefill); else
+    banded when a window makes it worthwhile, dense otherwise (cached decoding steps, ring caches).
 
     q [B, T, H, K], k/v [B, S, H, K] -> [B, T, H, K].
     """
+    if options.splash and spec.ordered and q.shape[1] == k.shape[1]:
+        from blt_jax.nn import splash  # Pallas loads only when a kernel runs
+
+        return splash.self_attention(q, k, v, spec, options, documents=not spec.one_document)
     if use_banded(spec, q.shape[1]):
         return banded_attention(q, k, v, spec)
     return masked_attention(q, k, v, spec.dense())
@@ -99,6 +107,7 @@ class SelfAttention(nn.Module):
       n_kv_heads: Hkv (None = H); H must be a multiple.
       head_dim: K (None = D / H).
       qkv_bias: q, k and v projections carry biases.
+      options: how attention runs (`nn.options`).
     """
 
     n_heads: int
@@ -108,6 +117,7 @@ class SelfAttention(nn.Module):
     n_kv_heads: int | None = None
     head_dim: int | None = None
     qkv_bias: bool = False
+    options: RunOptions = DEFAULT
 
     def _qkv(self, x: jax.Array):
         """q [B, N, H, K], k and v [B, N, Hkv, K] and wo of x [B, N, D]."""
@@ -153,7 +163,7 @@ class SelfAttention(nn.Module):
         if groups > 1:  # query head h reads key/value head h // groups (transformers' `repeat_kv`)
             k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
         if prefix is None:
-            out = causal_attention(q, k, v, mask)
+            out = causal_attention(q, k, v, mask, self.options)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
         keys, values, update = attend_keys(prefix, k, v)
         attend = ring_attention if prefix.mode == "ring" else causal_attention

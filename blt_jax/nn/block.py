@@ -15,6 +15,7 @@ from blt_jax.nn.attention import SelfAttention
 from blt_jax.nn.cache import KVCache, LayerPrefix, cached_call, finish, layer_prefix
 from blt_jax.nn.layers import Dtype, FeedForward, RMSNorm
 from blt_jax.nn.masks import CausalSpec
+from blt_jax.nn.options import DEFAULT, RunOptions
 
 
 class TransformerBlock(nn.Module):
@@ -24,6 +25,7 @@ class TransformerBlock(nn.Module):
       stack: the stack's configuration (heads, FFN width, norm eps).
       depth: index of the block in its stack (init scale).
       dtype / param_dtype: compute and parameter dtypes.
+      options: how the block runs (`nn.options`).
     """
 
     stack: StackConfig
@@ -31,6 +33,7 @@ class TransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     scan_output: bool = False  # return (x, None), the carry/output pair `nn.scan` expects
+    options: RunOptions = DEFAULT
 
     @nn.compact
     def __call__(
@@ -49,7 +52,7 @@ class TransformerBlock(nn.Module):
         h = RMSNorm(eps, dt, pdt, name="attention_norm")(x)
         st = self.stack
         attn = SelfAttention(st.n_heads, self.depth, dt, pdt, st.n_kv_heads, st.head_dim, st.qkv_bias,
-                             name="attention")(h, mask, rope, prefix)
+                             self.options, name="attention")(h, mask, rope, prefix)
         attn, kv = attn if prefix is not None else (attn, None)
         x = x + attn
         h = RMSNorm(eps, dt, pdt, name="ffn_norm")(x)
@@ -79,10 +82,20 @@ def block_class(remat: str = "none") -> type[nn.Module]:
     return nn.remat(TransformerBlock, policy=REMAT_POLICIES[remat], prevent_cse=True)
 
 
-def stack_remat(remat: dict[str, str] | None, stack: str) -> str:
-    """The policy of one stack from a {stack or "all": policy} mapping."""
-    remat = remat or {}
-    return remat.get(stack, remat.get("all", "none"))
+def stack_blocks(stack: StackConfig, name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype,
+                 prefix: str | None = None) -> list[nn.Module]:
+    """The blocks of a stack, one per layer, rematerialised as the options say for stack `name`.
+
+    Args:
+      stack: the stack's configuration.
+      name: the stack's name in the options (encoder, latent, decoder, entropy, token).
+      options: run-time options.
+      dtype / param_dtype: compute and parameter dtypes.
+      prefix: parameter names `{prefix}_{i}` (in a compact module), or None (setup attributes).
+    """
+    block = block_class(options.remat_for(name))
+    named = (lambda i: dict(name=f"{prefix}_{i}")) if prefix is not None else (lambda i: {})  # noqa: E731
+    return [block(stack, i, dtype, param_dtype, options=options, **named(i)) for i in range(stack.n_layers)]
 
 
 def run_blocks(
@@ -107,7 +120,7 @@ def run_blocks(
       x: [B, T, D] input of the first block.
       rope: (cos, sin) [B, T, K/2] of the new positions.
       positions: int [B, T] positions of the new entries.
-      docs: int [B, T] their document ids.
+      docs: int [B, T] their document ids (None: one document).
       window: the stack's attention window (None = full causal).
       cache: the stack's KVCache (incremental use), or None: the T positions attend to themselves.
       store: bool [B, T], ring caches only: which new positions to keep (default all).
@@ -120,7 +133,7 @@ def run_blocks(
     if cache is None:
         mask = CausalSpec.self_attention(positions, docs, window)
     else:
-        call = cached_call(cache, positions, docs, window, store)
+        call = cached_call(cache, positions, jnp.zeros_like(positions) if docs is None else docs, window, store)
         mask = call.mask
     for i, block in enumerate(blocks):
         if before is not None:
@@ -134,7 +147,8 @@ def run_blocks(
     return outputs, (None if cache is None else finish(cache, call, updates))
 
 
-def scanned_blocks(stack: StackConfig, dtype: Dtype, param_dtype: Dtype, remat: str = "none", name: str = "layers"):
+def scanned_blocks(stack: StackConfig, stack_name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype,
+                   name: str = "layers"):
     """All blocks of a stack as one `nn.scan` over a stacked layer axis (parameters [L, ...] under
     `name`, logical axis `layers` first). Call as `(x, mask, rope) -> x`.
 
@@ -143,12 +157,12 @@ def scanned_blocks(stack: StackConfig, dtype: Dtype, param_dtype: Dtype, remat: 
     per-layer model (its init scales depend on depth) and stack.
     """
     scan = nn.scan(
-        block_class(remat),
+        block_class(options.remat_for(stack_name)),
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast),
         length=stack.n_layers,
         metadata_params={nn.PARTITION_NAME: axes.LAYERS},
     )
-    module = scan(stack, 0, dtype, param_dtype, scan_output=True, name=name)
+    module = scan(stack, 0, dtype, param_dtype, scan_output=True, options=options, name=name)
     return lambda x, mask, rope: module(x, mask, rope)[0]

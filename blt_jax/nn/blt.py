@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
-from blt_jax.nn.block import stack_remat
 from blt_jax.nn.latent import LatentTransformer, patch_document_ids
 from blt_jax.nn.local import LocalDecoder, LocalEncoder
 from blt_jax.nn.masks import document_ids
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
 
 
@@ -28,14 +28,13 @@ class BLT(nn.Module):
     LATENT_PATH: ClassVar[tuple[str, ...]] = ("global_transformer",)
 
     config: BLTConfig
-    remat: dict | None = None  # {"encoder" | "latent" | "decoder" | "all": "none" | "full" | "save_dots"}
-    scan: tuple[str, ...] = ()  # stacks run as one nn.scan over stacked layers: ("latent",) or ()
+    options: RunOptions = DEFAULT  # remat per stack, the scanned latent, attention (`nn.options`)
 
     def setup(self):
         # The attribute names are the parameter paths of the three parts (the reference's names).
-        self.local_encoder = LocalEncoder(self.config, stack_remat(self.remat, "encoder"))
-        self.global_transformer = LatentTransformer(self.config, stack_remat(self.remat, "latent"), "latent" in self.scan)
-        self.local_decoder = LocalDecoder(self.config, stack_remat(self.remat, "decoder"))
+        self.local_encoder = LocalEncoder(self.config, self.options)
+        self.global_transformer = LatentTransformer(self.config, self.options)
+        self.local_decoder = LocalDecoder(self.config, self.options)
 
     def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None,
                  tap: int | None = None):

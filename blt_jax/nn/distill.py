@@ -16,6 +16,7 @@ from blt_jax.config import DistillConfig
 from blt_jax.nn import axes
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.layers import Dense, Embed
+from blt_jax.nn.options import DEFAULT, RunOptions
 
 
 class TeacherEnds(nn.Module):
@@ -58,15 +59,15 @@ class DistilledBLT(nn.Module):
 
     Attributes:
       config: the distillation configuration.
-      remat: rematerialisation per BLT stack (as `BLT`).
+      options: how the BLT runs (`nn.options`; the teacher's latent pass shares them).
     """
 
     config: DistillConfig
-    remat: dict | None = None
+    options: RunOptions = DEFAULT
 
     def setup(self):
         cfg = self.config
-        self.blt = BLT(cfg.blt, remat=self.remat)
+        self.blt = BLT(cfg.blt, self.options)
         self.teacher = TeacherEnds(cfg.teacher_vocab, cfg.blt.latent.dim, cfg.teacher_tied, jnp.dtype(cfg.blt.dtype),
                                    jnp.dtype(cfg.blt.param_dtype))
 

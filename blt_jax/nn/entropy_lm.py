@@ -14,9 +14,10 @@ import jax.numpy as jnp
 
 from blt_jax.config import EntropyLMConfig, TokenLMConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
+from blt_jax.nn.block import run_blocks, scanned_blocks, stack_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.rope import rope_tables
 from blt_jax.nn.masks import CausalSpec, document_ids
 from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
@@ -30,14 +31,15 @@ class EntropyLM(nn.Module):
     Attributes:
       config: the entropy LM configuration, or a token transformer's (it reads only stack,
         vocab_size, dtype and param_dtype, which both have).
+      options: how the stack runs (`nn.options`), under `stack_name`.
     """
 
     # Parameter path of the blocks training may scan (`nn.scan`): the model's own top level.
     STACK_PATH: ClassVar[tuple[str, ...]] = ()
 
     config: EntropyLMConfig | TokenLMConfig
-    remat: str = "none"
-    scan: bool = False  # one nn.scan over stacked layers (training; no cache)
+    options: RunOptions = DEFAULT
+    stack_name: str = "entropy"  # its name in the options ("token": the token transformer)
 
     @nn.compact
     def __call__(
@@ -73,13 +75,13 @@ class EntropyLM(nn.Module):
         rope = rope_tables(positions, st)
         embed = Embed(cfg.vocab_size, st.dim, st.dim**-0.5, dt, pdt, name="tok_embeddings")
         h = embed(tokens)
-        if self.scan:
+        if self.options.scans(self.stack_name):
             if cache is not None:
                 raise ValueError("a scanned entropy LM has no cached path; unstack its parameters to stream")
             mask = CausalSpec.self_attention(positions, docs, st.window)
-            h = scanned_blocks(st, dt, pdt, self.remat)(h, mask, rope)
+            h = scanned_blocks(st, self.stack_name, self.options, dt, pdt)(h, mask, rope)
         else:
-            blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
+            blocks = stack_blocks(st, self.stack_name, self.options, dt, pdt, prefix="layers")
             outputs, cache = run_blocks(blocks, h, rope, positions, docs, st.window, cache, store)
             h = outputs[-1]
         h = RMSNorm(st.norm_eps, dt, pdt, name="norm")(h)
@@ -106,14 +108,15 @@ def entropies_from_logits(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1):
-    """A jittable `(params, tokens [B, N]) -> float32 entropies [B, N]`.
+def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1, options: RunOptions = DEFAULT):
+    """A jittable `(params, tokens [B, N]) -> float32 entropies [B, N]`, the model running as
+    `options` say.
 
     Rows are processed `rows_per_group` at a time in a loop (`lax.map`): the same work, but every
     intermediate is a few MB, which on CPU avoids re-faulting large fresh buffers on every call
     (the dominant cost above ~16 MB per buffer) and on accelerators bounds temporary memory.
     """
-    module = EntropyLM(config)
+    module = EntropyLM(config, options)
 
     def fn(params, tokens):
         batch, length = tokens.shape

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
-from blt_jax.nn.block import block_class, run_blocks, scanned_blocks
+from blt_jax.nn.block import run_blocks, scanned_blocks, stack_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, RMSNorm
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.rope import rope_tables
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
@@ -43,11 +44,12 @@ class LatentTransformer(nn.Module):
     Attributes:
       config: the BLT configuration (uses `latent`, and the input projection when
         k * encoder.dim != latent.dim).
+      options: how the stack runs (`nn.options`; its stack name: "latent", which may be scanned:
+        one nn.scan over stacked layers, for training, without a cache).
     """
 
     config: BLTConfig
-    remat: str = "none"
-    scan: bool = False  # one nn.scan over stacked layers (training; no cache)
+    options: RunOptions = DEFAULT
 
     @nn.compact
     def __call__(
@@ -83,17 +85,17 @@ class LatentTransformer(nn.Module):
                       name="token_embedding_projection")(x)
         batch, num_patches = x.shape[:2]
         if cfg.latent_mask == "causal":  # one document per row: patches see earlier documents
-            patch_docs = jnp.zeros_like(patch_docs)
+            patch_docs = None
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         rope = rope_tables(positions, st)
         norm = RMSNorm(st.norm_eps, dt, pdt, name="norm") if cfg.latent_norm else (lambda h: h)
-        if self.scan:
+        if self.options.scans("latent"):
             if cache is not None or tap is not None:
                 raise ValueError("a scanned latent stack has no cached or tapped path; unstack its parameters")
             mask = CausalSpec.self_attention(positions, patch_docs, st.window)
-            return norm(scanned_blocks(st, dt, pdt, self.remat)(x, mask, rope))
-        blocks = [block_class(self.remat)(st, i, dt, pdt, name=f"layers_{i}") for i in range(st.n_layers)]
+            return norm(scanned_blocks(st, "latent", self.options, dt, pdt)(x, mask, rope))
+        blocks = stack_blocks(st, "latent", self.options, dt, pdt, prefix="layers")
         outputs, new_cache = run_blocks(blocks, x, rope, positions, patch_docs, st.window, cache, store)
         out = norm(outputs[-1])
         if tap is not None:

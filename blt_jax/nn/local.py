@@ -9,10 +9,11 @@ import jax.numpy as jnp
 from blt_jax.config import BLTConfig
 from blt_jax.nn import axes
 from blt_jax.nn.attention import CrossAttention
-from blt_jax.nn.block import block_class, run_blocks
+from blt_jax.nn.block import run_blocks, stack_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.hash_embed import HashEmbedding
 from blt_jax.nn.layers import Dense, Embed, RMSNorm
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.rope import rope_tables
 
 
@@ -51,11 +52,11 @@ class LocalEncoder(nn.Module):
 
     Attributes:
       config: the BLT configuration.
-      remat: rematerialisation policy of the blocks.
+      options: how the stack runs (`nn.options`; its stack name: "encoder").
     """
 
     config: BLTConfig
-    remat: str = "none"
+    options: RunOptions = DEFAULT
 
     def setup(self):
         cfg, st = self.config, self.config.encoder
@@ -64,7 +65,7 @@ class LocalEncoder(nn.Module):
         self.tok_embeddings = Embed(cfg.vocab_size, dim, dim**-0.5, dt, pdt)
         if cfg.hash is not None:
             self.hash_embeddings = HashEmbedding(cfg.hash, dim, dt, pdt)
-        self.layers = [block_class(self.remat)(st, i, dt, pdt) for i in range(st.n_layers)]
+        self.layers = stack_blocks(st, "encoder", self.options, dt, pdt)
         self.patch_embedding_projection = Dense(k * dim, (axes.EMBED, axes.PATCH_SLOTS), dim**-0.5, dt, pdt)
         self.cross_attn_layers = [
             CrossAttention(dim, cfg.cross_attn_heads, k, True, j, st.norm_eps, dt, pdt)
@@ -194,11 +195,11 @@ class LocalDecoder(nn.Module):
 
     Attributes:
       config: the BLT configuration.
-      remat: rematerialisation policy of the blocks.
+      options: how the stack runs (`nn.options`; its stack name: "decoder").
     """
 
     config: BLTConfig
-    remat: str = "none"
+    options: RunOptions = DEFAULT
 
     def setup(self):
         cfg, st = self.config, self.config.decoder
@@ -209,7 +210,7 @@ class LocalDecoder(nn.Module):
         self.cross_attn_layers = [
             CrossAttention(dim, cfg.cross_attn_heads, k, False, i, st.norm_eps, dt, pdt) for i in range(n_cross)
         ]
-        self.layers = [block_class(self.remat)(st, i, dt, pdt) for i in range(st.n_layers)]
+        self.layers = stack_blocks(st, "decoder", self.options, dt, pdt)
         self.norm = RMSNorm(st.norm_eps, dt, pdt)
         self.output = Dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), dim**-0.5, dt, pdt)
 

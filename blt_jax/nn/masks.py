@@ -71,6 +71,7 @@ class CausalSpec:
       window: W, or None (full causal).
       ordered: keys are in position order with the queries last (a ring cache's keys are not), which
         is what lets windowed attention compute only a band.
+      one_document: every position is in one document (a causal latent): kernels need no segment ids.
     """
 
     q_pos: jax.Array
@@ -79,9 +80,14 @@ class CausalSpec:
     k_doc: jax.Array
     window: int | None = struct.field(pytree_node=False, default=None)
     ordered: bool = struct.field(pytree_node=False, default=True)
+    one_document: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def self_attention(cls, positions: jax.Array, docs: jax.Array, window: int | None) -> "CausalSpec":
+    def self_attention(cls, positions: jax.Array, docs: jax.Array | None, window: int | None) -> "CausalSpec":
+        """Positions attending to themselves; docs None: one document."""
+        if docs is None:
+            return cls(positions, jnp.zeros_like(positions), positions, jnp.zeros_like(positions), window,
+                       one_document=True)
         return cls(positions, docs, positions, docs, window)
 
     def dense(self) -> jax.Array:

@@ -28,7 +28,7 @@ from blt_jax.errors import InputError
 from blt_jax.loading import CheckpointError
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
-from blt_jax.models import model_kind
+from blt_jax.models import config_to_dict, model_kind
 from blt_jax.parallel import describe_shardings, process_rows
 from blt_jax.params import init_params
 from blt_jax.loading import runs
@@ -136,8 +136,9 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
         saved = runs.read_run_config(workdir)
     except CheckpointError:  # no complete checkpoint yet: nothing to resume, nothing to clash with
         return
-    stored = _flat({"model": experiment_to_dict(saved)["model"]})
-    wanted = _flat({"model": experiment_to_dict(experiment)["model"]})
+    # The model alone (`config_to_dict`): run options (attention) may change between sessions.
+    stored = _flat({"model": config_to_dict(saved.model)})
+    wanted = _flat({"model": config_to_dict(experiment.model)})
     differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if differ:
         shown = "; ".join(f"{k} {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in differ[:3])

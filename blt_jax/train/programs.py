@@ -32,7 +32,8 @@ from blt_jax.parallel import (
     replicated,
     wait_for_all_processes,
 )
-from blt_jax.experiment.config import ExperimentConfig, parse_remat, resolve_scan
+from blt_jax.experiment.config import ExperimentConfig
+from blt_jax.nn.options import RunOptions
 from blt_jax.train.optimizer import check_groups, learning_rate, make_optimizer, stop_frozen
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step
@@ -51,18 +52,21 @@ class TrainPrograms:
     Args:
       experiment: the run's configuration.
       mesh: the device mesh (default: built from `experiment.mesh` over all devices).
+      options: how the model runs (default: the experiment's; ahead-of-time compiles for a TPU from
+        another host give its platform).
     """
 
-    def __init__(self, experiment: ExperimentConfig, mesh: Mesh | None = None):
+    def __init__(self, experiment: ExperimentConfig, mesh: Mesh | None = None, options: RunOptions | None = None):
         self.experiment = experiment
         self.mesh = mesh if mesh is not None else make_mesh(experiment.mesh)
         model, train = experiment.model, experiment.train
         self.tx = make_optimizer(train)
         self.schedule = learning_rate(train)
-        self.scan = resolve_scan(train.scan, model)
+        self.options = experiment.options if options is None else options
+        self.scan = self.options.scan
         kind = model_kind(model)
-        self.apply = kind.apply_fn(parse_remat(train.remat), self.scan)
-        objective = kind.objective_fn(parse_remat(train.remat), self.scan)
+        self.apply = kind.apply_fn(self.options)
+        objective = kind.objective_fn(self.options)
         frozen = stop_frozen(train)  # frozen subtrees: no weight gradient is ever computed
         self.objective = lambda params, batch, embeds=None: objective(frozen(params), batch, embeds)  # noqa: E731
         layout = kind.scan_layout(self.scan)
