@@ -58,6 +58,9 @@ def test_block_sizes_pad_rows_to_whole_blocks():
     padded, sizes = block_sizes(1000, options)
     assert padded == 1024 and (sizes.block_q, sizes.block_kv) == (512, 256)
     assert block_sizes(4096, options)[0] == 4096
+    uneven = RunOptions(attention="splash", splash_block_q=384, splash_block_kv=512)
+    padded, sizes = block_sizes(1000, uneven)
+    assert padded == 1536 and padded % sizes.block_q == 0 and padded % sizes.block_kv == 0
     for bad in (dict(attention="flash"), dict(splash_block_q=100)):
         with pytest.raises(ConfigError):
             RunOptions(**bad)
@@ -74,11 +77,20 @@ def test_kernel_runs_per_shard_under_a_mesh():
     q, k, v, positions, docs = _inputs(4, 128, 4, 64, [[40], [], [127], [10, 90]])
     spec = CausalSpec.self_attention(positions, docs, 32)
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None))
+    run = jax.jit(lambda q, k, v: self_attention(q, k, v, spec, SPLASH))
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         placed = [jax.device_put(x, rows) for x in (q, k, v)]
-        out = jax.jit(lambda q, k, v: self_attention(q, k, v, spec, SPLASH))(*placed)
+        out = run(*placed)
+        program = jax.make_jaxpr(run)(*placed)
     np.testing.assert_allclose(out, masked_attention(q, k, v, spec.dense()), atol=FORWARD_TOL, rtol=0)
     assert out.sharding.is_equivalent_to(rows, 4)
+    assert _count_kernels(program.jaxpr, "shard_map") == 1 and _count_kernels(program.jaxpr) == 1
+    # Three heads do not split over the tensor axis: they stay whole on each shard, the rows still split.
+    q3, k3, v3, positions3, docs3 = _inputs(4, 128, 3, 64, [[40], [], [127], [10, 90]])
+    spec3 = CausalSpec.self_attention(positions3, docs3, 32)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        out3 = jax.jit(lambda q, k, v: self_attention(q, k, v, spec3, SPLASH))(q3, k3, v3)
+    np.testing.assert_allclose(out3, masked_attention(q3, k3, v3, spec3.dense()), atol=FORWARD_TOL, rtol=0)
 
 
 def _blt(latent_mask, local_window, head_dim):
@@ -129,16 +141,19 @@ def _loss_and_grads(config, params, options, tokens, lengths):
     return np.asarray(logits), grads
 
 
-def _count_kernels(jaxpr) -> int:
-    """Pallas calls in a program, sub-programs included (each call site once)."""
+def _count_kernels(jaxpr, primitive: str = "pallas_call") -> int:
+    """Calls of a primitive (Pallas kernels by default) in a program, sub-programs included (each
+    call site once; a kernel's own body is not searched)."""
     count = 0
     for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "pallas_call"
+        count += eqn.primitive.name == primitive
+        if eqn.primitive.name == "pallas_call":
+            continue
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else [value]:
                 inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns") and eqn.primitive.name != "pallas_call":
-                    count += _count_kernels(inner)
+                if hasattr(inner, "eqns"):
+                    count += _count_kernels(inner, primitive)
     return count
 
 

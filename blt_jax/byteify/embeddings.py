@@ -48,8 +48,9 @@ class Coverage:
     buckets: tuple[int, ...]
 
     def note(self, group_sizes: Sequence[int]) -> str:
-        per = ", ".join(f"{n}-grams {t}" for n, t in zip(group_sizes, self.tokens))
-        return f"{self.byte_rows} byte rows and {sum(self.tokens)} tokens ({per}) from the teacher's table"
+        first = self.tokens[: len(group_sizes)]  # every hash function holds the same tokens
+        per = ", ".join(f"{n}-grams {t}" for n, t in zip(group_sizes, first))
+        return f"{self.byte_rows} byte rows and {sum(first)} tokens ({per}) from the teacher's table"
 
 
 def principal_directions(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -81,8 +82,8 @@ def projected_tokens(embedding: np.ndarray, strings: Sequence[bytes | None], dim
     Returns:
       float32 [V_T, dim]; rows of ids without text are zero.
     """
-    text = np.array([s is not None and i < len(embedding) for i, s in enumerate(strings)]
-                    + [False] * max(0, len(embedding) - len(strings)))
+    text = np.array([s is not None for s in strings[: len(embedding)]]
+                    + [False] * max(0, len(embedding) - len(strings)), bool)
     out = np.zeros((len(embedding), dim), np.float32)
     if not text.any():
         return out

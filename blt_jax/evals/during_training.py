@@ -110,7 +110,7 @@ def evaluators_for(experiment) -> list[LmEvalEvaluator]:
                           "LM that is still there: name one (a training run or model directory)") from None
     # Placeholder parameters of the right shapes: every run replaces them with the step's.
     placeholder = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(model_config))
-    model = BLTModel(model_config, placeholder, entropy_params)
+    model = BLTModel(model_config, placeholder, entropy_params, experiment.run)  # attention as the run's
     lm = lm_eval_backend.BltLM(model, batch_size=config.batch_size, max_length=config.max_length, progress=False,
                noise_seed=config.noise_seed)
     return [LmEvalEvaluator(experiment, lm, config.task_names, noises, manager)]

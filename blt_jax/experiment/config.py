@@ -24,7 +24,7 @@ from blt_jax.data.pipeline import DataConfig
 from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
 from blt_jax.nn.block import REMAT_POLICIES
 from blt_jax.nn.options import MODEL_KEYS as RUN_KEYS
-from blt_jax.nn.options import RunOptions
+from blt_jax.nn.options import RunOptions, from_model_keys
 from blt_jax.parallel import MeshConfig
 
 REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy", "token")
@@ -276,12 +276,8 @@ def experiment_from_dict(raw: Any) -> ExperimentConfig:
     if "model" not in data:
         raise ConfigError("model", "missing: the experiment defines no model")
     model_raw = _as_dict(data["model"], "model")
-    run_raw = {RUN_KEYS[key]: model_raw.pop(key) for key in list(model_raw) if key in RUN_KEYS}
-    model = model_config_from_dict(model_raw, "model")
-    try:
-        run = RunOptions(**run_raw)
-    except ConfigError as e:
-        raise e.under("model") from None
+    model = model_config_from_dict(model_raw, "model")  # checks the run keys too, naming them
+    run = from_model_keys(model_raw)
     train = _build(TrainConfig, data.get("train") or {}, "train")
     mesh = _build(MeshConfig, data.get("mesh") or {}, "mesh")
     training_data = _data_from_dict(data.get("data") or {}, "data", model)

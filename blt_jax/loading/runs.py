@@ -120,7 +120,7 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
 
 
 def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
-    """Parameters for `model` to start training from (`train.init_from`, `train.init`): runs of ours,
+    """Parameters for `model` to start training from (`train.init_from`, `loading.init_from`): runs of ours,
     model directories in any layout `loading` reads (for an entropy LM, any form `load_entropy_lm`
     reads), or `.safetensors` files of '/'-named tensors, for the whole tree or parts of it. `fresh()`
     gives the initialisation of what no source fills (default: seed 0)."""

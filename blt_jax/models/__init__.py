@@ -16,7 +16,7 @@ from blt_jax.models.blt import BLTKind
 from blt_jax.models.distill import DistillKind
 from blt_jax.models.entropy_lm import EntropyLMKind
 from blt_jax.models.token_lm import TokenLMKind
-from blt_jax.nn.options import MODEL_KEYS
+from blt_jax.nn.options import MODEL_KEYS, from_model_keys
 
 __all__ = ["KINDS", "EncoderInput", "ModelKind", "config_to_dict", "model_config_from_dict", "model_kind", "require_kind"]
 
@@ -36,7 +36,12 @@ def model_config_from_dict(raw: Any, path: str = "model") -> ModelConfig:
     """The configuration of a dict whose `kind` field (default "blt") names its model kind. Run options
     an experiment's model section carries (`nn.options.MODEL_KEYS`: attention) are not the model's and
     are left out."""
-    raw = {k: v for k, v in _as_dict(raw, path).items() if k not in MODEL_KEYS}
+    data = _as_dict(raw, path)
+    try:
+        from_model_keys(data)  # not the model's, but still checked: a command reading the model alone
+    except ConfigError as e:
+        raise e.under(path) from None
+    raw = {k: v for k, v in data.items() if k not in MODEL_KEYS}
     name = raw.get("kind", DEFAULT_KIND)
     kind = KINDS.get(name)
     if kind is None:

@@ -13,7 +13,7 @@ from blt_jax.nn.layers import Dtype, RMSNorm, depth_factor, param, trunc_normal
 from blt_jax.nn.rope import apply_rope
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
-from blt_jax.nn.options import DEFAULT, RunOptions
+from blt_jax.nn.options import DEFAULT, DENSE, RunOptions
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 from blt_jax.nn.softmax import masked_softmax
 
@@ -166,8 +166,9 @@ class SelfAttention(nn.Module):
             out = causal_attention(q, k, v, mask, self.options)
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
         keys, values, update = attend_keys(prefix, k, v)
-        attend = ring_attention if prefix.mode == "ring" else causal_attention
-        out = attend(q, keys, values, mask)
+        # Cached steps keep the dense path: a kernel's blocks do not fit a few queries over a cache.
+        out = ring_attention(q, keys, values, mask) if prefix.mode == "ring" else \
+            causal_attention(q, keys, values, mask, DENSE)
         return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), update
 
 

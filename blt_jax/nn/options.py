@@ -10,8 +10,6 @@ them reaches `StackConfig` or an exported `config.json`. Modules read what conce
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-
 import jax
 
 from blt_jax.config import ConfigError
@@ -58,12 +56,6 @@ class RunOptions:
         object.__setattr__(self, "remat", tuple((str(k), str(v)) for k, v in dict(self.remat).items()))
         object.__setattr__(self, "scan", tuple(self.scan))
 
-    @classmethod
-    def make(cls, remat: Mapping[str, str] | None = None, scan: Sequence[str] = (), attention: str = "auto",
-             **fields) -> "RunOptions":
-        """From a {stack or "all": policy} mapping and a sequence of scanned stacks."""
-        return cls(tuple((remat or {}).items()), tuple(scan), attention, **fields)
-
     def remat_for(self, stack: str) -> str:
         """The rematerialisation policy of one stack ("none" unless named, or set for all)."""
         policies = dict(self.remat)
@@ -92,6 +84,16 @@ class RunOptions:
 
 
 DEFAULT = RunOptions()
+DENSE = RunOptions(attention="dense")
+
+
+def from_model_keys(raw: dict) -> RunOptions:
+    """The run options of a model section's run keys (`MODEL_KEYS`), validated (errors name the key).
+
+    Raises:
+      ConfigError.
+    """
+    return RunOptions(**{field: raw[key] for key, field in MODEL_KEYS.items() if key in raw})
 
 
 def model_key_defaults() -> dict:

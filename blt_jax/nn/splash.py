@@ -20,6 +20,7 @@ own kernel for its local heads and no mask needs sharding.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -43,8 +44,7 @@ def block_sizes(length: int, options: RunOptions) -> tuple[int, splash.BlockSize
     or one block of the row when it is shorter; the length padded to a multiple of both."""
     whole = _round_up(length, LANES)
     bq, bkv = min(options.splash_block_q, whole), min(options.splash_block_kv, whole)
-    padded = _round_up(length, max(bq, bkv))
-    padded = _round_up(padded, min(bq, bkv))
+    padded = _round_up(length, math.lcm(bq, bkv))
     sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                               block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
     return padded, sizes
@@ -70,13 +70,23 @@ def _kernel_rows(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array |
     return jax.vmap(lambda a, b, c, s: kernel(a, b, c, segment_ids=splash.SegmentIds(s, s)))(q, k, v, segments)
 
 
-def _mesh_specs():
+def _dividing(mesh, names, size: int):
+    """Mesh axes `names` (one name, a tuple, or None) if their product divides `size`, else None:
+    a dimension the axes do not divide stays whole on every shard (as the rules table's `_fit`)."""
+    if names is None:
+        return None
+    group = names if isinstance(names, tuple) else (names,)
+    return names if size % math.prod(mesh.shape[n] for n in group) == 0 else None
+
+
+def _mesh_specs(batch: int, heads: int):
     """(mesh, spec of [B, H, T, K], spec of [B, T]) under a mesh with logical rules, else None."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or not nn.get_logical_axis_rules():
         return None
-    batch, heads = nn.logical_to_mesh_axes((axes.ACT_BATCH, axes.HEADS))
-    return mesh, jax.sharding.PartitionSpec(batch, heads, None, None), jax.sharding.PartitionSpec(batch, None)
+    rows, parts = nn.logical_to_mesh_axes((axes.ACT_BATCH, axes.HEADS))
+    rows, parts = _dividing(mesh, rows, batch), _dividing(mesh, parts, heads)
+    return mesh, jax.sharding.PartitionSpec(rows, parts, None, None), jax.sharding.PartitionSpec(rows, None)
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, options: RunOptions,
@@ -96,14 +106,17 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, o
     padded, _ = block_sizes(length, options)
     scale = q.shape[-1] ** -0.5
     pad = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
-    # [B, T, H, K] -> [B, H, T', K], queries pre-scaled (the kernel does not scale).
+    # [B, T, H, K] -> [B, H, T', K], queries pre-scaled (the kernel does not scale): in fp32, then back
+    # to q's dtype, which in bf16 rounds once more than the dense path's scaled fp32 scores unless the
+    # head width is a power of 4 (the scale a power of 2).
     heads_first = lambda x: jnp.transpose(jnp.pad(x, pad), (0, 2, 1, 3))  # noqa: E731
-    qh, kh, vh = heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k), heads_first(v)
+    scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    qh, kh, vh = heads_first(scaled), heads_first(k), heads_first(v)
     segments = None
     if documents:
         segments = jnp.pad(spec.q_doc.astype(jnp.int32), ((0, 0), (0, padded - length)), constant_values=PAD_SEGMENT)
     run = functools.partial(_kernel_rows, window=spec.window, options=options)
-    specs = _mesh_specs()
+    specs = _mesh_specs(q.shape[0], q.shape[2])
     if specs is None:
         out = run(qh, kh, vh, segments)
     else:
