@@ -53,17 +53,16 @@ class Coverage:
         return f"{self.byte_rows} byte rows and {sum(first)} tokens ({per}) from the teacher's table"
 
 
-def principal_directions(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The `dim` directions of most variance of some vectors (centred), as columns.
+def principal_directions(centred: np.ndarray, dim: int) -> np.ndarray:
+    """The `dim` directions of most variance of some vectors, as columns.
 
     Args:
-      vectors: [M, D] (M >= 1).
+      centred: [M, D] (M >= 1), their mean already subtracted.
       dim: how many (<= D).
 
     Returns:
       float64 [D, dim], orthonormal, in order of decreasing variance.
     """
-    centred = vectors.astype(np.float64) - vectors.mean(axis=0, dtype=np.float64)
     # eigh of the D x D covariance: cheaper than an SVD of [M, D] when M (a vocabulary) is large.
     values, vecs = np.linalg.eigh(centred.T @ centred)
     return vecs[:, np.argsort(values)[::-1][:dim]]
@@ -88,7 +87,8 @@ def projected_tokens(embedding: np.ndarray, strings: Sequence[bytes | None], dim
     if not text.any():
         return out
     rows = np.asarray(embedding, np.float64)[text]
-    projected = (rows - rows.mean(axis=0)) @ principal_directions(rows, dim)
+    centred = rows - rows.mean(axis=0)
+    projected = centred @ principal_directions(centred, dim)
     scale = rms / max(float(np.sqrt(np.mean(projected**2))), 1e-30)
     out[text] = (projected * scale).astype(np.float32)
     return out

@@ -24,11 +24,8 @@ from blt_jax.data.pipeline import DataConfig
 from blt_jax.models import config_to_dict, model_config_from_dict, model_kind
 from blt_jax.nn.block import REMAT_POLICIES
 from blt_jax.nn.options import MODEL_KEYS as RUN_KEYS
-from blt_jax.nn.options import RunOptions, from_model_keys
+from blt_jax.nn.options import REMAT_STACKS, SCAN_STACKS, RunOptions, from_model_keys
 from blt_jax.parallel import MeshConfig
-
-REMAT_STACKS = ("all", "encoder", "latent", "decoder", "entropy", "token")
-
 
 def parse_remat(spec: str) -> dict[str, str]:
     """"full" -> {"all": "full"}; "latent=full,decoder=save_dots" -> per-stack policies."""
@@ -39,9 +36,6 @@ def parse_remat(spec: str) -> dict[str, str]:
         stack, _, policy = part.partition("=")
         out[stack.strip()] = policy.strip()
     return out
-
-
-SCAN_STACKS = ("all", "latent", "entropy", "token")
 
 
 def parse_scan(spec: str) -> tuple[str, ...]:

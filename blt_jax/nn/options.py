@@ -19,6 +19,8 @@ ATTENTION_IMPLS = ("auto", "dense", "splash")
 # model's configuration is read, so they never reach it or an export; every experiment file has them.
 MODEL_KEYS = {"attention_impl": "attention", "splash_block_q": "splash_block_q", "splash_block_kv": "splash_block_kv"}
 REMAT_ALL = "all"  # the key of a policy for every stack without one of its own
+REMAT_STACKS = (REMAT_ALL, "encoder", "latent", "decoder", "entropy", "token")  # the stacks `remat_for` names
+SCAN_STACKS = ("all", "latent", "entropy", "token")  # "all": every stack the model can scan
 
 
 @dataclasses.dataclass(frozen=True)

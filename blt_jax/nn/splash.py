@@ -58,8 +58,8 @@ def _mask(length: int, window: int | None, heads: int) -> splash.MultiHeadMask:
     return splash.MultiHeadMask([one] * heads)
 
 
-def _kernel_rows(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array | None, window: int | None,
-                 options: RunOptions) -> jax.Array:
+def _kernel_rows(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array | None = None, *,
+                 window: int | None, options: RunOptions) -> jax.Array:
     """The kernel over rows already padded: q, k, v [B, H, T, K], segments int [B, T] or None."""
     batch, heads, length, _ = q.shape
     _, sizes = block_sizes(length, options)
@@ -116,13 +116,12 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, o
     if documents:
         segments = jnp.pad(spec.q_doc.astype(jnp.int32), ((0, 0), (0, padded - length)), constant_values=PAD_SEGMENT)
     run = functools.partial(_kernel_rows, window=spec.window, options=options)
+    args = (qh, kh, vh) if segments is None else (qh, kh, vh, segments)
     specs = _mesh_specs(q.shape[0], q.shape[2])
     if specs is None:
-        out = run(qh, kh, vh, segments)
+        out = run(*args)
     else:
         mesh, rows, ids = specs
-        in_specs = (rows, rows, rows) + ((ids,) if segments is not None else ())
-        body = (lambda a, b, c, s: run(a, b, c, s)) if segments is not None else (lambda a, b, c: run(a, b, c, None))
-        args = (qh, kh, vh) + ((segments,) if segments is not None else ())
-        out = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)(*args)
+        in_specs = (rows, rows, rows, ids)[: len(args)]
+        out = jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)(*args)
     return jnp.transpose(out, (0, 2, 1, 3))[:, :length].astype(q.dtype)
