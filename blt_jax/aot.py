@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import time
 from typing import Any
 
@@ -67,6 +68,16 @@ def libtpu_name(topology: str) -> str:
     return CLOUD_TOPOLOGIES[topology]
 
 
+def _host_bounds(name: str) -> dict:
+    """libtpu assumes hosts of 2x2x1 chips; a slice smaller than that ("v5e:1x1", "v6e:1x1") is one
+    host of its own size, which must be said (`chips_per_host_bounds`)."""
+    _, _, shape = name.partition(":")
+    dims = [int(d) for d in shape.split("x") if d.isdigit()]
+    if len(dims) < 2 or (dims[0] >= 2 and dims[1] >= 2):
+        return {}
+    return {"chips_per_host_bounds": (min(dims[0], 2), min(dims[1], 2), 1)}
+
+
 def topology_devices(topology: str) -> list:
     """Abstract devices of a TPU topology (needs libtpu: `pip install -e ".[tpu]"`)."""
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # a single (virtual) host: no discovery
@@ -77,7 +88,7 @@ def topology_devices(topology: str) -> list:
 
     name = libtpu_name(topology)
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=name, **_host_bounds(name)).devices)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown to it
         hint = ("another process holds libtpu; when processes only compile (no TPU is opened), set "
                 "ALLOW_MULTIPLE_LIBTPU_LOAD=1" if "lockfile" in str(e) else
@@ -130,11 +141,12 @@ class DoesNotFit(Exception):
         self.needed_bytes, self.available_bytes, self.what, self.message = needed_bytes, available_bytes, what, message
 
 
-def compile_lowered(lowered):
+def compile_lowered(lowered, dump_to: str | None = None):
     """`lowered.compile()`, with the TPU compiler's out-of-HBM refusal turned into `DoesNotFit` (the
-    numbers of how far over it is), so a profile that does not fit is a report, not a traceback."""
+    numbers of how far over it is), so a profile that does not fit is a report, not a traceback.
+    With `dump_to`, XLA writes its dumps there (`largest_buffers` reads them), refused or not."""
     try:
-        return lowered.compile()
+        return lowered.compile() if dump_to is None else lowered.compile(compiler_options={"xla_dump_to": dump_to})
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only RESOURCE_EXHAUSTED is ours
         text = str(e)
         match = _OOM.search(text)
@@ -143,6 +155,38 @@ def compile_lowered(lowered):
         need = int(float(match["need"]) * _UNITS[match["unit"]])
         have = int(float(match["have"]) * _UNITS[match["have_unit"]])
         raise DoesNotFit(need, have, match["what"].strip(), text.strip().splitlines()[-1]) from None
+
+
+_REPORT_ROW = re.compile(r"^\s*[\d.]+\w+\(\s*\d+%\);\s*(?P<size>[\d.]+)(?P<unit>[KMGT]?i?B);\s*\d+;\s*(?P<n>\d+);"
+                         r"\s*(?P<shapes>.*)$")
+_TOTAL = re.compile(r"^Total bytes: (\d+)")
+
+
+def largest_buffers(dump_dir: str, count: int = 5) -> list[dict]:
+    """The largest allocations of the compiled program, from XLA's memory-usage report in `dump_dir`
+    (the module with the most bytes, i.e. the step, not its helpers).
+
+    Returns:
+      Up to `count` dicts, largest first: bytes, and the shapes of the values that share the
+      allocation at different times ("2×f32[16,2048,8192], f32[6,100002,1024]").
+    """
+    best, best_total = None, -1
+    for name in os.listdir(dump_dir) if os.path.isdir(dump_dir) else ():
+        if name.endswith("memory-usage-report.txt"):
+            with open(os.path.join(dump_dir, name)) as f:
+                text = f.read()
+            total = _TOTAL.search(text.split("\n", 2)[1] if text.count("\n") > 1 else "")
+            if total and int(total.group(1)) > best_total:
+                best, best_total = text, int(total.group(1))
+    rows = []
+    for line in (best or "").splitlines():  # the first table: HBM ("default" memory space), largest first
+        match = _REPORT_ROW.match(line)
+        if match:
+            unit = match["unit"].replace("i", "").rstrip("B")
+            rows.append({"bytes": int(float(match["size"]) * _UNITS[unit]), "shapes": match["shapes"].strip()})
+        elif rows:
+            break
+    return sorted(rows, key=lambda r: -r["bytes"])[:count]
 
 
 def _flops(compiled) -> float:
@@ -158,7 +202,9 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     Returns:
       A JSON-able dict: topology, chips, device kind, mesh shape, per-device memory (arguments,
       outputs, temporaries, peak) against the chip's HBM, compiled and analytic FLOPs per device per
-      step and their ratio, and the compile time.
+      step, the analytic FLOPs of the attention kernels (`kernel_flops_per_device`, 0 without them;
+      XLA counts a Pallas call as none), the ratio of compiled + kernel to analytic FLOPs, and the
+      compile time.
     """
     from blt_jax.train.programs import TrainPrograms
 
@@ -175,16 +221,21 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     data = experiment.data
     # The compiled program runs every patch slot: compare at the static budget's patch length.
     mean_patch = data.row_bytes / data.row_patches if data.row_patches else 1.0  # 0: rows without patches
-    analytic = model_kind(experiment.model).training_flops_per_byte(data.row_bytes, mean_patch) \
-        * data.batch_size * data.row_bytes / len(devices)
+    kind = model_kind(experiment.model)
+    per_device = data.batch_size * data.row_bytes / len(devices)
+    analytic = kind.training_flops_per_byte(data.row_bytes, mean_patch) * per_device
+    # XLA's cost analysis counts a Pallas call as 0 FLOPs: what the kernels run is counted analytically.
+    kernels = kind.self_attention_flops_per_byte(data.row_bytes, mean_patch) * per_device if options.splash else 0.0
     report = _report("train_step", topology, devices, mesh, lowered, start,
                      batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
                             "grad_accum": experiment.train.grad_accum},
                      remat=experiment.train.remat, scan=experiment.train.scan,
                      attention="splash" if options.splash else "dense")
     report["analytic_flops_per_device"] = analytic
+    report["kernel_flops_per_device"] = kernels
     if "compiled_flops_per_device" in report:  # absent when the compiler refused the program
-        report["compiled_over_analytic"] = report["compiled_flops_per_device"] / analytic if analytic else None
+        counted = report["compiled_flops_per_device"] + kernels
+        report["compiled_over_analytic"] = counted / analytic if analytic else None
     return report
 
 
@@ -203,20 +254,24 @@ def _report(program: str, topology: str, devices: list, mesh, lowered, start: fl
         **extra,
         "hbm_bytes_per_device": hbm,
     }
-    try:
-        compiled = compile_lowered(lowered)
-    except DoesNotFit as error:
-        return {**report, "fits": False, "refused_by_compiler": error.message,
-                "needed_bytes_per_device": error.needed_bytes, "needed_for": error.what,
-                "available_bytes_per_device": error.available_bytes,
-                "over_bytes_per_device": error.needed_bytes - error.available_bytes,
-                "compile_seconds": round(time.perf_counter() - start, 2)}
+    with tempfile.TemporaryDirectory(prefix="blt_jax_aot_") as dump:
+        try:
+            compiled = compile_lowered(lowered, dump)
+        except DoesNotFit as error:
+            return {**report, "fits": False, "refused_by_compiler": error.message,
+                    "needed_bytes_per_device": error.needed_bytes, "needed_for": error.what,
+                    "available_bytes_per_device": error.available_bytes,
+                    "over_bytes_per_device": error.needed_bytes - error.available_bytes,
+                    "largest_buffers": largest_buffers(dump),
+                    "compile_seconds": round(time.perf_counter() - start, 2)}
+        buffers = largest_buffers(dump)
     memory = _memory(compiled)
     return {
         **report,
         **{f"{k}_per_device": v for k, v in memory.items()},
         "fits": None if hbm is None else memory["peak_bytes"] <= hbm,
         "hbm_headroom_bytes": None if hbm is None else hbm - memory["peak_bytes"],
+        "largest_buffers": buffers,
         "compiled_flops_per_device": _flops(compiled),
         "compile_seconds": round(time.perf_counter() - start, 2),
     }

@@ -68,6 +68,8 @@ def training_profile(name: str, profiles: dict, row_bytes: int, row_patches: int
     if name not in profiles:
         raise ValueError(f"unknown hardware profile {name!r}; this config has: {', '.join(sorted(profiles))}")
     p = profiles[name]
+    # A profile may set its own rows (longer context than the reference's budgets).
+    row_bytes, row_patches = p.get("row_bytes", row_bytes), p.get("row_patches", row_patches)
     data = dict(source=p.get("source", "default"), batch_size=p["batch"], shards=0, row_bytes=row_bytes,
                 row_patches=row_patches, patching=dict(mode="space", threshold=RELEASED_THRESHOLD, monotonic=False,
                                                        threshold_add=None, static_size=4, max_patch_length=None))

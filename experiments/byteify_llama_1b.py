@@ -36,11 +36,14 @@ PROFILES = {
     # frozen, with no optimizer state); stage 2 trains all 1.68B (0.97B latent, 0.63B local encoder, of
     # which 0.61B hash embeddings, 0.07B decoder). Stage 1 holds 1.94B, of which 0.71B train.
     # Stage 1 is unscanned (its hidden-state loss taps the latent after block k); stage 2 scans the
-    # latent. Measured (blt-jax aot, 2026-12-07): 38.6 and 35.1 GB per chip of 102.
+    # latent. Peaks per chip: the README's Scaling table.
     "stage1:v5p-8": dict(batch=16, remat="full", scan=""),
     "stage2:v5p-8": dict(batch=16, remat="full", scan="latent"),
-    # No v5e profile: on v5litepod-16 (one row per chip) stage 2 needs 22.0 GB per chip of 16 GiB, of
-    # which ~20 GB of temporaries that do not shrink with the rows per chip (20.0 GB at four on v5p-8).
+    # 16 chips x 16 GiB, one row per chip.
+    "stage2:v5e-16": dict(batch=16, remat="full", scan="latent"),
+    # Rows of 20,480 bytes (~4,650 Llama 3 tokens) and 6,608 patches: these fit only with the splash
+    # kernels (the default on a TPU). Dense attention's [32, 6608, 6608] scores per row need 19.9 GB per chip.
+    "stage2:v5e-16-20k": dict(batch=16, remat="full", scan="latent", row_bytes=20_480, row_patches=6_608),
 }
 
 

@@ -34,6 +34,8 @@ def test_topology_names():
         libtpu_name("v9-1")
     devices = topology_devices("v5e:2x2")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite" and devices[0].platform == "tpu"
+    single = topology_devices("v5litepod-1")  # smaller than libtpu's default host of 2x2 chips
+    assert len(single) == 1 and single[0].device_kind == "TPU v5 lite"
 
 
 def test_tiny_train_step_compiles_for_v5p():
@@ -42,6 +44,10 @@ def test_tiny_train_step_compiles_for_v5p():
     assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert report["fits"] is True and 0 < report["peak_bytes_per_device"] < report["hbm_bytes_per_device"]
     assert report["temp_bytes_per_device"] > 0 and report["argument_bytes_per_device"] > 0
+    # XLA's memory report: the largest allocations, largest first, each no larger than the peak.
+    sizes = [b["bytes"] for b in report["largest_buffers"]]
+    assert len(sizes) == 5 and sizes == sorted(sizes, reverse=True) and sizes[-1] > 0
+    assert sizes[0] <= report["peak_bytes_per_device"] and "f32[" in report["largest_buffers"][0]["shapes"]
     # XLA's count of the sharded program agrees with the analytic FLOPs (attention masks, norms and
     # softmaxes are the difference).
     assert 0.9 < report["compiled_over_analytic"] < 1.3, report
@@ -192,7 +198,11 @@ PROFILES = [
     # Byteifying Llama-3.2-1B: stage 1 (the teacher frozen beside the BLT, unscanned) and stage 2.
     ("byteify_llama_1b.py:stage1:v5p-8", "v5p-8", "auto"),
     ("byteify_llama_1b.py:stage2:v5p-8", "v5p-8", "auto"),
+    # Rows of 20,480 bytes on v5e-16: fits only with the kernels (`test_profile_fits_only_with_splash`).
+    ("byteify_llama_1b.py:stage2:v5e-16-20k", "v5litepod-16", "auto"),
 ]
+# Profiles the dense path does not fit: the README's claim that the kernels are what makes them fit.
+ONLY_WITH_SPLASH = [("byteify_llama_1b.py:stage2:v5e-16-20k", "v5litepod-16")]
 
 
 @pytest.mark.released
@@ -212,7 +222,25 @@ def test_profile_compiles_and_fits(config, topology, attention):
     assert report["fits"] is True, report
     assert 0 < report["peak_bytes_per_device"] < report["hbm_bytes_per_device"], report
     assert report["compiled_flops_per_device"] > 0
-    if not experiment.train.scan and report["attention"] == "dense":
-        # Unscanned and without kernels, XLA counts every layer: its FLOPs agree with ours (scanned
-        # loops count once; Pallas kernels count none).
+    assert (report["kernel_flops_per_device"] > 0) == (report["attention"] == "splash")
+    if not experiment.train.scan:
+        # Unscanned, XLA counts every layer: its FLOPs, plus the kernels' (which it counts as none),
+        # agree with ours (scanned loops count once).
         assert 0.9 < report["compiled_over_analytic"] < 1.3, report
+
+
+@pytest.mark.released
+@pytest.mark.skipif(not os.environ.get("BLT_JAX_AOT_RELEASED"),
+                    reason="compiles a full-size train step; the release tier; set BLT_JAX_AOT_RELEASED=1")
+@pytest.mark.parametrize("config,topology", ONLY_WITH_SPLASH)
+def test_profile_fits_only_with_splash(config, topology):
+    """With dense attention the TPU compiler refuses the profile for lack of HBM (it fits with splash:
+    `test_profile_compiles_and_fits`); the report says by how much and what is largest."""
+    overrides = ["model.attention_impl=dense"]
+    experiment = experiment_from_dict(load_experiment(os.path.join(ROOT, "experiments", config), overrides))
+    report = aot_train_step(experiment, topology)
+    print(json.dumps(report))
+    assert report["fits"] is False, report
+    assert report["over_bytes_per_device"] > 0 and report["needed_bytes_per_device"] > report["hbm_bytes_per_device"] * 0.9
+    assert report["largest_buffers"], report  # XLA's report of the refused program still names its buffers
+

@@ -1,5 +1,7 @@
 """Analytic FLOPs vs XLA's cost analysis of the compiled forward, and MFU peaks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,29 @@ def test_peaks():
     assert tpu_peak("TPU v6 lite") == 918e12 and tpu_peak("not a tpu") is None
     assert total_peak_flops(jax.devices()[:2], override=1e9) == pytest.approx(2e9)
     assert total_peak_flops() > 1e9  # the CPU probe measures something real
+
+
+def test_self_attention_part_of_each_model_kind():
+    """What the attention kernels run, per byte of training (3 x forward): QK^T and PV, 2 x 2 x H x K
+    FLOPs per visible (query, key) pair, over every layer of every stack without a cache. The
+    distilled BLT adds its teacher's forward over the patches; token rows divide by bytes per token."""
+    from blt_jax.config import DistillConfig, TokenLMConfig
+    from blt_jax.models import model_kind
+
+    enc, lat, dec = StackConfig(64, 1, 4, 192, window=16), StackConfig(128, 3, 8, 384), StackConfig(64, 2, 4, 192, window=16)
+    blt = BLTConfig(encoder=enc, latent=lat, decoder=dec, cross_attn_k=2)
+    n, mean = 64, 4.0  # 16 patches
+    pair = lambda stack: 4 * stack.n_heads * stack.head_dim  # noqa: E731
+    # Windows of 16 over 64 bytes: 16 * 17 / 2 + 48 * 16 pairs; the latent: 16 * 17 / 2 (causal).
+    local_pairs, latent_pairs = 136 + 768, 136
+    per_byte = (pair(enc) * local_pairs + lat.n_layers * pair(lat) * latent_pairs + 2 * pair(dec) * local_pairs) / n
+    assert model_kind(blt).self_attention_flops_per_byte(n, mean) == pytest.approx(3 * per_byte)
+    distill = DistillConfig(blt=dataclasses.replace(blt, latent_norm=True), teacher_vocab=1000, hidden_layer=2)
+    teacher = lat.n_layers * pair(lat) * latent_pairs / n
+    assert model_kind(distill).self_attention_flops_per_byte(n, mean) == pytest.approx(3 * per_byte + teacher)
+    entropy = EntropyLMConfig(StackConfig(64, 2, 4, 192, window=16))
+    assert model_kind(entropy).self_attention_flops_per_byte(n, mean) == pytest.approx(3 * 2 * pair(enc) * local_pairs / n)
+    token = TokenLMConfig(StackConfig(64, 2, 4, 192, window=16), vocab_size=300)
+    assert model_kind(token).self_attention_flops_per_byte(n, 4.0) == pytest.approx(3 * 2 * pair(enc) * local_pairs / n / 4)
+    for kind in (blt, distill, entropy, token):  # a part of the whole
+        assert 0 < model_kind(kind).self_attention_flops_per_byte(n, mean) < model_kind(kind).training_flops_per_byte(n, mean)

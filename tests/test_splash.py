@@ -3,6 +3,8 @@ wrapper on its own, under a device mesh, and every stack of a BLT and an entropy
 gradients; the switch itself (`attention_impl`) as a run-time option that never reaches a model's
 configuration."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -253,3 +255,17 @@ def test_attention_impl_is_a_run_option_that_never_reaches_the_model(tmp_path):
     np.testing.assert_allclose(kernel.logits(tokens), dense.logits(tokens), atol=FORWARD_TOL, rtol=0)
     with pytest.raises(ConfigError, match="attention_impl: must be one of"):
         api.from_pretrained(str(tmp_path / "exported"), attention_impl="flash")
+
+
+def test_splash_cross_attention_of_the_benchmark_equals_the_gather_path():
+    """experiments/bench_cross_attention.py compares the cross-attention the model runs (gather by patch
+    groups) with splash under a full mask and segment ids; its figures mean something only if the two
+    compute the same: forward and gradients, with empty patches and bytes that read no patch."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                        "bench_cross_attention.py")
+    spec = importlib.util.spec_from_file_location("bench_cross_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.check_equal() < 1e-5

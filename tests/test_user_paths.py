@@ -241,7 +241,9 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
     result = blt_jax("aot", "--config", TINY, "--topology", "v5litepod-4", "--config.mesh.fsdp=4",
                      cwd=home / "work", home=home, ALLOW_MULTIPLE_LIBTPU_LOAD=1)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout)["devices"] == 4
+    report = json.loads(result.stdout)
+    assert report["devices"] == 4 and report["largest_buffers"][0]["bytes"] > 0
+    assert not list((home / "work").rglob("*memory-usage-report*"))  # XLA's dumps went to a temporary directory
     for noise in TPU_NOISE:
         assert noise not in result.stderr, result.stderr[-3000:]
 

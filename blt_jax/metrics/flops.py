@@ -16,19 +16,32 @@ def visible_keys(length: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (length - window) * window
 
 
+def stack_attention_flops(stack: StackConfig, length: int) -> int:
+    """Forward FLOPs of a stack's self-attention proper over one row of `length` positions: QK^T and
+    PV over all heads and layers (what an attention kernel runs; projections excluded)."""
+    return stack.n_layers * 2 * 2 * stack.n_heads * stack.head_dim * visible_keys(length, stack.window)
+
+
 def stack_forward_flops(stack: StackConfig, length: int) -> int:
     """Forward FLOPs of one row of `length` positions through a stack (projections, FFN, attention)."""
     d, f = stack.dim, stack.ffn_hidden
     width, kv_width = stack.n_heads * stack.head_dim, stack.n_kv_heads * stack.head_dim  # H K and Hkv K
     dense = length * (2 * 2 * d * width + 2 * 2 * d * kv_width + 3 * 2 * d * f)  # q, o; k, v; SwiGLU
-    attention = 2 * 2 * width * visible_keys(length, stack.window)  # QK^T and PV over all heads
-    return stack.n_layers * (dense + attention)
+    return stack.n_layers * dense + stack_attention_flops(stack, length)
 
 
 def entropy_lm_forward_flops(config: EntropyLMConfig | TokenLMConfig, length: int) -> int:
     """Forward FLOPs of the entropy LM on one row of `length` bytes, output head included; of a token
     transformer (the same module over a BPE vocabulary), on one row of `length` tokens."""
     return stack_forward_flops(config.stack, length) + length * 2 * config.stack.dim * config.vocab_size
+
+
+def blt_self_attention_flops_per_byte(config: BLTConfig, row_bytes: int, mean_patch_len: float) -> float:
+    """The part of `blt_forward_flops_per_byte` in the self-attention of the three stacks (the
+    encoder's and decoder's windows over the bytes, the latent over the patches)."""
+    patches = max(1, round(row_bytes / mean_patch_len))
+    return (stack_attention_flops(config.encoder, row_bytes) + stack_attention_flops(config.latent, patches)
+            + stack_attention_flops(config.decoder, row_bytes)) / row_bytes
 
 
 def blt_forward_flops_per_byte(config: BLTConfig, row_bytes: int, mean_patch_len: float) -> float:

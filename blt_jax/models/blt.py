@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import BLTConfig, EntropyLMConfig, PatchingConfig, blt_from_dict
-from blt_jax.metrics.flops import blt_forward_flops_per_byte
+from blt_jax.metrics.flops import blt_forward_flops_per_byte, blt_self_attention_flops_per_byte
 from blt_jax.models.base import Batch, EncoderInput, ModelKind, StackPath
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.blt import BLT, encoder_input, merge_embedding_params, split_embedding_params
@@ -60,6 +60,9 @@ class BLTKind(ModelKind):
 
     def training_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
         return 3 * blt_forward_flops_per_byte(self.config, row_bytes, mean_patch_len)
+
+    def self_attention_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        return 3 * blt_self_attention_flops_per_byte(self.config, row_bytes, mean_patch_len)
 
     @property
     def patching(self) -> PatchingConfig:

@@ -22,7 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import DistillConfig, EntropyLMConfig, PatchingConfig, distill_from_dict
-from blt_jax.metrics.flops import blt_forward_flops_per_byte, stack_forward_flops
+from blt_jax.metrics.flops import (
+    blt_forward_flops_per_byte,
+    blt_self_attention_flops_per_byte,
+    stack_attention_flops,
+    stack_forward_flops,
+)
 from blt_jax.models.base import Batch, ModelKind, Objective, StackPath, ce_sums
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.distill import DistilledBLT
@@ -109,6 +114,11 @@ class DistillKind(ModelKind):
         teacher = stack_forward_flops(blt.latent, max(1, round(row_bytes / mean_patch_len)))
         teacher += 2 * (row_bytes / mean_patch_len) * blt.latent.dim * self.config.teacher_vocab
         return 3 * blt_forward_flops_per_byte(blt, row_bytes, mean_patch_len) + teacher / row_bytes
+
+    def self_attention_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        blt = self.config.blt
+        teacher = stack_attention_flops(blt.latent, max(1, round(row_bytes / mean_patch_len)))
+        return 3 * blt_self_attention_flops_per_byte(blt, row_bytes, mean_patch_len) + teacher / row_bytes
 
     @property
     def patching(self) -> PatchingConfig:

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 
 from blt_jax.config import EntropyLMConfig, entropy_lm_from_dict
-from blt_jax.metrics.flops import entropy_lm_forward_flops
+from blt_jax.metrics.flops import entropy_lm_forward_flops, stack_attention_flops
 from blt_jax.models.base import Batch, ModelKind, StackPath
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.entropy_lm import EntropyLM
@@ -39,6 +39,9 @@ class EntropyLMKind(ModelKind):
 
     def training_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
         return 3 * entropy_lm_forward_flops(self.config, row_bytes) / row_bytes
+
+    def self_attention_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        return 3 * stack_attention_flops(self.config.stack, row_bytes) / row_bytes
 
     @property
     def entropy_lm(self) -> EntropyLMConfig:

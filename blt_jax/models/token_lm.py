@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import TokenLMConfig, token_lm_from_dict
-from blt_jax.metrics.flops import entropy_lm_forward_flops
+from blt_jax.metrics.flops import entropy_lm_forward_flops, stack_attention_flops
 from blt_jax.models.base import Batch, ModelKind, StackPath
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.entropy_lm import EntropyLM
@@ -57,4 +57,9 @@ class TokenLMKind(ModelKind):
           mean_patch_len: mean bytes per token (what token rows report as their mean patch length).
         """
         per_token = entropy_lm_forward_flops(self.config, row_bytes) / row_bytes
+        return 3 * per_token / max(mean_patch_len, 1e-9)
+
+    def self_attention_flops_per_byte(self, row_bytes: int, mean_patch_len: float) -> float:
+        """As `training_flops_per_byte`: rows of `row_bytes` tokens of `mean_patch_len` bytes."""
+        per_token = stack_attention_flops(self.config.stack, row_bytes) / row_bytes
         return 3 * per_token / max(mean_patch_len, 1e-9)

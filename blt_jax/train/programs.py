@@ -39,10 +39,35 @@ from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step
 
 
-def _shard_like_params(tree: Any, params_def: Any, param_shardings: Any, fallback: Any) -> Any:
-    """Shardings of an optimizer state: subtrees shaped like the params get the params' shardings."""
-    is_params = lambda node: jax.tree_util.tree_structure(node) == params_def  # noqa: E731
-    return jax.tree_util.tree_map(lambda node: param_shardings if is_params(node) else fallback, tree, is_leaf=is_params)
+def _param_path(path: tuple) -> tuple[str, ...]:
+    """The trailing run of dict keys of a key path: a parameter's path inside an optimizer state."""
+    keys = []
+    for entry in reversed(path):
+        if not isinstance(entry, jax.tree_util.DictKey):
+            break
+        keys.append(entry.key)
+    return tuple(reversed(keys))
+
+
+def _shard_like_params(opt_state: Any, params: Any, param_shardings: Any, fallback: Any) -> Any:
+    """Shardings of an optimizer state: a leaf that mirrors a parameter (its path ends in the
+    parameter's path, with the parameter's shape) gets that parameter's sharding; counts and scalars
+    get `fallback`.
+
+    Leaves are matched by path, not by whole subtrees shaped like the params: optax wrappers change
+    the structure (`multi_transform` keeps each group's moments in a tree where the other groups'
+    parameters are `MaskedNode`s), and a subtree test then left every moment of a run with parameter
+    groups replicated (byteify stage 2 on v5litepod-16: 12 GB of Adam moments per chip).
+    """
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    by_path = {_param_path(path): (leaf.shape, sharding)
+               for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(param_shardings))}
+
+    def sharding_of(path, leaf):
+        shape, sharding = by_path.get(_param_path(path), (None, None))
+        return sharding if sharding is not None and shape == getattr(leaf, "shape", None) else fallback
+
+    return jax.tree_util.tree_map_with_path(sharding_of, opt_state)
 
 
 class TrainPrograms:
@@ -77,9 +102,7 @@ class TrainPrograms:
         axes_tree = stacked_axes(logical_axes(model), layout, axes.LAYERS)
         self.param_shardings = logical_to_shardings(axes_tree, abstract, self.mesh)
         abstract_opt = jax.eval_shape(self.tx.init, abstract)
-        opt_shardings = _shard_like_params(
-            abstract_opt, jax.tree_util.tree_structure(abstract), self.param_shardings, replicated(self.mesh)
-        )
+        opt_shardings = _shard_like_params(abstract_opt, abstract, self.param_shardings, replicated(self.mesh))
         self.state_shardings = TrainState(step=replicated(self.mesh), params=self.param_shardings,
                                           opt_state=opt_shardings)
         self.batch_sharding = batch_sharding(self.mesh)
