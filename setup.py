@@ -17,6 +17,8 @@ GCS = ["gcsfs>=2026.9", "google-cloud-storage>=3.11"]
 EVAL = ["lm-eval>=0.4.13,<0.5"]
 # `blt-jax study`'s BPE-token transformer (blt_jax.data.bpe): Hugging Face's `tokenizers` trains its BPE.
 STUDY = ["tokenizers>=0.23,<1"]
+# `blt-jax serve`: an ASGI app (starlette) behind uvicorn.
+SERVE = ["starlette>=1.10,<2", "uvicorn>=0.54,<1"]
 
 setup(
     name="blt_jax",
@@ -62,9 +64,12 @@ setup(
                  # backend (experiments/bench_lm_eval.py) needs accelerate.
                  *EVAL, "accelerate>=1.15",
                  # The study's BPE arm (tests/test_bpe.py, tests/test_study.py).
-                 *STUDY],
+                 *STUDY,
+                 # `blt-jax serve` is tested with the real OpenAI client.
+                 *SERVE, "openai>=3.51,<4"],
         "eval": EVAL,
         "study": STUDY,
+        "serve": SERVE,
         "gcs": GCS,
         "tpu": [f"jax[tpu]=={JAX_VERSION}", *GCS],
     },

@@ -13,6 +13,7 @@ Subcommands:
   make-tasks    write lm-eval task files: CUTE character tasks from a word list, cloze from a corpus
   export        a training run or model -> a model directory: ours, or the Hugging Face layout (--format hf)
   generate      generate text after a prompt (cached decoding), streamed to stdout
+  serve         an OpenAI-compatible HTTP server (completions) with continuous batching (the serve extra)
   aot           compile the train step for a TPU topology from this host: memory, FLOPs, fits or not
   quickstart    the whole pipeline on the default corpus, resumable
   study         the paper's comparisons at matched training compute (BLT patchings, no hash n-grams,
@@ -368,6 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_generate)
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions) with continuous batching")
+    p.add_argument("--checkpoint", required=True,
+                   help="a model directory (ours, HF or Meta) or a training workdir (its newest checkpoint)")
+    p.add_argument("--entropy-checkpoint", default=None,
+                   help="entropy LM for a training workdir whose patching is by entropy")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-rows", type=int, default=8, help="decode rows: requests that generate at once")
+    p.add_argument("--max-prompt-bytes", type=int, default=2048, help="the longest prompt taken (UTF-8 bytes)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most bytes one request may generate")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a row; beyond it the server answers 429")
+    p.add_argument("--strict", action="store_true", help="unknown request fields are errors (HTTP 400)")
+    p.add_argument("--name", default=None, help="the model's name in the API (default: the checkpoint's name)")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="after SIGTERM, how long running completions may take to end")
+    p.set_defaults(fn=cmd_serve)
+
     p = sub.add_parser("aot", help="compile the train step for a TPU topology (no TPU needed): memory and FLOPs")
     _add_config_arg(p, "experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32", required=True)
     p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
@@ -610,6 +629,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"[{produced} bytes in {elapsed:.2f}s ({produced / elapsed:,.1f} bytes/s, compilation included), "
           f"{result.steps} decoding steps]", file=sys.stderr)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from blt_jax.serve import run
+    except ImportError as error:
+        raise InputError(f"blt-jax serve needs the serve extra ({error.name} is missing): "
+                         "pip install -c constraints.txt -e \".[serve]\"") from None
+    return run(args.checkpoint, args.entropy_checkpoint, args.host, args.port, args.max_rows, args.max_prompt_bytes,
+               args.max_tokens, args.max_queue, args.strict, args.name, args.grace_seconds)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -392,3 +392,31 @@ def test_generate_cli(small_model, tmp_path):
     # Bad use: a clear error, exit code 2.
     out = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert out.returncode == 2 and b"--prompt" in out.stderr
+
+
+def test_sample_rows_gives_each_row_its_own_rule():
+    """Continuous batching samples every row by its own rule: greedy rows give `sample`'s argmax, top-k
+    and top-p rows draw only among their candidates, and a row's draw depends on its key alone."""
+    from blt_jax.inference.sampling import sample_rows
+
+    logits = jax.random.normal(jax.random.key(0), (6, 260)) * 3
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(5), i))(jnp.arange(6))
+    temperature = jnp.array([0.0, 1.0, 1.0, 1.0, 0.7, 0.0])
+    top_k = jnp.array([0, 1, 3, 0, 0, 0], jnp.int32)
+    top_p = jnp.array([1.0, 1.0, 1.0, 1e-6, 0.5, 1.0])
+    greedy = np.asarray(sample(logits, jax.random.key(0), SamplingConfig()))
+    for trial in range(20):
+        keys_t = jax.vmap(lambda k: jax.random.fold_in(k, trial))(keys)
+        got = np.asarray(sample_rows(logits, keys_t, temperature, top_k, top_p))
+        assert got[0] == greedy[0] and got[5] == greedy[5]  # greedy rows
+        assert got[1] == greedy[1] and got[3] == greedy[3]  # top_k = 1 and a tiny top_p leave the argmax
+        masked = np.where(np.asarray(allowed_ids(260)), np.asarray(logits), -np.inf)
+        assert got[2] in np.argsort(-masked[2])[:3]  # among the 3 most likely
+        probs = np.exp(masked[4] / 0.7 - np.max(masked[4] / 0.7))
+        probs /= probs.sum()
+        order = np.argsort(-probs)
+        nucleus = order[: np.searchsorted(np.cumsum(probs[order]), 0.5) + 1]
+        assert got[4] in nucleus
+    # A row's draw does not depend on the other rows.
+    alone = sample_rows(logits[4:5], keys[4:5], temperature[4:5], top_k[4:5], top_p[4:5])
+    assert int(alone[0]) == int(sample_rows(logits, keys, temperature, top_k, top_p)[4])

@@ -23,7 +23,7 @@ from blt_jax import tokenizer
 from blt_jax.config import BLTConfig
 from blt_jax.errors import InputError
 from blt_jax.inference.decode import DecodeEngine, DecodeState
-from blt_jax.inference.fused import fuse_projections
+from blt_jax.inference.fused import decoding_layout
 from blt_jax.inference.sampling import SamplingConfig, sample
 from blt_jax.tokenizer import EOS_ID
 
@@ -35,6 +35,16 @@ def capacity_for(longest_prompt: int, max_new_bytes: int) -> int:
     """Positions a generator needs for these lengths (with the last chunk's overrun), rounded up to a
     multiple of 64 so that nearby lengths share one compilation."""
     return -(-(longest_prompt + max_new_bytes + CHUNK) // 64) * 64
+
+
+def prefill_plan(length: int, capacity: int) -> tuple[int, int]:
+    """(first, width) for a prompt of `length` tokens: its first `first` tokens are prefilled in
+    parallel (the rest fed by steps), by the prefill program of `width` positions (a power of two
+    from 16, below the capacity), so that prompts of nearby lengths share one compiled program.
+    Generation and continuous batching both prefill this way, so a prompt's state is the same in each."""
+    first = length if length < PREFILL_MULTIPLE else length - length % PREFILL_MULTIPLE
+    width = max(PREFILL_MULTIPLE, 1 << (first - 1).bit_length())
+    return first, max(first, min(width, capacity - 1))
 
 
 def encode_prompts(prompts: Sequence[Any]) -> list[np.ndarray]:
@@ -95,10 +105,6 @@ class Generator:
         self.config, self.batch, self.capacity, self.sampling = config, batch, capacity, sampling
         self.engine = DecodeEngine(config, capacity)
         self._prefill = jax.jit(self.engine.prefill)
-        # The decoding layout (`fuse_projections`: stacked q/k/v and w1/w3, transposed w2) is measured
-        # to pay on XLA:CPU; on an accelerator it would hold a second copy of every projection in
-        # device memory for no measured gain, so there the parameters are used as they are.
-        self.stacked_layout = jax.default_backend() == "cpu"
         self._fused: tuple[list, Any] = ([], None)  # (source leaves, their decoding layout)
         self._advance = jax.jit(self._advance_chunk, donate_argnums=(2,))
 
@@ -125,19 +131,16 @@ class Generator:
     def _decoding_layout(self, params, entropy_params):
         """`fuse_projections` of both trees, kept while the same arrays are passed again (stacking
         copies every projection, so it runs once per parameter set, not once per call)."""
-        if not self.stacked_layout:
-            return params, entropy_params
         leaves = jax.tree_util.tree_leaves((params, entropy_params))
         cached, fused = self._fused
         if len(cached) != len(leaves) or any(a is not b for a, b in zip(cached, leaves)):
-            fused = (fuse_projections(params), fuse_projections(entropy_params))
+            fused = decoding_layout(params, entropy_params)
             self._fused = (leaves, fused)
         return fused
 
     def prefill_length(self, lengths: Sequence[int]) -> int:
         """Bytes of the common prefix run in parallel (the rest of longer prompts is fed by steps)."""
-        shortest = min(lengths)
-        return shortest if shortest < PREFILL_MULTIPLE else shortest - shortest % PREFILL_MULTIPLE
+        return prefill_plan(min(lengths), self.capacity)[0]
 
     def run(
         self,
@@ -176,9 +179,12 @@ class Generator:
         padded = np.zeros((self.batch, self.capacity), np.int32)
         for row, ids in enumerate(prompts):
             padded[row, : len(ids)] = ids
-        first = self.prefill_length(lengths)
+        first, width = prefill_plan(min(lengths), self.capacity)
         params, entropy_params = self._decoding_layout(params, entropy_params)
-        state, logits = self._prefill(params, entropy_params, jnp.asarray(padded[:, :first]))
+        head = np.zeros((self.batch, width), np.int32)
+        head[:, :first] = padded[:, :first]
+        state, logits = self._prefill(params, entropy_params, jnp.asarray(head),
+                                      jnp.full((self.batch,), first, jnp.int32))
         carry = (state, logits, jnp.zeros((self.batch,), bool), jnp.zeros((self.batch,), jnp.int32))
         prompt, prompt_len = jnp.asarray(padded), jnp.asarray(lengths, jnp.int32)
         key, max_new = jax.random.key(seed), jnp.int32(max_new_bytes)

@@ -80,3 +80,40 @@ def sample(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Arr
     if config.top_p is not None and config.top_p < 1:
         logits = _top_p(logits, config.top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                top_p: jax.Array) -> jax.Array:
+    """Next token of every row, each row with its own rule (continuous batching: requests that share a
+    batch keep their own sampling). Row r gives what `sample` gives for
+    SamplingConfig(temperature[r], top_k[r] or None, top_p[r]) with key keys[r]: the same argmax when
+    greedy, the same candidates otherwise.
+
+    Args:
+      logits: float [B, V].
+      keys: PRNG keys [B].
+      temperature: float32 [B], 0 = greedy.
+      top_k: int32 [B], 0 = all ids.
+      top_p: float32 [B], 1 = all ids.
+
+    Returns:
+      int32 [B], always a byte id or EOS.
+    """
+    vocab = logits.shape[-1]
+    logits = jnp.where(allowed_ids(vocab), logits.astype(jnp.float32), MASKED_SCORE)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    # Top-k: keep ids at least as likely as the k-th (ties kept, as `_top_k`).
+    ordered = -jnp.sort(-scaled, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
+    scaled = jnp.where(scaled >= kth, scaled, MASKED_SCORE)
+    # Top-p: keep an id if the mass strictly before it is < p (the most likely id always kept).
+    order = jnp.argsort(-scaled, axis=-1)
+    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    scaled = jnp.where(keep | (top_p[:, None] >= 1), scaled, MASKED_SCORE)
+    drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, drawn, greedy)

@@ -1,0 +1,252 @@
+"""`blt-jax serve` as users run it: the installed command started from a fresh directory with a relative
+checkpoint path, on a free port, driven by the real OpenAI client (and raw HTTP where a client would
+hide what is sent): completions plain and streamed, equal to `blt-jax generate` whatever shares the
+batch, seeded sampling, bad requests, a full queue, a client that goes away, SIGTERM."""
+
+import concurrent.futures
+import json
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from user import blt_jax, start
+
+openai = pytest.importorskip("openai")
+
+ROWS, QUEUE, MAX_PROMPT, MAX_TOKENS = 4, 4, 64, 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""
+
+
+def post(port: int, body) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_ready(proc, port: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        status, _ = get(port, "/health")
+        if status == 200:
+            return
+        assert status in (0, 503), status
+        time.sleep(1)
+    raise AssertionError("the server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small BLT with entropy patching and its entropy LM, saved where the user works. Its EOS logit
+    is the mean of two bytes' logits, so greedy decoding never ends a completion early: requests run
+    for their whole budget, which the tests of full rows need."""
+    import jax
+    import numpy as np
+
+    from blt_jax.api import BLTModel
+    from blt_jax.experiment import load_experiment
+    from blt_jax.models import model_config_from_dict
+    from blt_jax.tokenizer import EOS_ID, OFFSET
+    from user import TINY
+
+    work = tmp_path_factory.mktemp("serve_work")
+    config = model_config_from_dict(load_experiment(TINY).model)
+    model = BLTModel.random(config, seed=1)
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    kernel = params["local_decoder"]["output"]["kernel"].copy()  # [D, V]
+    kernel[:, EOS_ID] = (kernel[:, OFFSET + ord("a")] + kernel[:, OFFSET + ord("b")]) / 2
+    params["local_decoder"]["output"]["kernel"] = kernel
+    BLTModel(config, params, model.entropy_params).save(str(work / "model"))
+    return work
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    port = free_port()
+    proc = start("serve", "--checkpoint", "model", "--port", port, "--max-rows", ROWS, "--max-queue", QUEUE,
+                 "--max-prompt-bytes", MAX_PROMPT, "--max-tokens", MAX_TOKENS, cwd=model_dir)
+    try:
+        wait_ready(proc, port)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def client(port: int):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def generated(model_dir, prompt: str, max_new: int) -> str:
+    """What `blt-jax generate --temperature 0` prints for the prompt (its trailing newline dropped)."""
+    result = blt_jax("generate", "--checkpoint", "model", "--prompt", prompt, "--max-new-bytes", max_new,
+                     "--temperature", "0", cwd=model_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.endswith("\n")
+    return result.stdout[:-1]
+
+
+def test_a_completion_plain_and_streamed_equals_generate(server, model_dir):
+    port, _ = server
+    api = client(port)
+    assert [m.id for m in api.models.list().data] == ["model"]
+    done = api.completions.create(model="model", prompt="Hello, world", max_tokens=40, temperature=0)
+    choice = done.choices[0]
+    assert choice.text == generated(model_dir, "Hello, world", 40)
+    assert choice.finish_reason in ("length", "stop")
+    assert done.usage.prompt_tokens == len("Hello, world".encode()) and done.usage.completion_tokens <= 40
+    if choice.finish_reason == "length":
+        assert done.usage.completion_tokens == 40
+    pieces = list(api.completions.create(model="model", prompt="Hello, world", max_tokens=40, temperature=0,
+                                         stream=True))
+    assert len(pieces) > 1  # streamed as it was generated, not in one piece
+    assert "".join(p.choices[0].text for p in pieces) == choice.text
+    assert pieces[-1].choices[0].finish_reason == choice.finish_reason
+    # A stop string ends the text before it; a list of prompts gives a choice per prompt.
+    if len(choice.text) > 6:
+        stop = choice.text[4:6]
+        cut = api.completions.create(model="model", prompt="Hello, world", max_tokens=40, temperature=0, stop=[stop])
+        assert cut.choices[0].text == choice.text[: choice.text.find(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+    both = api.completions.create(model="model", prompt=["Hello, world", "Hi"], max_tokens=12, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1]
+    assert both.choices[0].text == generated(model_dir, "Hello, world", 12)
+
+
+def test_concurrent_requests_each_equal_generate(server, model_dir):
+    """8 requests of different lengths at once over 4 rows: they join and leave a running batch, and
+    each completion is what `generate` gives for its prompt alone."""
+    port, _ = server
+    api = client(port)
+    jobs = [("a" * (i + 1) + " prompt " * (i % 3), 8 + 9 * i) for i in range(8)]
+
+    def one(job):
+        prompt, max_tokens = job
+        return api.completions.create(model="model", prompt=prompt, max_tokens=max_tokens, temperature=0).choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, jobs))
+    from blt_jax.api import from_pretrained
+
+    model = from_pretrained(str(model_dir / "model"))
+    for (prompt, max_tokens), text in zip(jobs, got):
+        assert text == model.generate(prompt, max_new_bytes=max_tokens, temperature=0.0), prompt
+    assert got[2] == generated(model_dir, jobs[2][0], jobs[2][1])  # and the command agrees with the API
+
+
+def test_seeded_sampling_is_reproducible(server):
+    port, _ = server
+    api = client(port)
+
+    def sampled(seed):  # top_k is not an OpenAI field: clients send it as an extra one
+        return api.completions.create(model="model", prompt="Once upon", max_tokens=24, temperature=0.8, top_p=0.9,
+                                      seed=seed, extra_body={"top_k": 50}).choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = list(pool.map(sampled, [7, 7, 8, 9]))
+    assert first[0] == first[1] == sampled(7)
+    assert len({first[0], first[2], first[3]}) > 1  # other seeds draw other bytes
+
+
+def test_bad_requests_get_400_and_the_server_keeps_serving(server):
+    port, _ = server
+    cases = [
+        ({"max_tokens": 4}, "prompt"),
+        ({"prompt": "x", "temperature": -1}, "temperature"),
+        ({"prompt": "x", "temperature": "hot"}, "temperature"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "top_k": -2}, "top_k"),
+        ({"prompt": "x", "max_tokens": MAX_TOKENS + 1}, "max_tokens"),
+        ({"prompt": "x" * (MAX_PROMPT + 1)}, "prompt"),
+        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ]
+    for body, param in cases:
+        status, answer = post(port, body)
+        assert status == 400, (body, answer)
+        assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param, answer
+        assert answer["error"]["message"]
+    status, answer = post(port, b"{not json")
+    assert status == 400 and "JSON" in answer["error"]["message"]
+    with pytest.raises(openai.BadRequestError):
+        client(port).completions.create(model="model", prompt="x", temperature=3)
+    status, answer = post(port, {"prompt": "still here", "max_tokens": 4, "temperature": 0})
+    assert status == 200 and answer["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_a_full_queue_gets_429_and_a_client_that_leaves_frees_its_row(server):
+    port, _ = server
+    api = client(port)
+    streams = [api.completions.create(model="model", prompt=f"long {i}", max_tokens=MAX_TOKENS, temperature=0,
+                                      stream=True) for i in range(ROWS)]
+    for s in streams:  # every row is generating
+        next(iter(s))
+    with concurrent.futures.ThreadPoolExecutor(QUEUE) as pool:
+        waiting = [pool.submit(lambda i=i: api.completions.create(model="model", prompt=f"queued {i}", max_tokens=8,
+                                                                  temperature=0)) for i in range(QUEUE)]
+        deadline = time.monotonic() + 30
+        while f"blt_jax_queue_length {QUEUE}" not in get(port, "/metrics")[1]:
+            assert time.monotonic() < deadline and not any(w.done() for w in waiting)
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError) as info:
+            api.completions.create(model="model", prompt="one too many", max_tokens=8, temperature=0)
+        assert "busy" in info.value.body["message"]
+        for s in streams:  # the clients go away mid-stream: their rows are freed for the queued requests
+            s.response.close()
+        for w in waiting:
+            assert w.result(timeout=120).choices[0].finish_reason == "length"
+    metrics = get(port, "/metrics")[1]
+    cancelled = int(metrics.split('outcome="cancelled"} ')[1].split()[0])
+    assert cancelled >= 1, metrics
+    assert 'outcome="rejected"} 1' in metrics and "blt_jax_bytes_per_second" in metrics
+
+
+def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
+    port = free_port()
+    proc = start("serve", "--checkpoint", "model", "--port", port, "--max-rows", 2, "--max-prompt-bytes", 32,
+                 "--max-tokens", 200, cwd=model_dir)
+    try:
+        wait_ready(proc, port)
+        api = client(port)
+        stream = api.completions.create(model="model", prompt="Hello", max_tokens=200, temperature=0, stream=True)
+        pieces = iter(stream)
+        text = next(pieces).choices[0].text
+        proc.send_signal(signal.SIGTERM)
+        reasons = []
+        for piece in pieces:  # the running completion ends normally
+            text += piece.choices[0].text
+            reasons.append(piece.choices[0].finish_reason)
+        assert reasons[-1] in ("length", "stop")
+        assert proc.wait(timeout=120) == 0
+        assert "stopped" in proc.stderr.read()
+        assert get(port, "/health")[0] == 0  # no longer listening
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
