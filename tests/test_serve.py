@@ -250,3 +250,25 @@ def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bad_arguments_end_in_one_line(model_dir):
+    for args, expected in ((["--checkpoint", "no_such_model"], "no_such_model"),
+                           (["--checkpoint", "model", "--max-rows", "0"], "--max-rows must be >= 1")):
+        result = blt_jax("serve", *args, "--port", free_port(), cwd=model_dir, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("blt-jax serve: error:") and expected in lines[0], lines
+
+
+def test_strict_mode_refuses_unknown_fields():
+    """`--strict`: a field the server does not know is an error naming it; by default it is ignored (as
+    most OpenAI-compatible servers do, so clients that send extras keep working)."""
+    from blt_jax.serve.app import BadRequest, Limits, parse_completion
+
+    body = {"prompt": "x", "max_tokens": 4, "temprature": 0}
+    assert parse_completion(body, Limits(16, 8)).prompts == ("x",)
+    with pytest.raises(BadRequest, match="unknown field: temprature") as info:
+        parse_completion(body, Limits(16, 8, strict=True))
+    assert info.value.param == "temprature"
+    assert parse_completion({"prompt": "x", "user": "me", "stream": True}, Limits(16, 8, strict=True)).stream

@@ -111,7 +111,7 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
     for name in ("echo", "best_of", "logprobs", "suffix", "logit_bias"):
         if body.get(name) not in (None, False, 1 if name == "best_of" else None):
             raise BadRequest(f"'{name}' is not supported", name)
-    max_tokens = _number(body, "max_tokens", 16, int, 1, limits.max_tokens)
+    max_tokens = _number(body, "max_tokens", min(16, limits.max_tokens), int, 1, limits.max_tokens)  # 16: OpenAI
     temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
     top_p = _number(body, "top_p", None, float, 0.0, 1.0, low_open=True)
     top_k = _number(body, "top_k", None, int, 0)
