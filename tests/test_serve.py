@@ -272,3 +272,48 @@ def test_strict_mode_refuses_unknown_fields():
         parse_completion(body, Limits(16, 8, strict=True))
     assert info.value.param == "temprature"
     assert parse_completion({"prompt": "x", "user": "me", "stream": True}, Limits(16, 8, strict=True)).stream
+
+
+def test_a_request_holds_back_what_a_stop_string_could_start_and_decodes_utf8_across_chunks():
+    """The scheduler's side of a request, without HTTP or a model: text is emitted as it becomes final;
+    a character split between chunks waits for its last byte; while a stop string could be starting,
+    its first characters are held back; the stop string and what follows never reach the client."""
+    import numpy as np
+
+    from blt_jax.inference.batching import RowSpec
+    from blt_jax.serve.scheduler import Request
+    from blt_jax.tokenizer import EOS_ID, OFFSET
+
+    def ids(data: bytes):
+        return np.array([b + OFFSET for b in data], np.int32)
+
+    def run(chunks, stop=(), max_new=100):
+        sent = []
+        request = Request(RowSpec(ids(b"x")), max_new, tuple(stop), lambda text, reason: sent.append((text, reason)))
+        reasons = [request.feed(chunk) for chunk in chunks]
+        return sent, reasons
+
+    snow = "é".encode()  # two bytes
+    sent, reasons = run([ids(b"ab" + snow[:1]), ids(snow[1:] + b"cd"), np.array([EOS_ID, 70], np.int32)])
+    assert sent == [("ab", None), ("écd", None), ("", "stop")] and reasons == [None, None, "stop"]
+    sent, _ = run([ids(b"hello EN"), ids(b"D there")], stop=["END"])  # the stop string spans two chunks
+    assert sent == [("hello ", None), ("", "stop")]
+    sent, _ = run([ids(b"abcdef")], stop=["xyz"], max_new=4)  # the budget ends it; nothing is held back then
+    assert sent == [("abcd", "length")]
+    sent, _ = run([ids(b"ab\xff")], max_new=3)  # a byte that does not decode: U+FFFD, as generate prints it
+    assert sent == [("ab\ufffd", "length")]
+
+
+def test_numbers_must_be_finite_and_top_k_is_capped():
+    """JSON parsers accept NaN and Infinity; a NaN top_p or temperature would pass every comparison and
+    reach the sampler. A top_k past the vocabulary means all of it (it once overflowed int32 in the
+    decoding thread and took every running request down)."""
+    from blt_jax.serve.app import BadRequest, Limits, parse_completion
+
+    for field in ("temperature", "top_p", "max_tokens", "top_k"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(BadRequest, match="finite|integer") as info:
+                parse_completion({"prompt": "x", field: value}, Limits(16, 8))
+            assert info.value.param == field
+    assert parse_completion({"prompt": "x", "temperature": 1, "top_k": 2**40}, Limits(16, 8)).top_k == 260
+    assert parse_completion({"prompt": "x", "logit_bias": {}}, Limits(16, 8)).prompts == ("x",)  # clients' default

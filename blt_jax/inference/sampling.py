@@ -112,7 +112,7 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
     order = jnp.argsort(-scaled, axis=-1)
     sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
-    keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+    keep_sorted = ((jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]).at[:, 0].set(True)  # the likeliest stays
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     scaled = jnp.where(keep | (top_p[:, None] >= 1), scaled, MASKED_SCORE)
     drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)

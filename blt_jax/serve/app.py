@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
+import math
 import time
 import uuid
 from typing import Any
@@ -29,12 +31,13 @@ from starlette.routing import Route
 
 from blt_jax import tokenizer
 from blt_jax.inference.batching import RowSpec
-from blt_jax.serve.scheduler import QueueFull, Request, Scheduler
+from blt_jax.serve.scheduler import QueueFull, Request, Scheduler, Unavailable
 
 KNOWN_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "n",
                 "stream_options", "user", "echo", "logprobs", "presence_penalty", "frequency_penalty", "best_of",
                 "logit_bias", "suffix"}
 MAX_STOPS = 4  # as OpenAI
+DISCONNECT_POLL = 0.5  # seconds between checks that a plain request's client is still there
 
 
 class BadRequest(Exception):
@@ -80,6 +83,8 @@ def _number(body: dict, name: str, default, kind, low=None, high=None, low_open=
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
         raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
     value = kind(value)
+    if not math.isfinite(value):
+        raise BadRequest(f"'{name}' must be finite, got {value}", name)
     if low is not None and (value <= low if low_open else value < low):
         raise BadRequest(f"'{name}' must be {'>' if low_open else '>='} {low}, got {value}", name)
     if high is not None and value > high:
@@ -109,12 +114,13 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
     if _number(body, "n", 1, int) != 1:
         raise BadRequest("only n = 1 is supported", "n")
     for name in ("echo", "best_of", "logprobs", "suffix", "logit_bias"):
-        if body.get(name) not in (None, False, 1 if name == "best_of" else None):
+        if body.get(name) not in (None, False, {}, 1 if name == "best_of" else None):  # {}: clients' default bias
             raise BadRequest(f"'{name}' is not supported", name)
     max_tokens = _number(body, "max_tokens", min(16, limits.max_tokens), int, 1, limits.max_tokens)  # 16: OpenAI
     temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
     top_p = _number(body, "top_p", None, float, 0.0, 1.0, low_open=True)
     top_k = _number(body, "top_k", None, int, 0)
+    top_k = None if top_k is None else min(top_k, tokenizer.VOCAB_SIZE)  # more than the vocabulary: all of it
     stop = body.get("stop")
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
@@ -131,6 +137,14 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
     return Completion(tuple(prompts), max_tokens, temperature, None if top_p == 1.0 else top_p, top_k or None,
                       tuple(stops), int(np.random.randint(0, 2**31 - 1)) if seed is None else seed % 2**31,
                       stream, bool(isinstance(options, dict) and options.get("include_usage")))
+
+
+def _emit(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, text: str, reason: str | None) -> None:
+    """Hands an event from the decoding thread to the request's handler on the event loop."""
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, (text, reason))
+    except RuntimeError:  # the loop has closed (the server is exiting): nobody is waiting
+        pass
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
@@ -167,7 +181,7 @@ class Server:
     async def metrics(self, request: HttpRequest) -> Response:
         stats = self.scheduler.stats()
         lines = []
-        for outcome in ("received", "finished_stop", "finished_length", "cancelled", "rejected"):
+        for outcome in ("received", "finished_stop", "finished_length", "cancelled", "rejected", "failed"):
             lines.append(f'blt_jax_requests_total{{outcome="{outcome}"}} {stats.get(outcome, 0)}')
         lines += [f"blt_jax_rows {stats['rows']}", f"blt_jax_rows_busy {stats['rows_busy']}",
                   f"blt_jax_queue_length {stats['queue_length']}",
@@ -184,6 +198,8 @@ class Server:
             completion = parse_completion(body, self.limits)
         except BadRequest as error:
             return _error(400, str(error), "invalid_request_error", error.param)
+        if self.scheduler.error is not None:
+            return _error(503, f"the server cannot decode: {self.scheduler.error!r}", "server_error")
         if not self.ready:
             return _error(503, "the server is still compiling its programs", "server_error")
         loop = asyncio.get_running_loop()
@@ -191,37 +207,43 @@ class Server:
         requests = []
         for index, prompt in enumerate(completion.prompts):
             queue: asyncio.Queue = asyncio.Queue()
-            emit = lambda text, reason, q=queue: loop.call_soon_threadsafe(q.put_nowait, (text, reason))  # noqa: E731
+            emit = functools.partial(_emit, loop, queue)
             ids = tokenizer.encode(prompt, add_bos=True, add_eos=False).astype(np.int32)
             spec = RowSpec(ids, completion.temperature, completion.top_k, completion.top_p,
                            (completion.seed + index) % 2**31)
             requests.append(Request(spec, completion.max_tokens, completion.stop, emit))
             events.append(queue)
         try:
-            for req in requests:
-                self.scheduler.submit(req)
+            self.scheduler.submit_all(requests)
         except QueueFull as error:
-            for req in requests:
-                self.scheduler.cancel(req)
-            self.scheduler.counts["rejected"] += 1
             return _error(429, f"the server is busy: {error}; retry later", "rate_limit_exceeded")
+        except Unavailable as error:
+            return _error(503, str(error), "server_error")
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         prompt_bytes = [len(p.encode("utf-8")) for p in completion.prompts]
         if completion.stream:
             return StreamingResponse(self._stream(ident, completion, requests, events, prompt_bytes),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        collect = asyncio.ensure_future(asyncio.gather(*(self._collect(queue) for queue in events)))
         try:
-            texts, reasons = [], []
-            for queue in events:
-                text, reason = await self._collect(queue)
-                texts.append(text)
-                reasons.append(reason)
+            # A plain request's handler is not cancelled when its client goes away: ask, and free the rows.
+            while not collect.done():
+                await asyncio.wait({collect}, timeout=DISCONNECT_POLL)
+                if not collect.done() and await request.is_disconnected():
+                    collect.cancel()
+                    for req in requests:
+                        self.scheduler.cancel(req)
+                    return Response(status_code=499)
+            texts, reasons = zip(*collect.result())
         except asyncio.CancelledError:
+            collect.cancel()
             for req in requests:
                 self.scheduler.cancel(req)
             raise
-        if any(r in ("error", "cancelled") for r in reasons):
-            return _error(500, "the server stopped before the completion ended", "server_error")
+        failed = [text for text, reason in zip(texts, reasons) if reason in ("error", "cancelled")]
+        if failed:
+            return _error(500, f"the completion failed: {failed[0]}" if failed[0] else
+                          "the server stopped before the completion ended", "server_error")
         generated = sum(r.generated for r in requests)
         return JSONResponse({
             "id": ident, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
@@ -254,9 +276,10 @@ class Server:
                 while True:
                     text, reason = await queue.get()
                     if reason in ("error", "cancelled"):
-                        yield "data: " + json.dumps({"error": {"message": "the server stopped before the completion "
-                                                               "ended", "type": "server_error", "param": None,
-                                                    "code": None}}) + "\n\n"
+                        message = f"the completion failed: {text}" if text else \
+                            "the server stopped before the completion ended"
+                        yield "data: " + json.dumps({"error": {"message": message, "type": "server_error",
+                                                               "param": None, "code": None}}) + "\n\n"
                         return
                     if text or reason:
                         yield chunk(index, text, reason)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,10 +24,15 @@ from blt_jax import tokenizer
 from blt_jax.inference.batching import BatchDecoder, RowSpec
 
 RATE_WINDOW = 10.0  # seconds over which bytes/s is measured
+log = logging.getLogger("blt_jax.serve")
 
 
 class QueueFull(Exception):
     """Every row is busy and the queue holds its most requests."""
+
+
+class Unavailable(Exception):
+    """The server takes no requests: it is shutting down, or its decoding loop has failed."""
 
 
 @dataclasses.dataclass(eq=False)  # one request is equal only to itself
@@ -53,6 +59,7 @@ class Request:
 
     def __post_init__(self):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._raw = bytearray()  # the bytes generated (usage counts those before a stop string)
 
     def feed(self, tokens: np.ndarray) -> str | None:
         """Takes the bytes the row generated in a chunk; returns the finish reason once it is over."""
@@ -67,10 +74,14 @@ class Request:
             if self.generated >= self.max_new:
                 reason = "length"
                 break
+        self._raw += data
         self.text += self._decoder.decode(bytes(data), final=reason is not None)
         cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.text, reason = self.text[:cut], "stop"
+            # Usage counts the bytes of the text returned, not what the chunk ran past the stop string.
+            at = [i for i in (self._raw.find(s.encode("utf-8")) for s in self.stop) if i >= 0]
+            self.generated = min(at) if at else len(self.text.encode("utf-8"))
         hold = 0 if reason else max((len(s) - 1 for s in self.stop), default=0)
         final = max(self.sent, len(self.text) - hold)
         if final > self.sent or reason:
@@ -100,15 +111,20 @@ class Scheduler:
 
     # ---- the HTTP side ------------------------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
+    def submit_all(self, requests: list[Request]) -> None:
+        """Queues every request or none (one HTTP request may hold several prompts)."""
         with self._cond:
             if self._stopping:
-                raise QueueFull("the server is shutting down")
+                raise Unavailable("the server is shutting down")
+            if self.error is not None or self._thread is None or not self._thread.is_alive():
+                raise Unavailable(f"the decoding loop is not running ({self.error!r})")
             free = sum(r is None for r in self.rows)
-            if len(self.queue) >= self.max_queue + free:  # the queue's bound counts beyond the free rows
-                raise QueueFull(f"all {len(self.rows)} rows are busy and {len(self.queue) - free} requests are waiting")
-            self.queue.append(request)
-            self.counts["received"] += 1
+            if len(self.queue) + len(requests) > self.max_queue + free:  # the bound counts beyond the free rows
+                self.counts["rejected"] += 1
+                raise QueueFull(f"all {len(self.rows)} rows are busy and {max(0, len(self.queue) - free)} requests "
+                                f"are waiting")
+            self.queue.extend(requests)
+            self.counts["received"] += len(requests)
             self._cond.notify()
 
     def cancel(self, request: Request) -> None:
@@ -122,11 +138,14 @@ class Scheduler:
                     self.counts["cancelled"] += 1
                 self._cond.notify()
 
+    def _trim_recent(self) -> None:
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+
     def stats(self) -> dict:
         with self._cond:
-            now = time.monotonic()
-            while self._recent and self._recent[0][0] < now - RATE_WINDOW:
-                self._recent.popleft()
+            self._trim_recent()
             rate = sum(n for _, n in self._recent) / RATE_WINDOW
             return {"rows": len(self.rows), "rows_busy": sum(r is not None for r in self.rows),
                     "queue_length": len(self.queue), "bytes_per_second": rate, **self.counts}
@@ -155,6 +174,7 @@ class Scheduler:
                         for request in self.queue:
                             request.finished = True
                             request.emit("", "cancelled")
+                            self.counts["cancelled"] += 1
                         self.queue.clear()
                         return
                     self._drop_cancelled()
@@ -164,7 +184,15 @@ class Scheduler:
                             self.rows[row] = self.queue.popleft()
                             taken.append(row)
                 for row in taken:
-                    self.decoder.admit(row, self.rows[row].spec)
+                    try:
+                        self.decoder.admit(row, self.rows[row].spec)
+                    except Exception as error:  # noqa: BLE001 - this request fails; the others go on
+                        log.exception("admitting a request failed")
+                        with self._cond:
+                            request, self.rows[row] = self.rows[row], None
+                            request.finished = True
+                            self.counts["failed"] += 1
+                        request.emit(f"{type(error).__name__}: {error}", "error")
                 if all(r is None for r in self.rows):
                     continue
                 tokens, generated = self.decoder.advance()
@@ -183,6 +211,7 @@ class Scheduler:
                     self._drop_cancelled()
                     self.counts["bytes_generated"] += produced
                     self._recent.append((time.monotonic(), produced))
+                    self._trim_recent()
                     self.decoder.refresh([row for row, r in enumerate(self.rows) if r is None])
         except BaseException as error:  # noqa: BLE001 - reported to every waiting client, then re-raised
             self.error = error
@@ -190,6 +219,8 @@ class Scheduler:
                 for request in [*self.queue, *(r for r in self.rows if r is not None)]:
                     request.finished = True
                     request.emit("", "error")
+                    self.counts["failed"] += 1
+                self.queue.clear()
             raise
 
     def _drop_cancelled(self) -> None:
