@@ -32,6 +32,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# A side-by-side on this host's CPU (the reference runs on torch's CPU): the model is built and served
+# there, and jax does not start libtpu on a host without TPUs.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from bench_generate import PROMPT, build_model, reference_model  # noqa: E402
 
