@@ -227,6 +227,40 @@ def test_a_full_queue_gets_429_and_a_client_that_leaves_frees_its_row(server):
     assert 'outcome="rejected"} 1' in metrics and "blt_jax_bytes_per_second" in metrics
 
 
+def test_a_plain_request_whose_client_leaves_is_dropped(server):
+    """A non-streamed request's handler is not cancelled when its client goes away; the server notices
+    (it asks every 0.5 s) and drops the request: here from the queue, as every row is busy."""
+    port, _ = server
+    api = client(port)
+
+    def metric(name: str) -> int:
+        text = get(port, "/metrics")[1]
+        return int(float(text.split(name + " ")[1].split()[0]))
+
+    streams = [api.completions.create(model="model", prompt=f"busy {i}", max_tokens=MAX_TOKENS, temperature=0,
+                                      stream=True) for i in range(ROWS)]
+    try:
+        for s in streams:
+            next(iter(s))
+        cancelled = metric('blt_jax_requests_total{outcome="cancelled"}')
+        body = json.dumps({"prompt": "gone", "max_tokens": 8, "temperature": 0}).encode()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 30
+            while metric("blt_jax_queue_length") != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30  # the client has gone: the request leaves the queue
+        while metric("blt_jax_queue_length") != 0 or metric('blt_jax_requests_total{outcome="cancelled"}') != cancelled + 1:
+            assert time.monotonic() < deadline, get(port, "/metrics")[1]
+            time.sleep(0.1)
+        assert metric("blt_jax_rows_busy") == ROWS  # the streams were not disturbed
+    finally:
+        for s in streams:
+            s.response.close()
+
+
 def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
     port = free_port()
     proc = start("serve", "--checkpoint", "model", "--port", port, "--max-rows", 2, "--max-prompt-bytes", 32,
