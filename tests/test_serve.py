@@ -17,7 +17,7 @@ from user import blt_jax, start
 
 openai = pytest.importorskip("openai")
 
-ROWS, QUEUE, MAX_PROMPT, MAX_TOKENS = 4, 4, 64, 600
+ROWS, QUEUE, MAX_PROMPT, MAX_TOKENS = 4, 4, 64, 6000  # long enough that busy rows stay busy for seconds
 
 
 def free_port() -> int:
