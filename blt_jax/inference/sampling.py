@@ -49,13 +49,13 @@ def _top_k(logits: jax.Array, k: int) -> jax.Array:
     return jnp.where(logits >= kth, logits, MASKED_SCORE)
 
 
-def _top_p(logits: jax.Array, p: float) -> jax.Array:
+def _top_p(logits: jax.Array, p) -> jax.Array:
+    """Keeps an id if the mass strictly before it is < p (the most likely id always kept); p is one
+    number or one per row ([B, 1])."""
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep an id if the mass strictly before it is < p: the most likely id is always kept.
-    before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = before < p
+    keep_sorted = ((jnp.cumsum(probs, axis=-1) - probs) < p).at[:, 0].set(True)
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     return jnp.where(keep, logits, MASKED_SCORE)
 
@@ -108,12 +108,6 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
     kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
     scaled = jnp.where(scaled >= kth, scaled, MASKED_SCORE)
-    # Top-p: keep an id if the mass strictly before it is < p (the most likely id always kept).
-    order = jnp.argsort(-scaled, axis=-1)
-    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    keep_sorted = ((jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]).at[:, 0].set(True)  # the likeliest stays
-    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-    scaled = jnp.where(keep | (top_p[:, None] >= 1), scaled, MASKED_SCORE)
+    scaled = jnp.where(top_p[:, None] >= 1, scaled, _top_p(scaled, top_p[:, None]))
     drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)
     return jnp.where(temperature > 0, drawn, greedy)
