@@ -299,6 +299,16 @@ class BLTModel:
         return generator.run(self.params, self.entropy_params, prompts, int(max_new_bytes), seed, on_bytes,
                              record_logits, stop_at_eos)
 
+    def decoding(self, capacity: int):
+        """The cached decoder of this BLT for rows of `capacity` positions, with its byte vocabulary
+        (`inference.batching.Decoding`: what `blt-jax serve` runs)."""
+        from blt_jax.inference.batching import Decoding
+        from blt_jax.inference.decode import DecodeEngine
+        from blt_jax.inference.vocabulary import byte_vocabulary
+
+        self._require_patcher()
+        return Decoding(DecodeEngine(self.config, capacity), self.params, self.entropy_params, byte_vocabulary())
+
     def _generator(self, batch: int, capacity: int, sampling):
         from blt_jax.inference.generate import Generator
 
@@ -344,7 +354,21 @@ class ByteLM:
         return _fetch(self._scores_fn(self.params, _as_tokens(tokens, self.config.vocab_size), None))
 
     def generate(self, *args, **kwargs):
-        raise InputError("generation needs a BLT: this byte LM scores text only (loglikelihood tasks)")
+        raise InputError("generation needs a BLT: this byte LM scores text only (loglikelihood tasks); "
+                         "`blt-jax serve` serves it")
+
+    def decoding(self, capacity: int):
+        """The cached decoder of this LM for rows of `capacity` positions, with its vocabulary
+        (`inference.batching.Decoding`: what `blt-jax serve` runs)."""
+        from blt_jax.inference.batching import Decoding
+        from blt_jax.inference.lm_decode import LMDecodeEngine
+
+        return Decoding(LMDecodeEngine(self.config, capacity), self.params, None, self._vocabulary())
+
+    def _vocabulary(self):
+        from blt_jax.inference.vocabulary import byte_vocabulary
+
+        return byte_vocabulary()
 
 
 class TokenLM(ByteLM):
@@ -380,6 +404,14 @@ class TokenLM(ByteLM):
         if self.tokenizer is None:
             raise InputError("this token LM was loaded without a tokenizer (its directory has no tokenizer.json)")
         return self.tokenizer.encode(data, add_bos=True, add_eos=False)
+
+    def _vocabulary(self):
+        from blt_jax.inference.vocabulary import token_vocabulary
+
+        if self.tokenizer is None:
+            raise InputError("this token LM was loaded without a tokenizer (its directory has no tokenizer.json): "
+                             "it cannot read or write text")
+        return token_vocabulary(self.tokenizer, self.config.vocab_size)
 
     def save(self, directory: str) -> None:
         """Writes the model in our format (`blt_jax.json`, `params.safetensors`, and its tokenizer as

@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions) with continuous batching")
     p.add_argument("--checkpoint", required=True,
-                   help="a model directory (ours, HF or Meta) or a training workdir (its newest checkpoint)")
+                   help="a BLT, a token LM (a Llama-family Hugging Face directory with its tokenizer.json, or "
+                        "a BPE run of ours) or a byte LM: a model directory (ours, HF or Meta) or a training "
+                        "workdir (its newest checkpoint)")
     p.add_argument("--entropy-checkpoint", default=None,
                    help="entropy LM for a training workdir whose patching is by entropy")
     p.add_argument("--host", default="127.0.0.1")

@@ -47,12 +47,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str, max_tokens: int) -> tuple[subprocess.Popen, int]:
+def start_server(model_dir: str, max_tokens: int, *extra: str) -> tuple[subprocess.Popen, int]:
+    """`blt-jax serve` of `model_dir` (more arguments in `extra`) on a free port, once /health is 200."""
     port = free_port()
     script = os.path.join(os.path.dirname(sys.executable), "blt-jax")
     proc = subprocess.Popen([script, "serve", "--checkpoint", model_dir, "--port", str(port), "--max-rows", str(ROWS),
-                             "--max-prompt-bytes", "256", "--max-tokens", str(max_tokens), "--max-queue", "256"],
-                            stderr=subprocess.PIPE, text=True)
+                             "--max-prompt-bytes", "256", "--max-tokens", str(max_tokens), "--max-queue", "256",
+                             *extra], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -73,20 +74,27 @@ def prompts(count: int) -> list[str]:
     return [PROMPT[: 24 + (i * 37) % (len(PROMPT) - 24)] for i in range(count)]
 
 
-def serve_once(port: int, clients: int, requests: int, max_tokens: int) -> dict:
-    """`clients` threads, each sending `requests` completions in turn; aggregate bytes/s, latencies."""
+def serve_once(port: int, clients: int, requests: int, max_tokens: int, texts: list[str] | None = None,
+               completions: list | None = None, temperature: float = 0.0) -> dict:
+    """`clients` threads, each sending `requests` completions in turn; aggregate bytes/s, latencies.
+    `texts`: the prompts (default `prompts`); `completions` collects (prompt, completion text);
+    `temperature` > 0 samples, seeded by the request's index (the same text on every run)."""
     import openai
 
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=3600)
-    texts = prompts(clients * requests)
+    texts = texts or prompts(clients * requests)
 
     def client(index: int) -> list[tuple[float, int]]:
         out = []
         for r in range(requests):
+            number = index * requests + r
+            prompt = texts[number % len(texts)]
             start = time.perf_counter()
-            done = api.completions.create(model="bench", prompt=texts[index * requests + r], max_tokens=max_tokens,
-                                          temperature=0)
+            done = api.completions.create(model="bench", prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                                          seed=number)
             out.append((time.perf_counter() - start, done.usage.completion_tokens))
+            if completions is not None:
+                completions.append((prompt, done.choices[0].text))
         return out
 
     start = time.perf_counter()

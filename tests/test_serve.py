@@ -301,11 +301,11 @@ def test_strict_mode_refuses_unknown_fields():
     from blt_jax.serve.app import BadRequest, Limits, parse_completion
 
     body = {"prompt": "x", "max_tokens": 4, "temprature": 0}
-    assert parse_completion(body, Limits(16, 8)).prompts == ("x",)
+    assert parse_completion(body, Limits(16, 8), 260).prompts == ("x",)
     with pytest.raises(BadRequest, match="unknown field: temprature") as info:
-        parse_completion(body, Limits(16, 8, strict=True))
+        parse_completion(body, Limits(16, 8, strict=True), 260)
     assert info.value.param == "temprature"
-    assert parse_completion({"prompt": "x", "user": "me", "stream": True}, Limits(16, 8, strict=True)).stream
+    assert parse_completion({"prompt": "x", "user": "me", "stream": True}, Limits(16, 8, strict=True), 260).stream
 
 
 def test_a_request_holds_back_what_a_stop_string_could_start_and_decodes_utf8_across_chunks():
@@ -315,6 +315,7 @@ def test_a_request_holds_back_what_a_stop_string_could_start_and_decodes_utf8_ac
     import numpy as np
 
     from blt_jax.inference.batching import RowSpec
+    from blt_jax.inference.vocabulary import byte_vocabulary
     from blt_jax.serve.scheduler import Request
     from blt_jax.tokenizer import EOS_ID, OFFSET
 
@@ -324,7 +325,7 @@ def test_a_request_holds_back_what_a_stop_string_could_start_and_decodes_utf8_ac
     def run(chunks, stop=(), max_new=100):
         sent = []
         request = Request(RowSpec(ids(b"x")), max_new, tuple(stop), lambda text, reason: sent.append((text, reason)))
-        reasons = [request.feed(chunk) for chunk in chunks]
+        reasons = [request.feed(chunk, byte_vocabulary()) for chunk in chunks]
         return sent, reasons
 
     snow = "é".encode()  # two bytes
@@ -338,6 +339,30 @@ def test_a_request_holds_back_what_a_stop_string_could_start_and_decodes_utf8_ac
     assert sent == [("ab\ufffd", "length")]
 
 
+def test_a_token_lm_request_counts_bytes_and_cuts_the_token_that_crosses_its_budget():
+    """A token LM's ids stand for several bytes each: the budget (`max_tokens`) still counts bytes, a
+    token that crosses it is cut there, a special id prints nothing, and its own EOS ends the text."""
+    import numpy as np
+
+    from blt_jax.inference.batching import RowSpec
+    from blt_jax.inference.vocabulary import Vocabulary
+    from blt_jax.serve.scheduler import Request
+
+    vocabulary = Vocabulary((b"", b"", b"", b"hello", b" wor", b"ld", "\u00e9t\u00e9".encode()), 1, 2,
+                            lambda data: np.array([1], np.int32))
+
+    def run(chunks, max_new=100):
+        sent = []
+        request = Request(RowSpec(np.array([1], np.int32)), max_new, (), lambda text, reason: sent.append((text, reason)))
+        reasons = [request.feed(np.array(chunk, np.int32), vocabulary) for chunk in chunks]
+        return sent, reasons, request.generated
+
+    assert run([[3, 4], [5, 0, 2, 3]]) == ([("hello wor", None), ("ld", "stop")], [None, "stop"], 11)
+    assert run([[3, 4, 5]], max_new=7) == ([("hello w", "length")], ["length"], 7)
+    sent, _, generated = run([[6]], max_new=4)  # cut inside a character: its first byte is U+FFFD
+    assert sent == [("\u00e9t\ufffd", "length")] and generated == 4
+
+
 def test_numbers_must_be_finite_and_top_k_is_capped():
     """JSON parsers accept NaN and Infinity; a NaN top_p or temperature would pass every comparison and
     reach the sampler. A top_k past the vocabulary means all of it (it once overflowed int32 in the
@@ -347,7 +372,79 @@ def test_numbers_must_be_finite_and_top_k_is_capped():
     for field in ("temperature", "top_p", "max_tokens", "top_k"):
         for value in (float("nan"), float("inf")):
             with pytest.raises(BadRequest, match="finite|integer") as info:
-                parse_completion({"prompt": "x", field: value}, Limits(16, 8))
+                parse_completion({"prompt": "x", field: value}, Limits(16, 8), 260)
             assert info.value.param == field
-    assert parse_completion({"prompt": "x", "temperature": 1, "top_k": 2**40}, Limits(16, 8)).top_k == 260
-    assert parse_completion({"prompt": "x", "logit_bias": {}}, Limits(16, 8)).prompts == ("x",)  # clients' default
+    assert parse_completion({"prompt": "x", "temperature": 1, "top_k": 2**40}, Limits(16, 8), 260).top_k == 260
+    assert parse_completion({"prompt": "x", "logit_bias": {}}, Limits(16, 8), 260).prompts == ("x",)  # clients' default
+
+
+def _ascii_only_llama(directory):
+    """A random Llama-family directory (transformers' own layout and tokenizer.json) whose output head
+    rows are zero for every id that is special or not printable ASCII: greedy decoding then only picks
+    text tokens (a random model would otherwise print bytes that do not decode, which text cannot
+    compare), and never ends at EOS. Returns the transformers model."""
+    import tokenizers
+    import torch
+    from transformers import LlamaForCausalLM
+
+    import teachers
+
+    model = teachers.save_random(LlamaForCausalLM, teachers.llama_config(tie=False), directory)
+    texts = [f"the {i}th line of a small text, with words and numbers {i * 7}\n" for i in range(200)]
+    tok = teachers.byte_level_tokenizer(texts, 300, str(directory / "tokenizer.json"))
+    printable = {chr(c) for c in range(33, 127)} | {"\u0120"}  # GPT-2's byte table: ASCII as itself, space as U+0120
+    with torch.no_grad():
+        for i in range(model.config.vocab_size):
+            token = tok.id_to_token(i)
+            if token is None or token in ("<s>", "</s>") or not set(token) <= printable:
+                model.lm_head.weight[i] = 0.0
+    model.save_pretrained(directory)
+    assert isinstance(tok, tokenizers.Tokenizer)
+    return model, tok
+
+
+def test_a_llama_family_directory_is_served_and_its_greedy_completions_equal_transformers(tmp_path):
+    """`blt-jax serve --checkpoint <a Hugging Face Llama directory>` serves a token LM through the same
+    continuous batching (its own cached decoder, its tokenizer's pieces as bytes): three concurrent
+    greedy completions of prompts of different lengths equal transformers' `generate` for each prompt
+    alone, cut at the byte budget (`max_tokens` counts bytes for every model)."""
+    import torch
+
+    work = tmp_path / "work"
+    work.mkdir()
+    model, tok = _ascii_only_llama(work / "llama-tiny")
+    port = free_port()
+    proc = start("serve", "--checkpoint", "llama-tiny", "--port", port, "--max-rows", 2, "--max-prompt-bytes", 64,
+                 "--max-tokens", 64, cwd=work)
+    try:
+        wait_ready(proc, port)
+        api = client(port)
+        assert [m.id for m in api.models.list().data] == ["llama-tiny"]
+        prompts = ["the 3th line", "numbers 14 and a much longer prompt than the others", "x"]
+        budget = 30
+
+        def one(prompt):
+            return api.completions.create(model="llama-tiny", prompt=prompt, max_tokens=budget, temperature=0)
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(one, prompts))
+        streamed = list(api.completions.create(model="llama-tiny", prompt=prompts[0], max_tokens=budget,
+                                               temperature=0, stream=True))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    for prompt, answer in zip(prompts, answers):
+        ids = tok.encode(prompt).ids  # BOS first, by the tokenizer's own template
+        with torch.no_grad():
+            # The mask is given: BOS is id 0, which transformers would otherwise take for padding.
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=budget, do_sample=False, eos_token_id=None, pad_token_id=1)
+        text = tok.decode(out[0, len(ids):].tolist())
+        assert "\ufffd" not in text and text.isascii()
+        expected = text.encode()[:budget].decode()
+        choice = answer.choices[0]
+        assert choice.text == expected, prompt
+        assert choice.finish_reason == "length" and answer.usage.completion_tokens == budget
+        assert answer.usage.prompt_tokens == len(prompt.encode())
+    assert "".join(p.choices[0].text for p in streamed) == answers[0].choices[0].text

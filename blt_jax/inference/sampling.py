@@ -83,7 +83,7 @@ def sample(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Arr
 
 
 def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                top_p: jax.Array) -> jax.Array:
+                top_p: jax.Array, allowed: jax.Array | None = None) -> jax.Array:
     """Next token of every row, each row with its own rule (continuous batching: requests that share a
     batch keep their own sampling). Row r gives what `sample` gives for
     SamplingConfig(temperature[r], top_k[r] or None, top_p[r]) with key keys[r]: the same argmax when
@@ -95,12 +95,15 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
       temperature: float32 [B], 0 = greedy.
       top_k: int32 [B], 0 = all ids.
       top_p: float32 [B], 1 = all ids.
+      allowed: bool [V], the ids that may be chosen (default `allowed_ids`: bytes and EOS; a token
+        LM's vocabulary gives its own, `vocabulary.Vocabulary.allowed`).
 
     Returns:
-      int32 [B], always a byte id or EOS.
+      int32 [B], always an allowed id.
     """
     vocab = logits.shape[-1]
-    logits = jnp.where(allowed_ids(vocab), logits.astype(jnp.float32), MASKED_SCORE)
+    allowed = allowed_ids(vocab) if allowed is None else allowed
+    logits = jnp.where(allowed, logits.astype(jnp.float32), MASKED_SCORE)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     # Top-k: keep ids at least as likely as the k-th (ties kept, as `_top_k`).

@@ -3,7 +3,8 @@
 Endpoints:
   POST /v1/completions  OpenAI's completions: `prompt` (a string or a list of strings), `max_tokens`
                         (bytes), `temperature`, `top_p`, `top_k`, `stop`, `seed`, `stream`, `n` = 1.
-                        Usage counts bytes: the prompt's UTF-8 bytes and the bytes generated.
+                        Usage counts bytes: the prompt's UTF-8 bytes and the bytes generated, for
+                        a BLT and a token LM alike.
   GET  /v1/models       the served model.
   GET  /health          200 once every program is compiled (503 before).
   GET  /metrics         Prometheus text: requests by outcome, rows busy, queue length, bytes/s.
@@ -29,7 +30,6 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from blt_jax import tokenizer
 from blt_jax.inference.batching import RowSpec
 from blt_jax.serve.scheduler import QueueFull, Request, Scheduler, Unavailable
 
@@ -92,8 +92,9 @@ def _number(body: dict, name: str, default, kind, low=None, high=None, low_open=
     return value
 
 
-def parse_completion(body: Any, limits: Limits) -> Completion:
-    """The request body as a Completion, or BadRequest naming the first thing wrong."""
+def parse_completion(body: Any, limits: Limits, vocab_size: int) -> Completion:
+    """The request body as a Completion, or BadRequest naming the first thing wrong (`vocab_size`: the
+    model's ids, the most a top_k can keep)."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if limits.strict:
@@ -120,7 +121,7 @@ def parse_completion(body: Any, limits: Limits) -> Completion:
     temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
     top_p = _number(body, "top_p", None, float, 0.0, 1.0, low_open=True)
     top_k = _number(body, "top_k", None, int, 0)
-    top_k = None if top_k is None else min(top_k, tokenizer.VOCAB_SIZE)  # more than the vocabulary: all of it
+    top_k = None if top_k is None else min(top_k, vocab_size)  # more than the vocabulary: all of it
     stop = body.get("stop")
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
@@ -195,20 +196,23 @@ class Server:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "the request body is not valid JSON", "invalid_request_error")
         try:
-            completion = parse_completion(body, self.limits)
+            completion = parse_completion(body, self.limits, self.scheduler.vocabulary.size)
         except BadRequest as error:
             return _error(400, str(error), "invalid_request_error", error.param)
         if self.scheduler.error is not None:
             return _error(503, f"the server cannot decode: {self.scheduler.error!r}", "server_error")
         if not self.ready:
             return _error(503, "the server is still compiling its programs", "server_error")
+        prompts = [self.scheduler.vocabulary.encode(prompt) for prompt in completion.prompts]
+        if any(len(ids) == 0 for ids in prompts):  # a model without BOS given an empty prompt
+            return _error(400, "the prompt is empty and this model has no BOS to start from", "invalid_request_error",
+                          "prompt")
         loop = asyncio.get_running_loop()
         events: list[asyncio.Queue] = []
         requests = []
-        for index, prompt in enumerate(completion.prompts):
+        for index, ids in enumerate(prompts):
             queue: asyncio.Queue = asyncio.Queue()
             emit = functools.partial(_emit, loop, queue)
-            ids = tokenizer.encode(prompt, add_bos=True, add_eos=False).astype(np.int32)
             spec = RowSpec(ids, completion.temperature, completion.top_k, completion.top_p,
                            (completion.seed + index) % 2**31)
             requests.append(Request(spec, completion.max_tokens, completion.stop, emit))

@@ -10,7 +10,6 @@ import sys
 import threading
 
 from blt_jax.errors import InputError
-from blt_jax.inference.batching import BatchDecoder
 from blt_jax.inference.generate import capacity_for
 from blt_jax.serve.app import Limits, Server
 from blt_jax.serve.scheduler import Scheduler
@@ -49,7 +48,8 @@ def run(checkpoint: str, entropy_checkpoint: str | None = None, host: str = "127
     """Serves `checkpoint` until SIGTERM / Ctrl-C; returns the exit code.
 
     Args:
-      checkpoint: a model directory (ours, HF or Meta) or a training workdir.
+      checkpoint: a model directory (ours, HF or Meta) or a training workdir: a BLT, a token LM with its
+        tokenizer (a Llama-family Hugging Face directory, a BPE run of ours) or a byte LM.
       entropy_checkpoint: the entropy LM of a workdir whose patching is by entropy.
       host, port: where to listen.
       max_rows: decode rows (requests generating at once).
@@ -69,10 +69,12 @@ def run(checkpoint: str, entropy_checkpoint: str | None = None, host: str = "127
         if value < low:
             raise InputError(f"{flag} must be >= {low}, got {value}")
     model = from_pretrained(checkpoint, entropy_path=entropy_checkpoint)
-    model._require_patcher()
-    capacity = capacity_for(max_prompt_bytes + 1, max_tokens)  # + BOS
-    decoder = BatchDecoder(model.config, model.params, model.entropy_params, max_rows, capacity)
-    scheduler = Scheduler(decoder, max_queue)
+    # Token ids per prompt: at most one per byte, + BOS. A token LM's rows have room for max_tokens ids
+    # too, though its completions reach max_tokens bytes in fewer.
+    capacity = capacity_for(max_prompt_bytes + 1, max_tokens)
+    decoding = model.decoding(capacity)
+    decoder = decoding.rows(max_rows)
+    scheduler = Scheduler(decoder, decoding.vocabulary, max_queue)
     label = name or os.path.basename(os.path.normpath(checkpoint.rstrip("/"))) or checkpoint
     server = Server(scheduler, label, Limits(max_prompt_bytes, max_tokens, strict))
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from blt_jax import tokenizer
 from blt_jax.inference.batching import BatchDecoder, RowSpec
+from blt_jax.inference.vocabulary import Vocabulary
 
 RATE_WINDOW = 10.0  # seconds over which bytes/s is measured
 log = logging.getLogger("blt_jax.serve")
@@ -61,16 +61,20 @@ class Request:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._raw = bytearray()  # the bytes generated (usage counts those before a stop string)
 
-    def feed(self, tokens: np.ndarray) -> str | None:
-        """Takes the bytes the row generated in a chunk; returns the finish reason once it is over."""
+    def feed(self, tokens: np.ndarray, vocabulary: Vocabulary) -> str | None:
+        """Takes the ids the row generated in a chunk; returns the finish reason once it is over.
+
+        An id stands for one byte (a BLT) or several (a token LM): the budget counts bytes, so a token
+        that crosses it is cut at the budget."""
         reason = None
         data = bytearray()
         for token in tokens:
-            if int(token) == tokenizer.EOS_ID:
+            if int(token) == vocabulary.eos_id:
                 reason = "stop"
                 break
-            data += tokenizer.decode_bytes([int(token)])
-            self.generated += 1
+            piece = vocabulary.pieces[int(token)][: self.max_new - self.generated]
+            data += piece
+            self.generated += len(piece)
             if self.generated >= self.max_new:
                 reason = "length"
                 break
@@ -95,11 +99,12 @@ class Scheduler:
 
     Args:
       decoder: the rows.
+      vocabulary: what the decoder's ids stand for.
       max_queue: requests that may wait for a row; beyond it `submit` raises QueueFull.
     """
 
-    def __init__(self, decoder: BatchDecoder, max_queue: int):
-        self.decoder, self.max_queue = decoder, max_queue
+    def __init__(self, decoder: BatchDecoder, vocabulary: Vocabulary, max_queue: int):
+        self.decoder, self.vocabulary, self.max_queue = decoder, vocabulary, max_queue
         self.rows: list[Request | None] = [None] * decoder.rows
         self.queue: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
@@ -202,7 +207,7 @@ class Scheduler:
                         if request is None or request.cancelled:
                             continue
                         before = request.generated
-                        reason = request.feed(tokens[row][generated[row]])
+                        reason = request.feed(tokens[row][generated[row]], self.vocabulary)
                         produced += request.generated - before
                         if reason:
                             request.finished = True
