@@ -61,8 +61,9 @@ class Checkpointer:
         )
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, abstract_state: Any, shardings: Any, data_iterator: Any) -> Any:
-        """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state.
+    def restore(self, step: int, abstract_state: Any, shardings: Any, data_iterator: Any = None) -> Any:
+        """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state
+        (None: the state alone, the data stream going on where it is).
 
         Raises:
           InputError: if the checkpoint's data state cannot continue this run's stream (written by
@@ -72,12 +73,12 @@ class Checkpointer:
             raise InputError(f"checkpoint {step} in {self.directory} was written by an older blt_jax (one data "
                              "stream per process) and cannot resume here; start a new --workdir, with "
                              "--config.train.init_from=<that run> to keep its parameters")
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
-            data_shards=ocp.args.JsonRestore(),
-        )
-        restored = self._manager.restore(step, args=args)
-        data_iterator.set_state(restored["data_shards"])
+        items = {"state": ocp.args.StandardRestore(_abstract(abstract_state, shardings))}
+        if data_iterator is not None:
+            items["data_shards"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iterator is not None:
+            data_iterator.set_state(restored["data_shards"])
         return restored["state"]
 
     def restore_latest(self, abstract_state: Any, shardings: Any, data_iterator: Any) -> tuple[int, Any] | None:

@@ -22,3 +22,7 @@ class NotFound(UserError, FileNotFoundError):
 
 class MissingDependency(UserError, ImportError):
     """An optional package a feature needs is not installed (the message says how to install it)."""
+
+
+class TrainingStopped(UserError):
+    """A run stopped itself (its loss stayed non-finite), its checkpoints left as they were."""

@@ -114,6 +114,12 @@ class TrainConfig:
       freeze: comma-separated parameter subtrees ("blt/global_transformer") left as they are: no
         gradient, no update, no optimizer state.
       lr_multipliers: "SUBTREE=FACTOR,..." subtrees trained at FACTOR times the learning rate.
+      max_skipped_steps: a step whose loss or gradient norm is not finite changes nothing and is
+        counted (`skipped_steps` in the metrics); after this many in a row the run stops, naming the
+        step, with its checkpoints as they were.
+      rewind_on_spike: on a skipped step, also restore the parameters and optimizer state of the
+        newest checkpoint and go on with the batches after the bad one (those since the checkpoint
+        are skipped), as PaLM did after loss spikes.
     """
 
     steps: int = 1000
@@ -138,6 +144,8 @@ class TrainConfig:
     peak_flops: float = 0.0
     freeze: str = ""
     lr_multipliers: str = ""
+    max_skipped_steps: int = 10
+    rewind_on_spike: bool = False
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -160,6 +168,10 @@ class TrainConfig:
         require(self.log_every >= 1, "log_every", "must be >= 1")
         parse_multipliers(self.lr_multipliers)  # checks the syntax, naming the field
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        require(isinstance(self.max_skipped_steps, int) and self.max_skipped_steps >= 1, "max_skipped_steps",
+                f"must be an integer >= 1, got {self.max_skipped_steps!r}")
+        require(isinstance(self.rewind_on_spike, bool), "rewind_on_spike",
+                f"must be true or false, got {self.rewind_on_spike!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import difflib
 import importlib.util
 import inspect
@@ -137,6 +138,14 @@ def load_experiment(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> m
             for key, value in model_key_defaults().items():
                 if key not in model:
                     model[key] = value
+    train = raw.get("train") if isinstance(raw, ml_collections.ConfigDict) else None
+    if isinstance(train, ml_collections.ConfigDict):  # fields added since the file was written
+        from blt_jax.experiment.config import TrainConfig
+
+        with train.unlocked():
+            for field in dataclasses.fields(TrainConfig):
+                if field.name not in train:
+                    train[field.name] = field.default
     for item in overrides:
         apply_override(raw, item)
     return raw

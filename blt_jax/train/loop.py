@@ -24,7 +24,7 @@ from blt_jax import paths
 from blt_jax.data.packing import mean_patch_length
 from blt_jax.data.pipeline import DataConfig, build_dataset, load_tokenizer
 from blt_jax.data.sources import SourceStats, resolve_spec
-from blt_jax.errors import InputError
+from blt_jax.errors import InputError, TrainingStopped
 from blt_jax.loading import CheckpointError
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
@@ -36,10 +36,11 @@ from blt_jax.checkpoint import Checkpointer
 from blt_jax.experiment.config import ExperimentConfig, experiment_to_dict
 from blt_jax.loading.init_from import resolve_init_from
 from blt_jax.train.programs import TrainPrograms
+from blt_jax.train.skips import SkipWatch, Verdict
 
 logger = logging.getLogger("blt_jax.train")
 # What every train step reports (`train.step.train_step`); a kind's objective may add more.
-STEP_METRICS = ("loss", "bpb", "grad_norm", "lr", "bytes", "patches")
+STEP_METRICS = ("loss", "bpb", "grad_norm", "skipped", "lr", "bytes", "patches")
 
 
 class _Preemption:
@@ -239,6 +240,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     window = {"bytes": 0, "patches": 0, "rows": 0, "time": time.perf_counter()}
     pending = None
     step = start
+    watch = SkipWatch(train.max_skipped_steps, train.rewind_on_spike)
+    verdict = [Verdict.GO_ON]  # of the step flushed last
 
     def flush(entry, final: bool = False) -> None:
         """Logs a finished step's metrics (fetched one step late, so the device never waits).
@@ -251,6 +254,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         now = time.perf_counter() if final else window["step_start"]
         # The step's own global counts (over every process's rows), not this host's share.
         values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
+        verdict[0] = watch.observe(p_step, values)
         step_counts = {"bytes": values["bytes"], "patches": values["patches"], "rows": experiment.data.batch_size}
         if p_step == start:  # the first step includes compilation: not throughput
             window.update(bytes=0, patches=0, rows=0, time=now)
@@ -270,6 +274,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             "bytes_per_s": bytes_per_s, "patches_per_s": window["patches"] / elapsed if timed else None,
             "mean_patch_len": mean_len, "flops_per_byte": flops_per_byte,
             "mfu": flops_per_byte * bytes_per_s / peak if timed else None,
+            "skipped_steps": watch.total, "rewinds": watch.rewinds,
             # The objective's other losses (a model kind's own: byteification's hidden and distill).
             **{k: v for k, v in values.items() if k not in STEP_METRICS},
         }
@@ -279,6 +284,36 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
                         Bps=f"{bytes_per_s:,.0f}" if timed else "-")
         window.update(bytes=0, patches=0, rows=0, time=now)
 
+    def stop_if_told(p_step: int) -> None:
+        """Ends the run in one line when the step flushed last was one skip too many; nothing is
+        saved after it (the checkpoints hold the parameters from before the skips)."""
+        if verdict[0] is not Verdict.STOP:
+            return
+        writer.flush()
+        checkpointer.wait()
+        newest = checkpointer.steps()[-1] if checkpointer.steps() else None
+        checkpointer.close()
+        bar.close()
+        writer.close()
+        raise TrainingStopped(watch.stop_message(p_step, newest))
+
+    def rewind_if_told(state):
+        """The newest checkpoint's parameters and optimizer state when the step flushed last was skipped
+        and `train.rewind_on_spike` is on; the data stream and the step count go on from here."""
+        if verdict[0] is not Verdict.REWIND:
+            return state
+        checkpointer.wait()
+        steps = checkpointer.steps()
+        if not steps:
+            logger.warning("no checkpoint to rewind to yet: the skipped step is only skipped")
+            return state
+        restored = checkpointer.restore(steps[-1], programs.abstract_state, programs.state_shardings)
+        watch.rewinds += 1
+        now = int(jax.device_get(state.step))
+        logger.warning("rewound to checkpoint %d; the batches of steps %d to %d are skipped", steps[-1],
+                       steps[-1] + 1, now)
+        return restored.replace(step=state.step)
+
     with _Preemption() as preemption:
         for step in range(start, train.steps):
             window["step_start"] = time.perf_counter()
@@ -286,6 +321,8 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
             state, metrics = programs.step(state, programs.global_batch(host))
             if pending is not None:
                 flush(pending)
+                stop_if_told(pending[0])
+                state = rewind_if_told(state)
             pending = (step, metrics)
             bar.update(1)
             done = step + 1
@@ -314,6 +351,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         else:
             if pending is not None:
                 flush(pending, final=True)
+                stop_if_told(pending[0])
                 pending = None
             done = train.steps
             if done > start and (not checkpointer.steps() or checkpointer.steps()[-1] != done):
@@ -335,6 +373,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     bar.close()
     writer.close()
     summary["step"] = int(jax.device_get(state.step))
+    summary["skipped_steps"], summary["rewinds"] = watch.total, watch.rewinds
     summary["data"] = stats.as_dict()
     if summary["eval"]:
         logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])

@@ -102,9 +102,11 @@ def train_step(
         differentiated once per step).
 
     Returns:
-      The new state and metrics: loss (nats per target), bpb, grad_norm, lr, bytes (real targets, or
-      for token rows the bytes they stand for), patches (of token rows: real targets, i.e. tokens),
-      and the objective's other losses, per target.
+      The new state and metrics: loss (nats per target), bpb, grad_norm, skipped (1 when the loss or
+      the gradient norm was not finite: the step kept the parameters and optimizer state as they were,
+      and only the step counter moved), lr, bytes (real targets, or for token rows the bytes they
+      stand for), patches (of token rows: real targets, i.e. tokens), and the objective's other
+      losses, per target.
     """
     if grad_accum == 1:
         (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
@@ -116,11 +118,19 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = total / count
+    grad_norm = optax.tree.norm(grads)
+    # A step whose loss or gradient is not finite (a bad batch, a spike) changes nothing: once a NaN is
+    # in the parameters or Adam's moments, every later step inherits it. The host counts the skips.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    params = jax.tree_util.tree_map(keep, params, state.params)
+    opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     byte_sum = target_bytes(batch)
     metrics = {
         "loss": loss,
         "bpb": loss / math.log(2) if byte_sum is None else total / (math.log(2) * jnp.maximum(byte_sum, 1.0)),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
+        "skipped": (~finite).astype(jnp.float32),
         "lr": schedule(state.step),
         "bytes": count if byte_sum is None else byte_sum,
         "patches": jnp.sum(batch["patch_lengths"] > 0) if "patch_lengths" in batch else count,
