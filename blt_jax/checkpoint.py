@@ -18,10 +18,24 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from blt_jax import paths
+from blt_jax import paths, storage
 from blt_jax.errors import InputError, UserError
 
 logger = logging.getLogger("blt_jax.checkpoint")
+
+
+def _bound_tensorstore_retries() -> None:
+    """Gives tensorstore, which reads and writes the arrays, the retry budget of `blt_jax.storage`.
+
+    Orbax builds every tensorstore context from two module-level dicts and offers no argument for it;
+    where they exist (orbax-checkpoint 0.11), the budget is added to them, and otherwise tensorstore
+    keeps its own (32 tries of up to 32 s)."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    for name in ("_BASE_TS_CONTEXT", "_DEFAULT_OCDBT_TS_CONTEXT"):
+        context = getattr(tensorstore_utils, name, None)
+        if isinstance(context, dict):
+            context["gcs_request_retries"] = storage.tensorstore_retries()
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -45,7 +59,9 @@ class Checkpointer:
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         )
         self.directory = paths.resolve(directory)  # Orbax refuses relative paths
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        if paths.is_uri(self.directory):
+            _bound_tensorstore_retries()
+        self._manager = storage.retrying(self.directory, lambda: ocp.CheckpointManager(self.directory, options=options))
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints present, oldest first."""
@@ -59,7 +75,8 @@ class Checkpointer:
             data_shards=ocp.args.JsonSave(data_iterator.global_state()),
             config=ocp.args.JsonSave(config),
         )
-        self._manager.save(step, args=args, force=True)
+        # An asynchronous write that failed earlier surfaces here (or in `wait`).
+        self._failing(lambda: self._manager.save(step, args=args, force=True))
 
     def restore(self, step: int, abstract_state: Any, shardings: Any, data_iterator: Any = None) -> Any:
         """The state of checkpoint `step` (sharded as `shardings`); sets `data_iterator`'s state
@@ -111,7 +128,20 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous writes are complete."""
-        self._manager.wait_until_finished()
+        self._failing(self._manager.wait_until_finished)
+
+    def _failing(self, call) -> None:
+        """`call()`; on a bucket, a failure of the storage (after tensorstore's retries) as one line
+        naming the checkpoint. The newest complete checkpoint stays as it was: a step becomes
+        complete only when its commit marker is written, after all of its arrays."""
+        try:
+            call()
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a local disk keeps its own error
+            if not paths.is_uri(self.directory):
+                raise
+            raise storage.StorageError(f"{self.directory}: writing a checkpoint failed: {storage.describe(error)}") from error
 
     def close(self) -> None:
         self._manager.close()

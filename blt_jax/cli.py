@@ -792,6 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     BLT_JAX_VERBOSE=1 adds the traceback); bugs keep their traceback."""
     from blt_jax.errors import UserError
     from blt_jax.experiment import split_overrides
+    from blt_jax.storage import StorageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose(argv)
@@ -819,4 +820,10 @@ def main(argv: list[str] | None = None) -> None:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"blt-jax {command}: error: {message}", file=sys.stderr)
         code = 2
+        if isinstance(e, StorageError):
+            # Background writers (Orbax's, gcsfs's) may still be retrying against the failed store, and
+            # would keep the process alive or print tracebacks as the interpreter shuts them down.
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(code)
     sys.exit(code)

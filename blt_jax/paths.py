@@ -8,7 +8,8 @@ local filesystem for local paths and etils `epath` (backed by fsspec / gcsfs) fo
 rest of the package never branches on where a file lives.
 
 Object stores have no rename and no append: `write_text` replaces an object in one upload (which is
-atomic there), and local files are written to a temporary name and renamed.
+atomic there), and local files are written to a temporary name and renamed. Every operation on a URI
+is retried through Cloud Storage's transient failures for the budget of `blt_jax.storage`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import IO, Any
 from etils import epath
 
 from blt_jax.errors import InputError, MissingDependency, NotFound
+from blt_jax.storage import retrying
 
 _URI_SEP = "://"
 
@@ -64,17 +66,17 @@ def _epath(path: str) -> epath.Path:
 
 def exists(path: str) -> bool:
     """True if a file or directory (a prefix holding objects, on object stores) is there."""
-    return _epath(path).exists() if is_uri(path) else os.path.exists(path)
+    return retrying(path, _epath(path).exists) if is_uri(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
     """True for a directory (a prefix holding objects, on object stores)."""
-    return _epath(path).is_dir() if is_uri(path) else os.path.isdir(path)
+    return retrying(path, _epath(path).is_dir) if is_uri(path) else os.path.isdir(path)
 
 
 def isfile(path: str) -> bool:
     """True for a file (an object)."""
-    return _epath(path).is_file() if is_uri(path) else os.path.isfile(path)
+    return retrying(path, _epath(path).is_file) if is_uri(path) else os.path.isfile(path)
 
 
 def makedirs(path: str) -> None:
@@ -86,7 +88,7 @@ def makedirs(path: str) -> None:
     """
     try:
         if is_uri(path):
-            _epath(path).mkdir(parents=True, exist_ok=True)
+            retrying(path, lambda: _epath(path).mkdir(parents=True, exist_ok=True))
         else:
             os.makedirs(path, exist_ok=True)
     except FileNotFoundError as e:
@@ -96,7 +98,7 @@ def makedirs(path: str) -> None:
 def listdir(path: str) -> list[str]:
     """Names of the entries of a directory, sorted."""
     if is_uri(path):
-        return sorted(p.name for p in _epath(path).iterdir())
+        return retrying(path, lambda: sorted(p.name for p in _epath(path).iterdir()))
     return sorted(os.listdir(path))
 
 
@@ -111,10 +113,11 @@ def walk_files(path: str) -> list[str]:
         return sorted(found)
     found, pending = [], [_epath(path)]
     while pending:
-        for entry in pending.pop().iterdir():
+        level = pending.pop()
+        for entry, is_dir in retrying(str(level), lambda: [(e, e.is_dir()) for e in level.iterdir()]):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if is_dir:
                 pending.append(entry)
             else:
                 found.append(str(entry))
@@ -141,8 +144,12 @@ def open_file(path: str, mode: str = "rb") -> IO[Any]:
 
 def read_bytes(path: str) -> bytes:
     """The whole content of a file."""
-    with open_file(path, "rb") as f:
-        return f.read()
+
+    def read() -> bytes:
+        with open_file(path, "rb") as f:
+            return f.read()
+
+    return retrying(path, read) if is_uri(path) else read()
 
 
 def read_text(path: str) -> str:
@@ -174,7 +181,7 @@ def write_text(path: str, text: str) -> None:
     """Replaces `path` with `text` as a whole: a reader sees the old or the new content, never a part."""
     try:
         if is_uri(path):
-            _epath(path).write_text(text)  # one upload: no temporary file needed
+            retrying(path, lambda: _epath(path).write_text(text))  # one upload: no temporary file needed
             return
         with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -202,8 +209,15 @@ def write_json(path: str, value: Any) -> None:
 
 def copy_file(src: str, dst: str) -> None:
     """Copies one file between any two places (local or URI)."""
-    with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, length=8 << 20)
+
+    def copy() -> None:
+        with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, length=8 << 20)
+
+    if is_uri(src) or is_uri(dst):
+        retrying(dst if is_uri(dst) else src, copy)
+    else:
+        copy()
 
 
 @contextlib.contextmanager

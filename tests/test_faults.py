@@ -79,6 +79,25 @@ def test_a_run_whose_loss_stays_nan_stops_in_one_line_with_its_checkpoints(tmp_p
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(model.params))
 
 
+def test_a_resumed_run_drops_the_metrics_rows_its_last_session_wrote_after_the_checkpoint(tmp_path):
+    """A session killed after step 7 with its newest checkpoint at step 4 had written rows 5-7; the
+    resumed run writes them again, so the writer keeps only the rows up to the checkpoint (and drops
+    a last row cut short by the crash)."""
+    from blt_jax.metrics.writers import MetricsWriter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 8)]
+    (run / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 8, "lo')
+    writer = MetricsWriter(str(run), enabled=True, resumed_at=4)
+    for s in range(5, 9):
+        writer.write(s, {"loss": 2.0 / s})
+    writer.close()
+    steps = [r["step"] for r in _rows(run)]
+    assert steps == list(range(1, 9))
+    assert _rows(run)[5]["loss"] == pytest.approx(2.0 / 6)
+
+
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory):
     """A user's directory with a corpus of ASCII files and one document holding 'þ' (UTF-8 C3 BE), and
@@ -135,3 +154,142 @@ def test_rewind_on_spike_goes_back_to_the_last_checkpoint_and_on_past_the_bad_ba
     rows = [r for r in _rows(poisoned / "rewind") if "rewinds" in r]
     assert rows[-1]["rewinds"] >= 1 and rows[-1]["step"] == 24
     assert "rewound to checkpoint" in result.stderr
+
+
+# ---- Cloud Storage faults (a fault-injecting proxy in front of fake-gcs-server) ------------------------
+
+BUCKET = "blt"
+GCS_STEPS = 16
+GCS_TRAIN = ["--config", TINY, f"--config.train.steps={GCS_STEPS}", "--config.train.warmup_steps=2",
+             "--config.train.checkpoint_every=4", "--config.train.log_every=1", "--config.train.eval_every=0",
+             "--config.train.eval_batches=1", "--no-progress"]
+INJECTED: dict = {}  # fault kind -> times injected, over the tests of this module (the README's table)
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    """fake-gcs-server with a bucket, a proxy in front of it (no faults until a test sets them), and the
+    losses of a fault-free run straight to the server: {step: loss}."""
+    import fault_proxy
+    import gcs_server
+
+    server = gcs_server.start(tmp_path_factory.mktemp("gcs_log"))
+    server.create_bucket(BUCKET)
+    proxy = fault_proxy.FaultProxy(server.url)
+    result = blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/straight", cwd=tmp_path_factory.mktemp("straight"),
+                     **server.client_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield server, proxy, _bucket_losses(server, "straight")
+    proxy.stop()
+    server.stop()
+    print("faults injected:", dict(INJECTED))
+
+
+def _bucket_losses(server, run: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in server.read(BUCKET, f"{run}/metrics.jsonl").decode().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert len(steps) == len(set(steps)), f"metrics rows repeated: {steps}"  # none lost or written twice
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _complete_steps(server, run: str) -> set[int]:
+    names = server.names(BUCKET, f"{run}/checkpoints/")
+    return {int(n.split("/")[2]) for n in names if n.count("/") == 3 and n.endswith("/commit_success.txt")}
+
+
+def _through(bucket, faults, run: str, cwd, **extra):
+    server, proxy, _ = bucket
+    proxy.faults = faults
+    try:
+        return blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/{run}", cwd=cwd,
+                       **proxy.env(server.client_env(), server.url), **extra)
+    finally:
+        proxy.faults = type(faults)()
+        INJECTED.update({k: INJECTED.get(k, 0) + v for k, v in proxy.injected.items()})
+        proxy.injected.clear()
+
+
+@pytest.mark.long
+def test_429s_503s_500s_resets_and_slow_answers_change_nothing(bucket, tmp_path):
+    """Every 9th request answered 429, 503 or 500, every 23rd connection reset (a read cut mid-body,
+    a write dropped), every 29th answer a second late: the clients' retries hold, the run ends with
+    the fault-free losses at every step, no metrics row lost or written twice, and every checkpoint
+    kept is complete."""
+    import fault_proxy
+
+    server, proxy, straight = bucket
+    faults = fault_proxy.Faults(status_every=9, reset_every=23, slow_every=29, slow_seconds=1.0)
+    result = _through(bucket, faults, "flaky", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {k for k, v in INJECTED.items() if v} >= {"429", "503", "500", "reset", "slow"}, INJECTED
+    losses = _bucket_losses(server, "flaky")
+    assert sorted(losses) == list(range(1, GCS_STEPS + 1))
+    for step, loss in straight.items():
+        assert losses[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+    assert _complete_steps(server, "flaky") == {8, 12, 16}
+
+
+@pytest.mark.long
+def test_a_bucket_that_stays_down_stops_the_run_in_one_line_and_it_resumes_once_back(bucket, tmp_path):
+    """Once checkpoint 4 is complete the bucket answers 503 to everything: past the retry budget
+    (BLT_JAX_STORAGE_RETRY_SECONDS) the run stops in one line naming where it was writing, exit 2; the
+    bucket back, the next run resumes from its newest complete checkpoint and ends with the fault-free
+    losses."""
+    import threading
+    import time
+
+    import fault_proxy
+
+    server, proxy, straight = bucket
+
+    def down_after_first_checkpoint():
+        deadline = time.time() + 600
+        while time.time() < deadline and 4 not in _complete_steps(server, "down"):
+            time.sleep(0.1)
+        proxy.faults = fault_proxy.Faults(down=True)
+
+    watcher = threading.Thread(target=down_after_first_checkpoint, daemon=True)
+    watcher.start()
+    result = _through(bucket, fault_proxy.Faults(), "down", tmp_path, BLT_JAX_STORAGE_RETRY_SECONDS=5)
+    watcher.join()
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"blt-jax train: error: gs://{BUCKET}/down"), lines
+    assert "503" in lines[0] or "down" in lines[0], lines
+    kept = _complete_steps(server, "down")
+    assert kept and max(kept) < GCS_STEPS
+    result = _through(bucket, fault_proxy.Faults(), "down", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from step {max(kept)}" in result.stderr
+    assert _bucket_losses(server, "down")[GCS_STEPS] == pytest.approx(straight[GCS_STEPS], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.long
+def test_killed_between_the_arrays_and_the_commit_marker_resumes_from_the_previous_checkpoint(bucket, tmp_path):
+    """The upload of checkpoint 8's commit marker is held at the proxy (its arrays are written) and the
+    run is killed with SIGKILL: the next run ignores the partial step 8, resumes from step 4, and ends
+    with the fault-free losses."""
+    import signal
+
+    import fault_proxy
+    from user import start
+
+    server, proxy, straight = bucket
+    proxy.held.clear()
+    proxy.faults = fault_proxy.Faults(hang_on="killed/checkpoints/8/commit_success.txt")
+    proc = start("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/killed", cwd=tmp_path,
+                 **proxy.env(server.client_env(), server.url))
+    try:
+        assert proxy.held.wait(600), "the commit marker of step 8 was never written"
+        assert any(n.startswith("killed/checkpoints/8/state/") for n in server.names(BUCKET, "killed/"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        proxy.faults = fault_proxy.Faults()
+        proxy.release()
+    assert _complete_steps(server, "killed") == {4}
+    result = blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/killed", cwd=tmp_path,
+                     **server.client_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 4" in result.stderr
+    assert _bucket_losses(server, "killed")[GCS_STEPS] == pytest.approx(straight[GCS_STEPS], rel=1e-6, abs=1e-6)

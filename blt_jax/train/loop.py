@@ -232,7 +232,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         else:
             state = programs.init()
 
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resumed_at=start)
     peak = total_peak_flops(programs.mesh.devices.flat, train.peak_flops)
     row_bytes = experiment.data.row_bytes
     summary: dict[str, Any] = {"start_step": start, "preempted": False, "metrics": {}, "eval": {}}
