@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from blt_jax import paths, storage
-from blt_jax.errors import InputError, UserError
+from blt_jax.errors import DiskFull, InputError, UserError, no_space
 
 logger = logging.getLogger("blt_jax.checkpoint")
 
@@ -75,6 +75,7 @@ class Checkpointer:
             data_shards=ocp.args.JsonSave(data_iterator.global_state()),
             config=ocp.args.JsonSave(config),
         )
+        self._state_bytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state))
         # An asynchronous write that failed earlier surfaces here (or in `wait`).
         self._failing(lambda: self._manager.save(step, args=args, force=True))
 
@@ -131,17 +132,30 @@ class Checkpointer:
         self._failing(self._manager.wait_until_finished)
 
     def _failing(self, call) -> None:
-        """`call()`; on a bucket, a failure of the storage (after tensorstore's retries) as one line
-        naming the checkpoint. The newest complete checkpoint stays as it was: a step becomes
-        complete only when its commit marker is written, after all of its arrays."""
+        """`call()`; a failure of the storage (on a bucket, after tensorstore's retries; on a disk, no
+        space left) as one line naming the checkpoints. The newest complete checkpoint stays as it
+        was: a step becomes complete only when its commit marker is written, after all of its arrays."""
         try:
             call()
         except UserError:
             raise
-        except Exception as error:  # noqa: BLE001 - a local disk keeps its own error
+        except Exception as error:  # noqa: BLE001 - other local failures are bugs and keep their traceback
+            if no_space(error):
+                raise DiskFull(self._no_space_message()) from error
             if not paths.is_uri(self.directory):
                 raise
             raise storage.StorageError(f"{self.directory}: writing a checkpoint failed: {storage.describe(error)}") from error
+
+    def _no_space_message(self) -> str:
+        need = getattr(self, "_state_bytes", 0)
+        free = ""
+        if not paths.is_uri(self.directory):
+            import shutil
+
+            free = f", {shutil.disk_usage(self.directory).free:,} bytes free there"
+        return (f"{self.directory}: no space left on the device for a checkpoint (the train state is {need:,} bytes"
+                f"{free}); the previous checkpoints are complete, and a run started again with more space "
+                "resumes from the newest")
 
     def close(self) -> None:
         self._manager.close()

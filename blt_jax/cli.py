@@ -790,7 +790,7 @@ def _verbose(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Entry of `blt-jax`: bad input ends in one line on stderr and exit code 2 (`--verbose` or
     BLT_JAX_VERBOSE=1 adds the traceback); bugs keep their traceback."""
-    from blt_jax.errors import UserError
+    from blt_jax.errors import DiskFull, UserError
     from blt_jax.experiment import split_overrides
     from blt_jax.storage import StorageError
 
@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> None:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"blt-jax {command}: error: {message}", file=sys.stderr)
         code = 2
-        if isinstance(e, StorageError):
+        if isinstance(e, (StorageError, DiskFull)):
             # Background writers (Orbax's, gcsfs's) may still be retrying against the failed store, and
             # would keep the process alive or print tracebacks as the interpreter shuts them down.
             sys.stderr.flush()

@@ -7,6 +7,8 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Base of the errors caused by input (paths, configuration values, checkpoints, corpora)."""
@@ -26,3 +28,18 @@ class MissingDependency(UserError, ImportError):
 
 class TrainingStopped(UserError):
     """A run stopped itself (its loss stayed non-finite), its checkpoints left as they were."""
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space on a local disk (the message names the path and the bytes)."""
+
+
+def no_space(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is ENOSPC: "No space left on device"."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from etils import epath
 
-from blt_jax.errors import InputError, MissingDependency, NotFound
+from blt_jax.errors import DiskFull, InputError, MissingDependency, NotFound, no_space
 from blt_jax.storage import retrying
 
 _URI_SEP = "://"
@@ -173,7 +173,16 @@ def replacing(path: str) -> Iterator[str]:
             copy_file(local, path)
         return
     tmp = f"{path}.tmp{os.getpid()}"
-    yield tmp
+    try:
+        yield tmp
+    except Exception as error:
+        if not no_space(error):
+            raise
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # the space it took goes back; the old content of `path` is untouched
+        raise DiskFull(f"{path}: no space left on the device ({written:,} bytes written before it ran out, "
+                       f"{shutil.disk_usage(os.path.dirname(path) or '.').free:,} free now)") from error
     os.replace(tmp, path)
 
 

@@ -293,3 +293,165 @@ def test_killed_between_the_arrays_and_the_commit_marker_resumes_from_the_previo
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 4" in result.stderr
     assert _bucket_losses(server, "killed")[GCS_STEPS] == pytest.approx(straight[GCS_STEPS], rel=1e-6, abs=1e-6)
+
+
+# ---- a full disk and corrupt files -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 6 MB tmpfs at tmp_path/disk (a disk that fills up), grown to 64 MB by calling the result."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"a full disk needs permission to mount a tmpfs here: {made.stderr.strip()}")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+
+    yield grow
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.long
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_from_the_previous_checkpoint(tmp_path, tiny_disk):
+    """A 6 MB disk holds the run's first checkpoint (the tiny BLT's 280K parameters with their Adam
+    moments are 3.4 MB) but not the second: the run stops in one line naming the checkpoints and the bytes,
+    exit 2; with more space the same command resumes from the first and finishes."""
+    args = ["train", "--config", TINY, "--workdir", "disk/run", "--no-progress", "--config.train.steps=8",
+            "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
+            "--config.train.eval_every=0", "--config.train.keep_checkpoints=3"]
+    result = blt_jax(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1, lines
+    assert "no space left on the device" in lines[0] and "bytes" in lines[0], lines
+    assert "disk/run" in lines[0], lines
+    complete = sorted(int(p.name) for p in (tmp_path / "disk/run/checkpoints").iterdir() if p.name.isdigit())
+    assert complete and complete[-1] < 8, complete
+    tiny_disk()
+    result = blt_jax(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from step {complete[-1]}" in result.stderr
+    steps = [r["step"] for r in _rows(tmp_path / "disk/run") if "loss" in r]
+    assert steps == list(range(1, 9))  # every row once: those after the checkpoint were dropped and redone
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from blt_jax.api import BLTModel
+    from blt_jax.experiment import load_experiment
+    from blt_jax.models import model_config_from_dict
+
+    work = tmp_path_factory.mktemp("saved")
+    config = model_config_from_dict(load_experiment(TINY).model)
+    BLTModel.random(config, seed=1).save(str(work / "model"))
+    return work
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(saved_model):
+    weights = saved_model / "model" / "params.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    try:
+        result = blt_jax("generate", "--checkpoint", "model", "--prompt", "x", "--max-new-bytes", "4",
+                         cwd=saved_model)
+    finally:
+        weights.write_bytes(data)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1 and "params.safetensors" in lines[0] and "inconsistent" in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def corrupt_work(tmp_path_factory):
+    """A user's directory with a corpus, a 4-step run with checkpoints 2 and 4, and the corpus's stored
+    entropies in three shards."""
+    work = tmp_path_factory.mktemp("corrupt")
+    corpus = work / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"{i}.txt").write_text("".join(f"def g{i}(y): return y - {j}\n" for j in range(60)))
+    result = blt_jax("train", "--config", TINY, "--workdir", "run", "--no-progress", "--config.train.steps=4",
+                     "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.eval_every=0",
+                     cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = blt_jax("patch", "--corpus", "corpus", "--out", "ent", "--config", TINY, "--docs-per-shard", "4",
+                     "--chunk", "64", "--no-progress", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+ENTROPY_TRAIN = ["--config", TINY, "--no-progress", "--config.train.steps=3", "--config.train.warmup_steps=1",
+                 "--config.train.checkpoint_every=0", "--config.data.source=ent", "--config.eval.source=ent",
+                 "--config.data.patching.mode=entropy", "--config.data.patching.threshold=2.0",
+                 "--config.eval.patching.mode=entropy", "--config.eval.patching.threshold=2.0"]
+
+
+@pytest.mark.long
+def test_a_truncated_entropy_shard_is_one_line_naming_it_and_the_pass_rewrites_it(corrupt_work):
+    shard = corrupt_work / "ent" / "entropies-00001.array_record"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    result = blt_jax("train", *ENTROPY_TRAIN, "--workdir", "run_ent", cwd=corrupt_work)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1 and "entropies-00001.array_record: not a readable ArrayRecord shard" in lines[0], lines
+    # What the line says to do: the pass rewrites the one shard, and training reads it.
+    shard.unlink()
+    (corrupt_work / "ent" / "entropies-00001.json").unlink()
+    result = blt_jax("patch", "--corpus", "corpus", "--out", "ent", "--config", TINY, "--docs-per-shard", "4",
+                     "--chunk", "64", "--no-progress", cwd=corrupt_work)
+    assert result.returncode == 0 and "wrote entropies-00001.array_record" in result.stderr, result.stderr[-3000:]
+    result = blt_jax("train", *ENTROPY_TRAIN, "--workdir", "run_ent", cwd=corrupt_work)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.long
+def test_a_checkpoint_missing_its_arrays_is_passed_over_for_the_previous_one(corrupt_work):
+    """The newest checkpoint's array files deleted: `blt-jax eval` names it unreadable and scores the
+    previous one (training does the same, and sets the bad one aside); text too short for one batch
+    is one line, not a score of 0 bits over 0 bytes."""
+    import shutil
+
+    held = corrupt_work / "held.txt"
+    held.write_text("".join(f"def f(x): return x + {i}\n" for i in range(200)))
+    arrays = corrupt_work / "run" / "checkpoints" / "4" / "state" / "ocdbt.process_0" / "d"
+    backup = corrupt_work / "arrays_backup"
+    shutil.copytree(arrays, backup)
+    shutil.rmtree(arrays)
+    try:
+        result = blt_jax("eval", "--checkpoint", "run", "--data", "held.txt", cwd=corrupt_work)
+    finally:
+        shutil.copytree(backup, arrays)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint 4 of" in result.stderr and "unreadable" in result.stderr and "trying the previous one" in result.stderr
+    assert "bits per byte" in result.stdout and "over 0 bytes" not in result.stdout
+    (corrupt_work / "short.txt").write_text("x = 1\n")
+    result = blt_jax("eval", "--checkpoint", "run", "--data", "short.txt", cwd=corrupt_work)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1 and "short.txt: too little text for one evaluation batch" in lines[0], lines
+
+
+@pytest.mark.long
+def test_training_sets_a_checkpoint_missing_its_arrays_aside_and_resumes_from_the_previous(corrupt_work, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(corrupt_work / "run", run)
+    shutil.rmtree(run / "checkpoints" / "4" / "state" / "ocdbt.process_0" / "d")
+    result = blt_jax("train", "--config", TINY, "--workdir", "run", "--no-progress", "--config.train.steps=6",
+                     "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.eval_every=0",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint 4 in" in result.stderr and "unreadable" in result.stderr
+    assert "resumed from step 2" in result.stderr
+    assert (run / "checkpoints" / "4.unreadable").is_dir()  # kept for inspection, out of the way
+    # Rows every 10 steps and at the end: the first session's row of step 4 came after the checkpoint
+    # it resumed from (2), so it was dropped, and step 6 was logged once.
+    steps = [r["step"] for r in _rows(run) if "loss" in r]
+    assert steps == [6]

@@ -85,10 +85,10 @@ def test_killed_with_sigkill_resumes_from_the_bucket_to_the_same_loss(gcs, cwd, 
 
 
 def test_eval_generate_and_export_read_a_run_in_a_bucket(gcs, cwd, straight):
-    (cwd / "held_out.txt").write_text("def area(r):\n    return 3.14159 * r * r\n" * 10)
+    (cwd / "held_out.txt").write_text("def area(r):\n    return 3.14159 * r * r\n" * 40)  # > one batch
     result = run(gcs, cwd, "eval", "--checkpoint", f"gs://{BUCKET}/straight", "--data", "held_out.txt")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "bits per byte" in result.stdout
+    assert "bits per byte" in result.stdout and "over 0 bytes" not in result.stdout
 
     result = run(gcs, cwd, "generate", "--checkpoint", f"gs://{BUCKET}/straight", "--prompt", "import ",
                  "--max-new-bytes", "16")

@@ -91,10 +91,10 @@ def orphan(home):
 
 def test_a_run_whose_corpus_is_deleted_evaluates_generates_and_exports(home, orphan):
     other = home / "work" / "other.txt"
-    other.write_text("class Point:\n    def __init__(self, x, y):\n        self.x = x\n" * 12)
+    other.write_text("class Point:\n    def __init__(self, x, y):\n        self.x = x\n" * 40)  # > one batch
     result = blt_jax("eval", "--checkpoint", "~/runs/orphan", "--data", "other.txt", cwd=home / "work", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "bits per byte" in result.stdout and "other.txt" in result.stdout
+    assert "bits per byte" in result.stdout and "other.txt" in result.stdout and "over 0 bytes" not in result.stdout
 
     prompt = "def f(x):\n"
     result = blt_jax("generate", "--checkpoint", "~/runs/orphan", "--prompt", prompt, "--max-new-bytes", "24",

@@ -201,13 +201,28 @@ class ParquetFile:
         return self.report.emit(data, where)
 
 
+def _unreadable(shards: Sequence[str]) -> str:
+    """The first of `shards` that array_record cannot open alone (all of them if each opens)."""
+    for path in shards:
+        try:
+            grain.sources.ArrayRecordDataSource([str(path)])
+        except Exception:  # noqa: BLE001 - any failure marks it
+            return str(path)
+    return ", ".join(str(p) for p in shards)
+
+
 class StoredShards:
     """Documents with stored entropies from `blt-jax patch` ArrayRecord shards."""
 
     def __init__(self, shards: Sequence[str], report: _Reporter):
         self._decode = decode_record
         self.report = report
-        self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
+        try:
+            self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
+        except Exception as error:  # noqa: BLE001 - array_record names no file: find the one it cannot read
+            raise InputError(f"{_unreadable(shards)}: not a readable ArrayRecord shard ({type(error).__name__}: "
+                             f"{str(error).strip() or 'cut short or altered'}); delete it and its .json record, "
+                             "and run `blt-jax patch` again: it rewrites only the missing shards") from None
 
     def __len__(self) -> int:
         return len(self._source)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import jax
 
 from blt_jax import paths
+from blt_jax.errors import DiskFull, no_space
 
 
 class MetricsWriter:
@@ -75,8 +76,14 @@ class MetricsWriter:
             if time.monotonic() - self._uploaded_at >= self._upload_every:
                 self.flush()
         else:
-            self._jsonl.write(line + "\n")
-            self._jsonl.flush()
+            try:
+                self._jsonl.write(line + "\n")
+                self._jsonl.flush()
+            except OSError as error:
+                if not no_space(error):
+                    raise
+                raise DiskFull(f"{self._path}: no space left on the device for a metrics row of "
+                               f"{len(line) + 1} bytes") from error
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and value is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from blt_jax.errors import InputError
 from blt_jax.data.pipeline import build_dataset, load_tokenizer
 from blt_jax.experiment import apply_override, load_experiment
 from blt_jax.loading import check_tree
@@ -67,6 +68,9 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
     load_tokenizer(data, experiment.model.vocab_size)  # a missing or too large tokenizer fails before compiling
     programs = TrainPrograms(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
     batches = list(itertools.islice(build_dataset(data), max_batches or None))
+    if not batches:  # a score over nothing would print as 0 bits per byte
+        raise InputError(f"{data.source}: too little text for one evaluation batch ({data.batch_size} rows of "
+                         f"{data.row_bytes} bytes, packed); give more text, or a smaller --batch-size")
     start = time.perf_counter()
     result = programs.evaluate(programs.train_layout(params), batches)
     return {**result, "source": data.source, "seconds": time.perf_counter() - start}
