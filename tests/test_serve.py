@@ -4,6 +4,7 @@ hide what is sent): completions plain and streamed, equal to `blt-jax generate` 
 batch, seeded sampling, bad requests, a full queue, a client that goes away, SIGTERM."""
 
 import concurrent.futures
+import contextlib
 import json
 import signal
 import socket
@@ -85,11 +86,12 @@ def model_dir(tmp_path_factory):
     return work
 
 
-@pytest.fixture(scope="module")
-def server(model_dir):
+@contextlib.contextmanager
+def serving(cwd, checkpoint: str, *flags):
+    """`blt-jax serve --checkpoint CHECKPOINT FLAGS` on a free port in `cwd`, once ready: (port, process);
+    killed on exit if it is still running."""
     port = free_port()
-    proc = start("serve", "--checkpoint", "model", "--port", port, "--max-rows", ROWS, "--max-queue", QUEUE,
-                 "--max-prompt-bytes", MAX_PROMPT, "--max-tokens", MAX_TOKENS, cwd=model_dir)
+    proc = start("serve", "--checkpoint", checkpoint, "--port", port, *flags, cwd=cwd)
     try:
         wait_ready(proc, port)
         yield port, proc
@@ -97,6 +99,13 @@ def server(model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with serving(model_dir, "model", "--max-rows", ROWS, "--max-queue", QUEUE, "--max-prompt-bytes", MAX_PROMPT,
+                 "--max-tokens", MAX_TOKENS) as running:
+        yield running
 
 
 def client(port: int):
@@ -262,11 +271,7 @@ def test_a_plain_request_whose_client_leaves_is_dropped(server):
 
 
 def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
-    port = free_port()
-    proc = start("serve", "--checkpoint", "model", "--port", port, "--max-rows", 2, "--max-prompt-bytes", 32,
-                 "--max-tokens", 200, cwd=model_dir)
-    try:
-        wait_ready(proc, port)
+    with serving(model_dir, "model", "--max-rows", 2, "--max-prompt-bytes", 32, "--max-tokens", 200) as (port, proc):
         api = client(port)
         stream = api.completions.create(model="model", prompt="Hello", max_tokens=200, temperature=0, stream=True)
         pieces = iter(stream)
@@ -280,10 +285,6 @@ def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
         assert proc.wait(timeout=120) == 0
         assert "stopped" in proc.stderr.read()
         assert get(port, "/health")[0] == 0  # no longer listening
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_bad_arguments_end_in_one_line(model_dir):
@@ -413,11 +414,7 @@ def test_a_llama_family_directory_is_served_and_its_greedy_completions_equal_tra
     work = tmp_path / "work"
     work.mkdir()
     model, tok = _ascii_only_llama(work / "llama-tiny")
-    port = free_port()
-    proc = start("serve", "--checkpoint", "llama-tiny", "--port", port, "--max-rows", 2, "--max-prompt-bytes", 64,
-                 "--max-tokens", 64, cwd=work)
-    try:
-        wait_ready(proc, port)
+    with serving(work, "llama-tiny", "--max-rows", 2, "--max-prompt-bytes", 64, "--max-tokens", 64) as (port, proc):
         api = client(port)
         assert [m.id for m in api.models.list().data] == ["llama-tiny"]
         prompts = ["the 3th line", "numbers 14 and a much longer prompt than the others", "x"]
@@ -430,10 +427,8 @@ def test_a_llama_family_directory_is_served_and_its_greedy_completions_equal_tra
             answers = list(pool.map(one, prompts))
         streamed = list(api.completions.create(model="llama-tiny", prompt=prompts[0], max_tokens=budget,
                                                temperature=0, stream=True))
-    finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
     for prompt, answer in zip(prompts, answers):
         ids = tok.encode(prompt).ids  # BOS first, by the tokenizer's own template
         with torch.no_grad():
