@@ -3,6 +3,7 @@ stopped after too many in a row, or rewound to the last checkpoint)."""
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -408,6 +409,70 @@ def test_a_truncated_entropy_shard_is_one_line_naming_it_and_the_pass_rewrites_i
     assert result.returncode == 0 and "wrote entropies-00001.array_record" in result.stderr, result.stderr[-3000:]
     result = blt_jax("train", *ENTROPY_TRAIN, "--workdir", "run_ent", cwd=corrupt_work)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_every_altered_byte_of_a_stored_record_is_caught_naming_the_shard_and_record(tmp_path):
+    """A unit check of what the CLI test below sees once: a byte of the records' region flipped (the
+    first 200 bytes each, then every 40th of the rest) fails the read of its record, naming shard and
+    record; no read returns other data."""
+    from blt_jax.data.sources import open_corpus
+    from blt_jax.errors import InputError
+    from blt_jax.patching import store
+
+    out = tmp_path / "ent"
+    out.mkdir()
+    docs = [f"def h{i}(z): return z * {i}\n".encode() * 40 for i in range(6)]
+    for k, part in enumerate((docs[:2], docs[2:])):
+        store.write_shard(str(out / store.shard_name(k)), [
+            store.encode_record(d, np.linspace(0, 3, len(d) + 2), f"doc{2 * k + i}") for i, d in enumerate(part)])
+    store.save_manifest(str(out), {"shards": [{"name": store.shard_name(k)} for k in range(2)]})
+    shard = out / store.shard_name(1)
+    clean = shard.read_bytes()
+    records_end = clean.find(bytes(64))
+    for offset in list(range(0, 200, 3)) + list(range(200, records_end, max(1, records_end // 40))):
+        data = bytearray(clean)
+        data[offset] ^= 0x55
+        shard.write_bytes(bytes(data))
+        try:
+            source = open_corpus(str(out))
+        except InputError as error:  # the file header or chunk index was hit: the shard does not open
+            assert str(error).startswith(f"{shard}: not a readable ArrayRecord shard"), error
+            continue
+        read = []
+        for index in range(len(source)):
+            try:
+                read.append(source[index].data)
+            except InputError as error:
+                assert re.match(rf"{re.escape(str(shard))}: record [0-3] is corrupt \(", str(error)), error
+        assert set(read) <= set(docs), offset  # never other data
+        # The first 64 bytes are riegeli's file signature, which random access does not read: a flip
+        # there changes no record. From there on, the one record a flip lands in fails.
+        assert len(read) == (len(docs) if offset < 64 else len(docs) - 1), offset
+    shard.write_bytes(clean)
+    assert [open_corpus(str(out))[i].data for i in range(len(docs))] == docs
+
+
+@pytest.mark.long
+def test_an_entropy_shard_altered_in_place_is_one_line_naming_it_and_its_record(corrupt_work, tmp_path):
+    """One byte of a stored record changed (the file still opens: riegeli's chunk hash catches it when
+    the record is read, mid-run): training stops in one line naming the shard and the record."""
+    import shutil
+
+    shutil.copytree(corrupt_work / "ent", tmp_path / "ent")
+    shutil.copytree(corrupt_work / "corpus", tmp_path / "corpus")
+    shard = tmp_path / "ent" / "entropies-00002.array_record"
+    data = bytearray(shard.read_bytes())
+    records_end = data.find(bytes(64))  # the records' chunks come first, then zero padding, then the index
+    assert records_end > 1000, records_end
+    data[records_end // 2] ^= 0x55
+    shard.write_bytes(bytes(data))
+    steps = [a if not a.startswith("--config.train.steps=") else "--config.train.steps=60" for a in ENTROPY_TRAIN]
+    result = blt_jax("train", *steps, "--workdir", "run_altered", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _errors(result.stderr)
+    assert len(lines) == 1, lines
+    assert re.search(r"entropies-00002\.array_record: record [0-3] is corrupt \(.*hash mismatch", lines[0]), lines
+    assert "run `blt-jax patch` again" in lines[0]
 
 
 @pytest.mark.long

@@ -211,24 +211,47 @@ def _unreadable(shards: Sequence[str]) -> str:
     return ", ".join(str(p) for p in shards)
 
 
+def _locate(shards: Sequence[str], index: int) -> tuple[str, int]:
+    """(shard, record number in it) of record `index` of the shards read as one (each opened alone:
+    only after a failure, so the usual path opens them once, together)."""
+    for path in shards:
+        count = len(grain.sources.ArrayRecordDataSource([str(path)]))
+        if index < count:
+            return str(path), index
+        index -= count
+    raise IndexError(index)
+
+
+_REWRITE = "delete it and its .json record, and run `blt-jax patch` again: it rewrites only the missing shards"
+
+
 class StoredShards:
-    """Documents with stored entropies from `blt-jax patch` ArrayRecord shards."""
+    """Documents with stored entropies from `blt-jax patch` ArrayRecord shards.
+
+    Riegeli hashes every chunk, so a shard altered in place fails when the altered record is read: that
+    record's shard and number are named then (mid-run; a shard cut short fails when opened).
+    """
 
     def __init__(self, shards: Sequence[str], report: _Reporter):
-        self._decode = decode_record
+        self._shards = [str(p) for p in shards]
         self.report = report
         try:
-            self._source = grain.sources.ArrayRecordDataSource([str(p) for p in shards])
+            self._source = grain.sources.ArrayRecordDataSource(self._shards)
         except Exception as error:  # noqa: BLE001 - array_record names no file: find the one it cannot read
-            raise InputError(f"{_unreadable(shards)}: not a readable ArrayRecord shard ({type(error).__name__}: "
-                             f"{str(error).strip() or 'cut short or altered'}); delete it and its .json record, "
-                             "and run `blt-jax patch` again: it rewrites only the missing shards") from None
+            raise InputError(f"{_unreadable(self._shards)}: not a readable ArrayRecord shard "
+                             f"({type(error).__name__}: {str(error).strip() or 'cut short or altered'}); "
+                             f"{_REWRITE}") from None
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> Document | None:
-        data, entropies, origin = self._decode(self._source[index])
+        try:
+            data, entropies, origin = decode_record(self._source[index])
+        except Exception as error:  # noqa: BLE001 - riegeli's hash check and msgpack name no file
+            shard, number = _locate(self._shards, index)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{shard}: record {number} is corrupt ({reason}); {_REWRITE}") from None
         return self.report.emit(data, origin, entropies)
 
 

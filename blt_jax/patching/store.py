@@ -41,7 +41,10 @@ def encode_record(data: bytes, entropies: np.ndarray, origin: str) -> bytes:
 def decode_record(record: bytes) -> tuple[bytes, np.ndarray, str]:
     """(document bytes, float16 entropies [len + 2], origin) of one record."""
     item = msgpack.unpackb(record, raw=False)
-    return item["bytes"], np.frombuffer(item["entropies"], "<f2"), item["origin"]
+    data, entropies = item["bytes"], np.frombuffer(item["entropies"], "<f2")
+    if len(entropies) != len(data) + 2:
+        raise ValueError(f"{len(entropies)} entropies for {len(data)} bytes (expected bytes + 2)")
+    return data, entropies, item["origin"]
 
 
 def write_shard(path: str, records: Sequence[bytes]) -> None:
