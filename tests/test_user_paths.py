@@ -271,7 +271,7 @@ def test_compiled_programs_are_kept_between_runs(tmp_path):
 
 
 # Where the CLI's start-up puts the cache, for one environment (printed by a fresh process).
-_CACHE_DIR = ("from blt_jax import cli; cli._compilation_cache(); import jax; "
+_CACHE_DIR = ("from blt_jax.cli import process; process.compilation_cache(); import jax; "
               "print(jax.config.jax_compilation_cache_dir)")
 
 
