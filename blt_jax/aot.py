@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.errors import InputError
+from blt_jax.experiment.config import ExperimentConfig
 from blt_jax.models import model_kind, require_kind
 from blt_jax.parallel import make_mesh
-from blt_jax.experiment.config import ExperimentConfig
 
 # Cloud names -> libtpu topology names. v4 / v5p counts are TensorCores (2 per chip); v5e / v6e counts
 # are chips.
@@ -63,8 +63,10 @@ def libtpu_name(topology: str) -> str:
     if ":" in topology:
         return topology
     if topology not in CLOUD_TOPOLOGIES:
-        raise InputError(f"unknown topology {topology!r}: use a libtpu name such as v5p:2x2x2 or one of "
-                         f"{', '.join(CLOUD_TOPOLOGIES)}")
+        raise InputError(
+            f"unknown topology {topology!r}: use a libtpu name such as v5p:2x2x2 or one of "
+            f"{', '.join(CLOUD_TOPOLOGIES)}"
+        )
     return CLOUD_TOPOLOGIES[topology]
 
 
@@ -89,10 +91,13 @@ def topology_devices(topology: str) -> list:
     name = libtpu_name(topology)
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name, **_host_bounds(name)).devices)
-    except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown to it
-        hint = ("another process holds libtpu; when processes only compile (no TPU is opened), set "
-                "ALLOW_MULTIPLE_LIBTPU_LOAD=1" if "lockfile" in str(e) else
-                "AOT compilation needs libtpu: pip install -c constraints.txt -e \".[tpu]\"")
+    except Exception as e:
+        hint = (
+            "another process holds libtpu; when processes only compile (no TPU is opened), set "
+            "ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+            if "lockfile" in str(e)
+            else 'AOT compilation needs libtpu: pip install -c constraints.txt -e ".[tpu]"'
+        )
         raise InputError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); {hint}") from e
 
 
@@ -113,16 +118,23 @@ def abstract_batch(experiment: ExperimentConfig, sharding) -> dict:
 
 def _memory(compiled) -> dict:
     stats = compiled.memory_analysis()
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-              "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "temp_size_in_bytes",
+        "alias_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(stats, f, 0) or 0) for f in fields}
     # Donated inputs alias outputs: live at once are arguments + non-aliased outputs + temporaries.
     out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
     return out
 
 
-_OOM = re.compile(r"memory required for (?P<what>[^(]+?) \((?P<need>[\d.]+)(?P<unit>[KMGT]?)\) exceeds available HBM "
-                  r"\((?P<have>[\d.]+)(?P<have_unit>[KMGT]?)\)")
+_OOM = re.compile(
+    r"memory required for (?P<what>[^(]+?) \((?P<need>[\d.]+)(?P<unit>[KMGT]?)\) exceeds available HBM "
+    r"\((?P<have>[\d.]+)(?P<have_unit>[KMGT]?)\)"
+)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -147,7 +159,7 @@ def compile_lowered(lowered, dump_to: str | None = None):
     With `dump_to`, XLA writes its dumps there (`largest_buffers` reads them), refused or not."""
     try:
         return lowered.compile() if dump_to is None else lowered.compile(compiler_options={"xla_dump_to": dump_to})
-    except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only RESOURCE_EXHAUSTED is ours
+    except Exception as e:
         text = str(e)
         match = _OOM.search(text)
         if "RESOURCE_EXHAUSTED" not in text or match is None:
@@ -157,8 +169,10 @@ def compile_lowered(lowered, dump_to: str | None = None):
         raise DoesNotFit(need, have, match["what"].strip(), text.strip().splitlines()[-1]) from None
 
 
-_REPORT_ROW = re.compile(r"^\s*[\d.]+\w+\(\s*\d+%\);\s*(?P<size>[\d.]+)(?P<unit>[KMGT]?i?B);\s*\d+;\s*(?P<n>\d+);"
-                         r"\s*(?P<shapes>.*)$")
+_REPORT_ROW = re.compile(
+    r"^\s*[\d.]+\w+\(\s*\d+%\);\s*(?P<size>[\d.]+)(?P<unit>[KMGT]?i?B);\s*\d+;\s*(?P<n>\d+);"
+    r"\s*(?P<shapes>.*)$"
+)
 _TOTAL = re.compile(r"^Total bytes: (\d+)")
 
 
@@ -226,11 +240,23 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     analytic = kind.training_flops_per_byte(data.row_bytes, mean_patch) * per_device
     # XLA's cost analysis counts a Pallas call as 0 FLOPs: what the kernels run is counted analytically.
     kernels = kind.self_attention_flops_per_byte(data.row_bytes, mean_patch) * per_device if options.splash else 0.0
-    report = _report("train_step", topology, devices, mesh, lowered, start,
-                     batch={"rows": data.batch_size, "row_bytes": data.row_bytes, "row_patches": data.row_patches,
-                            "grad_accum": experiment.train.grad_accum},
-                     remat=experiment.train.remat, scan=experiment.train.scan,
-                     attention="splash" if options.splash else "dense")
+    report = _report(
+        "train_step",
+        topology,
+        devices,
+        mesh,
+        lowered,
+        start,
+        batch={
+            "rows": data.batch_size,
+            "row_bytes": data.row_bytes,
+            "row_patches": data.row_patches,
+            "grad_accum": experiment.train.grad_accum,
+        },
+        remat=experiment.train.remat,
+        scan=experiment.train.scan,
+        attention="splash" if options.splash else "dense",
+    )
     report["analytic_flops_per_device"] = analytic
     report["kernel_flops_per_device"] = kernels
     if "compiled_flops_per_device" in report:  # absent when the compiler refused the program
@@ -258,12 +284,17 @@ def _report(program: str, topology: str, devices: list, mesh, lowered, start: fl
         try:
             compiled = compile_lowered(lowered, dump)
         except DoesNotFit as error:
-            return {**report, "fits": False, "refused_by_compiler": error.message,
-                    "needed_bytes_per_device": error.needed_bytes, "needed_for": error.what,
-                    "available_bytes_per_device": error.available_bytes,
-                    "over_bytes_per_device": error.needed_bytes - error.available_bytes,
-                    "largest_buffers": largest_buffers(dump),
-                    "compile_seconds": round(time.perf_counter() - start, 2)}
+            return {
+                **report,
+                "fits": False,
+                "refused_by_compiler": error.message,
+                "needed_bytes_per_device": error.needed_bytes,
+                "needed_for": error.what,
+                "available_bytes_per_device": error.available_bytes,
+                "over_bytes_per_device": error.needed_bytes - error.available_bytes,
+                "largest_buffers": largest_buffers(dump),
+                "compile_seconds": round(time.perf_counter() - start, 2),
+            }
         buffers = largest_buffers(dump)
     memory = _memory(compiled)
     return {
@@ -284,8 +315,8 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
     import flax.linen as nn
 
     from blt_jax.inference.decode import DecodeEngine
-    from blt_jax.params import abstract_params, logical_axes
     from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings, replicated
+    from blt_jax.params import abstract_params, logical_axes
 
     config = experiment.model
     require_kind(config, "blt", "the generation step")
@@ -306,13 +337,24 @@ def aot_generation_step(experiment: ExperimentConfig, topology: str, capacity: i
     state = jax.eval_shape(decoder.prefill, params, entropy, prompt)[0]
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
     state = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows if x.ndim and x.shape[0] == batch
-                                       else replicated(mesh)), state)
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=rows if x.ndim and x.shape[0] == batch else replicated(mesh)
+        ),
+        state,
+    )
     token = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         lowered = jax.jit(decoder.step, donate_argnums=2).lower(params, entropy, state, token)
-    return _report("generation_step", topology, devices, mesh, lowered, start,
-                   batch={"prompts": batch, "capacity": capacity}, patching=config.patching.mode)
+    return _report(
+        "generation_step",
+        topology,
+        devices,
+        mesh,
+        lowered,
+        start,
+        batch={"prompts": batch, "capacity": capacity},
+        patching=config.patching.mode,
+    )
 
 
 def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | None = None) -> dict:
@@ -321,8 +363,8 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     import flax.linen as nn
 
     from blt_jax.nn.entropy_lm import entropies_fn
-    from blt_jax.params import abstract_params, logical_axes
     from blt_jax.parallel import BATCH_AXES, LOGICAL_RULES, logical_to_shardings
+    from blt_jax.params import abstract_params, logical_axes
 
     config = model_kind(experiment.model).entropy_lm
     if config is None:
@@ -339,8 +381,16 @@ def aot_entropy_pass(experiment: ExperimentConfig, topology: str, window: int | 
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         options = experiment.run.replace(platform="tpu")
         lowered = jax.jit(entropies_fn(config, options=options), out_shardings=rows).lower(params, tokens)
-    return _report("entropy_pass", topology, devices, mesh, lowered, start,
-                   batch={"rows": rows_n, "window": window}, attention="splash" if options.splash else "dense")
+    return _report(
+        "entropy_pass",
+        topology,
+        devices,
+        mesh,
+        lowered,
+        start,
+        batch={"rows": rows_n, "window": window},
+        attention="splash" if options.splash else "dense",
+    )
 
 
 def require_fit(report: dict) -> None:
@@ -350,11 +400,12 @@ def require_fit(report: dict) -> None:
         raise InputError(
             f"{report['program']} does not fit {report['device_kind']} ({report['topology']}): the compiler needs "
             f"{need / 2**30:.2f} GiB per device for {report['needed_for']}, has {have / 2**30:.2f} GiB "
-            f"({(need - have) / 2**30:.2f} GiB over); lower the batch per device, raise fsdp, or remat more")
+            f"({(need - have) / 2**30:.2f} GiB over); lower the batch per device, raise fsdp, or remat more"
+        )
     if report.get("fits") is False:
         need, have = report["peak_bytes_per_device"], report["hbm_bytes_per_device"]
         raise InputError(
             f"{report['program']} does not fit {report['device_kind']} ({report['topology']}): needs "
             f"{need / 2**30:.2f} GiB per device, has {have / 2**30:.2f} GiB ({(need - have) / 2**30:.2f} GiB over); "
-            "lower the batch per device, raise fsdp, or remat more")
-
+            "lower the batch per device, raise fsdp, or remat more"
+        )

@@ -86,8 +86,9 @@ class BLTModel:
         model: `save` never writes it.
     """
 
-    def __init__(self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None,
-                 options: RunOptions = DEFAULT):
+    def __init__(
+        self, config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None, options: RunOptions = DEFAULT
+    ):
         loading.check_tree(params, abstract_params(config), "BLT parameters")
         if entropy_params is not None:
             if config.entropy_model is None:
@@ -101,7 +102,7 @@ class BLTModel:
     # ---- construction ------------------------------------------------------------------------
 
     @classmethod
-    def random(cls, config: BLTConfig, seed: int = 0) -> "BLTModel":
+    def random(cls, config: BLTConfig, seed: int = 0) -> BLTModel:
         """A randomly initialised model (reference init), with an entropy LM if the config has one."""
         key_blt, key_ent = jax.random.split(jax.random.key(seed))
         entropy = init_params(config.entropy_model, key_ent) if config.entropy_model is not None else None
@@ -137,13 +138,14 @@ class BLTModel:
     def _require_patcher(self) -> None:
         """Online patching (decoding, shared-context scoring) needs the entropy LM of an entropy-patched model."""
         if self.config.patching.mode == "entropy" and self.entropy_params is None:
-            raise InputError("this model patches by entropy but has no entropy LM: load a checkpoint that "
-                             "includes the patcher")
+            raise InputError(
+                "this model patches by entropy but has no entropy LM: load a checkpoint that includes the patcher"
+            )
 
     @functools.cached_property
     def _logits_fn(self):
         module = BLT(self.config, self.options)
-        return jax.jit(lambda p, t, l: module.apply({"params": p}, t, l))
+        return jax.jit(lambda p, t, lengths: module.apply({"params": p}, t, lengths))
 
     @functools.cached_property
     def _entropy_fn(self):
@@ -205,8 +207,9 @@ class BLTModel:
         toks = _as_tokens(tokens, self.config.vocab_size)
         return _fetch(self._scores_fn(self.params, toks, self._patch_lengths_for(toks)))
 
-    def continuation_logprobs(self, contexts: Any, lengths: Any, continuations: Any, continuation_lengths: Any,
-                              parents: Any) -> tuple[np.ndarray, np.ndarray]:
+    def continuation_logprobs(
+        self, contexts: Any, lengths: Any, continuations: Any, continuation_lengths: Any, parents: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`token_logprobs` of continuations after shared contexts, each context run once
         (`inference.continuations`): what a forward over BOS + context + continuation gives.
 
@@ -224,8 +227,15 @@ class BLTModel:
         scorer = self.__dict__.get("_continuation_scorer")
         if scorer is None:
             scorer = self.__dict__["_continuation_scorer"] = ContinuationScorer(self.config)
-        return scorer(self.params, self.entropy_params, np.asarray(contexts), np.asarray(lengths),
-                      np.asarray(continuations), np.asarray(continuation_lengths), np.asarray(parents))
+        return scorer(
+            self.params,
+            self.entropy_params,
+            np.asarray(contexts),
+            np.asarray(lengths),
+            np.asarray(continuations),
+            np.asarray(continuation_lengths),
+            np.asarray(parents),
+        )
 
     def entropies(self, tokens: Any) -> jax.Array:
         """Entropy (nats) of the entropy LM's next-byte distribution at every position. float32 [B, N]."""
@@ -255,9 +265,16 @@ class BLTModel:
         entropies = self.entropies(toks) if self.config.patching.mode == "entropy" else None
         return self._lengths_fn(toks, entropies, num_patches)
 
-    def generate(self, prompt: Any, max_new_bytes: int = 256, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 on_bytes: Any = None) -> Any:
+    def generate(
+        self,
+        prompt: Any,
+        max_new_bytes: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        on_bytes: Any = None,
+    ) -> Any:
         """Generates text after a prompt with cached incremental decoding.
 
         The latent transformer runs once per patch and every stack keeps a KV cache; patching runs
@@ -280,9 +297,18 @@ class BLTModel:
         texts = result.texts
         return texts if isinstance(prompt, list) else texts[0]
 
-    def generate_tokens(self, prompt: Any, max_new_bytes: int = 256, temperature: float = 0.0,
-                        top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                        on_bytes: Any = None, record_logits: bool = False, stop_at_eos: bool = True):
+    def generate_tokens(
+        self,
+        prompt: Any,
+        max_new_bytes: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        on_bytes: Any = None,
+        record_logits: bool = False,
+        stop_at_eos: bool = True,
+    ):
         """`generate`, returning the `inference.generate.Generation` (token ids, patch starts and,
         with `record_logits`, the logits every byte was chosen from). `stop_at_eos=False` always
         generates `max_new_bytes` (benchmarks)."""
@@ -294,10 +320,12 @@ class BLTModel:
             raise InputError(f"max_new_bytes must be a positive integer, got {max_new_bytes!r}")
         prompts = encode_prompts(prompt if isinstance(prompt, list) else [prompt])
         sampling = SamplingConfig(float(temperature), top_k, top_p)
-        generator = self._generator(len(prompts), capacity_for(max(len(p) for p in prompts), int(max_new_bytes)),
-                                    sampling)
-        return generator.run(self.params, self.entropy_params, prompts, int(max_new_bytes), seed, on_bytes,
-                             record_logits, stop_at_eos)
+        generator = self._generator(
+            len(prompts), capacity_for(max(len(p) for p in prompts), int(max_new_bytes)), sampling
+        )
+        return generator.run(
+            self.params, self.entropy_params, prompts, int(max_new_bytes), seed, on_bytes, record_logits, stop_at_eos
+        )
 
     def decoding(self, capacity: int):
         """The cached decoder of this BLT for rows of `capacity` positions, with its byte vocabulary
@@ -354,8 +382,9 @@ class ByteLM:
         return _fetch(self._scores_fn(self.params, _as_tokens(tokens, self.config.vocab_size), None))
 
     def generate(self, *args, **kwargs):
-        raise InputError("generation needs a BLT: this byte LM scores text only (loglikelihood tasks); "
-                         "`blt-jax serve` serves it")
+        raise InputError(
+            "generation needs a BLT: this byte LM scores text only (loglikelihood tasks); `blt-jax serve` serves it"
+        )
 
     def decoding(self, capacity: int):
         """The cached decoder of this LM for rows of `capacity` positions, with its vocabulary
@@ -396,8 +425,10 @@ class TokenLM(ByteLM):
 
     def describe(self) -> str:
         """One line saying what the model is."""
-        return (f"a token LM, {self.config.vocab_size} ids; tokenizer: "
-                f"{'included' if self.tokenizer is not None else 'none'}")
+        return (
+            f"a token LM, {self.config.vocab_size} ids; tokenizer: "
+            f"{'included' if self.tokenizer is not None else 'none'}"
+        )
 
     def encode(self, data: bytes) -> np.ndarray:
         """int32 [L] ids of BOS + the tokens of `data` (no EOS): what scoring feeds the model."""
@@ -409,8 +440,10 @@ class TokenLM(ByteLM):
         from blt_jax.inference.vocabulary import token_vocabulary
 
         if self.tokenizer is None:
-            raise InputError("this token LM was loaded without a tokenizer (its directory has no tokenizer.json): "
-                             "it cannot read or write text")
+            raise InputError(
+                "this token LM was loaded without a tokenizer (its directory has no tokenizer.json): "
+                "it cannot read or write text"
+            )
         return token_vocabulary(self.tokenizer, self.config.vocab_size)
 
     def save(self, directory: str) -> None:
@@ -420,7 +453,9 @@ class TokenLM(ByteLM):
         from blt_jax.convert.native import save_native
         from blt_jax.data import token_patches
 
-        extra = {} if self.tokenizer is None else {loading.TOKENIZER_KEY: token_patches.tokenizer_record(self.tokenizer)}
+        extra = (
+            {} if self.tokenizer is None else {loading.TOKENIZER_KEY: token_patches.tokenizer_record(self.tokenizer)}
+        )
         with paths.staged_dir(paths.resolve(directory)) as local:
             save_native(local, self.config, jax.device_get(self.params), None, extra)
             if self.tokenizer is not None:
@@ -446,16 +481,17 @@ FACADES = _facades()
 def load_token_model(path: str) -> TokenLM:
     """A token LM with its tokenizer: a training run of a token transformer (with the tokenizer it was
     trained with), a token LM saved in our format, or a Llama-family Hugging Face directory."""
-    from blt_jax.models import require_kind
     from blt_jax.loading import runs
+    from blt_jax.models import require_kind
 
     loaded = runs.load_model(path)
     require_kind(loaded.config, "token_lm", "loading a token LM", path)
     return TokenLM(loaded.config, loaded.params, loaded.tokenizer)
 
 
-def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.float32,
-                    attention_impl: str = "auto") -> "BLTModel | TokenLM | ByteLM":
+def from_pretrained(
+    path: str, entropy_path: str | None = None, dtype: Any = np.float32, attention_impl: str = "auto"
+) -> BLTModel | TokenLM | ByteLM:
     """Loads a BLT from our format, the Hugging Face layout, Meta's layout (detected), or a training
     run of ours (its newest checkpoint; the run's corpus is not needed); or a token LM: a Llama-family
     Hugging Face directory (`LlamaForCausalLM`, Mistral, Qwen2), or a token LM of ours (a run or a
@@ -482,7 +518,7 @@ def from_pretrained(path: str, entropy_path: str | None = None, dtype: Any = np.
     return facade(runs.load_model(path, entropy_path, dtype), options)
 
 
-def facade(loaded: loading.LoadedModel, options: RunOptions = DEFAULT) -> "BLTModel | TokenLM | ByteLM":
+def facade(loaded: loading.LoadedModel, options: RunOptions = DEFAULT) -> BLTModel | TokenLM | ByteLM:
     """The object a loaded model is used through, by its kind (`FACADES`)."""
     from blt_jax.models import model_kind
 

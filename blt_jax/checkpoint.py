@@ -88,9 +88,11 @@ class Checkpointer:
             an older version, or with another shard count).
         """
         if (epath.Path(self.directory) / str(step) / "data").exists():
-            raise InputError(f"checkpoint {step} in {self.directory} was written by an older blt_jax (one data "
-                             "stream per process) and cannot resume here; start a new --workdir, with "
-                             "--config.train.init_from=<that run> to keep its parameters")
+            raise InputError(
+                f"checkpoint {step} in {self.directory} was written by an older blt_jax (one data "
+                "stream per process) and cannot resume here; start a new --workdir, with "
+                "--config.train.init_from=<that run> to keep its parameters"
+            )
         items = {"state": ocp.args.StandardRestore(_abstract(abstract_state, shardings))}
         if data_iterator is not None:
             items["data_shards"] = ocp.args.JsonRestore()
@@ -111,8 +113,13 @@ class Checkpointer:
             except UserError:  # readable, but not resumable as configured: the user decides
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "unusable", try the previous one
-                logger.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
-                               step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                logger.warning(
+                    "checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
                 self._set_aside(step)
         return None
 
@@ -139,12 +146,14 @@ class Checkpointer:
             call()
         except UserError:
             raise
-        except Exception as error:  # noqa: BLE001 - other local failures are bugs and keep their traceback
+        except Exception as error:
             if no_space(error):
                 raise DiskFull(self._no_space_message()) from error
             if not paths.is_uri(self.directory):
                 raise
-            raise storage.StorageError(f"{self.directory}: writing a checkpoint failed: {storage.describe(error)}") from error
+            raise storage.StorageError(
+                f"{self.directory}: writing a checkpoint failed: {storage.describe(error)}"
+            ) from error
 
     def _no_space_message(self) -> str:
         need = getattr(self, "_state_bytes", 0)
@@ -153,9 +162,11 @@ class Checkpointer:
             import shutil
 
             free = f", {shutil.disk_usage(self.directory).free:,} bytes free there"
-        return (f"{self.directory}: no space left on the device for a checkpoint (the train state is {need:,} bytes"
-                f"{free}); the previous checkpoints are complete, and a run started again with more space "
-                "resumes from the newest")
+        return (
+            f"{self.directory}: no space left on the device for a checkpoint (the train state is {need:,} bytes"
+            f"{free}); the previous checkpoints are complete, and a run started again with more space "
+            "resumes from the newest"
+        )
 
     def close(self) -> None:
         self._manager.close()
@@ -174,7 +185,7 @@ class CheckpointReader:
         options = ocp.CheckpointManagerOptions(create=False, save_interval_steps=0)
         self._manager = ocp.CheckpointManager(paths.resolve(directory), options=options)
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -192,6 +203,9 @@ class CheckpointReader:
         """The `params` of checkpoint `step`'s train state, laid out as `target` (ShapeDtypeStructs
         carrying shardings)."""
         item = {"params": target}
-        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            )
+        )
         return self._manager.restore(step, args=args)["state"]["params"]

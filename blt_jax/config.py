@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class ConfigError(InputError):
         self.field = field
         self.reason = reason
 
-    def under(self, prefix: str) -> "ConfigError":
+    def under(self, prefix: str) -> ConfigError:
         """The same error with `prefix.` prepended to the field path."""
         return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.reason)
 
@@ -95,13 +95,22 @@ class RopeScaling:
     original_max_position: int = 8192
 
     def __post_init__(self):
-        require(self.kind in ROPE_SCALINGS, "kind",
-                f"unknown RoPE scaling {self.kind!r}; expected one of {', '.join(ROPE_SCALINGS)}")
+        require(
+            self.kind in ROPE_SCALINGS,
+            "kind",
+            f"unknown RoPE scaling {self.kind!r}; expected one of {', '.join(ROPE_SCALINGS)}",
+        )
         require(self.factor > 0, "factor", f"must be > 0, got {self.factor!r}")
-        require(0 < self.low_freq_factor < self.high_freq_factor, "high_freq_factor",
-                f"must exceed low_freq_factor > 0, got {self.low_freq_factor!r} and {self.high_freq_factor!r}")
-        require(_is_int(self.original_max_position) and self.original_max_position >= 1, "original_max_position",
-                f"must be a positive integer, got {self.original_max_position!r}")
+        require(
+            0 < self.low_freq_factor < self.high_freq_factor,
+            "high_freq_factor",
+            f"must exceed low_freq_factor > 0, got {self.low_freq_factor!r} and {self.high_freq_factor!r}",
+        )
+        require(
+            _is_int(self.original_max_position) and self.original_max_position >= 1,
+            "original_max_position",
+            f"must be a positive integer, got {self.original_max_position!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +159,25 @@ class StackConfig:
                 f"dim={self.dim} is not divisible by n_heads={self.n_heads}; set head_dim, or heads that divide dim",
             )
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
-        require(_is_int(self.head_dim) and self.head_dim >= 1, "head_dim",
-                f"must be a positive integer, got {self.head_dim!r}")
+        require(
+            _is_int(self.head_dim) and self.head_dim >= 1,
+            "head_dim",
+            f"must be a positive integer, got {self.head_dim!r}",
+        )
         derived = self.head_dim == self.dim // self.n_heads  # then the heads are what to change
-        require(self.head_dim % 2 == 0, "n_heads" if derived else "head_dim",
-                f"head_dim={self.head_dim}{' (dim/n_heads)' if derived else ''} must be even: RoPE rotates pairs")
+        require(
+            self.head_dim % 2 == 0,
+            "n_heads" if derived else "head_dim",
+            f"head_dim={self.head_dim}{' (dim/n_heads)' if derived else ''} must be even: RoPE rotates pairs",
+        )
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        require(_is_int(self.n_kv_heads) and self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
-                "n_kv_heads", f"must divide n_heads={self.n_heads} (each key/value head serves a group of query "
-                f"heads), got {self.n_kv_heads!r}")
+        require(
+            _is_int(self.n_kv_heads) and self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
+            "n_kv_heads",
+            f"must divide n_heads={self.n_heads} (each key/value head serves a group of query "
+            f"heads), got {self.n_kv_heads!r}",
+        )
         require(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta!r}")
         if self.window is not None:
             require(
@@ -260,8 +278,11 @@ class PatchingConfig:
             "threshold_add",
             "the combined rule (threshold_add) and the monotonic rule are exclusive; set one",
         )
-        require((self.mode == "bpe") == bool(self.tokenizer), "tokenizer",
-                "bpe patching needs its tokenizer (a token LM directory or run), and only it takes one")
+        require(
+            (self.mode == "bpe") == bool(self.tokenizer),
+            "tokenizer",
+            "bpe patching needs its tokenizer (a token LM directory or run), and only it takes one",
+        )
 
 
 def _check_dtype(value: str, field: str) -> None:
@@ -324,9 +345,16 @@ class TokenLMConfig:
         )
         _check_dtype(self.dtype, "dtype")
         _check_dtype(self.param_dtype, "param_dtype")
-        require(isinstance(self.tie_embeddings, bool), "tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
-        require(self.eos_id is None or (_is_int(self.eos_id) and 0 <= self.eos_id < self.vocab_size), "eos_id",
-                f"must be None or an id below vocab_size={self.vocab_size}, got {self.eos_id!r}")
+        require(
+            isinstance(self.tie_embeddings, bool),
+            "tie_embeddings",
+            f"must be true or false, got {self.tie_embeddings!r}",
+        )
+        require(
+            self.eos_id is None or (_is_int(self.eos_id) and 0 <= self.eos_id < self.vocab_size),
+            "eos_id",
+            f"must be None or an id below vocab_size={self.vocab_size}, got {self.eos_id!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,8 +400,11 @@ class BLTConfig:
 
     def __post_init__(self):
         require(isinstance(self.latent_norm, bool), "latent_norm", f"must be true or false, got {self.latent_norm!r}")
-        require(self.latent_mask in LATENT_MASKS, "latent_mask",
-                f"unknown latent mask {self.latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}")
+        require(
+            self.latent_mask in LATENT_MASKS,
+            "latent_mask",
+            f"unknown latent mask {self.latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}",
+        )
         if self.cross_attn_heads is None:
             object.__setattr__(self, "cross_attn_heads", self.encoder.n_heads)
         require(
@@ -448,10 +479,16 @@ class DistillConfig:
 
     def __post_init__(self):
         require(self.blt.latent_norm, "blt.latent_norm", "must be true: the teacher's final norm ends the latent")
-        require(_is_int(self.teacher_vocab) and 2 <= self.teacher_vocab <= MAX_TOKEN_VOCAB, "teacher_vocab",
-                f"must be an integer in [2, {MAX_TOKEN_VOCAB}], got {self.teacher_vocab!r}")
-        require(_is_int(self.hidden_layer) and 1 <= self.hidden_layer <= self.blt.latent.n_layers, "hidden_layer",
-                f"must be in [1, latent.n_layers={self.blt.latent.n_layers}], got {self.hidden_layer!r}")
+        require(
+            _is_int(self.teacher_vocab) and 2 <= self.teacher_vocab <= MAX_TOKEN_VOCAB,
+            "teacher_vocab",
+            f"must be an integer in [2, {MAX_TOKEN_VOCAB}], got {self.teacher_vocab!r}",
+        )
+        require(
+            _is_int(self.hidden_layer) and 1 <= self.hidden_layer <= self.blt.latent.n_layers,
+            "hidden_layer",
+            f"must be in [1, latent.n_layers={self.blt.latent.n_layers}], got {self.hidden_layer!r}",
+        )
         for name in ("hidden_weight", "distill_weight"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)!r}")
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
@@ -466,7 +503,7 @@ class DistillConfig:
         return self.blt.dtype
 
 
-ModelConfig = Union[BLTConfig, EntropyLMConfig, TokenLMConfig, DistillConfig]
+ModelConfig = BLTConfig | EntropyLMConfig | TokenLMConfig | DistillConfig
 
 # ---------------------------------------------------------------------------------------------
 # Construction from plain mappings (ml_collections.ConfigDict, JSON) with full field paths.

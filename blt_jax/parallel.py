@@ -102,7 +102,9 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, where: str) ->
         names = axis if isinstance(axis, tuple) else (axis,) if axis else ()
         size = math.prod(mesh.shape[n] for n in names) if names else 1
         if size > 1 and dim % size:
-            logger.warning("%s: dimension %d is not divisible by mesh axes %s (%d): replicated", where, dim, names, size)
+            logger.warning(
+                "%s: dimension %d is not divisible by mesh axes %s (%d): replicated", where, dim, names, size
+            )
             axis = None
         out.append(axis)
     return PartitionSpec(*out)
@@ -132,7 +134,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def describe_shardings(shardings: Any, abstract: Any) -> dict[str, dict]:
     """{parameter path: {"shape": [...], "spec": [...]}} for writing to a workdir."""
     out = {}
-    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree_util.tree_leaves(shardings)):
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(abstract), jax.tree_util.tree_leaves(shardings)
+    ):
         out[jax.tree_util.keystr(path)] = {
             "shape": list(leaf.shape),
             "spec": [list(a) if isinstance(a, tuple) else a for a in sharding.spec],
@@ -205,8 +209,10 @@ def maybe_initialize_distributed() -> None:
         if count > 1:
             jax.distributed.initialize(num_processes=count, process_id=index)
         return
-    multi_host = any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS",
-                                                 "COORDINATOR_ADDRESS", "SLURM_JOB_ID"))
+    multi_host = any(
+        os.environ.get(k)
+        for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID")
+    )
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if multi_host and (len(hosts.split(",")) > 1 or not hosts):
         jax.distributed.initialize()

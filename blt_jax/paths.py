@@ -59,8 +59,10 @@ def _epath(path: str) -> epath.Path:
         try:
             importlib.import_module("gcsfs")  # epath reaches buckets through it
         except ImportError as e:
-            raise MissingDependency(f"{path}: gs:// paths need gcsfs, which is not installed ({e}); "
-                                    "pip install -c constraints.txt -e '.[gcs]'") from None
+            raise MissingDependency(
+                f"{path}: gs:// paths need gcsfs, which is not installed ({e}); "
+                "pip install -c constraints.txt -e '.[gcs]'"
+            ) from None
     return epath.Path(path)
 
 
@@ -114,7 +116,8 @@ def walk_files(path: str) -> list[str]:
     found, pending = [], [_epath(path)]
     while pending:
         level = pending.pop()
-        for entry, is_dir in retrying(str(level), lambda: [(e, e.is_dir()) for e in level.iterdir()]):
+        listing = retrying(str(level), lambda level=level: [(e, e.is_dir()) for e in level.iterdir()])
+        for entry, is_dir in listing:
             if entry.name.startswith("."):
                 continue
             if is_dir:
@@ -181,8 +184,10 @@ def replacing(path: str) -> Iterator[str]:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         with contextlib.suppress(OSError):
             os.remove(tmp)  # the space it took goes back; the old content of `path` is untouched
-        raise DiskFull(f"{path}: no space left on the device ({written:,} bytes written before it ran out, "
-                       f"{shutil.disk_usage(os.path.dirname(path) or '.').free:,} free now)") from error
+        raise DiskFull(
+            f"{path}: no space left on the device ({written:,} bytes written before it ran out, "
+            f"{shutil.disk_usage(os.path.dirname(path) or '.').free:,} free now)"
+        ) from error
     os.replace(tmp, path)
 
 
@@ -240,7 +245,7 @@ def local_dir(path: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="blt_jax_") as scratch:
         base = path.rstrip("/") + "/"
         for remote in walk_files(path):
-            local = os.path.join(scratch, remote[len(base):])
+            local = os.path.join(scratch, remote[len(base) :])
             os.makedirs(os.path.dirname(local), exist_ok=True)
             copy_file(remote, local)
         yield scratch

@@ -106,12 +106,14 @@ def retrying(what: str, call: Callable[[], T], budget: float | None = None) -> T
         tries += 1
         try:
             return call()
-        except Exception as error:  # noqa: BLE001 - sorted below: transient or not
+        except Exception as error:
             if not is_transient(error):
                 raise
             spent = time.monotonic() - start
             if spent + delay > budget:
-                raise StorageError(f"{what}: Cloud Storage still failing after {tries} tries over {spent:.0f} s "
-                                   f"({ENV}={budget:g}): {describe(error)}") from error
+                raise StorageError(
+                    f"{what}: Cloud Storage still failing after {tries} tries over {spent:.0f} s "
+                    f"({ENV}={budget:g}): {describe(error)}"
+                ) from error
             time.sleep(delay * (0.5 + random.random() / 2))
             delay = min(2 * delay, MAX_DELAY)

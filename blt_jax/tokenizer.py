@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable
-from typing import TextIO, Union
+from typing import TextIO
 
 import numpy as np
 
@@ -21,7 +21,7 @@ BPE_ID = 3
 OFFSET = 4
 VOCAB_SIZE = 256 + OFFSET
 
-TextLike = Union[str, bytes, bytearray, memoryview]
+TextLike = str | bytes | bytearray | memoryview
 
 
 def encode(text: TextLike, add_bos: bool = True, add_eos: bool = True) -> np.ndarray:

@@ -30,50 +30,59 @@ import time
 # the topology named. Without this, jax would start libtpu on a host without TPUs.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental.pallas.ops.tpu import splash_attention as splash  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from blt_jax.aot import DoesNotFit, compile_lowered, topology_devices  # noqa: E402
-from blt_jax.experiment import load_experiment  # noqa: E402
-from blt_jax.experiment.config import experiment_from_dict  # noqa: E402
-from blt_jax.nn import splash as blt_splash  # noqa: E402
-from blt_jax.nn.attention import masked_attention  # noqa: E402
-from blt_jax.nn.options import RunOptions  # noqa: E402
-from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes  # noqa: E402
+from blt_jax.aot import DoesNotFit, compile_lowered, topology_devices
+from blt_jax.experiment import load_experiment
+from blt_jax.experiment.config import experiment_from_dict
+from blt_jax.nn import splash as blt_splash
+from blt_jax.nn.attention import masked_attention
+from blt_jax.nn.options import RunOptions
+from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def splash_grouped(q: jax.Array, k: jax.Array, v: jax.Array, q_groups: jax.Array, kv_groups: jax.Array,
-                   options: RunOptions) -> jax.Array:
+def splash_grouped(
+    q: jax.Array, k: jax.Array, v: jax.Array, q_groups: jax.Array, kv_groups: jax.Array, options: RunOptions
+) -> jax.Array:
     """Query t sees key s iff q_groups[t] == kv_groups[s], through splash with a full mask and segment
     ids; queries whose group has no key give 0 (splash returns a mean or NaN there).
 
     q [B, Tq, H, K], k/v [B, Tkv, H, K], groups int [B, Tq] / [B, Tkv] -> [B, Tq, H, K].
     """
-    (batch, tq, heads, _), tkv = q.shape, k.shape[1]
+    (_, tq, heads, _), tkv = q.shape, k.shape[1]
     pq, sizes_q = blt_splash.block_sizes(tq, options)
     pkv, sizes_kv = blt_splash.block_sizes(tkv, options)
-    sizes = splash.BlockSizes(block_q=sizes_q.block_q, block_kv=sizes_kv.block_kv,
-                              block_kv_compute=sizes_kv.block_kv, block_q_dkv=sizes_q.block_q,
-                              block_kv_dkv=sizes_kv.block_kv, block_kv_dkv_compute=sizes_kv.block_kv,
-                              block_q_dq=sizes_q.block_q, block_kv_dq=sizes_kv.block_kv)
+    sizes = splash.BlockSizes(
+        block_q=sizes_q.block_q,
+        block_kv=sizes_kv.block_kv,
+        block_kv_compute=sizes_kv.block_kv,
+        block_q_dkv=sizes_q.block_q,
+        block_kv_dkv=sizes_kv.block_kv,
+        block_kv_dkv_compute=sizes_kv.block_kv,
+        block_q_dq=sizes_q.block_q,
+        block_kv_dq=sizes_kv.block_kv,
+    )
     mask = splash.MultiHeadMask([splash.FullMask((pq, pkv))] * heads)
-    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=options.interpret)
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=options.interpret)
     # Padding gets segments no real row uses: padded queries see only padded keys, and no real query
     # sees a padded key.
     gq = jnp.pad(q_groups.astype(jnp.int32), ((0, 0), (0, pq - tq)), constant_values=-1)
     gkv = jnp.pad(kv_groups.astype(jnp.int32), ((0, 0), (0, pkv - tkv)), constant_values=-2)
-    heads_first = lambda x, n: jnp.transpose(jnp.pad(x, [(0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)]),  # noqa: E731
-                                             (0, 2, 1, 3))
+    heads_first = lambda x, n: jnp.transpose(
+        jnp.pad(x, [(0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)]),
+        (0, 2, 1, 3),
+    )
     scaled = (q.astype(jnp.float32) * q.shape[-1] ** -0.5).astype(q.dtype)
     out = jax.vmap(lambda a, b, c, s, t: kernel(a, b, c, segment_ids=splash.SegmentIds(s, t)))(
-        heads_first(scaled, pq), heads_first(k, pkv), heads_first(v, pkv), gq, gkv)
+        heads_first(scaled, pq), heads_first(k, pkv), heads_first(v, pkv), gq, gkv
+    )
     out = jnp.transpose(out, (0, 2, 1, 3))[:, :tq]
     seen = _has_key(q_groups, kv_groups)
     return jnp.where(seen[:, :, None, None], out, 0.0).astype(q.dtype)
@@ -88,6 +97,7 @@ def _has_key(q_groups: jax.Array, kv_groups: jax.Array) -> jax.Array:
 
 def encoder_variants(slots_per_patch: int, options: RunOptions) -> dict:
     """{name: fn(q [B, P*k, H, K], k, v [B, N, H, K], patch_ids [B, N]) -> [B, P*k, H, K]}."""
+
     def slot_groups(q):
         return jnp.broadcast_to(jnp.arange(q.shape[1]) // slots_per_patch, q.shape[:2])
 
@@ -103,6 +113,7 @@ def encoder_variants(slots_per_patch: int, options: RunOptions) -> dict:
 
 def decoder_variants(slots_per_patch: int, options: RunOptions) -> dict:
     """{name: fn(q [B, N, H, K], k, v [B, P*k, H, K], dec_ids [B, N]) -> [B, N, H, K]}."""
+
     def slot_groups(k):
         return jnp.broadcast_to(jnp.arange(k.shape[1]) // slots_per_patch, k.shape[:2])
 
@@ -118,9 +129,11 @@ def decoder_variants(slots_per_patch: int, options: RunOptions) -> dict:
 
 def loss_and_grads(fn):
     """fn(q, k, v, ids) -> (sum of out * cotangent, gradients of q, k, v): one forward and backward."""
+
     def run(q, k, v, ids, cotangent):
-        loss = lambda a, b, c: jnp.sum(fn(a, b, c, ids).astype(jnp.float32) * cotangent)  # noqa: E731
+        loss = lambda a, b, c: jnp.sum(fn(a, b, c, ids).astype(jnp.float32) * cotangent)
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
     return run
 
 
@@ -135,9 +148,9 @@ def check_equal(slots_per_patch: int = 2) -> float:
     options = RunOptions(attention="splash", platform="cpu", splash_block_q=128, splash_block_kv=128)
     worst = 0.0
     for direction, variants, tq, tkv, groups in (
-            ("encoder", encoder_variants(slots_per_patch, options), patches * slots_per_patch, 300, ids),
-            ("decoder", decoder_variants(slots_per_patch, options), 300, patches * slots_per_patch,
-             ids - 1)):  # the first patch's bytes read patch -1: nothing
+        ("encoder", encoder_variants(slots_per_patch, options), patches * slots_per_patch, 300, ids),
+        ("decoder", decoder_variants(slots_per_patch, options), 300, patches * slots_per_patch, ids - 1),
+    ):  # the first patch's bytes read patch -1: nothing
         q = jnp.asarray(rng.normal(size=(1, tq, heads, dim)), jnp.float32)
         k = jnp.asarray(rng.normal(size=(1, tkv, heads, dim)), jnp.float32)
         v = jnp.asarray(rng.normal(size=(1, tkv, heads, dim)), jnp.float32)
@@ -169,9 +182,13 @@ def compile_one(fn, shapes: list, device) -> dict:
     stats = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {"fits": True, "peak": stats.argument_size_in_bytes + stats.temp_size_in_bytes,
-            "temp": stats.temp_size_in_bytes, "flops": float((cost or {}).get("flops", 0.0)),
-            "seconds": time.perf_counter() - start}
+    return {
+        "fits": True,
+        "peak": stats.argument_size_in_bytes + stats.temp_size_in_bytes,
+        "temp": stats.temp_size_in_bytes,
+        "flops": float((cost or {}).get("flops", 0.0)),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> None:
@@ -181,8 +198,10 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="gather,splash,dense", help="implementations to compile")
     args = parser.parse_args(argv)
 
-    print(f"splash equals the gather path on this host (forward and gradients): "
-          f"largest difference {check_equal():.1e}", flush=True)
+    print(
+        f"splash equals the gather path on this host (forward and gradients): largest difference {check_equal():.1e}",
+        flush=True,
+    )
     experiment = experiment_from_dict(load_experiment(args.config))
     model, data = experiment.model, experiment.data
     n, slots = data.row_bytes, data.row_patches * model.cross_attn_k
@@ -190,26 +209,38 @@ def main(argv=None) -> None:
     dtype = jnp.dtype(model.dtype)
     device = topology_devices(args.topology)[0]
     options = RunOptions(attention="splash", platform="tpu")
-    print(f"one row: {n} bytes, {data.row_patches} patches x k = {model.cross_attn_k} slots, {heads} heads of "
-          f"{dim}, {dtype.name}; forward + backward on one {device.device_kind}\n")
+    print(
+        f"one row: {n} bytes, {data.row_patches} patches x k = {model.cross_attn_k} slots, {heads} heads of "
+        f"{dim}, {dtype.name}; forward + backward on one {device.device_kind}\n"
+    )
     print("| direction | implementation | fits | peak memory | XLA FLOPs | kernel FLOPs (analytic) | compile |")
     print("|---|---|---|---|---|---|---|")
-    for direction, variants, tq, tkv in (("encoder: slots read bytes", encoder_variants(model.cross_attn_k, options),
-                                          slots, n),
-                                         ("decoder: bytes read slots", decoder_variants(model.cross_attn_k, options),
-                                          n, slots)):
-        shapes = [jax.ShapeDtypeStruct((1, tq, heads, dim), dtype), jax.ShapeDtypeStruct((1, tkv, heads, dim), dtype),
-                  jax.ShapeDtypeStruct((1, tkv, heads, dim), dtype), jax.ShapeDtypeStruct((1, n), jnp.int32),
-                  jax.ShapeDtypeStruct((1, tq, heads, dim), jnp.float32)]
+    for direction, variants, tq, tkv in (
+        ("encoder: slots read bytes", encoder_variants(model.cross_attn_k, options), slots, n),
+        ("decoder: bytes read slots", decoder_variants(model.cross_attn_k, options), n, slots),
+    ):
+        shapes = [
+            jax.ShapeDtypeStruct((1, tq, heads, dim), dtype),
+            jax.ShapeDtypeStruct((1, tkv, heads, dim), dtype),
+            jax.ShapeDtypeStruct((1, tkv, heads, dim), dtype),
+            jax.ShapeDtypeStruct((1, n), jnp.int32),
+            jax.ShapeDtypeStruct((1, tq, heads, dim), jnp.float32),
+        ]
         for name in args.only.split(","):
             result = compile_one(loss_and_grads(variants[name]), shapes, device)
             kernel = f"{kernel_flops(tq, tkv, heads, dim) / 1e9:,.1f} G" if name == "splash" else "-"
             if result["fits"]:
-                print(f"| {direction} | {name} | yes | {result['peak'] / 2**30:.3f} GiB | "
-                      f"{result['flops'] / 1e9:,.1f} G | {kernel} | {result['seconds']:.0f} s |", flush=True)
+                print(
+                    f"| {direction} | {name} | yes | {result['peak'] / 2**30:.3f} GiB | "
+                    f"{result['flops'] / 1e9:,.1f} G | {kernel} | {result['seconds']:.0f} s |",
+                    flush=True,
+                )
             else:
-                print(f"| {direction} | {name} | no: needs {result['needed'] / 2**30:.1f} GiB | - | - | {kernel} | "
-                      f"{result['seconds']:.0f} s |", flush=True)
+                print(
+                    f"| {direction} | {name} | no: needs {result['needed'] / 2**30:.1f} GiB | - | - | {kernel} | "
+                    f"{result['seconds']:.0f} s |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

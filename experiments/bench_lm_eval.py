@@ -76,21 +76,72 @@ PAD_TOLERANCE = 1e-4  # nats: padded vs unpadded log-likelihoods closer than thi
 
 # ---- the task --------------------------------------------------------------------------------------
 
-NAMES = ["total", "count", "items", "value", "result", "offset", "buffer", "index", "limit", "scale", "width",
-         "height", "name", "path", "record", "size", "weight", "step", "cache", "key"]
-FUNCS = ["load", "parse", "merge", "update", "resolve", "compute", "render", "collect", "normalize", "split",
-         "encode", "decode", "flush", "validate", "measure"]
-COMMENTS = ["# keep the order stable", "# größe in µm, not mm", "# 中文注释: cache hit", "# see RFC 3986 § 3.3",
-            "# naïve but fast enough", "# TODO: handle the empty case", "# ¿por qué? see above"]
+NAMES = [
+    "total",
+    "count",
+    "items",
+    "value",
+    "result",
+    "offset",
+    "buffer",
+    "index",
+    "limit",
+    "scale",
+    "width",
+    "height",
+    "name",
+    "path",
+    "record",
+    "size",
+    "weight",
+    "step",
+    "cache",
+    "key",
+]
+FUNCS = [
+    "load",
+    "parse",
+    "merge",
+    "update",
+    "resolve",
+    "compute",
+    "render",
+    "collect",
+    "normalize",
+    "split",
+    "encode",
+    "decode",
+    "flush",
+    "validate",
+    "measure",
+]
+COMMENTS = [
+    "# keep the order stable",
+    "# größe in µm, not mm",
+    "# 中文注释: cache hit",
+    "# see RFC 3986 § 3.3",
+    "# naïve but fast enough",
+    "# TODO: handle the empty case",
+    "# ¿por qué? see above",
+]
 
 
 def _line_pool(rng: np.random.Generator, names: Sequence[str]) -> list[str]:
     """Statement lines (without indentation) over `names`, varied enough that distractors look real."""
     a, b, c = (str(x) for x in rng.choice(names, size=3, replace=False))
     k = int(rng.integers(1, 64))
-    return [f"{a} = {b} + {k}", f"{a} = {b} * {c}", f"{a} += {k}", f"{a} = [{b} for {b} in {c}]",
-            f"{a} = {rng.choice(FUNCS)}({b}, {c})", f"{a} = {b}.get({c!r}, {k})", f"{a}.append({b})",
-            f"{a} = len({b}) - {k}", f"{a} = min({b}, {c})", f"{a} = {b} // {k}"]
+    return [
+        f"{a} = {b} + {k}",
+        f"{a} = {b} * {c}",
+        f"{a} += {k}",
+        f"{a} = [{b} for {b} in {c}]",
+        f"{a} = {rng.choice(FUNCS)}({b}, {c})",
+        f"{a} = {b}.get({c!r}, {k})",
+        f"{a}.append({b})",
+        f"{a} = len({b}) - {k}",
+        f"{a} = min({b}, {c})",
+        f"{a} = {b} // {k}",
+    ]
 
 
 def python_snippet(rng: np.random.Generator, target_bytes: int) -> list[str]:
@@ -134,13 +185,17 @@ def make_items(n: int, seed: int = 0, context_bytes: int = 320) -> list[dict[str
         # The cut line: past `context_bytes` of text, on a statement line.
         spans = np.cumsum([len(x) + 1 for x in lines])
         start = int(np.searchsorted(spans, context_bytes))
-        candidates = [j for j in range(max(start, 2), len(lines)) if lines[j].strip()
-                      and not lines[j].lstrip().startswith(('"""', "#", "def "))]
+        candidates = [
+            j
+            for j in range(max(start, 2), len(lines))
+            if lines[j].strip() and not lines[j].lstrip().startswith(('"""', "#", "def "))
+        ]
         j = candidates[0] if candidates else len(lines) - 2
         line, before = lines[j], "\n".join(lines[:j]) + "\n"
         keyword_cut = _split_after_keyword(line) if i % 2 == 0 else None
-        others = [x for k, s in enumerate(snippets) if k != i
-                  for x in s if x.strip() and not x.lstrip().startswith("#")]
+        others = [
+            x for k, s in enumerate(snippets) if k != i for x in s if x.strip() and not x.lstrip().startswith("#")
+        ]
         if keyword_cut is not None:
             head, answer = keyword_cut
             context = before + head
@@ -152,8 +207,14 @@ def make_items(n: int, seed: int = 0, context_bytes: int = 320) -> list[dict[str
         pool = sorted({x for x in pool if x != answer})
         choices = [answer + "\n"] + [x + "\n" for x in rng.choice(pool, size=3, replace=False)]
         order = rng.permutation(4)
-        items.append({"context": context, "choices": [choices[k] for k in order],
-                      "answer": int(np.argmax(order == 0)), "trailing_space": context != context.rstrip()})
+        items.append(
+            {
+                "context": context,
+                "choices": [choices[k] for k in order],
+                "answer": int(np.argmax(order == 0)),
+                "trailing_space": context != context.rstrip(),
+            }
+        )
     return items
 
 
@@ -196,10 +257,10 @@ def random_model(texts: Sequence[str], seed: int = 0):
         ids = encode(text, add_eos=False)
         row = np.zeros((1, 1 << (len(ids) - 1).bit_length()), np.int32)
         row[0, : len(ids)] = ids
-        values.append(np.asarray(model.entropies(row))[0, 1: len(ids)])  # position 0 (BOS) always starts a patch
+        values.append(np.asarray(model.entropies(row))[0, 1 : len(ids)])  # position 0 (BOS) always starts a patch
     values = np.sort(np.concatenate(values))
     lo, hi = (int(q * len(values)) for q in (1 - 1 / (MEAN_PATCH - 1), 1 - 1 / (MEAN_PATCH + 1)))
-    gaps = np.diff(values[lo: hi + 1])
+    gaps = np.diff(values[lo : hi + 1])
     k = lo + int(np.argmax(gaps))
     threshold = float((values[k] + values[k + 1]) / 2)
     patching = dataclasses.replace(config.patching, threshold=threshold)
@@ -217,7 +278,7 @@ def threshold_margin(model, texts: Sequence[str]) -> float:
         ids = encode(text, add_eos=False)
         row = np.zeros((1, 1 << (len(ids) - 1).bit_length()), np.int32)
         row[0, : len(ids)] = ids
-        ent = np.asarray(model.entropies(row))[0, 1: len(ids)]
+        ent = np.asarray(model.entropies(row))[0, 1 : len(ids)]
         best = min(best, float(np.abs(ent - model.config.patching.threshold).min()))
     return best
 
@@ -271,15 +332,17 @@ def evaluate(timed: Timed, manager: Any) -> RunResult:
     import lm_eval
 
     timed.reset()
-    out = lm_eval.simple_evaluate(model=timed.lm, tasks=[TASK], task_manager=manager, log_samples=True,
-                                  bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=timed.lm, tasks=[TASK], task_manager=manager, log_samples=True, bootstrap_iters=0
+    )
     metrics = out["results"][TASK]
     loglik = {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in out["samples"][TASK]}
     return RunResult(metrics["acc,none"], metrics["acc_norm,none"], loglik, timed.requests, timed.seconds)
 
 
-def padding_check(make_hf: Callable[[int], Any], batch_size: int, pairs: Sequence[tuple[str, str]],
-                  quiet: bool = True) -> float:
+def padding_check(
+    make_hf: Callable[[int], Any], batch_size: int, pairs: Sequence[tuple[str, str]], quiet: bool = True
+) -> float:
     """Max |log-likelihood difference| between HFLM at `batch_size` (right-padded batches) and HFLM one
     request at a time, on (context, continuation) `pairs`."""
     from lm_eval.api.instance import Instance
@@ -295,8 +358,9 @@ def hf_unavailable() -> str | None:
     try:
         import lm_eval.models.huggingface  # noqa: F401
     except ImportError as e:
-        return (f"lm-eval's hf backend cannot be imported: {e} (it needs the 'hf' extra of lm-eval: "
-                "pip install accelerate)")
+        return (
+            f"lm-eval's hf backend cannot be imported: {e} (it needs the 'hf' extra of lm-eval: pip install accelerate)"
+        )
     return None
 
 
@@ -336,15 +400,21 @@ def main() -> None:
         source = f"{args.run} (threshold {model.config.patching.threshold:.4f})"
     else:
         model, margin = random_model(texts, args.seed)
-        source = (f"random quickstart-small BLT, seed {args.seed} (threshold {model.config.patching.threshold:.4f}, "
-                  "weights x2, entropy LM x3)")
+        source = (
+            f"random quickstart-small BLT, seed {args.seed} (threshold {model.config.patching.threshold:.4f}, "
+            "weights x2, entropy LM x3)"
+        )
     n_bytes = sum(len(t.encode()) for t in texts)
     print(f"model: {source}; nearest entropy to the threshold on the task's text: {margin:.2e} nats")
-    print(f"task: {len(items)} items x 4 choices = {4 * len(items)} requests, {n_bytes / len(texts):.0f} bytes per "
-          f"request; {sum(i['trailing_space'] for i in items)} contexts end in whitespace")
-    print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); persistent XLA "
-          f"cache: {os.environ.get('JAX_COMPILATION_CACHE_DIR') or 'none'}; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} before starting")
+    print(
+        f"task: {len(items)} items x 4 choices = {4 * len(items)} requests, {n_bytes / len(texts):.0f} bytes per "
+        f"request; {sum(i['trailing_space'] for i in items)} contexts end in whitespace"
+    )
+    print(
+        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); persistent XLA "
+        f"cache: {os.environ.get('JAX_COMPILATION_CACHE_DIR') or 'none'}; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} before starting"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         write_task(tmp, items)
@@ -362,14 +432,18 @@ def main() -> None:
         model.save(export, format="hf")  # what `blt-jax export SRC DIR --format hf` writes, tokenizer included
 
         def make_hf(batch_size: int) -> Any:  # the export as written (its config turns the cache off)
-            return HFLM(pretrained=export, batch_size=batch_size, device="cpu", dtype="float32",
-                        max_length=args.max_length)
+            return HFLM(
+                pretrained=export, batch_size=batch_size, device="cpu", dtype="float32", max_length=args.max_length
+            )
+
         check_pairs = [(item["context"], choice) for item in items[:4] for choice in item["choices"]]
         pad_diff = padding_check(make_hf, args.batch_size, check_pairs, quiet=not args.progress)
         hf_batch = args.batch_size if pad_diff <= PAD_TOLERANCE else 1
-        print(f"HFLM right-padded batches of {args.batch_size} vs one request at a time: max |d loglik| "
-              f"{pad_diff:.2e} nats -> " + (f"HFLM batch size {hf_batch}" if hf_batch > 1 else
-                                            "they differ: HFLM runs at batch size 1 for fidelity"))
+        print(
+            f"HFLM right-padded batches of {args.batch_size} vs one request at a time: max |d loglik| "
+            f"{pad_diff:.2e} nats -> "
+            + (f"HFLM batch size {hf_batch}" if hf_batch > 1 else "they differ: HFLM runs at batch size 1 for fidelity")
+        )
         theirs = Timed(make_hf(hf_batch), disable_tqdm=not args.progress)
 
         runs: dict[str, list[RunResult]] = {"ours": [], "hf": []}
@@ -381,33 +455,50 @@ def main() -> None:
     report(items, a, b)
     first = {k: v[0].rate for k, v in runs.items()}
     steady = {k: statistics.median(r.rate for r in v[1:]) if len(v) > 1 else float("nan") for k, v in runs.items()}
-    print(f"requests/s, first run (ours with XLA compilation): ours {first['ours']:.2f}, hf {first['hf']:.2f}, "
-          f"ours/hf {first['ours'] / first['hf']:.2f}")
-    print(f"requests/s, steady state (median of {args.repeats}): ours {steady['ours']:.2f}, hf {steady['hf']:.2f}, "
-          f"ours/hf {steady['ours'] / steady['hf']:.2f}  [ours batch {args.batch_size}, hf batch {hf_batch}]")
+    print(
+        f"requests/s, first run (ours with XLA compilation): ours {first['ours']:.2f}, hf {first['hf']:.2f}, "
+        f"ours/hf {first['ours'] / first['hf']:.2f}"
+    )
+    print(
+        f"requests/s, steady state (median of {args.repeats}): ours {steady['ours']:.2f}, hf {steady['hf']:.2f}, "
+        f"ours/hf {steady['ours'] / steady['hf']:.2f}  [ours batch {args.batch_size}, hf batch {hf_batch}]"
+    )
 
 
 def report(items: Sequence[dict[str, Any]], ours: RunResult, hf: RunResult) -> None:
     """Prints accuracies, per-item agreement of the chosen answers and log-likelihood differences."""
     choice = {k: {i: int(np.argmax(v)) for i, v in r.loglik.items()} for k, r in (("ours", ours), ("hf", hf))}
     lengths = {i: np.array([len(c) for c in item["choices"]], float) for i, item in enumerate(items)}
-    norm = {k: {i: int(np.argmax(np.array(v) / lengths[i])) for i, v in r.loglik.items()}
-            for k, r in (("ours", ours), ("hf", hf))}
+    norm = {
+        k: {i: int(np.argmax(np.array(v) / lengths[i])) for i, v in r.loglik.items()}
+        for k, r in (("ours", ours), ("hf", hf))
+    }
     ids = sorted(ours.loglik)
     agree = sum(choice["ours"][i] == choice["hf"][i] for i in ids)
     agree_norm = sum(norm["ours"][i] == norm["hf"][i] for i in ids)
     raw = [abs(x - y) for i in ids if not items[i]["trailing_space"] for x, y in zip(ours.loglik[i], hf.loglik[i])]
-    centred = [float(np.abs((np.array(ours.loglik[i]) - np.mean(ours.loglik[i]))
-                            - (np.array(hf.loglik[i]) - np.mean(hf.loglik[i]))).max()) for i in ids]
-    shift = [float(np.mean(np.array(hf.loglik[i]) - np.array(ours.loglik[i])))
-             for i in ids if items[i]["trailing_space"]]
+    centred = [
+        float(
+            np.abs(
+                (np.array(ours.loglik[i]) - np.mean(ours.loglik[i])) - (np.array(hf.loglik[i]) - np.mean(hf.loglik[i]))
+            ).max()
+        )
+        for i in ids
+    ]
+    shift = [
+        float(np.mean(np.array(hf.loglik[i]) - np.array(ours.loglik[i]))) for i in ids if items[i]["trailing_space"]
+    ]
     print(f"acc: ours {ours.acc:.4f}, hf {hf.acc:.4f}; acc_norm: ours {ours.acc_norm:.4f}, hf {hf.acc_norm:.4f}")
     print(f"chosen answers agree on {agree}/{len(ids)} items (acc), {agree_norm}/{len(ids)} (acc_norm)")
-    print(f"max |d loglik|: {max(raw, default=float('nan')):.2e} nats raw (contexts without trailing whitespace), "
-          f"{max(centred):.2e} centred per item (all)")
+    print(
+        f"max |d loglik|: {max(raw, default=float('nan')):.2e} nats raw (contexts without trailing whitespace), "
+        f"{max(centred):.2e} centred per item (all)"
+    )
     if shift:
-        print(f"contexts ending in whitespace: HFLM scores that whitespace as part of each continuation "
-              f"(mean {np.mean(shift):+.2f} nats per request, the same for all of an item's choices)")
+        print(
+            f"contexts ending in whitespace: HFLM scores that whitespace as part of each continuation "
+            f"(mean {np.mean(shift):+.2f} nats per request, the same for all of an item's choices)"
+        )
     for i in ids:
         if choice["ours"][i] != choice["hf"][i]:
             print(f"  item {i}: ours {choice['ours'][i]} ({ours.loglik[i]}), hf {choice['hf'][i]} ({hf.loglik[i]})")

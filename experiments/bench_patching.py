@@ -22,8 +22,8 @@ import numpy as np
 from blt_jax.config import RELEASED_THRESHOLD, EntropyLMConfig, PatchingConfig, StackConfig
 from blt_jax.metrics.flops import entropy_lm_forward_flops
 from blt_jax.nn.entropy_lm import entropies_fn
-from blt_jax.params import init_params
 from blt_jax.nn.patch_ids import lengths_from_starts
+from blt_jax.params import init_params
 from blt_jax.patching.rules import patch_starts
 
 CONFIG = EntropyLMConfig(StackConfig(dim=256, n_layers=4, n_heads=8, ffn_hidden=768, rope_theta=10000.0, window=512))
@@ -70,9 +70,14 @@ def hf_patcher(params):
     from blt_jax.convert.layout import entropy_entries, to_torch
 
     st = CONFIG.stack
-    config = BltPatcherConfig(hidden_size=st.dim, num_hidden_layers=st.n_layers, num_attention_heads=st.n_heads,
-                              intermediate_size=st.ffn_hidden, sliding_window=st.window,
-                              rope_parameters={"rope_type": "default", "rope_theta": st.rope_theta})
+    config = BltPatcherConfig(
+        hidden_size=st.dim,
+        num_hidden_layers=st.n_layers,
+        num_attention_heads=st.n_heads,
+        intermediate_size=st.ffn_hidden,
+        sliding_window=st.window,
+        rope_parameters={"rope_type": "default", "rope_theta": st.rope_theta},
+    )
     model = BltPatcher(config).eval()
     state = {}
     for e in entropy_entries(CONFIG):
@@ -80,7 +85,8 @@ def hf_patcher(params):
         for key in e.path:
             value = value[key]
         state[hf_name(e.name, patcher=True).removeprefix("model.patcher.")] = torch.from_numpy(
-            np.array(to_torch(e.kind, np.asarray(value)), copy=True))
+            np.array(to_torch(e.kind, np.asarray(value)), copy=True)
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return model
@@ -115,8 +121,9 @@ def main() -> None:
         def reference():
             model(torch_tokens, patch_size=4, threshold=THRESHOLD)
 
-        ours_times, ref_times = timed_pairs(lambda: jax.block_until_ready(ours(params, device_tokens)), reference,
-                                            args.runs)
+        ours_times, ref_times = timed_pairs(
+            lambda: jax.block_until_ready(ours(params, device_tokens)), reference, args.runs
+        )
 
     n_bytes = args.batch * args.length
     ours_bps, ref_bps = n_bytes / statistics.median(ours_times), n_bytes / statistics.median(ref_times)
@@ -124,18 +131,26 @@ def main() -> None:
     peak = matmul_peak(args.runs)
     ours_gflops = flops / statistics.median(ours_times) / 1e9
     ref_gflops = flops / statistics.median(ref_times) / 1e9
-    print(f"entropy LM d={CONFIG.stack.dim} L={CONFIG.stack.n_layers} H={CONFIG.stack.n_heads} "
-          f"F={CONFIG.stack.ffn_hidden} W={CONFIG.stack.window}; batch {args.batch} x {args.length} bytes; "
-          f"torch {torch.__version__}, jax {jax.__version__}, {torch.get_num_threads()} torch threads")
+    print(
+        f"entropy LM d={CONFIG.stack.dim} L={CONFIG.stack.n_layers} H={CONFIG.stack.n_heads} "
+        f"F={CONFIG.stack.ffn_hidden} W={CONFIG.stack.window}; batch {args.batch} x {args.length} bytes; "
+        f"torch {torch.__version__}, jax {jax.__version__}, {torch.get_num_threads()} torch threads"
+    )
     print(f"max |entropy difference| ours vs reference: {diff:.2e}")
     print(f"model FLOPs per batch: {flops / 1e9:.2f} GFLOP; matmul peak here: {peak:.0f} GFLOP/s (jnp.dot 2048^3)")
-    print(f"ours      : {ours_bps:10,.0f} bytes/s  ({ours_gflops:6.1f} GFLOP/s, MFU {100 * ours_gflops / peak:4.1f}%)"
-          f"  median of {args.runs}: {statistics.median(ours_times) * 1e3:.1f} ms")
-    print(f"reference : {ref_bps:10,.0f} bytes/s  ({ref_gflops:6.1f} GFLOP/s, MFU {100 * ref_gflops / peak:4.1f}%)"
-          f"  median of {args.runs}: {statistics.median(ref_times) * 1e3:.1f} ms")
+    print(
+        f"ours      : {ours_bps:10,.0f} bytes/s  ({ours_gflops:6.1f} GFLOP/s, MFU {100 * ours_gflops / peak:4.1f}%)"
+        f"  median of {args.runs}: {statistics.median(ours_times) * 1e3:.1f} ms"
+    )
+    print(
+        f"reference : {ref_bps:10,.0f} bytes/s  ({ref_gflops:6.1f} GFLOP/s, MFU {100 * ref_gflops / peak:4.1f}%)"
+        f"  median of {args.runs}: {statistics.median(ref_times) * 1e3:.1f} ms"
+    )
     pair_ratios = [r / o for o, r in zip(ours_times, ref_times)]
-    print(f"ratio ours / reference: {statistics.median(pair_ratios):.2f}x (median of {args.runs} alternating pairs; "
-          f"range {min(pair_ratios):.2f}-{max(pair_ratios):.2f})")
+    print(
+        f"ratio ours / reference: {statistics.median(pair_ratios):.2f}x (median of {args.runs} alternating pairs; "
+        f"range {min(pair_ratios):.2f}-{max(pair_ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from blt_jax.config import PatchingConfig
-from blt_jax.models import model_config_from_dict
 from blt_jax.data.pipeline import DataConfig, build_dataset
 from blt_jax.experiment import load_experiment
+from blt_jax.models import model_config_from_dict
 from blt_jax.nn.blt import BLT
 from blt_jax.params import init_params
 
@@ -43,8 +43,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     args = parser.parse_args()
 
-    data = DataConfig(source="default", batch_size=8, row_bytes=1024, row_patches=256,
-                      patching=PatchingConfig(mode="space"), seed=0)
+    data = DataConfig(
+        source="default", batch_size=8, row_bytes=1024, row_patches=256, patching=PatchingConfig(mode="space"), seed=0
+    )
     rates = [pipeline_rate(data, args.batches) for _ in range(args.runs)]
 
     model = model_config_from_dict(load_experiment(os.path.join(HERE, "bench_small.py")).model)
@@ -67,8 +68,10 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     step_rate = float(batch["mask"].sum()) / statistics.median(times)
     pipe = statistics.median(rates)
-    print(f"pipeline (default corpus, space patching, 8 x 1024 bytes): {pipe:,.0f} bytes/s "
-          f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(
+        f"pipeline (default corpus, space patching, 8 x 1024 bytes): {pipe:,.0f} bytes/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
     print(f"bench_small forward + backward: {step_rate:,.0f} bytes/s (median of {args.runs})")
     print(f"pipeline / step: {pipe / step_rate:.0f}x (target >= 10x)")
 

@@ -51,9 +51,27 @@ def start_server(model_dir: str, max_tokens: int, *extra: str) -> tuple[subproce
     """`blt-jax serve` of `model_dir` (more arguments in `extra`) on a free port, once /health is 200."""
     port = free_port()
     script = os.path.join(os.path.dirname(sys.executable), "blt-jax")
-    proc = subprocess.Popen([script, "serve", "--checkpoint", model_dir, "--port", str(port), "--max-rows", str(ROWS),
-                             "--max-prompt-bytes", "256", "--max-tokens", str(max_tokens), "--max-queue", "256",
-                             *extra], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            script,
+            "serve",
+            "--checkpoint",
+            model_dir,
+            "--port",
+            str(port),
+            "--max-rows",
+            str(ROWS),
+            "--max-prompt-bytes",
+            "256",
+            "--max-tokens",
+            str(max_tokens),
+            "--max-queue",
+            "256",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -74,8 +92,15 @@ def prompts(count: int) -> list[str]:
     return [PROMPT[: 24 + (i * 37) % (len(PROMPT) - 24)] for i in range(count)]
 
 
-def serve_once(port: int, clients: int, requests: int, max_tokens: int, texts: list[str] | None = None,
-               completions: list | None = None, temperature: float = 0.0) -> dict:
+def serve_once(
+    port: int,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    texts: list[str] | None = None,
+    completions: list | None = None,
+    temperature: float = 0.0,
+) -> dict:
     """`clients` threads, each sending `requests` completions in turn; aggregate bytes/s, latencies.
     `texts`: the prompts (default `prompts`); `completions` collects (prompt, completion text);
     `temperature` > 0 samples, seeded by the request's index (the same text on every run)."""
@@ -90,8 +115,9 @@ def serve_once(port: int, clients: int, requests: int, max_tokens: int, texts: l
             number = index * requests + r
             prompt = texts[number % len(texts)]
             start = time.perf_counter()
-            done = api.completions.create(model="bench", prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-                                          seed=number)
+            done = api.completions.create(
+                model="bench", prompt=prompt, max_tokens=max_tokens, temperature=temperature, seed=number
+            )
             out.append((time.perf_counter() - start, done.usage.completion_tokens))
             if completions is not None:
                 completions.append((prompt, done.choices[0].text))
@@ -102,8 +128,12 @@ def serve_once(port: int, clients: int, requests: int, max_tokens: int, texts: l
         results = [item for part in pool.map(client, range(clients)) for item in part]
     wall = time.perf_counter() - start
     latencies = sorted(t for t, _ in results)
-    return {"bytes_per_second": sum(n for _, n in results) / wall, "p50": float(np.percentile(latencies, 50)),
-            "p99": float(np.percentile(latencies, 99)), "bytes": sum(n for _, n in results)}
+    return {
+        "bytes_per_second": sum(n for _, n in results) / wall,
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+        "bytes": sum(n for _, n in results),
+    }
 
 
 def reference_once(hf, clients: int, max_tokens: int) -> float:
@@ -147,21 +177,28 @@ def main() -> None:
         hf = reference_model(model)
         reference_once(hf, 1, 8)  # warm-up
         for clients in args.reference_clients:
-            reference[clients] = statistics.median(reference_once(hf, clients, args.max_tokens)
-                                                   for _ in range(args.runs))
+            reference[clients] = statistics.median(
+                reference_once(hf, clients, args.max_tokens) for _ in range(args.runs)
+            )
 
-    print(f"\nbench_small + entropy LM, greedy, {args.max_tokens} bytes per completion, {args.requests} per client, "
-          f"{ROWS} decode rows; medians of {args.runs} runs\n")
-    print("| clients | blt-jax serve: bytes/s | vs 1 client | p50 s/request | p99 s/request "
-          "| transformers generate (batch = clients): bytes/s | serve / transformers |")
+    print(
+        f"\nbench_small + entropy LM, greedy, {args.max_tokens} bytes per completion, {args.requests} per client, "
+        f"{ROWS} decode rows; medians of {args.runs} runs\n"
+    )
+    print(
+        "| clients | blt-jax serve: bytes/s | vs 1 client | p50 s/request | p99 s/request "
+        "| transformers generate (batch = clients): bytes/s | serve / transformers |"
+    )
     print("|---|---|---|---|---|---|---|")
     one = ours[min(ours)]["bytes_per_second"]
     for clients, r in ours.items():
         ref = reference.get(clients)
         ref_text = f"{ref:,.1f}" if ref else "-"
         ratio = f"{r['bytes_per_second'] / ref:.1f}x" if ref else "-"
-        print(f"| {clients} | {r['bytes_per_second']:,.1f} | {r['bytes_per_second'] / one:.1f}x | {r['p50']:.2f} | "
-              f"{r['p99']:.2f} | {ref_text} | {ratio} |")
+        print(
+            f"| {clients} | {r['bytes_per_second']:,.1f} | {r['bytes_per_second'] / one:.1f}x | {r['p50']:.2f} | "
+            f"{r['p99']:.2f} | {ref_text} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 from blt_jax.experiment import load_experiment
-from blt_jax.models import model_kind
-from blt_jax.metrics.perf import cpu_matmul_peak
-from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.experiment.config import experiment_from_dict
+from blt_jax.metrics.perf import cpu_matmul_peak
+from blt_jax.models import model_kind
+from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.train.programs import TrainPrograms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,8 +88,9 @@ def main() -> None:
 
     raw = load_experiment(os.path.join(HERE, "bench_small.py"))
     experiment = experiment_from_dict(raw)
-    experiment = dataclasses.replace(experiment, train=dataclasses.replace(
-        experiment.train, grad_accum=args.grad_accum, warmup_steps=0, steps=1000))
+    experiment = dataclasses.replace(
+        experiment, train=dataclasses.replace(experiment.train, grad_accum=args.grad_accum, warmup_steps=0, steps=1000)
+    )
     batch = bench_batch(experiment.data.batch_size, experiment.data.row_bytes)
     programs = TrainPrograms(experiment, make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
     state = programs.init()
@@ -115,17 +116,25 @@ def main() -> None:
     flops = model_kind(experiment.model).training_flops_per_byte(experiment.data.row_bytes, 4.5)
     peak = cpu_matmul_peak()
     ratios = [r / o for o, r in zip(ours_times, ref_times)]
-    print(f"bench_small train step (fwd + bwd + clip + AdamW), 8 x 1024 bytes, patches 1 then 4/5; "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}, "
-          f"grad_accum {args.grad_accum}")
+    print(
+        f"bench_small train step (fwd + bwd + clip + AdamW), 8 x 1024 bytes, patches 1 then 4/5; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}, "
+        f"grad_accum {args.grad_accum}"
+    )
     print(f"first-step loss: ours {first_ours:.4f}, reference {first_ref:.4f} (same weights and batch)")
     print(f"model FLOPs per byte (training): {flops / 1e6:.1f} M; matmul peak here {peak / 1e9:.0f} GFLOP/s")
-    print(f"ours      : {ours_bps:8,.0f} bytes/s  (MFU {100 * flops * ours_bps / peak:4.1f}%)  "
-          f"median step {statistics.median(ours_times):.2f} s")
-    print(f"reference : {ref_bps:8,.0f} bytes/s  (MFU {100 * flops * ref_bps / peak:4.1f}%)  "
-          f"median step {statistics.median(ref_times):.2f} s")
-    print(f"ratio ours / reference: {statistics.median(ratios):.2f}x (median of {args.runs} alternating pairs, "
-          f"range {min(ratios):.2f}-{max(ratios):.2f})")
+    print(
+        f"ours      : {ours_bps:8,.0f} bytes/s  (MFU {100 * flops * ours_bps / peak:4.1f}%)  "
+        f"median step {statistics.median(ours_times):.2f} s"
+    )
+    print(
+        f"reference : {ref_bps:8,.0f} bytes/s  (MFU {100 * flops * ref_bps / peak:4.1f}%)  "
+        f"median step {statistics.median(ref_times):.2f} s"
+    )
+    print(
+        f"ratio ours / reference: {statistics.median(ratios):.2f}x (median of {args.runs} alternating pairs, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,21 @@ ROW_PATCHES = 2_640  # 1.4 x ROW_BYTES / 4.4 bytes per token, rounded up to 16
 TEACHER_VOCAB = 128_256
 
 # Llama-3.2-1B (config.json of meta-llama/Llama-3.2-1B), as `convert.llama.config_from_llama` reads it.
-LATENT = dict(dim=2048, n_layers=16, n_heads=32, ffn_hidden=8192, rope_theta=500000.0, window=None, norm_eps=1e-5,
-              n_kv_heads=8, head_dim=64, qkv_bias=False,
-              rope_scaling=dict(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                original_max_position=8192))
+LATENT = dict(
+    dim=2048,
+    n_layers=16,
+    n_heads=32,
+    ffn_hidden=8192,
+    rope_theta=500000.0,
+    window=None,
+    norm_eps=1e-5,
+    n_kv_heads=8,
+    head_dim=64,
+    qkv_bias=False,
+    rope_scaling=dict(
+        kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192
+    ),
+)
 
 PROFILES = {
     # 4 chips x 95 GiB: stage 1 trains only the byte stacks (the latent and the teacher's ends are
@@ -53,31 +64,40 @@ def blt(patching: dict, entropy_model: dict | None = None) -> dict:
         encoder=presets.stack(local["dim"], 1, local["n_heads"], window=local["window"]),
         latent=LATENT,
         decoder=presets.stack(local["dim"], 4, local["n_heads"], window=local["window"]),
-        cross_attn_k=2, cross_attn_heads=16, cross_attn_all_layers_encoder=False, cross_attn_all_layers_decoder=True,
+        cross_attn_k=2,
+        cross_attn_heads=16,
+        cross_attn_all_layers_encoder=False,
+        cross_attn_all_layers_decoder=True,
         hash=dict(group_sizes=(3, 4, 5, 6, 7, 8), vocab=100_002, n_functions=1),
-        patching=patching, entropy_model=entropy_model, latent_norm=True, vocab_size=260,
+        patching=patching,
+        entropy_model=entropy_model,
+        latent_norm=True,
+        vocab_size=260,
     )
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
     stage, _, profile = (arg or "stage2").partition(":")
     if stage not in ("stage1", "stage2"):
-        raise ValueError(f"unknown stage {stage!r}; expected stage1 or stage2 (then :PROFILE, one of "
-                         f"{', '.join(sorted({p.split(':')[1] for p in PROFILES}))})")
+        raise ValueError(
+            f"unknown stage {stage!r}; expected stage1 or stage2 (then :PROFILE, one of "
+            f"{', '.join(sorted({p.split(':')[1] for p in PROFILES}))})"
+        )
     config = ml_collections.ConfigDict()
     if stage == "stage1":
         patching = dict(mode="bpe", tokenizer="gs://BUCKET/llama-3.2-1b")
-        config.model = ml_collections.ConfigDict(dict(kind="blt_distill", blt=blt(patching), teacher_vocab=TEACHER_VOCAB,
-                                                      teacher_tied=True, hidden_layer=4))
+        config.model = ml_collections.ConfigDict(
+            dict(kind="blt_distill", blt=blt(patching), teacher_vocab=TEACHER_VOCAB, teacher_tied=True, hidden_layer=4)
+        )
     else:
         entropy = presets.entropy_100m().to_dict()
         entropy.pop("kind")
-        patching = dict(mode="entropy", threshold=1.3, monotonic=False, threshold_add=None, static_size=4,
-                        max_patch_length=None)
+        patching = dict(
+            mode="entropy", threshold=1.3, monotonic=False, threshold_add=None, static_size=4, max_patch_length=None
+        )
         config.model = ml_collections.ConfigDict(dict(kind="blt", **blt(patching, entropy)))
     if profile:
-        config = presets.with_profile(config, arg, PROFILES, ROW_BYTES,
-                                      ROW_PATCHES)
+        config = presets.with_profile(config, arg, PROFILES, ROW_BYTES, ROW_PATCHES)
         config.data.patching = config.model.blt.patching if stage == "stage1" else config.model.patching
         if stage == "stage1":
             config.train.freeze = "blt/global_transformer,teacher"

@@ -23,5 +23,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     paths = stages.Paths(workdir)
     plan = planning.load_plan(os.path.join(workdir, "plan.json"))
     if arm not in plan.all_arms:
-        raise ValueError(f"{workdir} has no study arm {arm!r}; its arms: {', '.join(plan.all_arms)} (ARM[@SEED[@WORKDIR]])")
+        raise ValueError(
+            f"{workdir} has no study arm {arm!r}; its arms: {', '.join(plan.all_arms)} (ARM[@SEED[@WORKDIR]])"
+        )
     return ml_collections.ConfigDict(stages.run_experiment(paths, plan, arm, int(seed or 0)))

@@ -74,8 +74,13 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
         files.append(log)
         # A session of its own: a Ctrl-C at the terminal reaches the launcher alone, which passes it on
         # as SIGTERM (a process interrupted on its own would leave the others waiting in a collective).
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=process_env(os.environ, index, count, devices, port))
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=process_env(os.environ, index, count, devices, port),
+        )
         procs.append(proc)
         with open(os.path.join(logs, f"process_{index}.pid"), "w") as f:  # to signal one "host" by hand
             f.write(f"{proc.pid}\n")
@@ -113,8 +118,9 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
     if not failed:
         return 0
     first = failed[0] if first is None else first  # the process that failed first, not one stopped after it
-    print(f"process {first} failed; its last lines:\n{_tail(os.path.join(logs, f'process_{first}.log'))}",
-          file=sys.stderr)
+    print(
+        f"process {first} failed; its last lines:\n{_tail(os.path.join(logs, f'process_{first}.log'))}", file=sys.stderr
+    )
     return codes[first] if codes[first] > 0 else 1
 
 
@@ -125,7 +131,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = argv[argv.index("--") + 1:] if "--" in argv else None  # any blt-jax command, e.g. an entropy pass
+    given = argv[argv.index("--") + 1 :] if "--" in argv else None  # any blt-jax command, e.g. an entropy pass
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-processes", type=int, required=True, help="JAX processes (the hosts of a pod)")

@@ -30,8 +30,13 @@ import time
 from worker import train_argv  # launch/ is the script's directory, first on sys.path
 
 # TPU VM runtime images by generation (Cloud TPU documentation).
-RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
-           "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+RUNTIME = {
+    "v4": "tpu-ubuntu2204-base",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+    "v5e": "v2-alpha-tpuv5-lite",
+    "v5p": "v2-alpha-tpuv5",
+    "v6e": "v2-alpha-tpuv6e",
+}
 STAGES = ("create", "copy", "install", "train", "logs", "delete")
 REMOTE_DIR = "blt_jax"
 LOG = "~/blt_jax_train.log"
@@ -45,17 +50,22 @@ def runtime_for(accelerator: str) -> str:
 
 
 def train_command(args) -> str:
-    return f"cd {REMOTE_DIR} && . .venv/bin/activate && {shlex.join(train_argv(args.config, args.workdir, args.override))}"
+    return (
+        f"cd {REMOTE_DIR} && . .venv/bin/activate && {shlex.join(train_argv(args.config, args.workdir, args.override))}"
+    )
 
 
 def install_command() -> str:
-    return (f"cd {REMOTE_DIR} && python3 -m venv .venv && . .venv/bin/activate && "
-            "pip install -q -c constraints.txt -e '.[tpu]'")
+    return (
+        f"cd {REMOTE_DIR} && python3 -m venv .venv && . .venv/bin/activate && "
+        "pip install -q -c constraints.txt -e '.[tpu]'"
+    )
 
 
 def _tpu(args, *rest: str) -> list[str]:
     return ["gcloud", "compute", "tpus", "tpu-vm", *rest, f"--zone={args.zone}"] + (
-        [f"--project={args.project}"] if args.project else [])
+        [f"--project={args.project}"] if args.project else []
+    )
 
 
 def _ssh(args, command: str) -> list[str]:
@@ -66,8 +76,16 @@ def vm_commands(args, stages) -> list[list[str]]:
     """Commands of a TPU VM or pod slice, one list per process to run, in order."""
     out = []
     if "create" in stages:
-        out.append(_tpu(args, "create", args.name, f"--accelerator-type={args.accelerator}",
-                        f"--version={args.runtime or runtime_for(args.accelerator)}") + (["--spot"] if args.spot else []))
+        out.append(
+            _tpu(
+                args,
+                "create",
+                args.name,
+                f"--accelerator-type={args.accelerator}",
+                f"--version={args.runtime or runtime_for(args.accelerator)}",
+            )
+            + (["--spot"] if args.spot else [])
+        )
     if "copy" in stages:
         out.append(_tpu(args, "scp", "--recurse", "--worker=all", ".", f"{args.name}:~/{REMOTE_DIR}"))
     if "install" in stages:
@@ -86,31 +104,52 @@ def vm_commands(args, stages) -> list[list[str]]:
 
 def startup_script(args) -> str:
     """What a queued resource's VMs run at boot: fetch the code, install, train (resuming)."""
-    return "\n".join([
-        "#!/bin/bash",
-        "set -e",
-        f"cd ~ && rm -rf {REMOTE_DIR} && gsutil -m cp -r {shlex.quote(args.code)} {REMOTE_DIR}",
-        f"({install_command()})",
-        f"({train_command(args)}) 2>&1 | tee {LOG}",
-    ])
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "set -e",
+            f"cd ~ && rm -rf {REMOTE_DIR} && gsutil -m cp -r {shlex.quote(args.code)} {REMOTE_DIR}",
+            f"({install_command()})",
+            f"({train_command(args)}) 2>&1 | tee {LOG}",
+        ]
+    )
 
 
 def queued_commands(args) -> list[list[str]]:
     qr = ["gcloud", "compute", "tpus", "queued-resources"]
     where = [f"--zone={args.zone}"] + ([f"--project={args.project}"] if args.project else [])
     return [
-        qr + ["create", args.name, f"--node-id={args.name}", f"--accelerator-type={args.accelerator}",
-              f"--runtime-version={args.runtime or runtime_for(args.accelerator)}",
-              f"--metadata=startup-script={startup_script(args)}"] + (["--spot"] if args.spot else []) + where,
+        qr
+        + [
+            "create",
+            args.name,
+            f"--node-id={args.name}",
+            f"--accelerator-type={args.accelerator}",
+            f"--runtime-version={args.runtime or runtime_for(args.accelerator)}",
+            f"--metadata=startup-script={startup_script(args)}",
+        ]
+        + (["--spot"] if args.spot else [])
+        + where,
         qr + ["describe", args.name, "--format=value(state.state)"] + where,
     ]
 
 
 def xpk_commands(args) -> list[list[str]]:
-    return [["xpk", "workload", "create", f"--cluster={args.cluster}", f"--workload={args.name}",
-             f"--tpu-type={args.accelerator}", f"--num-slices={args.slices}", f"--docker-image={args.image}",
-             f"--command={train_command(args).replace(f'cd {REMOTE_DIR} && . .venv/bin/activate && ', '')}"]
-            + ([f"--project={args.project}"] if args.project else []) + [f"--zone={args.zone}"]]
+    return [
+        [
+            "xpk",
+            "workload",
+            "create",
+            f"--cluster={args.cluster}",
+            f"--workload={args.name}",
+            f"--tpu-type={args.accelerator}",
+            f"--num-slices={args.slices}",
+            f"--docker-image={args.image}",
+            f"--command={train_command(args).replace(f'cd {REMOTE_DIR} && . .venv/bin/activate && ', '')}",
+        ]
+        + ([f"--project={args.project}"] if args.project else [])
+        + [f"--zone={args.zone}"]
+    ]
 
 
 def show(cmd: list[str]) -> str:
@@ -127,8 +166,17 @@ def run(commands: list[list[str]], dry_run: bool) -> None:
 def watch(args) -> None:
     """Re-queue the resource whenever it is preempted or fails; training resumes from the workdir."""
     create, describe = queued_commands(args)
-    qr_delete = ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, "--force", "--quiet",
-                 f"--zone={args.zone}"] + ([f"--project={args.project}"] if args.project else [])
+    qr_delete = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+        args.name,
+        "--force",
+        "--quiet",
+        f"--zone={args.zone}",
+    ] + ([f"--project={args.project}"] if args.project else [])
     if args.dry_run:
         print(f"[dry-run] every {args.poll}s: {show(describe)}")
         print(f"[dry-run] when SUSPENDED or FAILED: {show(qr_delete)} && {show(create)}")
@@ -159,8 +207,11 @@ def main(argv=None) -> int:
         p.add_argument("--spot", action="store_true", help="preemptible (spot) capacity")
         p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
         if mode in ("vm", "pod"):
-            p.add_argument("--stages", default="create,copy,install,train,logs",
-                           help=f"comma-separated, in order, from {','.join(STAGES)}")
+            p.add_argument(
+                "--stages",
+                default="create,copy,install,train,logs",
+                help=f"comma-separated, in order, from {','.join(STAGES)}",
+            )
         if mode == "queued":
             p.add_argument("--code", required=True, help="GCS path of this repository (gsutil cp -r . gs://...)")
             p.add_argument("--watch", action="store_true", help="re-queue after preemption until stopped")

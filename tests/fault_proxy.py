@@ -21,8 +21,16 @@ import threading
 import time
 import urllib.parse
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-              "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+}
 
 
 @dataclasses.dataclass
@@ -170,14 +178,19 @@ def _handler(proxy: FaultProxy):
             faults = proxy.faults
             if faults.down:
                 proxy._count("down")
-                return self._answer(503, [("Content-Type", "application/json")],
-                                    b'{"error": {"code": 503, "message": "injected: the bucket is down"}}')
+                return self._answer(
+                    503,
+                    [("Content-Type", "application/json")],
+                    b'{"error": {"code": 503, "message": "injected: the bucket is down"}}',
+                )
             if faults.status_every and number % faults.status_every == 0:
                 status = faults.statuses[(number // faults.status_every) % len(faults.statuses)]
                 proxy._count(str(status))
                 message = f'{{"error": {{"code": {status}, "message": "injected {status}"}}}}'.encode()
                 return self._answer(status, [("Content-Type", "application/json")], message)
-            if faults.hang_on and (faults.hang_on in urllib.parse.unquote(self.path) or faults.hang_on.encode() in body):
+            if faults.hang_on and (
+                faults.hang_on in urllib.parse.unquote(self.path) or faults.hang_on.encode() in body
+            ):
                 proxy.held.set()
                 proxy._release.wait()
                 return self._drop()  # never forwarded: the client that sent it is gone by now

@@ -44,8 +44,23 @@ class GcsServer:
     def __init__(self, log_path: str):
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        command = [_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-external-url", self.url,
-                   "-public-host", f"127.0.0.1:{port}", "-backend", "memory", "-log-level", "warn"]
+        command = [
+            _binary(),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            self.url,
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-backend",
+            "memory",
+            "-log-level",
+            "warn",
+        ]
         # Its log goes to a file: the server logs every request and blocks once an unread pipe is full.
         self._log = open(log_path, "ab")
         # No preexec_fn (it would fork a process that runs JAX's threads); `stop` ends the server once

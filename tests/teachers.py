@@ -9,8 +9,9 @@ import os
 
 import numpy as np
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                       "train_llama_teacher.py")
+_SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "train_llama_teacher.py"
+)
 _spec = importlib.util.spec_from_file_location("train_llama_teacher", _SCRIPT)
 _teacher = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_teacher)
@@ -85,7 +86,7 @@ def stdlib_corpus(directory, budget: int = 400_000, seed: int = 0, part: int = 0
             data = f.read()
         while data and total < budget:
             cut = data.rfind(b"\n", 0, 8192) + 1 if len(data) > 8192 else len(data)
-            piece, data = data[: cut or 8192], data[cut or 8192:]
+            piece, data = data[: cut or 8192], data[cut or 8192 :]
             if piece.strip():
                 docs.append(piece)
                 total += len(piece)
@@ -95,5 +96,3 @@ def stdlib_corpus(directory, budget: int = 400_000, seed: int = 0, part: int = 0
         with open(os.path.join(directory, f"{i:04d}.py"), "wb") as f:
             f.write(doc)
     return docs
-
-

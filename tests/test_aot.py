@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("libtpu", reason="AOT compilation for TPU needs libtpu: pip install -e '.[tpu]'")
 
-from blt_jax.aot import aot_train_step, libtpu_name, require_fit, topology_devices  # noqa: E402
-from blt_jax.cli import main  # noqa: E402
-from blt_jax.experiment import load_experiment  # noqa: E402
-from blt_jax.parallel import make_mesh  # noqa: E402
-from blt_jax.experiment.config import experiment_from_dict  # noqa: E402
-from blt_jax.train.programs import TrainPrograms  # noqa: E402
+from blt_jax.aot import aot_train_step, libtpu_name, require_fit, topology_devices
+from blt_jax.cli import main
+from blt_jax.experiment import load_experiment
+from blt_jax.experiment.config import experiment_from_dict
+from blt_jax.parallel import make_mesh
+from blt_jax.train.programs import TrainPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
@@ -71,8 +71,10 @@ def parameter_specs(config: str, topology: str) -> dict:
     experiment = experiment_from_dict(load_experiment(config))
     programs = TrainPrograms(experiment, make_mesh(experiment.mesh, topology_devices(topology)))
     flat = jax.tree_util.tree_leaves_with_path(programs.param_shardings)
-    return {jax.tree_util.keystr(path): [list(a) if isinstance(a, tuple) else a for a in sharding.spec]
-            for path, sharding in flat}
+    return {
+        jax.tree_util.keystr(path): [list(a) if isinstance(a, tuple) else a for a in sharding.spec]
+        for path, sharding in flat
+    }
 
 
 def test_parameter_shardings_match_the_golden_file():
@@ -107,8 +109,17 @@ def test_generation_step_and_entropy_pass_compile():
 
 def test_a_config_that_does_not_fit_is_reported_with_the_numbers(capsys):
     """The TPU compiler refuses a program bigger than HBM: the aot command reports by how much."""
-    args = ["aot", "--config", TINY, "--topology", "v5litepod-4", "--config.data.batch_size=256",
-            "--config.data.row_bytes=262144", "--config.data.row_patches=65536", "--require-fit"]
+    args = [
+        "aot",
+        "--config",
+        TINY,
+        "--topology",
+        "v5litepod-4",
+        "--config.data.batch_size=256",
+        "--config.data.row_bytes=262144",
+        "--config.data.row_patches=65536",
+        "--require-fit",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 1
@@ -128,8 +139,10 @@ def test_compiler_refusal_is_parsed():
 
     class Refused:
         def compile(self):
-            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
-                               "temporaries (139.07G) exceeds available HBM (15.75G).")
+            raise RuntimeError(
+                "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                "temporaries (139.07G) exceeds available HBM (15.75G)."
+            )
 
     with pytest.raises(DoesNotFit) as info:
         compile_lowered(Refused())
@@ -206,11 +219,16 @@ ONLY_WITH_SPLASH = [("byteify_llama_1b.py:stage2:v5e-16-20k", "v5litepod-16")]
 
 
 @pytest.mark.released
-@pytest.mark.skipif(not os.environ.get("BLT_JAX_AOT_RELEASED"),
-                    reason="compiles a full-size train step (1-7 minutes each on 2 CPU cores; the release "
-                           "tier CI runs after the suite); set BLT_JAX_AOT_RELEASED=1")
-@pytest.mark.parametrize("config,topology,attention", PROFILES,
-                         ids=[f"{c.split('.py')[0]}{c.split('.py')[1]}-{t}-{a}" for c, t, a in PROFILES])
+@pytest.mark.skipif(
+    not os.environ.get("BLT_JAX_AOT_RELEASED"),
+    reason="compiles a full-size train step (1-7 minutes each on 2 CPU cores; the release "
+    "tier CI runs after the suite); set BLT_JAX_AOT_RELEASED=1",
+)
+@pytest.mark.parametrize(
+    "config,topology,attention",
+    PROFILES,
+    ids=[f"{c.split('.py')[0]}{c.split('.py')[1]}-{t}-{a}" for c, t, a in PROFILES],
+)
 def test_profile_compiles_and_fits(config, topology, attention):
     """The train step of each profile compiles for its topology and its peak memory per chip stays
     under the chip's HBM (the figures of the README's Scaling table; printed with -rP)."""
@@ -230,8 +248,10 @@ def test_profile_compiles_and_fits(config, topology, attention):
 
 
 @pytest.mark.released
-@pytest.mark.skipif(not os.environ.get("BLT_JAX_AOT_RELEASED"),
-                    reason="compiles a full-size train step; the release tier; set BLT_JAX_AOT_RELEASED=1")
+@pytest.mark.skipif(
+    not os.environ.get("BLT_JAX_AOT_RELEASED"),
+    reason="compiles a full-size train step; the release tier; set BLT_JAX_AOT_RELEASED=1",
+)
 @pytest.mark.parametrize("config,topology", ONLY_WITH_SPLASH)
 def test_profile_fits_only_with_splash(config, topology):
     """With dense attention the TPU compiler refuses the profile for lack of HBM (it fits with splash:
@@ -241,6 +261,7 @@ def test_profile_fits_only_with_splash(config, topology):
     report = aot_train_step(experiment, topology)
     print(json.dumps(report))
     assert report["fits"] is False, report
-    assert report["over_bytes_per_device"] > 0 and report["needed_bytes_per_device"] > report["hbm_bytes_per_device"] * 0.9
+    assert (
+        report["over_bytes_per_device"] > 0 and report["needed_bytes_per_device"] > report["hbm_bytes_per_device"] * 0.9
+    )
     assert report["largest_buffers"], report  # XLA's report of the refused program still names its buffers
-

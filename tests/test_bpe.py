@@ -9,25 +9,34 @@ import sys
 import jax
 import numpy as np
 import pytest
+from user import blt_jax, user_env
 
 from blt_jax.config import ConfigError
 from blt_jax.data import bpe
 from blt_jax.data.bpe import BpeTokenizer, train_bpe
 from blt_jax.data.pipeline import DataConfig, build_dataset
 from blt_jax.errors import InputError, MissingDependency, NotFound
+from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict
 from blt_jax.metrics.flops import entropy_lm_forward_flops
 from blt_jax.models import model_kind
 from blt_jax.parallel import MeshConfig, make_mesh
-from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict
 from blt_jax.train.programs import TrainPrograms
-
-from user import blt_jax, user_env
 
 WORDS = ["the", "value", "return", "total", "quick", "brown", "fox", "data", "model", "bytes"]
 VOCAB = 400
 STACK = dict(dim=32, n_layers=1, n_heads=4, ffn_hidden=64, rope_theta=10000.0, window=None, norm_eps=1e-5)
-TRICKY = [b"", b"a", b"\xff\xfe", b"\x00\x01\x02 \x7f", "héllo wörld, 日本語 🙂\n".encode(), b"\xe6\x97",
-          bytes(range(256)) * 2, b"<s></s><boe>\x01\x02", b"  \t\r\n\n  return the_total\r\n", b"caf\xe9 \xc3("]
+TRICKY = [
+    b"",
+    b"a",
+    b"\xff\xfe",
+    b"\x00\x01\x02 \x7f",
+    "héllo wörld, 日本語 🙂\n".encode(),
+    b"\xe6\x97",
+    bytes(range(256)) * 2,
+    b"<s></s><boe>\x01\x02",
+    b"  \t\r\n\n  return the_total\r\n",
+    b"caf\xe9 \xc3(",
+]
 
 
 def document(i: int) -> bytes:
@@ -152,8 +161,9 @@ def _rows(config: DataConfig) -> list[dict]:
 
 
 def test_target_bytes_count_the_bytes_a_byte_model_counts(work, tokenizer):
-    base = DataConfig(source=str(work / "corpus"), batch_size=1, row_bytes=64, row_patches=0, shuffle=False,
-                      num_epochs=1)
+    base = DataConfig(
+        source=str(work / "corpus"), batch_size=1, row_bytes=64, row_patches=0, shuffle=False, num_epochs=1
+    )
     tokens = _rows(DataConfig(**{**base.__dict__, "tokenizer": str(work / "tok.json")}))
     byte_rows = _rows(base)
     assert all("target_bytes" not in row for row in byte_rows)
@@ -183,11 +193,22 @@ def test_data_config_validation():
 
 
 def experiment_dict(work, **train) -> dict:
-    data = dict(source=str(work / "corpus"), batch_size=2, shards=1, row_bytes=64, row_patches=0,
-                tokenizer=str(work / "tok.json"), shuffle=False)
-    return dict(model=dict(kind="token_lm", stack=STACK, vocab_size=VOCAB), data=data,
-                eval=dict(data, num_epochs=1), mesh=dict(data=1, fsdp=-1, tensor=1),
-                train=dict(dict(steps=4, warmup_steps=0, learning_rate=3e-3), **train))
+    data = dict(
+        source=str(work / "corpus"),
+        batch_size=2,
+        shards=1,
+        row_bytes=64,
+        row_patches=0,
+        tokenizer=str(work / "tok.json"),
+        shuffle=False,
+    )
+    return dict(
+        model=dict(kind="token_lm", stack=STACK, vocab_size=VOCAB),
+        data=data,
+        eval=dict(data, num_epochs=1),
+        mesh=dict(data=1, fsdp=-1, tensor=1),
+        train=dict(dict(steps=4, warmup_steps=0, learning_rate=3e-3), **train),
+    )
 
 
 def test_config_round_trip_and_kind_rules(work):
@@ -206,7 +227,9 @@ def test_config_round_trip_and_kind_rules(work):
     with pytest.raises(ConfigError, match="data.tokenizer"):
         experiment_from_dict(raw)
     raw = experiment_dict(work)
-    raw["model"]["vocab_size"] = 1  # (a pretrained token LM may have any vocabulary; the BPE's is checked on loading it)
+    raw["model"]["vocab_size"] = (
+        1  # (a pretrained token LM may have any vocabulary; the BPE's is checked on loading it)
+    )
     with pytest.raises(ConfigError, match="model.vocab_size"):
         experiment_from_dict(raw)
     raw = experiment_dict(work)
@@ -294,10 +317,13 @@ def test_blt_jax_train_a_token_transformer_from_relative_paths(tmp_path):
     for i in range(12):
         (cwd / "corpus" / f"{i:02d}.txt").write_bytes(document(i))
     (cwd / "bpe.py").write_text(EXPERIMENT)
-    code = ("from blt_jax.data.bpe import train_bpe; import pathlib; "
-            "train_bpe([p.read_bytes() for p in sorted(pathlib.Path('corpus').iterdir())], 400, 'tok.json')")
-    made = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=user_env(), capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "from blt_jax.data.bpe import train_bpe; import pathlib; "
+        "train_bpe([p.read_bytes() for p in sorted(pathlib.Path('corpus').iterdir())], 400, 'tok.json')"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=300
+    )
     assert made.returncode == 0, made.stderr[-3000:]
 
     def train(*extra):

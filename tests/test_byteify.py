@@ -79,8 +79,8 @@ def test_packed_rows_say_which_patches_are_whole_teacher_tokens(bpe):
         assert row["token_mask"][j] == whole, j
         assert row["patch_tokens"][j] == (stream_unit if stream_unit >= 0 else -1), j
     assert not row["token_mask"][0] and not row["token_mask"][1]  # the split token's two pieces
-    assert row["token_mask"][2:len(starts) - 1].all()
-    assert not row["token_mask"][len(starts):].any() and (row["patch_tokens"][len(starts):] == -1).all()
+    assert row["token_mask"][2 : len(starts) - 1].all()
+    assert not row["token_mask"][len(starts) :].any() and (row["patch_tokens"][len(starts) :] == -1).all()
 
 
 def test_binary_kl_and_patch_log_probs():
@@ -109,8 +109,8 @@ def test_init_from_fills_named_subtrees_from_their_sources(tmp_path):
 
     from blt_jax.api import TokenLM
     from blt_jax.config import BLTConfig, HashConfig, StackConfig, TokenLMConfig
-    from blt_jax.params import init_params
     from blt_jax.loading.runs import load_initial_params
+    from blt_jax.params import init_params
 
     stack = StackConfig(dim=32, n_layers=2, n_heads=4, ffn_hidden=64, n_kv_heads=2, head_dim=8)
     token = TokenLMConfig(stack=stack, vocab_size=300, tie_embeddings=True, eos_id=None)
@@ -124,8 +124,9 @@ def test_init_from_fills_named_subtrees_from_their_sources(tmp_path):
     latent = params["global_transformer"]
     np.testing.assert_array_equal(latent["layers_1"]["attention"]["wk"], source.params["layers_1"]["attention"]["wk"])
     np.testing.assert_array_equal(latent["norm"]["scale"], source.params["norm"]["scale"])
-    np.testing.assert_array_equal(params["local_encoder"]["tok_embeddings"]["embedding"],
-                                  fresh["local_encoder"]["tok_embeddings"]["embedding"])
+    np.testing.assert_array_equal(
+        params["local_encoder"]["tok_embeddings"]["embedding"], fresh["local_encoder"]["tok_embeddings"]["embedding"]
+    )
     with pytest.raises(ConfigError, match="no parameter of local_encoder/hash_embeddings"):
         load_initial_params(blt, f"local_encoder/hash_embeddings={teacher}", lambda: fresh)
     with pytest.raises(ConfigError, match="local_decoder/layers_0/attention/wk has shape"):
@@ -147,8 +148,9 @@ def test_frozen_subtrees_stay_and_multiplied_ones_move_at_their_rate():
 
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     plain = tiny_experiment(warmup_steps=0, eps=1e-20)
-    grouped = tiny_experiment(warmup_steps=0, eps=1e-20, freeze="global_transformer",
-                              lr_multipliers="local_decoder=0.5")
+    grouped = tiny_experiment(
+        warmup_steps=0, eps=1e-20, freeze="global_transformer", lr_multipliers="local_decoder=0.5"
+    )
     batch = next(iter(build_dataset(plain.data)))
     moved = {}
     for name, exp in (("plain", plain), ("grouped", grouped)):
@@ -156,16 +158,21 @@ def test_frozen_subtrees_stay_and_multiplied_ones_move_at_their_rate():
         state = programs.init()
         before = jax.device_get(state.params)
         if name == "grouped":
-            frozen_state = [x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
-                            if "global_transformer" in jax.tree_util.keystr(p)]
+            frozen_state = [
+                x
+                for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+                if "global_transformer" in jax.tree_util.keystr(p)
+            ]
             assert not frozen_state  # no Adam moments for the frozen latent
         state, _ = programs.step(state, programs.global_batch(batch))
         after = jax.device_get(state.params)
         moved[name] = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b), after, before)
     for leaf in jax.tree_util.tree_leaves(moved["grouped"]["global_transformer"]):
         assert not np.any(leaf)
-    for got, full in zip(jax.tree_util.tree_leaves(moved["grouped"]["local_decoder"]),
-                         jax.tree_util.tree_leaves(moved["plain"]["local_decoder"])):
+    for got, full in zip(
+        jax.tree_util.tree_leaves(moved["grouped"]["local_decoder"]),
+        jax.tree_util.tree_leaves(moved["plain"]["local_decoder"]),
+    ):
         np.testing.assert_allclose(got, 0.5 * full, rtol=1e-4, atol=1e-9)
     with pytest.raises(ConfigError, match="train.freeze.*names no parameter"):
         TrainPrograms(tiny_experiment(freeze="global_transfomer"), mesh)
@@ -242,8 +249,8 @@ def test_init_from_reads_a_file_of_named_tensors(tmp_path, bpe):
     from blt_jax.byteify.embeddings import encoder_tables
     from blt_jax.convert.safetensors_io import write_safetensors
     from blt_jax.errors import NotFound
-    from blt_jax.params import init_params
     from blt_jax.loading.runs import load_initial_params
+    from blt_jax.params import init_params
 
     config = _tiny_blt()
     tables, _ = encoder_tables(config, np.ones((bpe.vocab_size, 16), np.float32) * np.arange(16), bpe.token_strings())
@@ -253,7 +260,9 @@ def test_init_from_reads_a_file_of_named_tensors(tmp_path, bpe):
     encoder = params["local_encoder"]
     np.testing.assert_array_equal(encoder["hash_embeddings"]["embedding"], tables["hash_embeddings/embedding"])
     np.testing.assert_array_equal(encoder["tok_embeddings"]["embedding"], tables["tok_embeddings/embedding"])
-    np.testing.assert_array_equal(encoder["layers_0"]["attention"]["wq"], fresh["local_encoder"]["layers_0"]["attention"]["wq"])
+    np.testing.assert_array_equal(
+        encoder["layers_0"]["attention"]["wq"], fresh["local_encoder"]["layers_0"]["attention"]["wq"]
+    )
     with pytest.raises(NotFound, match="nothing.safetensors: no such file"):
         load_initial_params(config, f"local_encoder={tmp_path / 'nothing.safetensors'}", lambda: fresh)
 
@@ -277,7 +286,10 @@ def test_byteify_refuses_bad_input_in_one_line(tmp_path):
         (["--teacher", "gpt2"], "model_type 'gpt2' (GPT2LMHeadModel) is an architecture blt_jax does not read"),
         (["--teacher", "teacher", "--config.local.dim=64"], "local.dim: 64 is wider than the teacher's 48"),
         (["--teacher", "teacher", "--config.stage2.patcher=bpe"], "stage2.patcher: must be one of entropy, teacher"),
-        (["--teacher", "teacher", "--config.stage1.embeddings=zeros"], "stage1.embeddings: must be one of teacher, random"),
+        (
+            ["--teacher", "teacher", "--config.stage1.embeddings=zeros"],
+            "stage1.embeddings: must be one of teacher, random",
+        ),
         (["--teacher", "teacher", "--heldout", "nowhere"], "nowhere"),
     ]
     for extra, needle in cases:
@@ -299,7 +311,7 @@ def test_sample_corpus_writes_a_seeded_sample_within_its_budget(tmp_path):
     first = sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "a"), 5_000)
     again = sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "b"), 5_000)
     sample_corpus(str(tmp_path / "corpus"), str(tmp_path / "c"), 5_000, seed=1)
-    read = lambda d: [p.read_bytes() for p in sorted((tmp_path / d).iterdir())]  # noqa: E731
+    read = lambda d: [p.read_bytes() for p in sorted((tmp_path / d).iterdir())]
     assert read("a") == read("b") and read("a") != read("c")
     written = sum(map(len, read("a")))
     assert first["bytes"] == written and 5_000 <= written < 5_000 + 2_048 and first == again

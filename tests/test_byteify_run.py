@@ -21,8 +21,15 @@ from user import TPU_NOISE, blt_jax, start
 # stacks (as in the paper's 8B from Llama 3.1 and in Bolmo).
 TEACHER = dict(hidden=96, heads=6, kv_heads=2, head_dim=16, ffn=256, layers=4)
 TEACHER_STEPS = 1000
-BYTEIFY = ["--scale", "tiny", "--config.stage1.steps=600", "--config.stage2.steps=600", "--config.entropy.steps=600",
-           "--config.data.validation_bytes=20000", "--no-progress"]
+BYTEIFY = [
+    "--scale",
+    "tiny",
+    "--config.stage1.steps=600",
+    "--config.stage2.steps=600",
+    "--config.entropy.steps=600",
+    "--config.data.validation_bytes=20000",
+    "--no-progress",
+]
 
 
 @pytest.mark.long
@@ -56,7 +63,10 @@ def test_byteify_a_trained_llama_resume_it_and_use_the_result(tmp_path):
 
     done = blt_jax(*command, cwd=work, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "teacher: done earlier" in done.stdout and "resumed from step" in done.stderr, (done.stdout, done.stderr[-2000:])
+    assert "teacher: done earlier" in done.stdout and "resumed from step" in done.stderr, (
+        done.stdout,
+        done.stderr[-2000:],
+    )
     assert not any(noise in done.stderr for noise in TPU_NOISE)
     report = json.loads((work / "out" / "report.json").read_text())
     print(json.dumps(report))  # the figures, with -rP
@@ -73,17 +83,40 @@ def test_byteify_a_trained_llama_resume_it_and_use_the_result(tmp_path):
     # The result is an ordinary run.
     evaluated = blt_jax("eval", "--checkpoint", "out/stage2", "--data", "out/entropies/validation", cwd=work)
     assert evaluated.returncode == 0 and "bits per byte" in evaluated.stdout, evaluated.stderr[-2000:]
-    generated = blt_jax("generate", "--checkpoint", "out/stage2", "--prompt", "def ", "--max-new-bytes", "24",
-                        "--temperature", "0", cwd=work)
+    generated = blt_jax(
+        "generate",
+        "--checkpoint",
+        "out/stage2",
+        "--prompt",
+        "def ",
+        "--max-new-bytes",
+        "24",
+        "--temperature",
+        "0",
+        cwd=work,
+    )
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-2000:]
     exported = blt_jax("export", "out/stage2", "exported", cwd=work)
     assert exported.returncode == 0 and (work / "exported" / "blt_jax.json").exists(), exported.stderr[-2000:]
-    words = ("import return lambda class yield assert break while raise except global finally continue nonlocal "
-             "string object number values buffer result parser module socket thread")
+    words = (
+        "import return lambda class yield assert break while raise except global finally continue nonlocal "
+        "string object number values buffer result parser module socket thread"
+    )
     (work / "words.txt").write_text("\n".join(words.split()))
     made = blt_jax("make-tasks", "cute", "tasks", "--words", "words.txt", "--n", "4", "--kinds", "spelling", cwd=work)
     assert made.returncode == 0, made.stderr[-2000:]
-    scored = blt_jax("lm-eval", "--checkpoint", "exported", "--tasks", "cute_spelling", "--include-path", "tasks",
-                     "--limit", "4", "--no-progress", cwd=work)
+    scored = blt_jax(
+        "lm-eval",
+        "--checkpoint",
+        "exported",
+        "--tasks",
+        "cute_spelling",
+        "--include-path",
+        "tasks",
+        "--limit",
+        "4",
+        "--no-progress",
+        cwd=work,
+    )
     assert scored.returncode == 0 and "cute_spelling" in scored.stdout, scored.stderr[-2000:]
     assert os.listdir(work / "out" / "baseline" / "checkpoints")

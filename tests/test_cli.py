@@ -14,8 +14,9 @@ def run(*args, timeout=600):
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cache = os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache"))
     env["JAX_COMPILATION_CACHE_DIR"] = cache
-    return subprocess.run([sys.executable, "-m", "blt_jax", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "blt_jax", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_smoke_runs_the_whole_model():
@@ -68,8 +69,14 @@ def test_invalid_config_names_the_field(tmp_path):
 def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "blt-jax")
     assert os.path.exists(script), "install with: pip install -c constraints.txt -e '.[test]'"
-    result = subprocess.run([script, "params", "--config", "experiments/tiny.py"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    result = subprocess.run(
+        [script, "params", "--config", "experiments/tiny.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode == 0, result.stderr
     assert "280,192" in result.stdout
 
@@ -80,14 +87,34 @@ def test_patch_calibrate_plot_end_to_end(tmp_path):
     for i in range(5):
         (corpus / f"{i}.txt").write_text(("Byte Latent Transformer patches bytes by entropy. " * (i + 1)).strip())
     out = tmp_path / "entropies"
-    result = run("patch", "--corpus", str(corpus), "--out", str(out), "--config", "experiments/tiny.py",
-                 "--docs-per-shard", "2", "--chunk", "64")
+    result = run(
+        "patch",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--config",
+        "experiments/tiny.py",
+        "--docs-per-shard",
+        "2",
+        "--chunk",
+        "64",
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 3 shard(s)" in result.stdout and "5 documents" in result.stdout
     assert "B/s" in result.stderr  # the progress bar reports bytes per second
 
-    result = run("calibrate", "--entropies", str(out), "--target", "4.5", "--max-patch-length", "16",
-                 "--json", str(tmp_path / "cal.json"))
+    result = run(
+        "calibrate",
+        "--entropies",
+        str(out),
+        "--target",
+        "4.5",
+        "--max-patch-length",
+        "16",
+        "--json",
+        str(tmp_path / "cal.json"),
+    )
     assert result.returncode == 0, result.stderr
     assert "rule global: threshold" in result.stdout and "rule monotonic: threshold" in result.stdout
     import json
@@ -103,6 +130,8 @@ def test_patch_calibrate_plot_end_to_end(tmp_path):
 
 
 def test_patch_missing_corpus_fails_fast(tmp_path):
-    result = run("patch", "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--config", "experiments/tiny.py")
+    result = run(
+        "patch", "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--config", "experiments/tiny.py"
+    )
     assert result.returncode == 2 and "no such file or directory" in result.stderr
     assert not (tmp_path / "o").exists()

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -74,7 +75,7 @@ def test_unknown_kind():
 
 def test_configs_are_frozen_and_round_trip():
     config = model_config_from_dict(tiny_dict())
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.vocab_size = 5  # frozen
     assert model_config_from_dict(config_to_dict(config)) == config
     assert hash(config)  # usable as a static jit argument

@@ -23,12 +23,19 @@ def hf_dir(tmp_path_factory):
     torch.manual_seed(1)
     local = dict(hidden_size=32, num_attention_heads=4, intermediate_size=96, cross_attn_k=2, hidden_size_global=48)
     config = BltConfig(
-        cross_attn_k=2, local_attention_window_len=8, patch_size=4, patching_threshold=3.0,
-        encoder_hash_byte_group_size=[3, 5], encoder_hash_byte_group_vocab=211, encoder_hash_byte_group_nb_functions=1,
+        cross_attn_k=2,
+        local_attention_window_len=8,
+        patch_size=4,
+        patching_threshold=3.0,
+        encoder_hash_byte_group_size=[3, 5],
+        encoder_hash_byte_group_vocab=211,
+        encoder_hash_byte_group_nb_functions=1,
         encoder_config=dict(local, num_hidden_layers=1),
         decoder_config=dict(local, num_hidden_layers=2),
         global_config=dict(hidden_size=48, num_attention_heads=4, num_hidden_layers=1, intermediate_size=128),
-        patcher_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=96, sliding_window=8),
+        patcher_config=dict(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=96, sliding_window=8
+        ),
     )
     model = BltForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("hf")
@@ -144,16 +151,34 @@ def write_meta(directory, model):
         return out
 
     args = dict(
-        dim_local_encoder=cfg.encoder.dim, n_layers_local_encoder=cfg.encoder.n_layers, n_heads_local_encoder=cfg.encoder.n_heads,
-        dim_local_decoder=cfg.decoder.dim, n_layers_local_decoder=cfg.decoder.n_layers, n_heads_local_decoder=cfg.decoder.n_heads,
-        dim_global=cfg.latent.dim, n_layers_global=cfg.latent.n_layers, n_heads_global=cfg.latent.n_heads,
-        cross_attn_encoder=True, cross_attn_decoder=True, cross_attn_k=cfg.cross_attn_k, cross_attn_nheads=cfg.cross_attn_heads,
-        cross_attn_all_layers_encoder=False, cross_attn_all_layers_decoder=True, cross_attn_init_by_pooling=True,
-        downsampling_by_pooling="max", local_attention_window_len=cfg.encoder.window, rope_theta=500000.0,
+        dim_local_encoder=cfg.encoder.dim,
+        n_layers_local_encoder=cfg.encoder.n_layers,
+        n_heads_local_encoder=cfg.encoder.n_heads,
+        dim_local_decoder=cfg.decoder.dim,
+        n_layers_local_decoder=cfg.decoder.n_layers,
+        n_heads_local_decoder=cfg.decoder.n_heads,
+        dim_global=cfg.latent.dim,
+        n_layers_global=cfg.latent.n_layers,
+        n_heads_global=cfg.latent.n_heads,
+        cross_attn_encoder=True,
+        cross_attn_decoder=True,
+        cross_attn_k=cfg.cross_attn_k,
+        cross_attn_nheads=cfg.cross_attn_heads,
+        cross_attn_all_layers_encoder=False,
+        cross_attn_all_layers_decoder=True,
+        cross_attn_init_by_pooling=True,
+        downsampling_by_pooling="max",
+        local_attention_window_len=cfg.encoder.window,
+        rope_theta=500000.0,
         encoder_hash_byte_group_size=",".join(map(str, cfg.hash.group_sizes)),
-        encoder_hash_byte_group_vocab=cfg.hash.vocab, encoder_hash_byte_group_nb_functions=cfg.hash.n_functions,
-        patching_mode="entropy", patching_threshold=cfg.patching.threshold, vocab_size=260, norm_eps=1e-5,
-        multiple_of=32, ffn_dim_multiplier=None,
+        encoder_hash_byte_group_vocab=cfg.hash.vocab,
+        encoder_hash_byte_group_nb_functions=cfg.hash.n_functions,
+        patching_mode="entropy",
+        patching_threshold=cfg.patching.threshold,
+        vocab_size=260,
+        norm_eps=1e-5,
+        multiple_of=32,
+        ffn_dim_multiplier=None,
     )
     # The HF config stores FFN widths directly; multiple_of=32 reproduces 96 and 128 here.
     assert cfg.encoder.ffn_hidden == 96 and cfg.latent.ffn_hidden == 128
@@ -161,8 +186,14 @@ def write_meta(directory, model):
         json.dump({"name": "blt_test", "model": args, "data": {"patcher_args": {}}}, f)
     torch.save({"model": state(blt_entries(cfg), params)}, os.path.join(blt_dir, "consolidated.pth"))
     ent = cfg.entropy_model
-    ent_args = dict(stack_args(ent.stack), vocab_size=260, rope_theta=ent.stack.rope_theta, norm_eps=1e-5,
-                    multiple_of=32, sliding_window=ent.stack.window)
+    ent_args = dict(
+        stack_args(ent.stack),
+        vocab_size=260,
+        rope_theta=ent.stack.rope_theta,
+        norm_eps=1e-5,
+        multiple_of=32,
+        sliding_window=ent.stack.window,
+    )
     with open(os.path.join(ent_dir, "params.json"), "w") as f:
         json.dump({"entropy_model": ent_args, "train_entropy_model": True}, f)
     torch.save({"model": state(entropy_entries(ent), ent_params)}, os.path.join(ent_dir, "consolidated.pth"))
@@ -196,9 +227,16 @@ def test_meta_without_torch_says_what_to_install(loaded, tmp_path, monkeypatch):
         blt_jax.from_pretrained(blt_dir)
 
 
-@pytest.mark.parametrize("key,value", [("downsampling_by_pooling", "avg"), ("norm_type", "layernorm"),
-                                       ("non_linearity", "gelu"), ("weight_tying", True),
-                                       ("encoder_enable_byte_ngrams", True)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("downsampling_by_pooling", "avg"),
+        ("norm_type", "layernorm"),
+        ("non_linearity", "gelu"),
+        ("weight_tying", True),
+        ("encoder_enable_byte_ngrams", True),
+    ],
+)
 def test_meta_unsupported_options_are_named(loaded, tmp_path, key, value):
     blt_dir = write_meta(str(tmp_path), loaded)
     with open(os.path.join(blt_dir, "params.json")) as f:
@@ -227,21 +265,33 @@ def _rewrite_params(blt_dir, model_fields, patcher_args):
         json.dump(raw, f)
 
 
-@pytest.mark.parametrize("model_fields,patcher_args,want", [
-    # No data.patcher_args: the model section's fields.
-    ({"patching_threshold": 0.5, "monotonicity": True}, None, dict(threshold=0.5, monotonic=True)),
-    # Only data.patcher_args.
-    ({"patching_threshold": None}, {"threshold": 0.25, "max_patch_length": 3},
-     dict(threshold=0.25, max_patch_length=3)),
-    # Both, disagreeing (an old threshold left in the model section, as Meta's debug config does):
-    # data.patcher_args wins, field by field.
-    ({"patching_threshold": 100.0, "max_patch_length": 7}, {"threshold": 0.5, "monotonicity": False},
-     dict(threshold=0.5, max_patch_length=7, monotonic=False)),
-    # Static patches of int(patch_size) bytes.
-    ({"patching_threshold": None}, {"patching_mode": "static", "patch_size": 3.0}, dict(mode="static", static_size=3)),
-])
-def test_meta_patching_rule_comes_from_patcher_args_first(loaded, tmp_path, caplog, model_fields, patcher_args,
-                                                          want):
+@pytest.mark.parametrize(
+    "model_fields,patcher_args,want",
+    [
+        # No data.patcher_args: the model section's fields.
+        ({"patching_threshold": 0.5, "monotonicity": True}, None, dict(threshold=0.5, monotonic=True)),
+        # Only data.patcher_args.
+        (
+            {"patching_threshold": None},
+            {"threshold": 0.25, "max_patch_length": 3},
+            dict(threshold=0.25, max_patch_length=3),
+        ),
+        # Both, disagreeing (an old threshold left in the model section, as Meta's debug config does):
+        # data.patcher_args wins, field by field.
+        (
+            {"patching_threshold": 100.0, "max_patch_length": 7},
+            {"threshold": 0.5, "monotonicity": False},
+            dict(threshold=0.5, max_patch_length=7, monotonic=False),
+        ),
+        # Static patches of int(patch_size) bytes.
+        (
+            {"patching_threshold": None},
+            {"patching_mode": "static", "patch_size": 3.0},
+            dict(mode="static", static_size=3),
+        ),
+    ],
+)
+def test_meta_patching_rule_comes_from_patcher_args_first(loaded, tmp_path, caplog, model_fields, patcher_args, want):
     import dataclasses
     import logging
 
@@ -261,7 +311,9 @@ def test_meta_patching_rule_comes_from_patcher_args_first(loaded, tmp_path, capl
     np.testing.assert_array_equal(got, np.asarray(same_rule.patch_lengths(tokens)))
     if disagree:  # threshold 100: only max_patch_length (7) cuts the 20 bytes; 0.5: many patches
         model_rule = dataclasses.replace(expected, threshold=100.0)
-        stale = blt_jax.BLTModel(dataclasses.replace(meta.config, patching=model_rule), meta.params, meta.entropy_params)
+        stale = blt_jax.BLTModel(
+            dataclasses.replace(meta.config, patching=model_rule), meta.params, meta.entropy_params
+        )
         assert (np.asarray(stale.patch_lengths(tokens)) > 0).sum(axis=1).max() <= 4
         assert (got > 0).sum(axis=1).min() > 5
 
@@ -273,8 +325,9 @@ def _rows_with_eos():
     return tokens, lengths
 
 
-@pytest.mark.parametrize("attn_bias_type,want", [("causal", "causal"), ("block_causal", "block_causal"),
-                                                  (None, "causal")])  # absent: Meta's code default
+@pytest.mark.parametrize(
+    "attn_bias_type,want", [("causal", "causal"), ("block_causal", "block_causal"), (None, "causal")]
+)  # absent: Meta's code default
 def test_meta_attn_bias_type_sets_the_latent_mask(loaded, tmp_path, attn_bias_type, want):
     import dataclasses
 
@@ -301,20 +354,24 @@ def test_causal_latent_mask_survives_our_format_and_is_refused_by_hf(loaded, tmp
 
     from blt_jax.convert.hf import hf_config_dict
 
-    causal = blt_jax.BLTModel(dataclasses.replace(loaded.config, latent_mask="causal"), loaded.params,
-                              loaded.entropy_params)
+    causal = blt_jax.BLTModel(
+        dataclasses.replace(loaded.config, latent_mask="causal"), loaded.params, loaded.entropy_params
+    )
     causal.save(str(tmp_path / "ours"))
     assert blt_jax.from_pretrained(str(tmp_path / "ours")).config.latent_mask == "causal"
     with pytest.raises(blt_jax.ConfigError, match="latent_mask"):
         hf_config_dict(causal.config)
 
 
-@pytest.mark.parametrize("field,change", [
-    ("latent_mask", dict(latent_mask="causal")),
-    ("patching.mode", dict(patching=blt_jax.PatchingConfig(mode="space"))),
-    ("patching.threshold_add", dict(patching=blt_jax.PatchingConfig(threshold=3.0, threshold_add=0.5))),
-    ("entropy_model", None),
-])
+@pytest.mark.parametrize(
+    "field,change",
+    [
+        ("latent_mask", dict(latent_mask="causal")),
+        ("patching.mode", dict(patching=blt_jax.PatchingConfig(mode="space"))),
+        ("patching.threshold_add", dict(patching=blt_jax.PatchingConfig(threshold=3.0, threshold_add=0.5))),
+        ("entropy_model", None),
+    ],
+)
 def test_export_to_hf_refuses_what_hf_cannot_express_in_one_line(loaded, tmp_path, field, change):
     import dataclasses
 

@@ -13,12 +13,57 @@ from blt_jax.errors import InputError
 from blt_jax.evals import cute
 
 WORDS = [
-    "there", "apple", "banana", "letter", "window", "garden", "yellow", "planet", "rocket", "silver",
-    "orange", "candle", "bridge", "stone", "river", "forest", "mirror", "pencil", "basket", "jungle",
-    "copper", "marble", "tunnel", "spider", "falcon", "guitar", "harbor", "island", "kettle", "lantern",
-    "meadow", "napkin", "oyster", "puzzle", "quartz", "rabbit", "saddle", "throne", "velvet", "walnut",
+    "there",
+    "apple",
+    "banana",
+    "letter",
+    "window",
+    "garden",
+    "yellow",
+    "planet",
+    "rocket",
+    "silver",
+    "orange",
+    "candle",
+    "bridge",
+    "stone",
+    "river",
+    "forest",
+    "mirror",
+    "pencil",
+    "basket",
+    "jungle",
+    "copper",
+    "marble",
+    "tunnel",
+    "spider",
+    "falcon",
+    "guitar",
+    "harbor",
+    "island",
+    "kettle",
+    "lantern",
+    "meadow",
+    "napkin",
+    "oyster",
+    "puzzle",
+    "quartz",
+    "rabbit",
+    "saddle",
+    "throne",
+    "velvet",
+    "walnut",
 ]
-CHAR_KINDS = {"spelling", "spelling_choice", "spelling_inverse", "contains_char", "ins_char", "del_char", "sub_char", "swap_char"}
+CHAR_KINDS = {
+    "spelling",
+    "spelling_choice",
+    "spelling_inverse",
+    "contains_char",
+    "ins_char",
+    "del_char",
+    "sub_char",
+    "swap_char",
+}
 EDIT_KINDS = {k for k in cute.TASKS if k.split("_")[0] in ("ins", "del", "sub", "swap")}
 N = 30
 
@@ -30,7 +75,7 @@ def blocks(prompt: str) -> list[tuple[str, str, str | None]]:
         instruction, quoted, answer = block.split("\n")
         assert quoted.startswith('"') and quoted.endswith('"'), block
         assert answer == "Answer:" or answer.startswith("Answer: "), block
-        out.append((instruction, quoted[1:-1], answer[len("Answer: "):] if answer != "Answer:" else None))
+        out.append((instruction, quoted[1:-1], answer[len("Answer: ") :] if answer != "Answer:" else None))
     return out
 
 
@@ -149,8 +194,11 @@ def test_items_have_exactly_one_right_answer(kind):
         assert yes == N // 2
         assert [row["label"] for row in rows] != [i % 2 for i in range(N)]  # shuffled, not alternating
     if kind in ("ins_word", "del_word", "sub_word"):  # "every occurrence" is exercised
-        repeated = [t for i, t, _ in (blocks(r["prompt"])[-1] for r in rows)
-                    if t.split(" ").count(re.findall(r'"([^"]*)"', i)[-1 if kind == "ins_word" else 0]) > 1]
+        repeated = [
+            t
+            for i, t, _ in (blocks(r["prompt"])[-1] for r in rows)
+            if t.split(" ").count(re.findall(r'"([^"]*)"', i)[-1 if kind == "ins_word" else 0]) > 1
+        ]
         assert repeated
 
 
@@ -269,7 +317,8 @@ def test_lm_eval_loads_the_tasks_from_another_directory(elsewhere):
     names = cute.write_tasks(str(directory), WORDS, n=8, seed=1, shots=2)
     assert names == [f"cute_{k}" for k in cute.TASKS]
     assert sorted(p.name for p in directory.iterdir()) == sorted(
-        [f"{n}.jsonl" for n in names] + [f"{n}.yaml" for n in names] + ["cute.yaml"])
+        [f"{n}.jsonl" for n in names] + [f"{n}.yaml" for n in names] + ["cute.yaml"]
+    )
     manager = _manager(directory)
     assert set(names) | {"cute"} <= set(manager.all_tasks) and "cute" in manager.all_groups
     tasks = manager.load(["cute_spelling", "cute_contains_char"])["tasks"]
@@ -303,8 +352,13 @@ def test_lm_eval_scores_an_oracle_fully_and_a_wrong_model_zero(elsewhere, wrong)
     kinds = list(cute.TASKS) if not wrong else ["spelling", "swap_word"]  # the second: one metric, averaged
     names = cute.write_tasks(str(directory), WORDS, n=6, seed=2, shots=1, kinds=kinds)
     rows = [row for name in names for row in _rows(directory, name)]
-    out = lm_eval.simple_evaluate(model=_Oracle.build(rows, wrong), tasks=["cute"], task_manager=_manager(directory),
-                                  bootstrap_iters=0, log_samples=False)
+    out = lm_eval.simple_evaluate(
+        model=_Oracle.build(rows, wrong),
+        tasks=["cute"],
+        task_manager=_manager(directory),
+        bootstrap_iters=0,
+        log_samples=False,
+    )
     results = out["results"]
     want = 0.0 if wrong else 1.0
     for kind, name in zip(kinds, names):

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from user import TINY, TPU_NOISE, blt_jax
 
 
 def _errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("blt-jax") and not any(n in line for n in TPU_NOISE)]
+    return [
+        line for line in stderr.splitlines() if line.startswith("blt-jax") and not any(n in line for n in TPU_NOISE)
+    ]
 
 
 def _rows(workdir) -> list[dict]:
@@ -39,16 +40,17 @@ def test_a_step_whose_loss_is_not_finite_changes_nothing_but_the_step_count():
     params = {"w": jnp.ones((3, 2))}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     rng = np.random.default_rng(0)
-    good = {"x": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "y": jnp.zeros((4, 2)),
-            "poison": jnp.bool_(False)}
+    good = {"x": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "y": jnp.zeros((4, 2)), "poison": jnp.bool_(False)}
     bad = dict(good, poison=jnp.bool_(True))
     step = jax.jit(lambda s, b: train_step(s, b, objective=objective, tx=tx, schedule=lambda n: 1e-2))
 
     after_bad, metrics = step(state, bad)
     assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
     assert int(after_bad.step) == 1
-    for before, after in zip(jax.tree_util.tree_leaves((state.params, state.opt_state)),
-                             jax.tree_util.tree_leaves((after_bad.params, after_bad.opt_state))):
+    for before, after in zip(
+        jax.tree_util.tree_leaves((state.params, state.opt_state)),
+        jax.tree_util.tree_leaves((after_bad.params, after_bad.opt_state)),
+    ):
         np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
     after_good, metrics = step(after_bad, good)
     assert float(metrics["skipped"]) == 0.0
@@ -60,10 +62,22 @@ def test_a_run_whose_loss_stays_nan_stops_in_one_line_with_its_checkpoints(tmp_p
     """The issue's case: a learning rate of 1e30 used to run to the end, exit 0 and leave NaN
     checkpoints. Now every NaN step is skipped and counted, and after train.max_skipped_steps in a row
     the run stops naming the step; its newest checkpoint is finite and loads."""
-    result = blt_jax("train", "--config", TINY, "--workdir", "run", "--no-progress",
-                     "--config.train.learning_rate=1e30", "--config.train.steps=40", "--config.train.warmup_steps=4",
-                     "--config.train.log_every=1", "--config.train.checkpoint_every=2",
-                     "--config.train.max_skipped_steps=5", "--config.train.eval_every=0", cwd=tmp_path)
+    result = blt_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "run",
+        "--no-progress",
+        "--config.train.learning_rate=1e30",
+        "--config.train.steps=40",
+        "--config.train.warmup_steps=4",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=2",
+        "--config.train.max_skipped_steps=5",
+        "--config.train.eval_every=0",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = _errors(result.stderr)
     assert len(lines) == 1, lines
@@ -128,10 +142,24 @@ def poisoned(tmp_path_factory):
 
 
 def _train_poisoned(work, workdir: str, *extra):
-    return blt_jax("train", "--config", TINY, "--workdir", workdir, "--no-progress",
-                   "--config.data.source=corpus", "--config.eval.source=corpus", "--config.train.init_from=poisoned_init",
-                   "--config.train.steps=24", "--config.train.warmup_steps=2", "--config.train.log_every=1",
-                   "--config.train.checkpoint_every=4", "--config.train.eval_every=0", *extra, cwd=work)
+    return blt_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        workdir,
+        "--no-progress",
+        "--config.data.source=corpus",
+        "--config.eval.source=corpus",
+        "--config.train.init_from=poisoned_init",
+        "--config.train.steps=24",
+        "--config.train.warmup_steps=2",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=4",
+        "--config.train.eval_every=0",
+        *extra,
+        cwd=work,
+    )
 
 
 def test_a_document_that_makes_the_loss_nan_is_skipped_and_training_goes_on(poisoned):
@@ -161,9 +189,17 @@ def test_rewind_on_spike_goes_back_to_the_last_checkpoint_and_on_past_the_bad_ba
 
 BUCKET = "blt"
 GCS_STEPS = 16
-GCS_TRAIN = ["--config", TINY, f"--config.train.steps={GCS_STEPS}", "--config.train.warmup_steps=2",
-             "--config.train.checkpoint_every=4", "--config.train.log_every=1", "--config.train.eval_every=0",
-             "--config.train.eval_batches=1", "--no-progress"]
+GCS_TRAIN = [
+    "--config",
+    TINY,
+    f"--config.train.steps={GCS_STEPS}",
+    "--config.train.warmup_steps=2",
+    "--config.train.checkpoint_every=4",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    "--config.train.eval_batches=1",
+    "--no-progress",
+]
 INJECTED: dict = {}  # fault kind -> times injected, over the tests of this module (the README's table)
 
 
@@ -177,8 +213,14 @@ def bucket(tmp_path_factory):
     server = gcs_server.start(tmp_path_factory.mktemp("gcs_log"))
     server.create_bucket(BUCKET)
     proxy = fault_proxy.FaultProxy(server.url)
-    result = blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/straight", cwd=tmp_path_factory.mktemp("straight"),
-                     **server.client_env())
+    result = blt_jax(
+        "train",
+        *GCS_TRAIN,
+        "--workdir",
+        f"gs://{BUCKET}/straight",
+        cwd=tmp_path_factory.mktemp("straight"),
+        **server.client_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     yield server, proxy, _bucket_losses(server, "straight")
     proxy.stop()
@@ -202,8 +244,15 @@ def _through(bucket, faults, run: str, cwd, **extra):
     server, proxy, _ = bucket
     proxy.faults = faults
     try:
-        return blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/{run}", cwd=cwd,
-                       **proxy.env(server.client_env(), server.url), **extra)
+        return blt_jax(
+            "train",
+            *GCS_TRAIN,
+            "--workdir",
+            f"gs://{BUCKET}/{run}",
+            cwd=cwd,
+            **proxy.env(server.client_env(), server.url),
+            **extra,
+        )
     finally:
         proxy.faults = type(faults)()
         INJECTED.update({k: INJECTED.get(k, 0) + v for k, v in proxy.injected.items()})
@@ -278,8 +327,14 @@ def test_killed_between_the_arrays_and_the_commit_marker_resumes_from_the_previo
     server, proxy, straight = bucket
     proxy.held.clear()
     proxy.faults = fault_proxy.Faults(hang_on="killed/checkpoints/8/commit_success.txt")
-    proc = start("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/killed", cwd=tmp_path,
-                 **proxy.env(server.client_env(), server.url))
+    proc = start(
+        "train",
+        *GCS_TRAIN,
+        "--workdir",
+        f"gs://{BUCKET}/killed",
+        cwd=tmp_path,
+        **proxy.env(server.client_env(), server.url),
+    )
     try:
         assert proxy.held.wait(600), "the commit marker of step 8 was never written"
         assert any(n.startswith("killed/checkpoints/8/state/") for n in server.names(BUCKET, "killed/"))
@@ -289,8 +344,7 @@ def test_killed_between_the_arrays_and_the_commit_marker_resumes_from_the_previo
         proxy.faults = fault_proxy.Faults()
         proxy.release()
     assert _complete_steps(server, "killed") == {4}
-    result = blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/killed", cwd=tmp_path,
-                     **server.client_env())
+    result = blt_jax("train", *GCS_TRAIN, "--workdir", f"gs://{BUCKET}/killed", cwd=tmp_path, **server.client_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 4" in result.stderr
     assert _bucket_losses(server, "killed")[GCS_STEPS] == pytest.approx(straight[GCS_STEPS], rel=1e-6, abs=1e-6)
@@ -306,7 +360,9 @@ def tiny_disk(tmp_path):
 
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode != 0:
         pytest.skip(f"a full disk needs permission to mount a tmpfs here: {made.stderr.strip()}")
 
@@ -322,9 +378,20 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_from_the_previous_
     """A 6 MB disk holds the run's first checkpoint (the tiny BLT's 280K parameters with their Adam
     moments are 3.4 MB) but not the second: the run stops in one line naming the checkpoints and the bytes,
     exit 2; with more space the same command resumes from the first and finishes."""
-    args = ["train", "--config", TINY, "--workdir", "disk/run", "--no-progress", "--config.train.steps=8",
-            "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
-            "--config.train.eval_every=0", "--config.train.keep_checkpoints=3"]
+    args = [
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "disk/run",
+        "--no-progress",
+        "--config.train.steps=8",
+        "--config.train.warmup_steps=1",
+        "--config.train.checkpoint_every=2",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.train.keep_checkpoints=3",
+    ]
     result = blt_jax(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = _errors(result.stderr)
@@ -358,8 +425,7 @@ def test_a_truncated_safetensors_file_is_one_line_naming_it(saved_model):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     try:
-        result = blt_jax("generate", "--checkpoint", "model", "--prompt", "x", "--max-new-bytes", "4",
-                         cwd=saved_model)
+        result = blt_jax("generate", "--checkpoint", "model", "--prompt", "x", "--max-new-bytes", "4", cwd=saved_model)
     finally:
         weights.write_bytes(data)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -376,20 +442,53 @@ def corrupt_work(tmp_path_factory):
     corpus.mkdir()
     for i in range(12):
         (corpus / f"{i}.txt").write_text("".join(f"def g{i}(y): return y - {j}\n" for j in range(60)))
-    result = blt_jax("train", "--config", TINY, "--workdir", "run", "--no-progress", "--config.train.steps=4",
-                     "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.eval_every=0",
-                     cwd=work)
+    result = blt_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "run",
+        "--no-progress",
+        "--config.train.steps=4",
+        "--config.train.warmup_steps=1",
+        "--config.train.checkpoint_every=2",
+        "--config.train.eval_every=0",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = blt_jax("patch", "--corpus", "corpus", "--out", "ent", "--config", TINY, "--docs-per-shard", "4",
-                     "--chunk", "64", "--no-progress", cwd=work)
+    result = blt_jax(
+        "patch",
+        "--corpus",
+        "corpus",
+        "--out",
+        "ent",
+        "--config",
+        TINY,
+        "--docs-per-shard",
+        "4",
+        "--chunk",
+        "64",
+        "--no-progress",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return work
 
 
-ENTROPY_TRAIN = ["--config", TINY, "--no-progress", "--config.train.steps=3", "--config.train.warmup_steps=1",
-                 "--config.train.checkpoint_every=0", "--config.data.source=ent", "--config.eval.source=ent",
-                 "--config.data.patching.mode=entropy", "--config.data.patching.threshold=2.0",
-                 "--config.eval.patching.mode=entropy", "--config.eval.patching.threshold=2.0"]
+ENTROPY_TRAIN = [
+    "--config",
+    TINY,
+    "--no-progress",
+    "--config.train.steps=3",
+    "--config.train.warmup_steps=1",
+    "--config.train.checkpoint_every=0",
+    "--config.data.source=ent",
+    "--config.eval.source=ent",
+    "--config.data.patching.mode=entropy",
+    "--config.data.patching.threshold=2.0",
+    "--config.eval.patching.mode=entropy",
+    "--config.eval.patching.threshold=2.0",
+]
 
 
 @pytest.mark.long
@@ -404,8 +503,21 @@ def test_a_truncated_entropy_shard_is_one_line_naming_it_and_the_pass_rewrites_i
     # What the line says to do: the pass rewrites the one shard, and training reads it.
     shard.unlink()
     (corrupt_work / "ent" / "entropies-00001.json").unlink()
-    result = blt_jax("patch", "--corpus", "corpus", "--out", "ent", "--config", TINY, "--docs-per-shard", "4",
-                     "--chunk", "64", "--no-progress", cwd=corrupt_work)
+    result = blt_jax(
+        "patch",
+        "--corpus",
+        "corpus",
+        "--out",
+        "ent",
+        "--config",
+        TINY,
+        "--docs-per-shard",
+        "4",
+        "--chunk",
+        "64",
+        "--no-progress",
+        cwd=corrupt_work,
+    )
     assert result.returncode == 0 and "wrote entropies-00001.array_record" in result.stderr, result.stderr[-3000:]
     result = blt_jax("train", *ENTROPY_TRAIN, "--workdir", "run_ent", cwd=corrupt_work)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -423,8 +535,10 @@ def test_every_altered_byte_of_a_stored_record_is_caught_naming_the_shard_and_re
     out.mkdir()
     docs = [f"def h{i}(z): return z * {i}\n".encode() * 40 for i in range(6)]
     for k, part in enumerate((docs[:2], docs[2:])):
-        store.write_shard(str(out / store.shard_name(k)), [
-            store.encode_record(d, np.linspace(0, 3, len(d) + 2), f"doc{2 * k + i}") for i, d in enumerate(part)])
+        store.write_shard(
+            str(out / store.shard_name(k)),
+            [store.encode_record(d, np.linspace(0, 3, len(d) + 2), f"doc{2 * k + i}") for i, d in enumerate(part)],
+        )
     store.save_manifest(str(out), {"shards": [{"name": store.shard_name(k)} for k in range(2)]})
     shard = out / store.shard_name(1)
     clean = shard.read_bytes()
@@ -493,7 +607,11 @@ def test_a_checkpoint_missing_its_arrays_is_passed_over_for_the_previous_one(cor
     finally:
         shutil.copytree(backup, arrays)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "checkpoint 4 of" in result.stderr and "unreadable" in result.stderr and "trying the previous one" in result.stderr
+    assert (
+        "checkpoint 4 of" in result.stderr
+        and "unreadable" in result.stderr
+        and "trying the previous one" in result.stderr
+    )
     assert "bits per byte" in result.stdout and "over 0 bytes" not in result.stdout
     (corrupt_work / "short.txt").write_text("x = 1\n")
     result = blt_jax("eval", "--checkpoint", "run", "--data", "short.txt", cwd=corrupt_work)
@@ -509,9 +627,19 @@ def test_training_sets_a_checkpoint_missing_its_arrays_aside_and_resumes_from_th
     run = tmp_path / "run"
     shutil.copytree(corrupt_work / "run", run)
     shutil.rmtree(run / "checkpoints" / "4" / "state" / "ocdbt.process_0" / "d")
-    result = blt_jax("train", "--config", TINY, "--workdir", "run", "--no-progress", "--config.train.steps=6",
-                     "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2", "--config.train.eval_every=0",
-                     cwd=tmp_path)
+    result = blt_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "run",
+        "--no-progress",
+        "--config.train.steps=6",
+        "--config.train.warmup_steps=1",
+        "--config.train.checkpoint_every=2",
+        "--config.train.eval_every=0",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "checkpoint 4 in" in result.stderr and "unreadable" in result.stderr
     assert "resumed from step 2" in result.stderr

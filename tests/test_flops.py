@@ -37,12 +37,21 @@ def test_blt_forward_within_ten_percent_of_compiled(dense_attention):
     and masked (the analytic count keeps the causal half), cross-attention scores every (slot, byte)
     pair before masking (analytic: a slot only sees its patch), and XLA counts element-wise work
     (norms, RoPE, softmax) that model FLOPs leave out. Measured: +3.2%."""
-    config = BLTConfig(encoder=StackConfig(128, 1, 4, 384, window=64), latent=StackConfig(256, 2, 4, 768),
-                       decoder=StackConfig(128, 2, 4, 384, window=64), cross_attn_k=2, hash=HashConfig((3, 4), 1021, 1))
+    config = BLTConfig(
+        encoder=StackConfig(128, 1, 4, 384, window=64),
+        latent=StackConfig(256, 2, 4, 768),
+        decoder=StackConfig(128, 2, 4, 384, window=64),
+        cross_attn_k=2,
+        hash=HashConfig((3, 4), 1021, 1),
+    )
     lengths = np.array([[1] + [4] * 16] * B, np.int32)
     assert (lengths.sum(1) == N + 1).all()
-    compiled = compiled_flops(lambda p, t, l: BLT(config).apply({"params": p}, t, l), abstract_params(config),
-                              jax.ShapeDtypeStruct((B, N), jnp.int32), jax.ShapeDtypeStruct(lengths.shape, jnp.int32))
+    compiled = compiled_flops(
+        lambda p, t, lengths: BLT(config).apply({"params": p}, t, lengths),
+        abstract_params(config),
+        jax.ShapeDtypeStruct((B, N), jnp.int32),
+        jax.ShapeDtypeStruct(lengths.shape, jnp.int32),
+    )
     analytic = blt_forward_flops_per_byte(config, N, N / lengths.shape[1]) * N * B
     assert 1.0 <= compiled / analytic < 1.10, compiled / analytic
 
@@ -50,15 +59,21 @@ def test_blt_forward_within_ten_percent_of_compiled(dense_attention):
 def test_entropy_lm_forward_within_ten_percent_of_compiled(dense_attention):
     """As above for the entropy LM. Measured: +2.5%."""
     config = EntropyLMConfig(StackConfig(256, 2, 4, 768, rope_theta=1e4, window=64))
-    compiled = compiled_flops(lambda p, t: EntropyLM(config).apply({"params": p}, t), abstract_params(config),
-                              jax.ShapeDtypeStruct((B, N), jnp.int32))
+    compiled = compiled_flops(
+        lambda p, t: EntropyLM(config).apply({"params": p}, t),
+        abstract_params(config),
+        jax.ShapeDtypeStruct((B, N), jnp.int32),
+    )
     analytic = entropy_lm_forward_flops(config, N) * B
     assert 1.0 <= compiled / analytic < 1.10, compiled / analytic
 
 
 def test_larger_patches_cost_less_per_byte():
-    config = BLTConfig(encoder=StackConfig(64, 1, 4, 192, window=512), latent=StackConfig(512, 4, 8, 1536),
-                       decoder=StackConfig(64, 2, 4, 192, window=512))
+    config = BLTConfig(
+        encoder=StackConfig(64, 1, 4, 192, window=512),
+        latent=StackConfig(512, 4, 8, 1536),
+        decoder=StackConfig(64, 2, 4, 192, window=512),
+    )
     costs = [blt_forward_flops_per_byte(config, 4096, length) for length in (2.0, 4.5, 8.0)]
     assert costs[0] > costs[1] > costs[2]
 
@@ -82,10 +97,14 @@ def test_self_attention_part_of_each_model_kind():
     from blt_jax.config import DistillConfig, TokenLMConfig
     from blt_jax.models import model_kind
 
-    enc, lat, dec = StackConfig(64, 1, 4, 192, window=16), StackConfig(128, 3, 8, 384), StackConfig(64, 2, 4, 192, window=16)
+    enc, lat, dec = (
+        StackConfig(64, 1, 4, 192, window=16),
+        StackConfig(128, 3, 8, 384),
+        StackConfig(64, 2, 4, 192, window=16),
+    )
     blt = BLTConfig(encoder=enc, latent=lat, decoder=dec, cross_attn_k=2)
     n, mean = 64, 4.0  # 16 patches
-    pair = lambda stack: 4 * stack.n_heads * stack.head_dim  # noqa: E731
+    pair = lambda stack: 4 * stack.n_heads * stack.head_dim
     # Windows of 16 over 64 bytes: 16 * 17 / 2 + 48 * 16 pairs; the latent: 16 * 17 / 2 (causal).
     local_pairs, latent_pairs = 136 + 768, 136
     per_byte = (pair(enc) * local_pairs + lat.n_layers * pair(lat) * latent_pairs + 2 * pair(dec) * local_pairs) / n
@@ -94,8 +113,16 @@ def test_self_attention_part_of_each_model_kind():
     teacher = lat.n_layers * pair(lat) * latent_pairs / n
     assert model_kind(distill).self_attention_flops_per_byte(n, mean) == pytest.approx(3 * per_byte + teacher)
     entropy = EntropyLMConfig(StackConfig(64, 2, 4, 192, window=16))
-    assert model_kind(entropy).self_attention_flops_per_byte(n, mean) == pytest.approx(3 * 2 * pair(enc) * local_pairs / n)
+    assert model_kind(entropy).self_attention_flops_per_byte(n, mean) == pytest.approx(
+        3 * 2 * pair(enc) * local_pairs / n
+    )
     token = TokenLMConfig(StackConfig(64, 2, 4, 192, window=16), vocab_size=300)
-    assert model_kind(token).self_attention_flops_per_byte(n, 4.0) == pytest.approx(3 * 2 * pair(enc) * local_pairs / n / 4)
+    assert model_kind(token).self_attention_flops_per_byte(n, 4.0) == pytest.approx(
+        3 * 2 * pair(enc) * local_pairs / n / 4
+    )
     for kind in (blt, distill, entropy, token):  # a part of the whole
-        assert 0 < model_kind(kind).self_attention_flops_per_byte(n, mean) < model_kind(kind).training_flops_per_byte(n, mean)
+        assert (
+            0
+            < model_kind(kind).self_attention_flops_per_byte(n, mean)
+            < model_kind(kind).training_flops_per_byte(n, mean)
+        )

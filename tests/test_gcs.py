@@ -11,16 +11,23 @@ import os
 import signal
 import time
 
-import pytest
-
 import gcs_server
+import pytest
 from user import TINY, blt_jax, start
 
 BUCKET = "blt"
 STEPS = 16
-TRAIN = ["--config", TINY, f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
-         "--config.train.checkpoint_every=4", "--config.train.log_every=1", "--config.train.eval_every=0",
-         "--config.train.eval_batches=1", "--no-progress"]
+TRAIN = [
+    "--config",
+    TINY,
+    f"--config.train.steps={STEPS}",
+    "--config.train.warmup_steps=2",
+    "--config.train.checkpoint_every=4",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    "--config.train.eval_batches=1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,9 @@ def test_a_run_in_a_bucket_writes_everything_there(gcs, straight):
     for name in ("straight/config.json", "straight/shardings.json", "straight/metrics.jsonl"):
         assert name in names, names
     assert any(n.startswith("straight/tensorboard/events.out.tfevents") for n in names), names
-    steps = {n.split("/")[2] for n in names if n.startswith("straight/checkpoints/") and n.endswith("commit_success.txt")}
+    steps = {
+        n.split("/")[2] for n in names if n.startswith("straight/checkpoints/") and n.endswith("commit_success.txt")
+    }
     assert steps == {"8", "12", "16"}, names  # keep_checkpoints=3 deleted step 4 from the bucket
     assert json.loads(gcs.read(BUCKET, "straight/config.json"))["train"]["steps"] == STEPS
     assert straight[0] == STEPS
@@ -90,8 +99,9 @@ def test_eval_generate_and_export_read_a_run_in_a_bucket(gcs, cwd, straight):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bits per byte" in result.stdout and "over 0 bytes" not in result.stdout
 
-    result = run(gcs, cwd, "generate", "--checkpoint", f"gs://{BUCKET}/straight", "--prompt", "import ",
-                 "--max-new-bytes", "16")
+    result = run(
+        gcs, cwd, "generate", "--checkpoint", f"gs://{BUCKET}/straight", "--prompt", "import ", "--max-new-bytes", "16"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     from_bucket = result.stdout
 
@@ -99,16 +109,29 @@ def test_eval_generate_and_export_read_a_run_in_a_bucket(gcs, cwd, straight):
     result = run(gcs, cwd, "export", f"gs://{BUCKET}/straight", f"gs://{BUCKET}/exported")
     assert result.returncode == 0, result.stderr[-3000:]
     assert gcs.names(BUCKET, "exported/") == ["exported/blt_jax.json", "exported/params.safetensors"]
-    result = run(gcs, cwd, "generate", "--checkpoint", f"gs://{BUCKET}/exported", "--prompt", "import ",
-                 "--max-new-bytes", "16")
+    result = run(
+        gcs, cwd, "generate", "--checkpoint", f"gs://{BUCKET}/exported", "--prompt", "import ", "--max-new-bytes", "16"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == from_bucket
 
     # lm-eval tasks on the run in the bucket, results written to the bucket.
     result = run(gcs, cwd, "make-tasks", "cute", "tasks", "--kinds", "contains_char", "--n", "8")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run(gcs, cwd, "lm-eval", "--checkpoint", f"gs://{BUCKET}/straight", "--tasks", "cute_contains_char",
-                 "--include-path", "tasks", "--output", f"gs://{BUCKET}/lm_eval.json", "--no-progress")
+    result = run(
+        gcs,
+        cwd,
+        "lm-eval",
+        "--checkpoint",
+        f"gs://{BUCKET}/straight",
+        "--tasks",
+        "cute_contains_char",
+        "--include-path",
+        "tasks",
+        "--output",
+        f"gs://{BUCKET}/lm_eval.json",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(gcs.read(BUCKET, "lm_eval.json"))["results"]["cute_contains_char"]
     assert scores["acc,none"] in {k / 8 for k in range(9)}, scores
@@ -136,8 +159,22 @@ def corpus(gcs):
 
 def test_entropy_pass_from_and_to_a_bucket_then_training_on_bucket_corpora(gcs, cwd, corpus):
     out = f"gs://{BUCKET}/entropies"
-    result = run(gcs, cwd, "patch", "--corpus", corpus, "--out", out, "--config", TINY, "--docs-per-shard", "4",
-                 "--chunk", "64", "--no-progress")
+    result = run(
+        gcs,
+        cwd,
+        "patch",
+        "--corpus",
+        corpus,
+        "--out",
+        out,
+        "--config",
+        TINY,
+        "--docs-per-shard",
+        "4",
+        "--chunk",
+        "64",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "11 documents" in result.stdout, result.stdout  # 3 text files + 4 JSONL lines + 4 Parquet rows
     manifest = json.loads(gcs.read(BUCKET, "entropies/manifest.json"))
@@ -146,21 +183,52 @@ def test_entropy_pass_from_and_to_a_bucket_then_training_on_bucket_corpora(gcs, 
     assert all(f"entropies/{s['name']}" in gcs.names(BUCKET, "entropies/") for s in manifest["shards"])
 
     # Run again: every shard is already in the bucket.
-    result = run(gcs, cwd, "patch", "--corpus", corpus, "--out", out, "--config", TINY, "--docs-per-shard", "4",
-                 "--chunk", "64", "--no-progress")
+    result = run(
+        gcs,
+        cwd,
+        "patch",
+        "--corpus",
+        corpus,
+        "--out",
+        out,
+        "--config",
+        TINY,
+        "--docs-per-shard",
+        "4",
+        "--chunk",
+        "64",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    short = ["--config.train.steps=3", "--config.train.warmup_steps=1", "--config.train.checkpoint_every=0",
-             f"--config.eval.source={corpus}/docs.jsonl"]
+    short = [
+        "--config.train.steps=3",
+        "--config.train.warmup_steps=1",
+        "--config.train.checkpoint_every=0",
+        f"--config.eval.source={corpus}/docs.jsonl",
+    ]
     result = run(gcs, cwd, "train", *TRAIN, *short, f"--config.data.source={corpus}", "--workdir", "runs/mixed")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3: loss" in result.stdout
 
-    entropy = ["--config.data.patching.mode=entropy", "--config.data.patching.threshold=2.0",
-               "--config.eval.patching.mode=entropy", "--config.eval.patching.threshold=2.0",
-               f"--config.eval.source={out}"]
-    result = run(gcs, cwd, "train", *TRAIN, *short, *entropy, f"--config.data.source={out}", "--workdir",
-                 f"gs://{BUCKET}/entropy_patched")
+    entropy = [
+        "--config.data.patching.mode=entropy",
+        "--config.data.patching.threshold=2.0",
+        "--config.eval.patching.mode=entropy",
+        "--config.eval.patching.threshold=2.0",
+        f"--config.eval.source={out}",
+    ]
+    result = run(
+        gcs,
+        cwd,
+        "train",
+        *TRAIN,
+        *short,
+        *entropy,
+        f"--config.data.source={out}",
+        "--workdir",
+        f"gs://{BUCKET}/entropy_patched",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3: loss" in result.stdout
     config = json.loads(gcs.read(BUCKET, "entropy_patched/config.json"))

@@ -67,18 +67,27 @@ CASES = {
     # cross-attention after every encoder layer.
     "entropy_max_len": lambda: make_model(PatchingConfig(mode="entropy", threshold=2.6, max_patch_length=6)),
     # Monotonic rule, k = 3 slots with a latent input projection, decoder cross-attention in layer 0 only.
-    "monotonic_k3": lambda: make_model(PatchingConfig(mode="entropy", threshold=0.2, monotonic=True),
-                                       cross_attn_k=3, cross_attn_heads=2, cross_attn_all_layers_decoder=False),
+    "monotonic_k3": lambda: make_model(
+        PatchingConfig(mode="entropy", threshold=0.2, monotonic=True),
+        cross_attn_k=3,
+        cross_attn_heads=2,
+        cross_attn_all_layers_decoder=False,
+    ),
     # Space patching (no entropy LM runs), no hash embeddings, a latent window of 8 patches.
-    "space_latent_window": lambda: make_model(PatchingConfig(mode="space"), hash=None,
-                                              latent=StackConfig(64, 2, 4, 192, window=8)),
+    "space_latent_window": lambda: make_model(
+        PatchingConfig(mode="space"), hash=None, latent=StackConfig(64, 2, 4, 192, window=8)
+    ),
     # Meta's attn_bias_type="causal": the second document's patches see the first's.
     "space_causal_latent": lambda: make_model(PatchingConfig(mode="space"), latent_mask="causal"),
     # A byteified latent (a Llama's blocks): grouped-query attention, 8 heads of 12 on a width of 64,
     # Llama 3's RoPE scaling, and the teacher's final norm.
     "entropy_byteified_latent": lambda: make_model(
-        PatchingConfig(mode="entropy", threshold=2.6), latent_norm=True,
-        latent=StackConfig(64, 2, 8, 192, n_kv_heads=2, head_dim=12, rope_scaling=RopeScaling(factor=8.0, original_max_position=16))),
+        PatchingConfig(mode="entropy", threshold=2.6),
+        latent_norm=True,
+        latent=StackConfig(
+            64, 2, 8, 192, n_kv_heads=2, head_dim=12, rope_scaling=RopeScaling(factor=8.0, original_max_position=16)
+        ),
+    ),
 }
 
 
@@ -107,14 +116,22 @@ def teacher_forced(request):
     cached = np.stack(cached, axis=1)  # logits of positions first-1 .. length-2
     full = np.asarray(model.logits(tokens))[:, first - 1 : length - 1]
     full_starts = np.asarray(starts_from_lengths(model.patch_lengths(tokens), length + 1))[:, :length]
-    return dict(model=model, cached=cached, full=full, starts=np.asarray(state.starts)[:, :length],
-                full_starts=full_starts, n_closed=np.asarray(state.n_closed))
+    return dict(
+        model=model,
+        cached=cached,
+        full=full,
+        starts=np.asarray(state.starts)[:, :length],
+        full_starts=full_starts,
+        n_closed=np.asarray(state.n_closed),
+    )
 
 
 def test_cached_logits_equal_full_recompute(teacher_forced):
     diff = np.abs(teacher_forced["cached"] - teacher_forced["full"])
     assert teacher_forced["cached"].shape[1] >= 300
-    assert diff.max() < TOL, f"max |cached - full| = {diff.max():.2e} at step {np.unravel_index(diff.argmax(), diff.shape)}"
+    assert diff.max() < TOL, (
+        f"max |cached - full| = {diff.max():.2e} at step {np.unravel_index(diff.argmax(), diff.shape)}"
+    )
 
 
 def test_cached_patch_boundaries_equal_patching_at_once(teacher_forced):
@@ -141,8 +158,9 @@ def test_a_prefilled_context_scores_its_continuations_as_full_forwards(case):
         contexts[r, :n] = rows[r, :n]
     parents = np.array([0, 0, 1, 1])
     width = 64
-    continuations = np.stack([rows[0, 203: 203 + width], rows[1, 260: 260 + width],
-                              rows[1, 140: 140 + width], rows[0, 40: 40 + width]]).astype(np.int32)
+    continuations = np.stack(
+        [rows[0, 203 : 203 + width], rows[1, 260 : 260 + width], rows[1, 140 : 140 + width], rows[0, 40 : 40 + width]]
+    ).astype(np.int32)
     texts = np.zeros((len(parents), max(ends) + width), np.int32)  # right-padded: harmless, all is causal
     for i, (p, c) in enumerate(zip(parents, continuations)):
         texts[i, : ends[p] + width] = np.concatenate([rows[p, : ends[p]], c])
@@ -161,15 +179,28 @@ def test_a_prefilled_context_scores_its_continuations_as_full_forwards(case):
             state = jax.tree_util.tree_map(lambda x: x[parents], state)
             return (last, *engine.chunk_logits(params, entropy_params, state, continuations, chunk_patches), patches)
 
-        last, chunk, closed, patches = (np.asarray(x) for x in run(
-            model.params, model.entropy_params, jnp.asarray(contexts), jnp.asarray(ends, jnp.int32),
-            jnp.asarray(continuations), jnp.asarray(parents)))
+        last, chunk, closed, patches = (
+            np.asarray(x)
+            for x in run(
+                model.params,
+                model.entropy_params,
+                jnp.asarray(contexts),
+                jnp.asarray(ends, jnp.int32),
+                jnp.asarray(continuations),
+                jnp.asarray(parents),
+            )
+        )
         exact = closed < (chunk_patches or width)  # the entries a budget promises
         for i, p in enumerate(parents):
             n = ends[p]
             np.testing.assert_allclose(last[p], full[i, n - 1], atol=TOL, rtol=0)
-            np.testing.assert_allclose(chunk[i][exact[i]], full[i, n: n + width][exact[i]], atol=TOL, rtol=0,
-                                       err_msg=f"continuation {i} of context {p}")
+            np.testing.assert_allclose(
+                chunk[i][exact[i]],
+                full[i, n : n + width][exact[i]],
+                atol=TOL,
+                rtol=0,
+                err_msg=f"continuation {i} of context {p}",
+            )
         assert np.abs(chunk[0] - chunk[1]).max() > 1.0  # different texts were scored, not copies
         return patches, closed
 
@@ -186,8 +217,9 @@ def sampled_generation():
     """300 sampled bytes after two prompts of different lengths, with the logits of every choice."""
     model = CASES["entropy_max_len"]()
     prompts = ["Hello there, ", "A rather longer prompt that keeps going"]
-    result = model.generate_tokens(prompts, max_new_bytes=300, temperature=1.0, top_k=100, seed=5,
-                                   record_logits=True, stop_at_eos=False)
+    result = model.generate_tokens(
+        prompts, max_new_bytes=300, temperature=1.0, top_k=100, seed=5, record_logits=True, stop_at_eos=False
+    )
     return model, encode_prompts(prompts), result
 
 
@@ -254,9 +286,16 @@ def test_sampling_rules():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(sample(logits, jax.random.key(9), SamplingConfig(1.0))))
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(temperature=1.0, top_k=0),
-                                    dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_p=1.5),
-                                    dict(temperature=0.0, top_k=5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=-1.0),
+        dict(temperature=1.0, top_k=0),
+        dict(temperature=1.0, top_p=0.0),
+        dict(temperature=1.0, top_p=1.5),
+        dict(temperature=0.0, top_k=5),
+    ],
+)
 def test_bad_sampling_configs_fail_fast(kwargs):
     with pytest.raises(ConfigError):
         SamplingConfig(**kwargs)
@@ -277,8 +316,9 @@ def test_generate_facade(small_model):
     assert text == tokenizer.decode(result.tokens[0][: np.argmax(np.append(result.tokens[0] == EOS_ID, True))])
     texts = small_model.generate(["Hi", "A longer prompt here"], max_new_bytes=8, temperature=0.9, top_p=0.9, seed=3)
     assert isinstance(texts, list) and len(texts) == 2
-    assert texts == small_model.generate(["Hi", "A longer prompt here"], max_new_bytes=8, temperature=0.9,
-                                         top_p=0.9, seed=3)
+    assert texts == small_model.generate(
+        ["Hi", "A longer prompt here"], max_new_bytes=8, temperature=0.9, top_p=0.9, seed=3
+    )
     with pytest.raises(ValueError, match="max_new_bytes"):
         small_model.generate("Hi", max_new_bytes=0)
     with pytest.raises(ValueError, match="empty"):
@@ -312,7 +352,9 @@ def test_decoding_layout_stacks_projections_and_keeps_the_math():
             np.testing.assert_array_equal(new["w13"][:, 1], plain["w3"])
             np.testing.assert_array_equal(new["w2t"], np.asarray(plain["w2"]).T)
     # Cross-attention keeps its own projections; fusing twice changes nothing more.
-    assert "wq" in fused["local_decoder"]["cross_attn_layers_0"] and "wq" in fused["local_encoder"]["cross_attn_layers_1"]
+    assert (
+        "wq" in fused["local_decoder"]["cross_attn_layers_0"] and "wq" in fused["local_encoder"]["cross_attn_layers_1"]
+    )
     twice = fuse_projections(fused)
     assert jax.tree_util.tree_structure(twice) == jax.tree_util.tree_structure(fused)
     assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(twice), jax.tree_util.tree_leaves(fused)))
@@ -320,8 +362,9 @@ def test_decoding_layout_stacks_projections_and_keeps_the_math():
     # (The facade checks trees against the reference layout, so this calls its jitted functions.)
     tokens = jnp.asarray(rows_with_documents()[:, :96])
     lengths = model.patch_lengths(tokens)
-    np.testing.assert_allclose(model._logits_fn(fused, tokens, lengths), model.logits(tokens, lengths),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        model._logits_fn(fused, tokens, lengths), model.logits(tokens, lengths), atol=1e-5, rtol=0
+    )
     np.testing.assert_allclose(model._entropy_fn(fused_entropy, tokens), model.entropies(tokens), atol=1e-5, rtol=0)
 
 
@@ -337,8 +380,9 @@ def test_generator_refuses_stale_decoding_layout():
     again = gen.run(a.params, a.entropy_params, prompt, 24, stop_at_eos=False).tokens[0]
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    np.testing.assert_array_equal(other, b.generate_tokens("Switching weights: ", 24, temperature=0.0,
-                                                           stop_at_eos=False).tokens[0])
+    np.testing.assert_array_equal(
+        other, b.generate_tokens("Switching weights: ", 24, temperature=0.0, stop_at_eos=False).tokens[0]
+    )
 
 
 def with_output_kernel(model: BLTModel, fill) -> BLTModel:
@@ -374,8 +418,9 @@ def test_generate_cli(small_model, tmp_path):
     model_dir = str(tmp_path / "model")
     small_model.save(model_dir)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
-    env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("BLT_JAX_TEST_CACHE",
-                                                      os.path.expanduser("~/.cache/blt_jax/jax_test_cache"))
+    env["JAX_COMPILATION_CACHE_DIR"] = os.environ.get(
+        "BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")
+    )
     cmd = [sys.executable, "-m", "blt_jax", "generate", "--checkpoint", model_dir, "--max-new-bytes", "10"]
     out = subprocess.run(cmd + ["--prompt", "Hello"], capture_output=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr.decode()
@@ -383,8 +428,9 @@ def test_generate_cli(small_model, tmp_path):
     assert out.stdout.decode("utf-8") == expected + "\n"
     assert b"bytes/s" in out.stderr
     # Prompts from stdin, one per line: one JSON line each, in order.
-    out = subprocess.run(cmd + ["--prompt-file", "-", "--lines"], input=b"Hello\n\nWorld\n", capture_output=True,
-                         env=env, timeout=600)
+    out = subprocess.run(
+        cmd + ["--prompt-file", "-", "--lines"], input=b"Hello\n\nWorld\n", capture_output=True, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr.decode()
     lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
     assert [x["prompt"] for x in lines] == ["Hello", "World"]
@@ -406,7 +452,7 @@ def test_sample_rows_gives_each_row_its_own_rule():
     top_p = jnp.array([1.0, 1.0, 1.0, 1e-6, 0.5, 1.0])
     greedy = np.asarray(sample(logits, jax.random.key(0), SamplingConfig()))
     for trial in range(20):
-        keys_t = jax.vmap(lambda k: jax.random.fold_in(k, trial))(keys)
+        keys_t = jax.vmap(lambda k, trial=trial: jax.random.fold_in(k, trial))(keys)
         got = np.asarray(sample_rows(logits, keys_t, temperature, top_k, top_p))
         assert got[0] == greedy[0] and got[5] == greedy[5]  # greedy rows
         assert got[1] == greedy[1] and got[3] == greedy[3]  # top_k = 1 and a tiny top_p leave the argmax

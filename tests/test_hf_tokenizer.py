@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from user import TINY
 
 from blt_jax.convert import hf_tokenizer
 from blt_jax.convert.hf import save_hf
 from blt_jax.experiment import load_experiment
+from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.params import abstract_params
 from blt_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, decode, encode
-from blt_jax.experiment.config import experiment_from_dict
-from user import TINY
 
 TRICKY = [
     "hello world",
@@ -87,7 +87,7 @@ def test_tokenizers_library_reads_the_file_alone(tokenizer, tmp_path):
 
 def test_save_hf_writes_the_tokenizer_beside_the_weights(tmp_path):
     config = experiment_from_dict(load_experiment(TINY)).model
-    zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)  # noqa: E731 - no init needed
+    zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)
     save_hf(str(tmp_path), config, zeros(abstract_params(config)), zeros(abstract_params(config.entropy_model)))
     names = set(os.listdir(tmp_path))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names

@@ -71,7 +71,7 @@ def test_lengths_from_starts_round_trip():
     assert (lengths > 0).sum(1).tolist() == starts.sum(1).tolist()  # one patch per start
     for row in range(4):
         nz = lengths[row][lengths[row] > 0]
-        assert len(nz) == starts[row].sum() and (lengths[row][len(nz):] == 0).all()
+        assert len(nz) == starts[row].sum() and (lengths[row][len(nz) :] == 0).all()
         assert np.flatnonzero(starts[row]).tolist() == np.concatenate([[0], np.cumsum(nz)[:-1]]).tolist()
     assert (np.asarray(starts_from_lengths(lengths, 30)) == starts).all()
 

@@ -16,8 +16,14 @@ LINT = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 
 def _lint(root: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=root)  # the package under `root`, not the installed one
-    return subprocess.run([LINT, "--config", os.path.join(root, ".importlinter"), "--no-cache"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [LINT, "--config", os.path.join(root, ".importlinter"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_layer_contracts_hold():
@@ -44,7 +50,8 @@ def test_importing_the_package_stays_light():
     """`import blt_jax` (the API: from_pretrained, BLTModel) loads neither the training stack's data
     pipeline (grain) nor Orbax: asking for a model must not pay for them (about 0.5 s)."""
     code = "import sys, blt_jax; print(sorted({m.split('.')[0] for m in sys.modules} & {'grain', 'orbax'}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"

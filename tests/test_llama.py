@@ -50,7 +50,7 @@ def test_rope_frequencies_are_torch_bit_for_bit():
                 mismatches.append((theta, k))
     assert not mismatches, mismatches
     # What the previous numpy-pow tables got wrong (head dims 12 and 64 at theta 1e4, among others).
-    old = lambda k, t: (np.float32(1) / np.power(np.float32(t), np.arange(0, k, 2, dtype=np.float32) / np.float32(k)))  # noqa: E731
+    old = lambda k, t: np.float32(1) / np.power(np.float32(t), np.arange(0, k, 2, dtype=np.float32) / np.float32(k))
     assert any(not np.array_equal(old(k, 1e4), rope_inv_freq(k, 1e4)) for k in (12, 64))
 
 
@@ -59,10 +59,17 @@ def test_llama3_scaled_frequencies_are_transformers_bit_for_bit():
 
     for factor, low, high, original in ((8.0, 1.0, 4.0, 8192), (32.0, 1.0, 4.0, 8192), (16.0, 2.0, 3.0, 64)):
         for head_dim in (16, 64, 96, 128):
-            rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": factor, "low_freq_factor": low,
-                    "high_freq_factor": high, "original_max_position_embeddings": original}
-            config = teachers.llama_config(hidden=4 * head_dim, head_dim=head_dim, rope=rope,
-                                           max_position_embeddings=2 * original)
+            rope = {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": original,
+            }
+            config = teachers.llama_config(
+                hidden=4 * head_dim, head_dim=head_dim, rope=rope, max_position_embeddings=2 * original
+            )
             theirs = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")[0].numpy()
             ours = rope_inv_freq(head_dim, 500000.0, RopeScaling("llama3", factor, low, high, original))
             assert np.array_equal(ours, theirs), (factor, low, high, original, head_dim)
@@ -91,11 +98,20 @@ def test_without_the_rotary_conversion_the_logits_differ(llama, monkeypatch):
 def test_qwen2_biases_mistral_window_and_sharded_weights_load_exactly(tmp_path):
     from transformers import LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    small = dict(vocab_size=280, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=512)
+    small = dict(
+        vocab_size=280,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    )
     cases = {
-        "qwen2": (Qwen2ForCausalLM, Qwen2Config(num_key_value_heads=1, rope_parameters={"rope_type": "default",
-                                                                                         "rope_theta": 1e6}, **small), None),
+        "qwen2": (
+            Qwen2ForCausalLM,
+            Qwen2Config(num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **small),
+            None,
+        ),
         "mistral": (MistralForCausalLM, MistralConfig(num_key_value_heads=2, sliding_window=50, **small), None),
         "sharded": (LlamaForCausalLM, teachers.llama_config(tie=False, vocab_size=280), "20KB"),
     }
@@ -138,7 +154,10 @@ def test_refusals_name_the_field(llama, tmp_path):
 
     directory, _, _ = llama
     cases = {
-        "yarn": ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "rope_parameters.rope_type"),
+        "yarn": (
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+            "rope_parameters.rope_type",
+        ),
         "moe": ({"num_local_experts": 8}, "num_local_experts"),
         "bias": ({"attention_bias": True}, "attention_bias"),
         "gelu": ({"hidden_act": "gelu"}, "hidden_act"),
@@ -168,8 +187,10 @@ def test_convert_refusals_are_one_line(llama, tmp_path):
     weights = load_file(str(tmp_path / "missing" / "model.safetensors"))
     del weights["model.layers.1.mlp.up_proj.weight"]
     save_file(weights, str(tmp_path / "missing" / "model.safetensors"))
-    cases = {"gpt2": "model_type 'gpt2' (GPT2LMHeadModel) is an architecture blt_jax does not read",
-             "missing": "missing tensor model.layers.1.mlp.up_proj.weight"}
+    cases = {
+        "gpt2": "model_type 'gpt2' (GPT2LMHeadModel) is an architecture blt_jax does not read",
+        "missing": "missing tensor model.layers.1.mlp.up_proj.weight",
+    }
     for name, needle in cases.items():
         done = blt_jax("convert", name, "out", cwd=tmp_path)
         lines = [line for line in done.stderr.splitlines() if line.strip()]

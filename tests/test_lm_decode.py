@@ -13,8 +13,9 @@ from blt_jax.nn.entropy_lm import EntropyLM
 from blt_jax.params import init_params
 
 CONFIGS = {
-    "token_gqa_tied_eos": TokenLMConfig(StackConfig(32, 2, 4, 64, n_kv_heads=2, head_dim=8), vocab_size=300,
-                                        tie_embeddings=True, eos_id=2),
+    "token_gqa_tied_eos": TokenLMConfig(
+        StackConfig(32, 2, 4, 64, n_kv_heads=2, head_dim=8), vocab_size=300, tie_embeddings=True, eos_id=2
+    ),
     "token_no_eos": TokenLMConfig(StackConfig(32, 2, 4, 64), vocab_size=300, eos_id=None),
     "byte_lm_window": EntropyLMConfig(stack=StackConfig(32, 2, 4, 64, rope_theta=10000.0, window=8)),
 }
@@ -43,7 +44,8 @@ def test_prefill_then_steps_give_the_full_forward_logits(name):
     for _ in range(total - 12):
         state, logits = step(params, None, state, jnp.asarray(tokens[np.arange(3), t]))
         for b in range(3):
-            np.testing.assert_allclose(np.asarray(logits[b]), full[b, t[b]], rtol=2e-5, atol=2e-5,
-                                       err_msg=f"row {b}, position {t[b]}")
+            np.testing.assert_allclose(
+                np.asarray(logits[b]), full[b, t[b]], rtol=2e-5, atol=2e-5, err_msg=f"row {b}, position {t[b]}"
+            )
         t += 1
     np.testing.assert_array_equal(np.asarray(state.t), t)

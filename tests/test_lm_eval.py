@@ -9,13 +9,14 @@ import math
 import jax
 import numpy as np
 import pytest
+from user import TINY
+from user import blt_jax as run
 
 import blt_jax
 from blt_jax.evals import scoring
 from blt_jax.experiment import load_experiment
-from blt_jax.tokenizer import encode
 from blt_jax.experiment.config import experiment_from_dict
-from user import TINY, blt_jax as run
+from blt_jax.tokenizer import encode
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,13 @@ REFERENCE_WIDTH = 256  # every reference row is padded to this one width (one co
 def one_forward(model, text: bytes, scored: int, max_length: int):
     """(log-probability, greedy) of the last `scored` bytes of BOS + text (cut to max_length bytes),
     from a forward pass over that text alone (right-padded to REFERENCE_WIDTH)."""
-    tokens = encode(text, add_eos=False)[-(max_length + 1):]
+    tokens = encode(text, add_eos=False)[-(max_length + 1) :]
     row = np.zeros((1, REFERENCE_WIDTH), np.int32)
     row[0, : len(tokens)] = tokens
     logp = np.asarray(jax.nn.log_softmax(model.logits(row), axis=-1))[0]
     end = len(tokens) - 1
-    targets = tokens[end - scored + 1:]
-    lp = logp[end - scored: end]
+    targets = tokens[end - scored + 1 :]
+    lp = logp[end - scored : end]
     return float(lp[np.arange(scored), targets].sum()), bool((lp.argmax(-1) == targets).all())
 
 
@@ -110,14 +111,15 @@ def test_a_byte_lm_scores_as_one_forward_over_its_text(model):
 
     byte_lm = ByteLM(model.config.entropy_model, jax.device_get(model.entropy_params))
     context, continuation = "def area(w, h):\n    return", " w * h"
-    (logprob, greedy), = BltLM(byte_lm, batch_size=2, max_length=120, progress=False).loglikelihood(
-        [Instance("loglikelihood", {}, (context, continuation), 0)])
+    ((logprob, greedy),) = BltLM(byte_lm, batch_size=2, max_length=120, progress=False).loglikelihood(
+        [Instance("loglikelihood", {}, (context, continuation), 0)]
+    )
     tokens = encode(context + continuation, add_eos=False)
     logits = EntropyLM(model.config.entropy_model).apply({"params": model.entropy_params}, tokens[None])
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))[0]
     n = len(continuation)
     targets = tokens[-n:]
-    assert logprob == pytest.approx(float(logp[-n - 1:-1][np.arange(n), targets].sum()), abs=1e-4)
+    assert logprob == pytest.approx(float(logp[-n - 1 : -1][np.arange(n), targets].sum()), abs=1e-4)
     with pytest.raises(InputError, match="^generation needs a BLT"):
         byte_lm.generate("x")
 
@@ -137,8 +139,10 @@ def test_generation_stops_at_the_first_stop_string(model):
     assert cut_at_stops("abc\ndef END", ["END", "\n"]) == "abc"
     assert cut_at_stops("abc", ["zzz"]) == "abc"
     lm = BltLM(model, batch_size=1, progress=False)  # the batch shape of `model.generate` on one prompt
-    requests = [Instance("generate_until", {}, ("def f(", {"until": ["\n", ")"], "max_gen_toks": 12}), 0),
-                Instance("generate_until", {}, ("import ", {"until": ["\n", "s"], "max_gen_toks": 12}), 1)]
+    requests = [
+        Instance("generate_until", {}, ("def f(", {"until": ["\n", ")"], "max_gen_toks": 12}), 0),
+        Instance("generate_until", {}, ("import ", {"until": ["\n", "s"], "max_gen_toks": 12}), 1),
+    ]
     texts = lm.generate_until(requests)
     for request, text in zip(requests, texts):
         context, kwargs = request.args
@@ -159,8 +163,9 @@ def test_a_noised_run_scores_the_noised_context_and_the_clean_continuation(model
     got = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)])[0]
     noised = noise_context("repeat", context, seed=4)
     assert noised != context
-    want = scoring.score_continuations(model, [(noised.encode(), continuation.encode())], batch_size=2,
-                                       max_length=120)[0]
+    want = scoring.score_continuations(model, [(noised.encode(), continuation.encode())], batch_size=2, max_length=120)[
+        0
+    ]
     assert got == (want.logprob, want.greedy)
 
 
@@ -221,25 +226,46 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     (tmp_path / "facts").mkdir()
     for i in range(40):  # many small documents, in varied order
         order = np.random.default_rng(i).permutation(THINGS)
-        (tmp_path / "facts" / f"{i:02d}.txt").write_text(" ".join(f"the color of the {t} is {facts[t]}." for t in order))
+        (tmp_path / "facts" / f"{i:02d}.txt").write_text(
+            " ".join(f"the color of the {t} is {facts[t]}." for t in order)
+        )
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name, text in TASKS.items():
         (tasks / name).write_text(text)
     # lm-eval joins question and choice with a space (its target_delimiter).
-    items = [{"question": f"the color of the {t} is", "answer": 0,
-              "choices": [f"{c}.", f"{COLORS[(COLORS.index(c) + 1 + k % 5) % len(COLORS)]}."]}
-             for k, (t, c) in enumerate(facts.items())]
+    items = [
+        {
+            "question": f"the color of the {t} is",
+            "answer": 0,
+            "choices": [f"{c}.", f"{COLORS[(COLORS.index(c) + 1 + k % 5) % len(COLORS)]}."],
+        }
+        for k, (t, c) in enumerate(facts.items())
+    ]
     (tasks / "mc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (tasks / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     (tasks / "gen.jsonl").write_text(json.dumps({"prompt": "the color of the cup is", "answer": " blue."}) + "\n")
 
     # Scored during training too (every 60 steps and at the end), clean and noised.
-    result = run("train", "--config", TINY, "--workdir", "run", "--config.data.source=facts",
-                 "--config.eval.source=facts", "--config.train.steps=120", "--config.train.warmup_steps=10",
-                 "--config.train.eval_every=0", "--config.train.checkpoint_every=0", "--config.lm_eval.tasks=tiny_mc",
-                 "--config.lm_eval.include_path=tasks", "--config.lm_eval.every=60",
-                 "--config.lm_eval.noise=none,antspeak", "--no-progress", cwd=tmp_path)
+    result = run(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "run",
+        "--config.data.source=facts",
+        "--config.eval.source=facts",
+        "--config.train.steps=120",
+        "--config.train.warmup_steps=10",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=0",
+        "--config.lm_eval.tasks=tiny_mc",
+        "--config.lm_eval.include_path=tasks",
+        "--config.lm_eval.every=60",
+        "--config.lm_eval.noise=none,antspeak",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lm-eval at step 120: tiny_mc/acc" in result.stdout, result.stdout
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -248,9 +274,23 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     events = b"".join(p.read_bytes() for p in (tmp_path / "run" / "tensorboard").iterdir())
     assert b"lm_eval/tiny_mc/acc" in events and b"lm_eval/tiny_mc/antspeak/acc" in events
 
-    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc,tiny_roll,tiny_gen", "--include-path",
-                 "tasks", "--batch-size", "4", "--noise", "none,antspeak", "--output", "results.json", "--no-progress",
-                 cwd=tmp_path)
+    result = run(
+        "lm-eval",
+        "--checkpoint",
+        "run",
+        "--tasks",
+        "tiny_mc,tiny_roll,tiny_gen",
+        "--include-path",
+        "tasks",
+        "--batch-size",
+        "4",
+        "--noise",
+        "none,antspeak",
+        "--output",
+        "results.json",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tiny_mc" in result.stdout and "tiny_mc@antspeak" in result.stdout and "bits_per_byte" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -272,13 +312,26 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
 
     result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mcq", "--include-path", "tasks", cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
-    assert result.returncode == 2 and lines[-1].startswith("blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you "
-                                                           "mean tiny_mc"), result.stderr[-2000:]
-    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mc", "--include-path", "tasks", "--noise", "dorp",
-                 cwd=tmp_path)
+    assert result.returncode == 2 and lines[-1].startswith(
+        "blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you mean tiny_mc"
+    ), result.stderr[-2000:]
+    result = run(
+        "lm-eval",
+        "--checkpoint",
+        "run",
+        "--tasks",
+        "tiny_mc",
+        "--include-path",
+        "tasks",
+        "--noise",
+        "dorp",
+        cwd=tmp_path,
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
-    assert result.returncode == 2 and lines[-1] == ("blt-jax lm-eval: error: unknown noise 'dorp'; choose one of "
-                                                    "antspeak, drop, randomcase, repeat, uppercase (or none)"), lines
+    assert result.returncode == 2 and lines[-1] == (
+        "blt-jax lm-eval: error: unknown noise 'dorp'; choose one of "
+        "antspeak, drop, randomcase, repeat, uppercase (or none)"
+    ), lines
 
 
 def test_without_the_eval_extra_the_command_says_what_to_install(tmp_path):
@@ -293,14 +346,24 @@ def test_without_the_eval_extra_the_command_says_what_to_install(tmp_path):
     result = run("lm-eval", "--checkpoint", "run", "--tasks", "arc_easy", cwd=tmp_path, PYTHONPATH=path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and lines == [
-        'blt-jax lm-eval: error: lm-evaluation-harness is not installed (the eval extra): pip install -c '
-        'constraints.txt -e ".[eval]"'], result.stderr[-2000:]
+        "blt-jax lm-eval: error: lm-evaluation-harness is not installed (the eval extra): pip install -c "
+        'constraints.txt -e ".[eval]"'
+    ], result.stderr[-2000:]
 
 
 def test_training_with_an_unknown_lm_eval_task_fails_before_it_starts(tmp_path):
-    result = run("train", "--config", TINY, "--workdir", "run", "--config.lm_eval.tasks=color_quiz",
-                 "--config.lm_eval.noise=drop", cwd=tmp_path)
+    result = run(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "run",
+        "--config.lm_eval.tasks=color_quiz",
+        "--config.lm_eval.noise=drop",
+        cwd=tmp_path,
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
-    assert result.returncode == 2 and lines[-1] == ("blt-jax train: error: unknown task 'color_quiz' "
-                                                    "(lm_eval.include_path adds a directory of task YAMLs)"), lines[-3:]
+    assert result.returncode == 2 and lines[-1] == (
+        "blt-jax train: error: unknown task 'color_quiz' (lm_eval.include_path adds a directory of task YAMLs)"
+    ), lines[-3:]
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -39,8 +39,8 @@ def test_gradients_equal_dense():
     q, k, v, pos, docs = inputs(2, 130, 130, seed=3)
     spec = CausalSpec.self_attention(pos, docs, 24)
     weights = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-    loss_dense = lambda q, k, v: jnp.sum(masked_attention(q, k, v, spec.dense()) * weights)  # noqa: E731
-    loss_band = lambda q, k, v: jnp.sum(banded_attention(q, k, v, spec, 32) * weights)  # noqa: E731
+    loss_dense = lambda q, k, v: jnp.sum(masked_attention(q, k, v, spec.dense()) * weights)
+    loss_band = lambda q, k, v: jnp.sum(banded_attention(q, k, v, spec, 32) * weights)
     for a, b in zip(jax.grad(loss_dense, (0, 1, 2))(q, k, v), jax.jit(jax.grad(loss_band, (0, 1, 2)))(q, k, v)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0)
 

@@ -1,14 +1,13 @@
 """Masks built from ids vs NumPy loops over (query, key) pairs."""
 
 import numpy as np
+import numpy_blt
 import pytest
 
 from blt_jax.nn.latent import patch_document_ids
 from blt_jax.nn.masks import causal_mask, document_ids
 from blt_jax.nn.patch_ids import decoder_patch_ids, patch_ids_from_lengths
 from blt_jax.tokenizer import EOS_ID
-
-import numpy_blt
 
 
 def tokens_with_eos(seed, n=30):

@@ -6,18 +6,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_blt
 import pytest
 
-import numpy_blt
 from blt_jax.config import BLTConfig, EntropyLMConfig, HashConfig, StackConfig
 from blt_jax.nn.attention import masked_attention
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM
 from blt_jax.nn.local import LocalEncoder
 from blt_jax.nn.masks import document_ids
-from blt_jax.params import init_params, logical_axes
-from blt_jax.parallel import LOGICAL_RULES
 from blt_jax.nn.patch_ids import patch_ids_from_lengths
+from blt_jax.parallel import LOGICAL_RULES
+from blt_jax.params import init_params, logical_axes
 from blt_jax.tokenizer import BOS_ID, EOS_ID
 
 N = 40
@@ -65,7 +65,7 @@ def rows_with_documents():
 def model(request):
     config = CONFIGS[request.param]
     params = scaled(init_params(config, jax.random.key(1)))
-    fn = jax.jit(lambda p, t, l: BLT(config).apply({"params": p}, t, l))
+    fn = jax.jit(lambda p, t, lengths: BLT(config).apply({"params": p}, t, lengths))
     return config, params, fn
 
 
@@ -163,7 +163,9 @@ def test_entropy_lm_matches_numpy_with_documents_and_window():
     tokens, _ = rows_with_documents()
     ours = np.asarray(jax.jit(lambda p, t: EntropyLM(config).apply({"params": p}, t))(params, tokens))
     for row in range(2):
-        np.testing.assert_allclose(ours[row], numpy_blt.entropy_lm_forward(params, config, tokens[row]), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            ours[row], numpy_blt.entropy_lm_forward(params, config, tokens[row]), atol=1e-4, rtol=0
+        )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -182,7 +184,9 @@ def test_every_parameter_has_logical_axes(name):
 
 def test_boxed_init_carries_names():
     config = CONFIGS["decoder_first_layer_only"]
-    boxed = jax.eval_shape(BLT(config).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 5), jnp.int32))
+    boxed = jax.eval_shape(
+        BLT(config).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 5), jnp.int32)
+    )
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
 
@@ -202,6 +206,8 @@ def test_long_rows_use_banded_attention_and_match_numpy():
     lengths = np.zeros((1, 40), np.int32)
     chunks = [1] + [4] * 32 + [2]  # sums to n + 1
     lengths[0, : len(chunks)] = chunks
-    ours = np.asarray(jax.jit(lambda p, t, l: BLT(config).apply({"params": p}, t, l))(params, tokens, lengths))
+    ours = np.asarray(
+        jax.jit(lambda p, t, lengths: BLT(config).apply({"params": p}, t, lengths))(params, tokens, lengths)
+    )
     ref = numpy_blt.blt_forward(params, config, tokens[0], lengths[0])
     np.testing.assert_allclose(ours[0], ref, atol=1e-4, rtol=0)

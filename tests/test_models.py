@@ -10,14 +10,13 @@ import pytest
 
 from blt_jax import models
 from blt_jax.config import EntropyLMConfig, StackConfig, entropy_lm_from_dict
+from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict, resolve_scan
 from blt_jax.metrics.flops import stack_forward_flops
 from blt_jax.models import ModelKind
 from blt_jax.nn.entropy_lm import EntropyLM
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.params import count, init_params
-from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict, resolve_scan
 from blt_jax.train.programs import TrainPrograms
-
 
 # ---- the new kind: its configuration, module and ModelKind (what a new file would hold) ---------
 
@@ -40,8 +39,12 @@ class ByteLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        inner = EntropyLMConfig(stack=self.config.stack, vocab_size=self.config.vocab_size,
-                                dtype=self.config.dtype, param_dtype=self.config.param_dtype)
+        inner = EntropyLMConfig(
+            stack=self.config.stack,
+            vocab_size=self.config.vocab_size,
+            dtype=self.config.dtype,
+            param_dtype=self.config.param_dtype,
+        )
         return EntropyLM(inner, name="inner")(tokens)
 
 
@@ -81,8 +84,11 @@ def registered(monkeypatch):
 def raw_experiment():
     stack = dict(dim=32, n_layers=2, n_heads=2, ffn_hidden=96, window=None, rope_theta=10000.0)
     data = dict(source="default", batch_size=8, row_bytes=32, row_patches=8, shuffle=False, seed=0)
-    return {"model": {"kind": "byte_lm", "stack": stack},
-            "data": data, "train": dict(steps=4, warmup_steps=1, log_every=1, checkpoint_every=0)}
+    return {
+        "model": {"kind": "byte_lm", "stack": stack},
+        "data": data,
+        "train": dict(steps=4, warmup_steps=1, log_every=1, checkpoint_every=0),
+    }
 
 
 def test_a_third_kind_trains_evaluates_and_round_trips(registered):

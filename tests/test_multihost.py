@@ -22,24 +22,42 @@ import subprocess
 import sys
 import time
 
+import gcs_server
 import numpy as np
 import pytest
-
-import gcs_server
 from user import TINY, blt_jax, user_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multihost.py")
 STEPS = 16  # room for a SIGTERM to take effect before the end on a loaded machine (~3 steps seen)
-TRAIN = [f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2", "--config.train.log_every=1",
-         "--config.train.checkpoint_every=100", "--config.train.eval_every=0", "--config.train.eval_batches=1"]
+TRAIN = [
+    f"--config.train.steps={STEPS}",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=100",
+    "--config.train.eval_every=0",
+    "--config.train.eval_batches=1",
+]
 
 
 def launcher(tmp, name, processes=2, workdir=None):
     """The launcher's command line for a run `name` as `processes` x (8 / processes) devices (workdir
     `runs/<name>` unless given, logs under `tmp`)."""
-    return [sys.executable, LAUNCHER, "--num-processes", str(processes), "--devices", str(8 // processes),
-            "--config", TINY, "--workdir", workdir or f"runs/{name}", "--logs", f"logs/{name}", *TRAIN]
+    return [
+        sys.executable,
+        LAUNCHER,
+        "--num-processes",
+        str(processes),
+        "--devices",
+        str(8 // processes),
+        "--config",
+        TINY,
+        "--workdir",
+        workdir or f"runs/{name}",
+        "--logs",
+        f"logs/{name}",
+        *TRAIN,
+    ]
 
 
 def loss_rows(text: str) -> list[dict]:
@@ -54,8 +72,14 @@ def rows(workdir):
 def signal_one_process(tmp, name: str, after_steps: int, sig: int, processes: int = 2) -> subprocess.Popen:
     """Starts run `name` as `processes` processes and, once `after_steps` steps are logged, sends `sig`
     to process 1 alone; returns the launcher's process."""
-    proc = subprocess.Popen(launcher(tmp, name, processes), cwd=tmp, env=user_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        launcher(tmp, name, processes),
+        cwd=tmp,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workdir, deadline = tmp / "runs" / name, time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if (workdir / "metrics.jsonl").exists() and len(rows(workdir)) >= after_steps:
@@ -68,12 +92,20 @@ def signal_one_process(tmp, name: str, after_steps: int, sig: int, processes: in
 
 def read_params(tmp, workdir, env=None):
     """A run's final parameters, read in a fresh process: {path: NumPy array}."""
-    code = ("import sys, numpy as np, jax; from blt_jax.loading import runs; _, p = runs.read_run(sys.argv[1]); "
-            "np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v) "
-            "for k, v in jax.tree_util.tree_leaves_with_path(p)})")
+    code = (
+        "import sys, numpy as np, jax; from blt_jax.loading import runs; _, p = runs.read_run(sys.argv[1]); "
+        "np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v) "
+        "for k, v in jax.tree_util.tree_leaves_with_path(p)})"
+    )
     out = tmp / f"params_{str(workdir).replace('/', '_').replace(':', '')}.npz"
-    result = subprocess.run([sys.executable, "-c", code, str(workdir), str(out)], cwd=tmp, capture_output=True,
-                            env=env or user_env(JAX_PLATFORMS="cpu"), text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(workdir), str(out)],
+        cwd=tmp,
+        capture_output=True,
+        env=env or user_env(JAX_PLATFORMS="cpu"),
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out) as saved:
         return dict(saved)
@@ -98,8 +130,17 @@ def tmp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tmp):
     """The reference: one `blt-jax train` process over 8 CPU devices: (metrics rows, final parameters)."""
-    result = blt_jax("train", "--config", TINY, "--workdir", "runs/single", *TRAIN, cwd=tmp, JAX_PLATFORMS="cpu",
-                     XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = blt_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        "runs/single",
+        *TRAIN,
+        cwd=tmp,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return rows(tmp / "runs" / "single"), read_params(tmp, "runs/single")
 
@@ -112,8 +153,14 @@ def straight(tmp):
     try:
         server.create_bucket("blt")
         env = user_env(**server.client_env())
-        result = subprocess.run(launcher(tmp, "straight", workdir="gs://blt/straight"), cwd=tmp, env=env,
-                                capture_output=True, text=True, timeout=900)
+        result = subprocess.run(
+            launcher(tmp, "straight", workdir="gs://blt/straight"),
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         names = server.names("blt", "straight/")
         shards = json.loads(server.read("blt", f"straight/checkpoints/{STEPS}/data_shards/metadata"))
@@ -164,8 +211,9 @@ def test_preempted_on_two_resumed_on_four_preempted_again_resumed_on_one(tmp, si
     on_two = preempt(tmp, name, processes=2, after_steps=3)
     on_four = preempt(tmp, name, processes=4, after_steps=on_two + 2)
     assert f"resumed from step {on_two}" in (logs / "process_0.log").read_text()
-    result = subprocess.run(launcher(tmp, name, processes=1), cwd=tmp, env=user_env(), capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        launcher(tmp, name, processes=1), cwd=tmp, env=user_env(), capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resumed from step {on_four}" in (logs / "process_0.log").read_text()
     assert_same_training(rows(tmp / "runs" / name), read_params(tmp, f"runs/{name}"), *single)
@@ -184,10 +232,33 @@ def test_a_process_that_dies_stops_the_others_with_its_message(tmp):
 
 def _pass(tmp, out, logs, processes, devices=2):
     """`blt-jax patch` of the test corpus into `out`, as `processes` processes (launcher) or one."""
-    command = ["blt-jax", "patch", "--corpus", "texts", "--out", out, "--config", TINY, "--docs-per-shard", "2",
-               "--chunk", "64", "--no-progress"]
-    return [sys.executable, LAUNCHER, "--num-processes", str(processes), "--devices", str(devices), "--logs", logs,
-            "--", *command]
+    command = [
+        "blt-jax",
+        "patch",
+        "--corpus",
+        "texts",
+        "--out",
+        out,
+        "--config",
+        TINY,
+        "--docs-per-shard",
+        "2",
+        "--chunk",
+        "64",
+        "--no-progress",
+    ]
+    return [
+        sys.executable,
+        LAUNCHER,
+        "--num-processes",
+        str(processes),
+        "--devices",
+        str(devices),
+        "--logs",
+        logs,
+        "--",
+        *command,
+    ]
 
 
 def _written(log: str) -> list[str]:
@@ -205,12 +276,24 @@ def test_entropy_pass_shared_by_two_processes_resumes_after_one_is_killed(tmp):
     words = ["def", "return", "self", "value", "(", ")", ":", "for", "in", "range", "x", "y", "\n    "]
     for i in range(60):
         (tmp / "texts" / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, size=400)))
-    result = subprocess.run(_pass(tmp, "entropies_one", "logs/pass_one", 1, devices=4), cwd=tmp, env=user_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _pass(tmp, "entropies_one", "logs/pass_one", 1, devices=4),
+        cwd=tmp,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
-    proc = subprocess.Popen(_pass(tmp, "entropies_two", "logs/pass_killed", 2), cwd=tmp, env=user_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _pass(tmp, "entropies_two", "logs/pass_killed", 2),
+        cwd=tmp,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out_dir = tmp / "entropies_two"
     deadline = time.time() + 300
     while not (out_dir / store.shard_record_name(1)).exists() and time.time() < deadline and proc.poll() is None:
@@ -223,8 +306,14 @@ def test_entropy_pass_shared_by_two_processes_resumes_after_one_is_killed(tmp):
     finished = {i for i in range(30) if (out_dir / store.shard_record_name(i)).exists()}
     assert 1 in finished and len({i for i in finished if i % 2}) < 15, finished  # killed with some done, not all
 
-    result = subprocess.run(_pass(tmp, "entropies_two", "logs/pass_resumed", 2), cwd=tmp, env=user_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _pass(tmp, "entropies_two", "logs/pass_resumed", 2),
+        cwd=tmp,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     after = [_written((tmp / "logs" / "pass_resumed" / f"process_{i}.log").read_text()) for i in range(2)]
     for i in range(2):  # process i computes the missing shards among i, i + 2, ...
@@ -236,7 +325,8 @@ def test_entropy_pass_shared_by_two_processes_resumes_after_one_is_killed(tmp):
     reference = json.loads((tmp / "entropies_one" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["counts"] == reference["counts"]
     assert [s["process"] for s in manifest["shards"]] == [i % 2 for i in range(30)]
-    for (d1, e1, o1), (d2, e2, o2) in zip(store.iter_stored(str(tmp / "entropies_two")),
-                                          store.iter_stored(str(tmp / "entropies_one")), strict=True):
+    for (d1, e1, o1), (d2, e2, o2) in zip(
+        store.iter_stored(str(tmp / "entropies_two")), store.iter_stored(str(tmp / "entropies_one")), strict=True
+    ):
         assert (d1, o1) == (d2, o2)
         np.testing.assert_allclose(e1.astype(np.float32), e2.astype(np.float32), rtol=1e-3, atol=1e-3)

@@ -55,6 +55,9 @@ def test_the_noise_of_a_text_depends_on_the_seed_and_the_text_alone(name):
 
 def test_names():
     assert noise.noise_context(None, "Ab") == "Ab" and noise.noise_context("none", "Ab") == "Ab"
-    with pytest.raises(InputError, match=r"^unknown noise 'dorp'; choose one of antspeak, drop, randomcase, "
-                                         r"repeat, uppercase \(or none\)$"):
+    with pytest.raises(
+        InputError,
+        match=r"^unknown noise 'dorp'; choose one of antspeak, drop, randomcase, "
+        r"repeat, uppercase \(or none\)$",
+    ):
         noise.noise_context("dorp", "x")

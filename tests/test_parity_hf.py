@@ -16,14 +16,14 @@ a row (blt_spec.md section 11), so these inputs have no EOS before the last posi
 trailing empty patches; our reference semantics there are tested against tests/numpy_blt.py.
 """
 
+import jax
 import numpy as np
+import numpy_blt
 import pytest
 import torch
 from transformers import BltConfig, BltForCausalLM
 
 import blt_jax
-import jax
-import numpy_blt
 from blt_jax.tokenizer import BOS_ID, EOS_ID
 
 N = 48
@@ -31,20 +31,58 @@ SCALE = 2.0
 PATCHER_SCALE = 3.0
 SELF_ERROR_BUDGET = 5e-5  # each fp32 implementation vs float64 exact logits
 CONFIGS = {
-    "base": dict(k=2, d_local=32, d_global=64, enc_layers=1, dec_layers=2, heads=4,
-                 hash_sizes=[3, 4, 5], hash_vocab=1021, hash_fns=1, window=16, dec_all=True),
+    "base": dict(
+        k=2,
+        d_local=32,
+        d_global=64,
+        enc_layers=1,
+        dec_layers=2,
+        heads=4,
+        hash_sizes=[3, 4, 5],
+        hash_vocab=1021,
+        hash_fns=1,
+        window=16,
+        dec_all=True,
+    ),
     # k * d_local = 96 != 64: global input projection; decoder cross-attention in its first layer only.
-    "projection_k3": dict(k=3, d_local=32, d_global=64, enc_layers=1, dec_layers=2, heads=4,
-                          hash_sizes=[3, 4, 5], hash_vocab=1021, hash_fns=1, window=16, dec_all=False),
+    "projection_k3": dict(
+        k=3,
+        d_local=32,
+        d_global=64,
+        enc_layers=1,
+        dec_layers=2,
+        heads=4,
+        hash_sizes=[3, 4, 5],
+        hash_vocab=1021,
+        hash_fns=1,
+        window=16,
+        dec_all=False,
+    ),
     # Two encoder layers, four hash sizes with two hash functions (8 tables), 8 local heads.
-    "deep_encoder_two_hashes": dict(k=2, d_local=32, d_global=48, enc_layers=2, dec_layers=3, heads=8,
-                                    hash_sizes=[3, 4, 6, 8], hash_vocab=30011, hash_fns=2, window=12, dec_all=True),
+    "deep_encoder_two_hashes": dict(
+        k=2,
+        d_local=32,
+        d_global=48,
+        enc_layers=2,
+        dec_layers=3,
+        heads=8,
+        hash_sizes=[3, 4, 6, 8],
+        hash_vocab=30011,
+        hash_fns=2,
+        window=12,
+        dec_all=True,
+    ),
 }
 
 
 def hf_config(c):
-    local = dict(hidden_size=c["d_local"], num_attention_heads=c["heads"], intermediate_size=96,
-                 cross_attn_k=c["k"], hidden_size_global=c["d_global"])
+    local = dict(
+        hidden_size=c["d_local"],
+        num_attention_heads=c["heads"],
+        intermediate_size=96,
+        cross_attn_k=c["k"],
+        hidden_size_global=c["d_global"],
+    )
     return BltConfig(
         vocab_size=260,
         cross_attn_k=c["k"],
@@ -56,10 +94,12 @@ def hf_config(c):
         encoder_hash_byte_group_nb_functions=c["hash_fns"],
         encoder_config=dict(local, num_hidden_layers=c["enc_layers"], cross_attn_all_layers=False),
         decoder_config=dict(local, num_hidden_layers=c["dec_layers"], cross_attn_all_layers=c["dec_all"]),
-        global_config=dict(hidden_size=c["d_global"], num_attention_heads=4, num_hidden_layers=2,
-                           intermediate_size=4 * c["d_global"]),
-        patcher_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
-                            sliding_window=c["window"]),
+        global_config=dict(
+            hidden_size=c["d_global"], num_attention_heads=4, num_hidden_layers=2, intermediate_size=4 * c["d_global"]
+        ),
+        patcher_config=dict(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96, sliding_window=c["window"]
+        ),
     )
 
 
@@ -111,7 +151,12 @@ def pair(request, tmp_path_factory):
 def test_config_read_from_hf(pair):
     name, model, ours = pair
     c, cfg = CONFIGS[name], ours.config
-    assert (cfg.cross_attn_k, cfg.encoder.dim, cfg.latent.dim, cfg.encoder.window) == (c["k"], c["d_local"], c["d_global"], c["window"])
+    assert (cfg.cross_attn_k, cfg.encoder.dim, cfg.latent.dim, cfg.encoder.window) == (
+        c["k"],
+        c["d_local"],
+        c["d_global"],
+        c["window"],
+    )
     assert cfg.has_latent_projection == (c["k"] * c["d_local"] != c["d_global"])
     assert cfg.hash.n_tables == len(c["hash_sizes"]) * c["hash_fns"]
     assert cfg.cross_attn_all_layers_decoder == c["dec_all"]
@@ -144,7 +189,10 @@ def test_entropies_match(pair):
     assert ref.min() < 2.0 < ref.max()  # spread: not a near-uniform model
     params = jax.device_get(ours.entropy_params)
     logits = [numpy_blt.entropy_lm_forward(params, ours.config.entropy_model, tokens[r]) for r in range(2)]
-    logp = [z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) for z in logits]
+    logp = [
+        z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        for z in logits
+    ]
     exact = np.stack([-(np.exp(lp) * lp).sum(-1) for lp in logp])
     assert np.abs(ref - exact).max() <= SELF_ERROR_BUDGET and np.abs(got - exact).max() <= SELF_ERROR_BUDGET
     diff = np.abs(got - ref).max()
@@ -154,7 +202,7 @@ def test_entropies_match(pair):
 def starts_below(lengths, n):
     lengths = np.asarray(lengths)
     begins = np.cumsum(lengths) - lengths
-    return sorted(int(b) for b, l in zip(begins, lengths) if l > 0 and b < n)
+    return sorted(int(b) for b, size in zip(begins, lengths) if size > 0 and b < n)
 
 
 def test_patch_starts_match(pair):
@@ -165,7 +213,9 @@ def test_patch_starts_match(pair):
     assert ours_lengths.shape == (2, N + 1) and (ours_lengths.sum(1) == N + 1).all()
     for row in range(2):  # one row at a time: HF's patcher pads batched rows oddly
         with torch.no_grad():
-            _, hf_lengths, _ = model.model.patcher(torch.tensor(tokens[row : row + 1]), patch_size=4, threshold=threshold)
+            _, hf_lengths, _ = model.model.patcher(
+                torch.tensor(tokens[row : row + 1]), patch_size=4, threshold=threshold
+            )
         want = starts_below(hf_lengths[0].numpy(), N)
         assert 4 < len(want) < N - 4  # the threshold splits the row into real patches
         assert starts_below(ours_lengths[row], N) == want
@@ -195,8 +245,10 @@ def test_export_to_hf_loads_in_transformers_and_round_trips_bit_identical(pair, 
     result = run("export", "from_hf", "to_hf", "--format", "hf", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "to_hf (Hugging Face layout)" in result.stdout
-    original, exported = load_file(str(tmp_path / "from_hf" / "model.safetensors")), \
-        load_file(str(tmp_path / "to_hf" / "model.safetensors"))
+    original, exported = (
+        load_file(str(tmp_path / "from_hf" / "model.safetensors")),
+        load_file(str(tmp_path / "to_hf" / "model.safetensors")),
+    )
     assert exported.keys() == original.keys()
     for name, tensor in original.items():
         assert exported[name].dtype == tensor.dtype and np.array_equal(exported[name], tensor), name

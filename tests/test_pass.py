@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from blt_jax.config import EntropyLMConfig, StackConfig
+from blt_jax.data import entropy_pass as pass_module
+from blt_jax.data.entropy_pass import PassMismatch, PassOptions, run_pass
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.params import init_params
-from blt_jax.data import entropy_pass as pass_module
 from blt_jax.patching import store
-from blt_jax.data.entropy_pass import PassMismatch, PassOptions, run_pass
 from blt_jax.tokenizer import encode
 
 CONFIG = EntropyLMConfig(StackConfig(32, 2, 4, 96, rope_theta=10000.0, window=16))
@@ -43,12 +43,24 @@ def test_pass_stores_exact_entropies(corpus, params, tmp_path):
     out = str(tmp_path / "out")
     manifest = run_pass(corpus, out, CONFIG, params, "test model", OPTIONS)
     counts = manifest["counts"]
-    assert counts == {"documents": 6, "bytes": 150 + 3 + 40 + 90 + 13 + 8, "tokens": 304 + 12,
-                      "skipped_empty": 1, "skipped_bad": 1, "files": 6}
+    assert counts == {
+        "documents": 6,
+        "bytes": 150 + 3 + 40 + 90 + 13 + 8,
+        "tokens": 304 + 12,
+        "skipped_empty": 1,
+        "skipped_bad": 1,
+        "files": 6,
+    }
     assert manifest["complete"] and len(manifest["shards"]) == 3 and manifest["window"] == 16
     records = read_all(out)
-    assert [o.rsplit("/", 1)[-1] for _, _, o in records] == ["doc0.txt", "doc1.txt", "doc2.txt", "doc4.txt",
-                                                            "more.jsonl:1", "more.jsonl:3"]
+    assert [o.rsplit("/", 1)[-1] for _, _, o in records] == [
+        "doc0.txt",
+        "doc1.txt",
+        "doc2.txt",
+        "doc4.txt",
+        "more.jsonl:1",
+        "more.jsonl:3",
+    ]
     single = jax.jit(lambda p, t: entropies_from_logits(EntropyLM(CONFIG).apply({"params": p}, t)))
     total = 0.0
     for data, entropies, _ in records:

@@ -62,8 +62,15 @@ def check_row(row, patches=P):
 
 
 def test_rows_reproduce_the_shuffled_stream_exactly(corpus):
-    config = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=P, seed=3, num_epochs=1,
-                        patching=PatchingConfig(mode="space"))
+    config = DataConfig(
+        source=corpus,
+        batch_size=1,
+        row_bytes=N,
+        row_patches=P,
+        seed=3,
+        num_epochs=1,
+        patching=PatchingConfig(mode="space"),
+    )
     rows = all_rows(config)
     docs = documents_in_order(corpus, seed=3)
     stream = np.concatenate([encode(d.data) for d in docs])
@@ -77,11 +84,18 @@ def test_rows_reproduce_the_shuffled_stream_exactly(corpus):
     assert bytes([0, 1, 2, 255, 254, 128, 10, 13]) in raw  # binary passes through untouched
 
 
-@pytest.mark.parametrize("patching", [PatchingConfig(mode="space"), PatchingConfig(mode="static", static_size=3),
-                                      PatchingConfig(mode="space", max_patch_length=4)])
+@pytest.mark.parametrize(
+    "patching",
+    [
+        PatchingConfig(mode="space"),
+        PatchingConfig(mode="static", static_size=3),
+        PatchingConfig(mode="space", max_patch_length=4),
+    ],
+)
 def test_patches_follow_the_document_rule_except_at_row_starts(corpus, patching):
-    config = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=P, seed=1, num_epochs=1,
-                        patching=patching)
+    config = DataConfig(
+        source=corpus, batch_size=1, row_bytes=N, row_patches=P, seed=1, num_epochs=1, patching=patching
+    )
     rows = all_rows(config)
     docs = documents_in_order(corpus, seed=1)
     flags = np.concatenate([prepare_document(d, patching)["starts"] for d in docs])
@@ -91,15 +105,18 @@ def test_patches_follow_the_document_rule_except_at_row_starts(corpus, patching)
         starts = np.zeros(n + 1, bool)
         starts[np.cumsum(row["patch_lengths"])[:-1][np.cumsum(row["patch_lengths"])[:-1] <= n]] = True
         starts[0] = True
-        expected = flags[offset : offset + n + 1].copy() if offset + n + 1 <= len(flags) else np.append(flags[offset:], True)
+        expected = (
+            flags[offset : offset + n + 1].copy() if offset + n + 1 <= len(flags) else np.append(flags[offset:], True)
+        )
         expected[:2] = True  # every row starts with a one-byte patch
         np.testing.assert_array_equal(starts, expected[: n + 1])
         offset += n
 
 
 def test_patch_budget_stops_rows_early(corpus):
-    config = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=4, num_epochs=1,
-                        patching=PatchingConfig(mode="byte"))
+    config = DataConfig(
+        source=corpus, batch_size=1, row_bytes=N, row_patches=4, num_epochs=1, patching=PatchingConfig(mode="byte")
+    )
     rows = all_rows(config)
     assert all(check_row(r, 4) == 3 for r in rows[:-1])  # 4 one-byte patches: 3 inputs + the next slot
 
@@ -183,8 +200,9 @@ def test_missing_source_fails_before_training(tmp_path):
 
 
 def test_entropy_mode_needs_stored_entropies(corpus):
-    config = DataConfig(source=corpus, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1,
-                        patching=PatchingConfig(mode="entropy"))
+    config = DataConfig(
+        source=corpus, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1, patching=PatchingConfig(mode="entropy")
+    )
     with pytest.raises(Exception, match="needs stored entropies"):
         all_rows(config)
 
@@ -215,8 +233,8 @@ def test_default_corpus_needs_no_flags():
 
 def test_stored_entropies_drive_entropy_patching(corpus, tmp_path):
     from blt_jax.config import EntropyLMConfig, StackConfig
-    from blt_jax.params import init_params
     from blt_jax.data.entropy_pass import PassOptions, run_pass
+    from blt_jax.params import init_params
 
     config = EntropyLMConfig(StackConfig(32, 1, 4, 96, rope_theta=10000.0, window=16))
     params = init_params(config, jax.random.key(0))
@@ -226,8 +244,9 @@ def test_stored_entropies_drive_entropy_patching(corpus, tmp_path):
     assert all(d.entropies is not None for d in docs)
     median = float(np.median(np.concatenate([d.entropies.astype(np.float32) for d in docs])))
     patching = PatchingConfig(mode="entropy", threshold=median)
-    data = DataConfig(source=out, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1, shuffle=False,
-                      patching=patching)
+    data = DataConfig(
+        source=out, batch_size=1, row_bytes=N, row_patches=P, num_epochs=1, shuffle=False, patching=patching
+    )
     rows = all_rows(data)
     flags = np.concatenate([prepare_document(d, patching)["starts"] for d in docs])
     assert 0.1 < flags.mean() < 0.9  # the threshold makes real decisions
@@ -256,7 +275,11 @@ def test_hugging_face_streaming_with_a_stub(monkeypatch):
 
     seen = {}
     for index in range(2):
-        inputs = [b["tokens"][r][: int(b["mask"][r].sum())] for b in build_dataset(config, process_share(2, index, 2)) for r in range(1)]
+        inputs = [
+            b["tokens"][r][: int(b["mask"][r].sum())]
+            for b in build_dataset(config, process_share(2, index, 2))
+            for r in range(1)
+        ]
         text = render(np.concatenate(inputs))
         seen[index] = [i for i in range(40) if f"<s>example number {i}</s>" in text]
     assert all(i % 2 == 0 for i in seen[0]) and all(i % 2 == 1 for i in seen[1])  # disjoint shards

@@ -6,13 +6,13 @@ import os
 import struct
 
 import pytest
+from user import TPU_NOISE, blt_jax
 
 from blt_jax import cli
 from blt_jax.config import ConfigError
 from blt_jax.quickstart import make_plan, open_plan, run_quickstart
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.stages import PROMPT, STAGES, Paths
-from user import TPU_NOISE, blt_jax
 
 UNTRAINED_BPB = 8.0  # log2(260) = 8.02 bits: a uniform guess over the vocabulary
 # Forty tiny steps take the BLT from ~8.0 to ~5 bits per byte; demand at least 1.5 bits.
@@ -142,12 +142,13 @@ def test_cli_rejects_unknown_stage(tmp_path):
 def test_experiment_file_gives_the_runs_the_quickstart_trained(run):
     """`blt-jax train --config experiments/quickstart.py:<run>@<workdir>` repeats a stage by hand."""
     from blt_jax.experiment import load_experiment
-    from blt_jax.experiment.config import experiment_from_dict
-    from blt_jax.experiment.config import experiment_to_dict
+    from blt_jax.experiment.config import experiment_from_dict, experiment_to_dict
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("entropy_lm", "blt", "baseline"):
-        experiment = experiment_from_dict(load_experiment(os.path.join(root, "experiments", f"quickstart.py:{name}@{run}")))
+        experiment = experiment_from_dict(
+            load_experiment(os.path.join(root, "experiments", f"quickstart.py:{name}@{run}"))
+        )
         trained = json.load(open(os.path.join(run, name, "config.json")))
         assert json.loads(json.dumps(experiment_to_dict(experiment))) == trained, name
     with pytest.raises(ValueError, match="unknown quickstart run"):
@@ -159,13 +160,35 @@ def test_readme_lm_eval_commands_on_the_quickstart_models(run):
     the quickstart ran in): a cloze task from the held-out corpus, then the BLT (its entropy LM found
     through its entropy pass) and the byte baseline, clean and noised."""
     cwd = os.path.dirname(os.path.dirname(run))
-    result = blt_jax("make-tasks", "cloze", "tasks", "--cut", "midline", "--corpus", "runs/quickstart/corpus/validation",
-                     "--n", "12", cwd=cwd)
+    result = blt_jax(
+        "make-tasks",
+        "cloze",
+        "tasks",
+        "--cut",
+        "midline",
+        "--corpus",
+        "runs/quickstart/corpus/validation",
+        "--n",
+        "12",
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for model, noise in (("blt", "none,drop"), ("baseline", "none")):
-        result = blt_jax("lm-eval", "--checkpoint", f"runs/quickstart/{model}", "--tasks", "cloze_midline",
-                         "--include-path", "tasks", "--noise", noise, "--output", f"{model}.json", "--no-progress",
-                         cwd=cwd)
+        result = blt_jax(
+            "lm-eval",
+            "--checkpoint",
+            f"runs/quickstart/{model}",
+            "--tasks",
+            "cloze_midline",
+            "--include-path",
+            "tasks",
+            "--noise",
+            noise,
+            "--output",
+            f"{model}.json",
+            "--no-progress",
+            cwd=cwd,
+        )
         assert result.returncode == 0, (model, result.stderr[-3000:])
         results = json.load(open(os.path.join(cwd, f"{model}.json")))["results"]
         names = ["cloze_midline"] + (["cloze_midline@drop"] if "drop" in noise else [])

@@ -43,7 +43,12 @@ def _prose_lines(text: str) -> list:
         if fence is None and m:
             fence = m.group(1)
         elif fence is not None:
-            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not line.strip()[len(m.group(1)):]:
+            if (
+                m
+                and m.group(1)[0] == fence[0]
+                and len(m.group(1)) >= len(fence)
+                and not line.strip()[len(m.group(1)) :]
+            ):
                 fence = None
         else:
             lines.append(line)
@@ -100,16 +105,24 @@ def local_links(path: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("heading, expected", [
-    ("The paper's comparisons on your corpus (`blt-jax study`)", "the-papers-comparisons-on-your-corpus-blt-jax-study"),
-    ("Meta's `params.json`: what carries over", "metas-paramsjson-what-carries-over"),
-    ("Set-up (Python 3.11, CPU or TPU host): two commands", "set-up-python-311-cpu-or-tpu-host-two-commands"),
-    ("Scaling (compiled ahead of time for TPU topologies on a CPU host)",
-     "scaling-compiled-ahead-of-time-for-tpu-topologies-on-a-cpu-host"),
-    ("Noised inputs, character tasks, tasks on your corpus", "noised-inputs-character-tasks-tasks-on-your-corpus"),
-    ("train_and_evaluate & `init_from`.", "train_and_evaluate--init_from"),
-    ("See [the guide](docs/guide.md) **now**", "see-the-guide-now"),
-])
+@pytest.mark.parametrize(
+    "heading, expected",
+    [
+        (
+            "The paper's comparisons on your corpus (`blt-jax study`)",
+            "the-papers-comparisons-on-your-corpus-blt-jax-study",
+        ),
+        ("Meta's `params.json`: what carries over", "metas-paramsjson-what-carries-over"),
+        ("Set-up (Python 3.11, CPU or TPU host): two commands", "set-up-python-311-cpu-or-tpu-host-two-commands"),
+        (
+            "Scaling (compiled ahead of time for TPU topologies on a CPU host)",
+            "scaling-compiled-ahead-of-time-for-tpu-topologies-on-a-cpu-host",
+        ),
+        ("Noised inputs, character tasks, tasks on your corpus", "noised-inputs-character-tasks-tasks-on-your-corpus"),
+        ("train_and_evaluate & `init_from`.", "train_and_evaluate--init_from"),
+        ("See [the guide](docs/guide.md) **now**", "see-the-guide-now"),
+    ],
+)
 def test_slug_follows_githubs_rule(heading, expected):
     assert slug(heading) == expected
 
@@ -121,8 +134,9 @@ def test_repeated_headings_get_numbered_slugs():
 
 def test_every_relative_link_and_image_in_the_readme_exists():
     local = [(t, resolved) for t, resolved, _ in local_links(README)]
-    assert any(t.startswith("docs/study/") for t, _ in local), \
+    assert any(t.startswith("docs/study/") for t, _ in local), (
         "README.md links no file under docs/study/ (the study's published report and figures)"
+    )
     missing = [t for t, resolved in local if not os.path.exists(resolved)]
     assert not missing, f"README.md links files that do not exist: {missing}"
 
@@ -134,7 +148,9 @@ def test_every_relative_link_and_image_of_a_page_exists(page):
         if not (resolved == ROOT or resolved.startswith(ROOT + os.sep)):
             problems.append(f"{target!r} leaves the repository ({resolved})")
         elif not os.path.exists(resolved):
-            problems.append(f"{target!r} -> {_rel(resolved)} does not exist (resolved from {_rel(os.path.dirname(page)) or '.'}/)")
+            problems.append(
+                f"{target!r} -> {_rel(resolved)} does not exist (resolved from {_rel(os.path.dirname(page)) or '.'}/)"
+            )
     assert not problems, f"{_rel(page)}: " + "; ".join(problems)
 
 
@@ -168,8 +184,11 @@ def test_the_ci_markers_are_each_followed_by_a_bash_block(marker):
     where = [i for i, line in enumerate(lines) if line.strip() == marker]
     assert len(where) == 1, f"README.md: {marker} appears {len(where)} times; CI needs it exactly once"
     after = [i for i in range(where[0] + 1, len(lines)) if lines[i].strip()]
-    assert after and lines[after[0]].startswith("```bash"), \
-        f"README.md: the first non-blank line after {marker} is {lines[after[0]] if after else None!r}, not a ```bash fence"
+    assert after and lines[after[0]].startswith("```bash"), (
+        f"README.md: the first non-blank line after {marker} is "
+        f"{lines[after[0]] if after else None!r}, not a ```bash fence"
+    )
     command = lines[after[0] + 1] if after[0] + 1 < len(lines) else ""  # what .ci/run's awk takes
-    assert command.strip() and not command.startswith("```"), \
+    assert command.strip() and not command.startswith("```"), (
         f"README.md: the line after the ```bash fence under {marker} is {command!r}, not a command"
+    )

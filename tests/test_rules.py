@@ -25,7 +25,7 @@ def load_figure(fixtures_dir):
         raw = json.load(f)
     frame = json.loads(raw["dataframe_json"])
     order = sorted(frame["position"], key=int)
-    column = lambda name: [frame[name][k] for k in order]  # noqa: E731
+    column = lambda name: [frame[name][k] for k in order]
     return raw, np.array(column("token_ids")), np.array(column("entropies")), np.array(column("start"))
 
 
@@ -56,7 +56,9 @@ def slow_rule(entropies, mode, threshold, threshold_add=None):
         elif mode == "monotonic":
             starts[pos] = pos < 3 or entropies[t] - entropies[t - 1] > threshold
         else:
-            starts[pos] = pos < 3 or (pos > 3 and entropies[t] > threshold and entropies[t] - entropies[t - 1] > threshold_add)
+            starts[pos] = pos < 3 or (
+                pos > 3 and entropies[t] > threshold and entropies[t] - entropies[t - 1] > threshold_add
+            )
     return starts
 
 

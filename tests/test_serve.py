@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from user import blt_jax, start
 
 openai = pytest.importorskip("openai")
@@ -39,8 +38,9 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 def post(port: int, body) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -68,12 +68,12 @@ def model_dir(tmp_path_factory):
     for their whole budget, which the tests of full rows need."""
     import jax
     import numpy as np
+    from user import TINY
 
     from blt_jax.api import BLTModel
     from blt_jax.experiment import load_experiment
     from blt_jax.models import model_config_from_dict
     from blt_jax.tokenizer import EOS_ID, OFFSET
-    from user import TINY
 
     work = tmp_path_factory.mktemp("serve_work")
     config = model_config_from_dict(load_experiment(TINY).model)
@@ -103,8 +103,18 @@ def serving(cwd, checkpoint: str, *flags):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with serving(model_dir, "model", "--max-rows", ROWS, "--max-queue", QUEUE, "--max-prompt-bytes", MAX_PROMPT,
-                 "--max-tokens", MAX_TOKENS) as running:
+    with serving(
+        model_dir,
+        "model",
+        "--max-rows",
+        ROWS,
+        "--max-queue",
+        QUEUE,
+        "--max-prompt-bytes",
+        MAX_PROMPT,
+        "--max-tokens",
+        MAX_TOKENS,
+    ) as running:
         yield running
 
 
@@ -114,8 +124,18 @@ def client(port: int):
 
 def generated(model_dir, prompt: str, max_new: int) -> str:
     """What `blt-jax generate --temperature 0` prints for the prompt (its trailing newline dropped)."""
-    result = blt_jax("generate", "--checkpoint", "model", "--prompt", prompt, "--max-new-bytes", max_new,
-                     "--temperature", "0", cwd=model_dir)
+    result = blt_jax(
+        "generate",
+        "--checkpoint",
+        "model",
+        "--prompt",
+        prompt,
+        "--max-new-bytes",
+        max_new,
+        "--temperature",
+        "0",
+        cwd=model_dir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.endswith("\n")
     return result.stdout[:-1]
@@ -129,11 +149,12 @@ def test_a_completion_plain_and_streamed_equals_generate(server, model_dir):
     choice = done.choices[0]
     assert choice.text == generated(model_dir, "Hello, world", 40)
     assert choice.finish_reason in ("length", "stop")
-    assert done.usage.prompt_tokens == len("Hello, world".encode()) and done.usage.completion_tokens <= 40
+    assert done.usage.prompt_tokens == len(b"Hello, world") and done.usage.completion_tokens <= 40
     if choice.finish_reason == "length":
         assert done.usage.completion_tokens == 40
-    pieces = list(api.completions.create(model="model", prompt="Hello, world", max_tokens=40, temperature=0,
-                                         stream=True))
+    pieces = list(
+        api.completions.create(model="model", prompt="Hello, world", max_tokens=40, temperature=0, stream=True)
+    )
     assert len(pieces) > 1  # streamed as it was generated, not in one piece
     assert "".join(p.choices[0].text for p in pieces) == choice.text
     assert pieces[-1].choices[0].finish_reason == choice.finish_reason
@@ -157,7 +178,9 @@ def test_concurrent_requests_each_equal_generate(server, model_dir):
 
     def one(job):
         prompt, max_tokens = job
-        return api.completions.create(model="model", prompt=prompt, max_tokens=max_tokens, temperature=0).choices[0].text
+        return (
+            api.completions.create(model="model", prompt=prompt, max_tokens=max_tokens, temperature=0).choices[0].text
+        )
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         got = list(pool.map(one, jobs))
@@ -174,8 +197,19 @@ def test_seeded_sampling_is_reproducible(server):
     api = client(port)
 
     def sampled(seed):  # top_k is not an OpenAI field: clients send it as an extra one
-        return api.completions.create(model="model", prompt="Once upon", max_tokens=24, temperature=0.8, top_p=0.9,
-                                      seed=seed, extra_body={"top_k": 50}).choices[0].text
+        return (
+            api.completions.create(
+                model="model",
+                prompt="Once upon",
+                max_tokens=24,
+                temperature=0.8,
+                top_p=0.9,
+                seed=seed,
+                extra_body={"top_k": 50},
+            )
+            .choices[0]
+            .text
+        )
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = list(pool.map(sampled, [7, 7, 8, 9]))
@@ -212,13 +246,19 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server):
 def test_a_full_queue_gets_429_and_a_client_that_leaves_frees_its_row(server):
     port, _ = server
     api = client(port)
-    streams = [api.completions.create(model="model", prompt=f"long {i}", max_tokens=MAX_TOKENS, temperature=0,
-                                      stream=True) for i in range(ROWS)]
+    streams = [
+        api.completions.create(model="model", prompt=f"long {i}", max_tokens=MAX_TOKENS, temperature=0, stream=True)
+        for i in range(ROWS)
+    ]
     for s in streams:  # every row is generating
         next(iter(s))
     with concurrent.futures.ThreadPoolExecutor(QUEUE) as pool:
-        waiting = [pool.submit(lambda i=i: api.completions.create(model="model", prompt=f"queued {i}", max_tokens=8,
-                                                                  temperature=0)) for i in range(QUEUE)]
+        waiting = [
+            pool.submit(
+                lambda i=i: api.completions.create(model="model", prompt=f"queued {i}", max_tokens=8, temperature=0)
+            )
+            for i in range(QUEUE)
+        ]
         deadline = time.monotonic() + 30
         while f"blt_jax_queue_length {QUEUE}" not in get(port, "/metrics")[1]:
             assert time.monotonic() < deadline and not any(w.done() for w in waiting)
@@ -246,22 +286,29 @@ def test_a_plain_request_whose_client_leaves_is_dropped(server):
         text = get(port, "/metrics")[1]
         return int(float(text.split(name + " ")[1].split()[0]))
 
-    streams = [api.completions.create(model="model", prompt=f"busy {i}", max_tokens=MAX_TOKENS, temperature=0,
-                                      stream=True) for i in range(ROWS)]
+    streams = [
+        api.completions.create(model="model", prompt=f"busy {i}", max_tokens=MAX_TOKENS, temperature=0, stream=True)
+        for i in range(ROWS)
+    ]
     try:
         for s in streams:
             next(iter(s))
         cancelled = metric('blt_jax_requests_total{outcome="cancelled"}')
         body = json.dumps({"prompt": "gone", "max_tokens": 8, "temperature": 0}).encode()
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             deadline = time.monotonic() + 30
             while metric("blt_jax_queue_length") != 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         deadline = time.monotonic() + 30  # the client has gone: the request leaves the queue
-        while metric("blt_jax_queue_length") != 0 or metric('blt_jax_requests_total{outcome="cancelled"}') != cancelled + 1:
+        while (
+            metric("blt_jax_queue_length") != 0
+            or metric('blt_jax_requests_total{outcome="cancelled"}') != cancelled + 1
+        ):
             assert time.monotonic() < deadline, get(port, "/metrics")[1]
             time.sleep(0.1)
         assert metric("blt_jax_rows_busy") == ROWS  # the streams were not disturbed
@@ -288,8 +335,10 @@ def test_sigterm_finishes_running_completions_and_exits_0(model_dir):
 
 
 def test_bad_arguments_end_in_one_line(model_dir):
-    for args, expected in ((["--checkpoint", "no_such_model"], "no_such_model"),
-                           (["--checkpoint", "model", "--max-rows", "0"], "--max-rows must be >= 1")):
+    for args, expected in (
+        (["--checkpoint", "no_such_model"], "no_such_model"),
+        (["--checkpoint", "model", "--max-rows", "0"], "--max-rows must be >= 1"),
+    ):
         result = blt_jax("serve", *args, "--port", free_port(), cwd=model_dir, timeout=300)
         assert result.returncode == 2, result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
@@ -349,12 +398,15 @@ def test_a_token_lm_request_counts_bytes_and_cuts_the_token_that_crosses_its_bud
     from blt_jax.inference.vocabulary import Vocabulary
     from blt_jax.serve.scheduler import Request
 
-    vocabulary = Vocabulary((b"", b"", b"", b"hello", b" wor", b"ld", "\u00e9t\u00e9".encode()), 1, 2,
-                            lambda data: np.array([1], np.int32))
+    vocabulary = Vocabulary(
+        (b"", b"", b"", b"hello", b" wor", b"ld", "\u00e9t\u00e9".encode()), 1, 2, lambda data: np.array([1], np.int32)
+    )
 
     def run(chunks, max_new=100):
         sent = []
-        request = Request(RowSpec(np.array([1], np.int32)), max_new, (), lambda text, reason: sent.append((text, reason)))
+        request = Request(
+            RowSpec(np.array([1], np.int32)), max_new, (), lambda text, reason: sent.append((text, reason))
+        )
         reasons = [request.feed(np.array(chunk, np.int32), vocabulary) for chunk in chunks]
         return sent, reasons, request.generated
 
@@ -384,11 +436,10 @@ def _ascii_only_llama(directory):
     rows are zero for every id that is special or not printable ASCII: greedy decoding then only picks
     text tokens (a random model would otherwise print bytes that do not decode, which text cannot
     compare), and never ends at EOS. Returns the transformers model."""
+    import teachers
     import tokenizers
     import torch
     from transformers import LlamaForCausalLM
-
-    import teachers
 
     model = teachers.save_random(LlamaForCausalLM, teachers.llama_config(tie=False), directory)
     texts = [f"the {i}th line of a small text, with words and numbers {i * 7}\n" for i in range(200)]
@@ -425,17 +476,24 @@ def test_a_llama_family_directory_is_served_and_its_greedy_completions_equal_tra
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(one, prompts))
-        streamed = list(api.completions.create(model="llama-tiny", prompt=prompts[0], max_tokens=budget,
-                                               temperature=0, stream=True))
+        streamed = list(
+            api.completions.create(model="llama-tiny", prompt=prompts[0], max_tokens=budget, temperature=0, stream=True)
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
     for prompt, answer in zip(prompts, answers):
         ids = tok.encode(prompt).ids  # BOS first, by the tokenizer's own template
         with torch.no_grad():
             # The mask is given: BOS is id 0, which transformers would otherwise take for padding.
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=budget, do_sample=False, eos_token_id=None, pad_token_id=1)
-        text = tok.decode(out[0, len(ids):].tolist())
+            out = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=1,
+            )
+        text = tok.decode(out[0, len(ids) :].tolist())
         assert "\ufffd" not in text and text.isascii()
         expected = text.encode()[:budget].decode()
         choice = answer.choices[0]

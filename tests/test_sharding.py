@@ -7,8 +7,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from blt_jax.models import model_config_from_dict
 from blt_jax.experiment import load_experiment
+from blt_jax.models import model_config_from_dict
 from blt_jax.nn.blt import BLT
 from blt_jax.parallel import LOGICAL_RULES, MESH_AXES
 from blt_jax.params import init_params, logical_axes
@@ -30,7 +30,7 @@ def test_sharded_forward_equals_single_device():
     tokens = np.random.default_rng(0).integers(4, 260, size=(4, 32)).astype(np.int32)
     lengths = np.tile(np.array([1] + [4] * 8, np.int32), (4, 1))
     batch = NamedSharding(mesh, jax.P(("data", "fsdp")))
-    fn = jax.jit(lambda p, t, l: BLT(config).apply({"params": p}, t, l))
+    fn = jax.jit(lambda p, t, lengths: BLT(config).apply({"params": p}, t, lengths))
     want = np.asarray(fn(params, tokens, lengths))
     got = np.asarray(fn(sharded, jax.device_put(tokens, batch), jax.device_put(lengths, batch)))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -49,8 +49,7 @@ def test_optimizer_moments_of_parameter_groups_are_sharded_like_their_parameters
     mesh = make_mesh(MeshConfig(1, 8, 1))
     for train in ({}, {"freeze": "global_transformer", "lr_multipliers": "local_decoder=0.5"}):
         programs = TrainPrograms(tiny_experiment(**train), mesh)
-        by_path = {jax.tree_util.keystr(p): s
-                   for p, s in jax.tree_util.tree_leaves_with_path(programs.param_shardings)}
+        by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(programs.param_shardings)}
         opt = programs.state_shardings.opt_state
         abstract = jax.tree_util.tree_leaves_with_path(programs.abstract_state.opt_state)
         moments = 0

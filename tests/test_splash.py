@@ -5,11 +5,10 @@ configuration."""
 
 import os
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from blt_jax.config import ConfigError
 from blt_jax.nn.attention import masked_attention
@@ -28,16 +27,19 @@ def _inputs(batch, length, heads, head_dim, ends, seed=0):
     docs = np.zeros((batch, length), np.int32)
     for b, row_ends in enumerate(ends):  # an EOS at each end: the next document starts after it
         for end in row_ends:
-            docs[b, end + 1:] += 1
+            docs[b, end + 1 :] += 1
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
     return q, k, v, jnp.asarray(positions), jnp.asarray(docs)
 
 
-@pytest.mark.parametrize("length,head_dim,window,ends", [
-    (200, 64, 48, [[60, 130], [199]]),  # a window shorter than the documents; a row not a multiple of 128
-    (256, 128, 512, [[30], [100, 101]]),  # a window longer than the row: causal; a one-byte document
-    (160, 64, None, [[], [80]]),  # no window (the latent)
-])
+@pytest.mark.parametrize(
+    "length,head_dim,window,ends",
+    [
+        (200, 64, 48, [[60, 130], [199]]),  # a window shorter than the documents; a row not a multiple of 128
+        (256, 128, 512, [[30], [100, 101]]),  # a window longer than the row: causal; a one-byte document
+        (160, 64, None, [[], [80]]),  # no window (the latent)
+    ],
+)
 def test_kernel_equals_dense_attention_forward_and_gradients(length, head_dim, window, ends):
     q, k, v, positions, docs = _inputs(2, length, 2, head_dim, ends)
     spec = CausalSpec.self_attention(positions, docs, window)
@@ -45,8 +47,8 @@ def test_kernel_equals_dense_attention_forward_and_gradients(length, head_dim, w
     def loss(fn):
         return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
 
-    dense = lambda q, k, v: masked_attention(q, k, v, spec.dense())  # noqa: E731
-    kernel = lambda q, k, v: self_attention(q, k, v, spec, SPLASH)  # noqa: E731
+    dense = lambda q, k, v: masked_attention(q, k, v, spec.dense())
+    kernel = lambda q, k, v: self_attention(q, k, v, spec, SPLASH)
     np.testing.assert_allclose(jax.jit(kernel)(q, k, v), dense(q, k, v), atol=FORWARD_TOL, rtol=0)
     got = jax.jit(jax.grad(loss(kernel), argnums=(0, 1, 2)))(q, k, v)
     want = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
@@ -99,8 +101,14 @@ def _blt(latent_mask, local_window, head_dim):
     from blt_jax.config import BLTConfig, HashConfig, StackConfig
 
     local = StackConfig(2 * head_dim, 1, 2, 96, window=local_window)
-    return BLTConfig(encoder=local, latent=StackConfig(2 * head_dim, 2, 2, 192), decoder=local, cross_attn_k=1,
-                     hash=HashConfig((3,), 257), latent_mask=latent_mask)
+    return BLTConfig(
+        encoder=local,
+        latent=StackConfig(2 * head_dim, 2, 2, 192),
+        decoder=local,
+        cross_attn_k=1,
+        hash=HashConfig((3,), 257),
+        latent_mask=latent_mask,
+    )
 
 
 def _rows(length=200, patches=80):
@@ -117,7 +125,7 @@ def _rows(length=200, patches=80):
         while left > 0:
             sizes.append(min(left, int(rng.integers(1, 7))))
             left -= sizes[-1]
-        lengths[row, :len(sizes)] = sizes
+        lengths[row, : len(sizes)] = sizes
     assert (lengths.sum(1) == length + 1).all() and (lengths[:, -1] == 0).all()  # trailing empty patches
     return jnp.asarray(tokens), jnp.asarray(lengths)
 
@@ -233,8 +241,18 @@ def test_attention_impl_is_a_run_option_that_never_reaches_the_model(tmp_path):
     import blt_jax as api
 
     shutil.copy(TINY, tmp_path / "tiny.py")
-    common = ["train", "--config", "tiny.py", "--workdir", "run", "--noprogress", "--config.train.log_every=1",
-              "--config.train.eval_every=0", "--config.train.checkpoint_every=2", "--config.train.warmup_steps=1"]
+    common = [
+        "train",
+        "--config",
+        "tiny.py",
+        "--workdir",
+        "run",
+        "--noprogress",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=2",
+        "--config.train.warmup_steps=1",
+    ]
     bad = blt_jax(*common, "--config.model.attention_impl=flash", cwd=tmp_path)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 2 and len(lines) == 1, bad.stderr
@@ -263,8 +281,9 @@ def test_splash_cross_attention_of_the_benchmark_equals_the_gather_path():
     compute the same: forward and gradients, with empty patches and bytes that read no patch."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                        "bench_cross_attention.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "bench_cross_attention.py"
+    )
     spec = importlib.util.spec_from_file_location("bench_cross_attention", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -73,7 +73,9 @@ def test_layout_and_balance():
     tokens, positions, doc_ids, spans = layout(docs, 2, 4)
     assert tokens.shape == (2, 12)
     for i, (lane, begin, end) in enumerate(spans):
-        assert (tokens[lane, begin:end] == docs[i]).all() and (positions[lane, begin:end] == np.arange(len(docs[i]))).all()
+        assert (tokens[lane, begin:end] == docs[i]).all() and (
+            positions[lane, begin:end] == np.arange(len(docs[i]))
+        ).all()
         assert (doc_ids[lane, begin:end] == i).all()
 
 

@@ -10,20 +10,22 @@ import time
 
 import numpy as np
 import pytest
+from user import TPU_NOISE, blt_jax, start
 
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
 from blt_jax.errors import InputError
+from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.study import arms as arming
 from blt_jax.study import plan as planning
 from blt_jax.study import report as reporting
 from blt_jax.study import stages
-from blt_jax.experiment.config import experiment_from_dict
-from user import TPU_NOISE, blt_jax, start
 
 TINY = ["--scale", "tiny", "--minutes", "0.01", "--no-progress"]
-WORDS = ("river stone light garden window paper silver morning quiet letter market winter harbor candle "
-         "forest engine yellow travel number simple").split()
+WORDS = (
+    "river stone light garden window paper silver morning quiet letter market winter harbor candle "
+    "forest engine yellow travel number simple"
+).split()
 
 
 def write_corpus(directory, documents=40, seed=0):
@@ -46,8 +48,15 @@ def write_corpus(directory, documents=40, seed=0):
 @pytest.mark.parametrize("space_length", [2.5, 4.0, 8.0])
 def test_every_arm_is_matched_to_the_reference_flops(scale, space_length):
     plan = planning.make_plan(scale=scale, patch_sizes=(6.0, 8.0))
-    lengths = {"blt_entropy": 4.2, "blt_nohash": 4.2, "blt_space": space_length, "blt_static": 3.9, "bpe_lm": 3.4,
-               "blt_entropy_p6": 5.6, "blt_entropy_p8": 7.1}
+    lengths = {
+        "blt_entropy": 4.2,
+        "blt_nohash": 4.2,
+        "blt_space": space_length,
+        "blt_static": 3.9,
+        "bpe_lm": 3.4,
+        "blt_entropy_p6": 5.6,
+        "blt_entropy_p8": 7.1,
+    }
     thresholds = {"blt_entropy": 2.5, "blt_nohash": 2.5, "blt_entropy_p6": 2.9, "blt_entropy_p8": 3.3}
     models = arming.matched_models(plan, thresholds, lengths, token_vocab=plan.bpe_vocab)
     assert list(models) == [*planning.ARMS, "blt_entropy_p6", "blt_entropy_p8"]
@@ -66,7 +75,7 @@ def test_every_arm_is_matched_to_the_reference_flops(scale, space_length):
     assert bpe.model["kind"] == "token_lm" and bpe.model["vocab_size"] == plan.bpe_vocab
     assert abs(bpe.row_length * 3.4 / plan.spec.row_bytes - 1) < 0.15 and bpe.row_length % 8 == 0
     # Longer patches leave room for a bigger latent transformer at the same compute.
-    latent = lambda arm: arming.flops_per_byte(models[arm].model, 512, 1.0)  # noqa: E731
+    latent = lambda arm: arming.flops_per_byte(models[arm].model, 512, 1.0)
     assert latent("blt_entropy_p8") > latent("blt_entropy_p6") > latent("blt_entropy")
     if space_length > 4.2:
         assert models["blt_space"].model["latent"] != models["blt_entropy"].model["latent"]
@@ -76,26 +85,34 @@ def test_every_arm_is_matched_to_the_reference_flops(scale, space_length):
 def test_a_token_transformer_scores_held_out_bytes_through_its_tokenizer(tmp_path):
     """Bits per byte of a token model: the log-likelihood of a document's tokens (one window, BOS
     first, no EOS) from `score_documents`, equal to the log-softmax of its logits, over the bytes."""
+    import jax
+
     from blt_jax.api import TokenLM
     from blt_jax.config import token_lm_from_dict
     from blt_jax.data.bpe import train_bpe
     from blt_jax.evals.scoring import score_documents
     from blt_jax.params import init_params
 
-    import jax
-
     write_corpus(tmp_path / "texts", documents=10)
     texts = [open(tmp_path / "texts" / f, "rb").read() for f in sorted(os.listdir(tmp_path / "texts"))]
     tokenizer = train_bpe(texts, 400, str(tmp_path / "tok.json"))
-    config = token_lm_from_dict(dict(stack=dict(dim=32, n_layers=1, n_heads=2, ffn_hidden=64, rope_theta=10000.0,
-                                                window=64, norm_eps=1e-5), vocab_size=400), "model")
+    config = token_lm_from_dict(
+        dict(
+            stack=dict(dim=32, n_layers=1, n_heads=2, ffn_hidden=64, rope_theta=10000.0, window=64, norm_eps=1e-5),
+            vocab_size=400,
+        ),
+        "model",
+    )
     model = TokenLM(config, init_params(config, jax.random.key(0)), tokenizer)
     document = texts[0][:150]
     ids = model.encode(document)
     assert ids[0] == 1 and 2 not in ids and len(ids) - 1 < len(document)  # BOS, no EOS; tokens span bytes
     logits = np.asarray(model.logits(ids[None]), np.float64)[0]
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     expected = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
     (got,) = score_documents(model, [document], batch_size=2, max_length=128)
     assert got == pytest.approx(expected, abs=1e-3)
@@ -144,16 +161,21 @@ def _read_split(directory):
 
 def test_split_holds_whole_documents_out(tmp_path):
     write_corpus(tmp_path / "texts", documents=30)
-    detail = stages.split_corpus(str(tmp_path / "texts"), str(tmp_path / "train"), str(tmp_path / "val"),
-                                 train_bytes=20_000, validation_bytes=3_000)
+    detail = stages.split_corpus(
+        str(tmp_path / "texts"),
+        str(tmp_path / "train"),
+        str(tmp_path / "val"),
+        train_bytes=20_000,
+        validation_bytes=3_000,
+    )
     train, held = _read_split(tmp_path / "train"), _read_split(tmp_path / "val")
-    header = lambda text: text.split(b"\n", 1)[0]  # noqa: E731
+    header = lambda text: text.split(b"\n", 1)[0]
     held_docs = {header(t) for t in held if t.startswith(b"Document ")}
     train_docs = {header(t) for t in train if t.startswith(b"Document ")}
     assert held_docs and train_docs and not held_docs & train_docs
     # No held-out text reaches the training text (its lines are random: a shared 120 bytes would be a leak).
     everything = b"".join(train)
-    assert not any(piece[i: i + 120] in everything for piece in held for i in range(0, len(piece) - 120, 60))
+    assert not any(piece[i : i + 120] in everything for piece in held for i in range(0, len(piece) - 120, 60))
     assert 3_000 <= detail["validation_bytes"] < 3_000 + 4096 and 20_000 <= detail["train_bytes"] < 20_000 + 4096
     assert sum(len(t) for t in held) == detail["validation_bytes"]
     # Pieces end at line ends.
@@ -197,8 +219,19 @@ def _rows(values):
 
 
 def test_orderings_compare_the_gap_with_the_seed_spread():
-    claims = {c["claim"]: c for c in reporting.orderings(_rows({
-        "blt_entropy": [2.00, 2.02], "blt_space": [2.10, 2.11], "blt_static": [2.105, 2.09], "blt_nohash": [1.99, 2.05]}))}
+    claims = {
+        c["claim"]: c
+        for c in reporting.orderings(
+            _rows(
+                {
+                    "blt_entropy": [2.00, 2.02],
+                    "blt_space": [2.10, 2.11],
+                    "blt_static": [2.105, 2.09],
+                    "blt_nohash": [1.99, 2.05],
+                }
+            )
+        )
+    }
     space = claims["entropy patching beats space patching"]
     assert space["held"] and space["beyond_spread"] and space["gap_bpb"] == pytest.approx(0.095)
     static = claims["space patching beats static patches"]  # 2.1 vs 2.0975: does not hold, within spread
@@ -211,15 +244,18 @@ def test_orderings_compare_the_gap_with_the_seed_spread():
     text = reporting.markdown([], one)
     assert "one seed: no spread" in text
     # "Matches" allows the seed spread, and at least 1% of the other arm's bits per byte.
-    matched = lambda values: reporting.orderings(_rows(values))[0]  # noqa: E731
+    matched = lambda values: reporting.orderings(_rows(values))[0]
     assert matched({"blt_entropy": [2.015], "bpe_lm": [2.0]})["held"]
     assert not matched({"blt_entropy": [2.03], "bpe_lm": [2.0]})["held"]
     assert matched({"blt_entropy": [2.03, 2.07], "bpe_lm": [2.0, 2.05]})["held"]  # within the spread (0.05)
     # A scaling arm is compared with the reference BLT and with the BPE transformer.
-    scaling = {c["claim"]: c for c in reporting.orderings(_rows({"blt_entropy": [2.0], "bpe_lm": [1.9],
-                                                                 "blt_entropy_p8": [1.95]}))}
-    assert scaling["8-byte patches with a resized latent transformer beat the reference's at equal inference "
-                   "FLOPs"]["held"]
+    scaling = {
+        c["claim"]: c
+        for c in reporting.orderings(_rows({"blt_entropy": [2.0], "bpe_lm": [1.9], "blt_entropy_p8": [1.95]}))
+    }
+    assert scaling["8-byte patches with a resized latent transformer beat the reference's at equal inference FLOPs"][
+        "held"
+    ]
     assert not scaling["a BLT of 8-byte patches beats the BPE-token transformer at equal inference FLOPs"]["held"]
 
 
@@ -238,13 +274,18 @@ def test_cli_errors_are_one_line(tmp_path):
     write_corpus(tmp_path / "texts", documents=3)
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "only.txt").write_text("a single document\n" * 100)  # one piece: nothing to hold out
-    _one_line_error(blt_jax("study", "--corpus", "texts", "--arms", "blt_space,bpe", *TINY, cwd=tmp_path),
-                    "unknown arm 'bpe'", "byte_lm")
+    _one_line_error(
+        blt_jax("study", "--corpus", "texts", "--arms", "blt_space,bpe", *TINY, cwd=tmp_path),
+        "unknown arm 'bpe'",
+        "byte_lm",
+    )
     _one_line_error(blt_jax("study", "--corpus", "no_such_dir", *TINY, cwd=tmp_path), "no_such_dir")
-    _one_line_error(blt_jax("study", "--corpus", "one", "--workdir", "runs/one", *TINY, cwd=tmp_path),
-                    "too little text")
-    _one_line_error(blt_jax("study", "--corpus", "texts", "--workdir", "gs://bucket/study", *TINY, cwd=tmp_path),
-                    "local directory")
+    _one_line_error(
+        blt_jax("study", "--corpus", "one", "--workdir", "runs/one", *TINY, cwd=tmp_path), "too little text"
+    )
+    _one_line_error(
+        blt_jax("study", "--corpus", "texts", "--workdir", "gs://bucket/study", *TINY, cwd=tmp_path), "local directory"
+    )
     _one_line_error(blt_jax("study", "--corpus", "texts", "--patch-sizes", "6,x", *TINY, cwd=tmp_path), "6,8")
     _one_line_error(blt_jax("study", "--corpus", "texts", "--bpe-vocab", "12", *TINY, cwd=tmp_path), "bpe_vocab")
     assert not os.path.exists(tmp_path / "runs" / "study")  # nothing written by a refused command
@@ -313,8 +354,15 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     assert sorted((r["arm"], r["seed"]) for r in rows) == sorted((a, s) for a in arms for s in (0, 1))
     target = next(r for r in rows if r["arm"] == "blt_entropy")["train_flops_per_byte"]
     for row in rows:
-        for key in ("arm", "seed", "val_bpb", "train_flops_per_byte", "inference_flops_per_byte", "params",
-                    "bytes_per_patch_or_token"):
+        for key in (
+            "arm",
+            "seed",
+            "val_bpb",
+            "train_flops_per_byte",
+            "inference_flops_per_byte",
+            "params",
+            "bytes_per_patch_or_token",
+        ):
             assert key in row, key
         assert abs(row["train_flops_per_byte"] / target - 1) <= 0.05, row
         # Forty tiny steps learn something (below a uniform guess: 8 bits), and no arm beats the text's
@@ -348,8 +396,15 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
         np.testing.assert_array_equal(tokens, first["blt_entropy"], err_msg=arm)
     # The arms are ordinary runs: the experiment file gives `blt-jax train` the one the study trained.
     experiments = os.path.join(os.path.dirname(__file__), "..", "experiments", "study.py")
-    config = blt_jax("train", "--config", f"{experiments}:blt_entropy_p6@1@runs/study", "--workdir",
-                     "runs/study/arms/blt_entropy_p6/seed1", "--no-progress", cwd=tmp_path)
+    config = blt_jax(
+        "train",
+        "--config",
+        f"{experiments}:blt_entropy_p6@1@runs/study",
+        "--workdir",
+        "runs/study/arms/blt_entropy_p6/seed1",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert config.returncode == 0, config.stderr[-3000:]
     # The BPE run keeps its tokenizer: it loads after the study's copy is gone.
     from blt_jax.api import TokenLM
@@ -363,8 +418,10 @@ def test_tiny_study_stopped_resumed_and_reported(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == 6 + 2 * len(arms), again.stdout
     # Other options on the same workdir are refused in one line.
-    _one_line_error(blt_jax("study", "--corpus", "my texts", "--workdir", "runs/study", "--seeds", "3", *TINY,
-                            cwd=tmp_path), "re-run with those")
+    _one_line_error(
+        blt_jax("study", "--corpus", "my texts", "--workdir", "runs/study", "--seeds", "3", *TINY, cwd=tmp_path),
+        "re-run with those",
+    )
 
 
 @pytest.mark.long  # ~1.5 minutes on 2 cores: the release tier runs it
@@ -384,8 +441,21 @@ def test_a_study_reads_its_corpus_from_a_bucket_into_a_home_directory(tmp_path):
         home, cwd = tmp_path / "home", tmp_path / "fresh"
         home.mkdir()
         cwd.mkdir()
-        result = blt_jax("study", "--corpus", "gs://corpora/prose", "--workdir", "~/runs/study", "--arms", "bpe_lm",
-                         "--seeds", "1", *TINY, cwd=cwd, home=home, **server.client_env())
+        result = blt_jax(
+            "study",
+            "--corpus",
+            "gs://corpora/prose",
+            "--workdir",
+            "~/runs/study",
+            "--arms",
+            "bpe_lm",
+            "--seeds",
+            "1",
+            *TINY,
+            cwd=cwd,
+            home=home,
+            **server.client_env(),
+        )
         assert server.names("corpora") == uploaded  # nothing written to the bucket
     finally:
         server.stop()

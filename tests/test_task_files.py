@@ -5,19 +5,21 @@ have exactly one right answer."""
 import json
 
 import pytest
+from user import blt_jax as run
 
 from blt_jax.errors import InputError
 from blt_jax.evals import cloze
-from user import blt_jax as run
 
 SOURCE = [
     "import os\n\n\ndef area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n"
     "    return 2 * (width + height)\n",
     "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
     "        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n",
-] + [f"def function_number_{i}(argument_{i}):\n    value_{i} = argument_{i} * {i}\n"
-         f"    result_{i} = compute_something(value_{i}, factor={i}) + offset_{i}\n    return result_{i} + {i}\n"
-         for i in range(40)]
+] + [
+    f"def function_number_{i}(argument_{i}):\n    value_{i} = argument_{i} * {i}\n"
+    f"    result_{i} = compute_something(value_{i}, factor={i}) + offset_{i}\n    return result_{i} + {i}\n"
+    for i in range(40)
+]
 
 
 @pytest.mark.parametrize("cut", ["line", "midline"])
@@ -49,22 +51,41 @@ def test_make_tasks_from_a_fresh_directory(tmp_path, monkeypatch):
     (tmp_path / "corpus").mkdir()
     for i, text in enumerate(SOURCE):
         (tmp_path / "corpus" / f"{i:02d}.py").write_text(text)
-    words = "planet river garden silver window orange button pencil rocket castle mirror forest candle " \
-            "bridge ladder jacket guitar island magnet needle pepper rabbit saddle tunnel violin walnut"
+    words = (
+        "planet river garden silver window orange button pencil rocket castle mirror forest candle "
+        "bridge ladder jacket guitar island magnet needle pepper rabbit saddle tunnel violin walnut"
+    )
     (tmp_path / "words.txt").write_text(words.replace(" ", "\n"))
 
-    result = run("make-tasks", "cute", "~/tasks", "--words", "words.txt", "--n", "6", "--kinds",
-                 "spelling,contains_char", cwd=tmp_path, home=tmp_path / "home")
+    result = run(
+        "make-tasks",
+        "cute",
+        "~/tasks",
+        "--words",
+        "words.txt",
+        "--n",
+        "6",
+        "--kinds",
+        "spelling,contains_char",
+        cwd=tmp_path,
+        home=tmp_path / "home",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "blt-jax lm-eval --include-path ~/tasks --tasks cute" in result.stdout
     written = sorted(p.name for p in (tmp_path / "home" / "tasks").iterdir())
-    assert written == ["cute.yaml", "cute_contains_char.jsonl", "cute_contains_char.yaml", "cute_spelling.jsonl",
-                       "cute_spelling.yaml"]
+    assert written == [
+        "cute.yaml",
+        "cute_contains_char.jsonl",
+        "cute_contains_char.yaml",
+        "cute_spelling.jsonl",
+        "cute_spelling.yaml",
+    ]
     rows = [json.loads(line) for line in (tmp_path / "home" / "tasks" / "cute_spelling.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["answer"] == " ".join(r["prompt"].rsplit('"', 2)[1]) for r in rows)
 
-    result = run("make-tasks", "cloze", "tasks", "--corpus", "corpus", "--n", "20", "--context-bytes", "48",
-                 cwd=tmp_path)
+    result = run(
+        "make-tasks", "cloze", "tasks", "--corpus", "corpus", "--n", "20", "--context-bytes", "48", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len((tmp_path / "tasks" / "cloze.jsonl").read_text().splitlines()) == 20
 
@@ -72,8 +93,9 @@ def test_make_tasks_from_a_fresh_directory(tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager, get_task_dict
 
     monkeypatch.chdir(tmp_path / "home")
-    manager = TaskManager(include_path=[str(tmp_path / "tasks"), str(tmp_path / "home" / "tasks")],
-                          include_defaults=False)
+    manager = TaskManager(
+        include_path=[str(tmp_path / "tasks"), str(tmp_path / "home" / "tasks")], include_defaults=False
+    )
     tasks = get_task_dict(["cloze", "cute"], manager)
     (doc, *_) = tasks["cloze"].test_docs()
     assert tasks["cloze"].doc_to_choice(doc)[tasks["cloze"].doc_to_target(doc)] in "".join(SOURCE)
@@ -82,8 +104,10 @@ def test_make_tasks_from_a_fresh_directory(tmp_path, monkeypatch):
         (("cute", "t", "--words", "nope.txt"), "nope.txt: no such file"),
         (("cute", "t", "--kinds", "spelling,bogus"), "unknown CUTE task 'bogus'"),
         (("cloze", "t", "--corpus", "missing"), "missing: no such file or directory"),
-        (("cloze", "gs://bucket/tasks", "--corpus", "corpus"), "gs://bucket/tasks: task files are read by lm-eval "
-                                                              "from a local disk; write them to a local directory"),
+        (
+            ("cloze", "gs://bucket/tasks", "--corpus", "corpus"),
+            "gs://bucket/tasks: task files are read by lm-eval from a local disk; write them to a local directory",
+        ),
     ]:
         result = run("make-tasks", *args, cwd=tmp_path)
         lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -71,7 +71,9 @@ def test_resume_after_an_interruption_is_bitwise_exact(tmp_path, straight, monke
     a, b = losses(straight_dir), losses(crashed)
     assert [a[s] for s in range(7, 13)] == [b[s] for s in range(7, 13)]  # same losses, bit for bit
     # The final parameters, as both runs saved them in their step-12 checkpoints.
-    for x, y in zip(jax.tree_util.tree_leaves(read_run(straight_dir)[1]), jax.tree_util.tree_leaves(read_run(crashed)[1])):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(read_run(straight_dir)[1]), jax.tree_util.tree_leaves(read_run(crashed)[1])
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert resumed["eval"]["eval_bpb"] == straight["eval"]["eval_bpb"]
 
@@ -93,8 +95,15 @@ def test_tiny_model_overfits_a_small_text(tmp_path):
     corpus = tmp_path / "text"
     corpus.mkdir()
     (corpus / "a.txt").write_text("The Byte Latent Transformer groups bytes into patches. " * 3)
-    exp = experiment(train__steps=60, train__warmup_steps=10, train__learning_rate=0.01, train__checkpoint_every=0,
-                     train__log_every=10, data__source=str(corpus), eval__source=str(corpus))
+    exp = experiment(
+        train__steps=60,
+        train__warmup_steps=10,
+        train__learning_rate=0.01,
+        train__checkpoint_every=0,
+        train__log_every=10,
+        data__source=str(corpus),
+        eval__source=str(corpus),
+    )
     summary = train_and_evaluate(exp, str(tmp_path / "run"), progress=False)
     first, last = losses(str(tmp_path / "run"))[10], summary["metrics"]["loss"]
     assert first > 1.0 and last < 0.2, (first, last)  # nats per byte; ln(260) = 5.56 at the start
@@ -109,8 +118,18 @@ def test_workdir_files(straight):
         shardings = json.load(f)
     assert shardings["params"]["['global_transformer']['layers_0']['attention']['wq']"]["shape"] == [64, 4, 16]
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    for key in ("step", "loss", "bpb", "bytes_per_s", "mean_patch_len", "patches_per_s", "grad_norm", "lr",
-                "flops_per_byte", "mfu"):
+    for key in (
+        "step",
+        "loss",
+        "bpb",
+        "bytes_per_s",
+        "mean_patch_len",
+        "patches_per_s",
+        "grad_norm",
+        "lr",
+        "flops_per_byte",
+        "mfu",
+    ):
         assert key in rows[0], key
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     exp, params = read_run(workdir)
@@ -130,15 +149,31 @@ def test_init_from_a_saved_model(tmp_path):
 
 def cli(*args, **kwargs):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "blt_jax", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "blt_jax", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     workdir = tmp_path / "run"
-    proc = cli("train", "--config", "experiments/tiny.py", "--workdir", str(workdir), "--config.train.steps=100000",
-               "--config.train.log_every=1", "--config.train.checkpoint_every=0", "--config.train.eval_every=0",
-               "--noprogress")
+    proc = cli(
+        "train",
+        "--config",
+        "experiments/tiny.py",
+        "--workdir",
+        str(workdir),
+        "--config.train.steps=100000",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=0",
+        "--config.train.eval_every=0",
+        "--noprogress",
+    )
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -153,8 +188,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_cli_bad_config_and_eval(tmp_path, straight):
-    proc = cli("train", "--config", "experiments/tiny.py", "--workdir", str(tmp_path / "x"),
-               "--config.train.warmup_steps=99999")
+    proc = cli(
+        "train",
+        "--config",
+        "experiments/tiny.py",
+        "--workdir",
+        str(tmp_path / "x"),
+        "--config.train.warmup_steps=99999",
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "train.warmup_steps" in err
     proc = cli("eval", "--checkpoint", straight[0], "--batches", "2")
@@ -208,8 +249,9 @@ def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "TrainPrograms", TimedTrainer)
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    exp = experiment(train__steps=30, train__log_every=10, train__eval_every=9, train__eval_batches=1,
-                     train__checkpoint_every=0)
+    exp = experiment(
+        train__steps=30, train__log_every=10, train__eval_every=9, train__eval_batches=1, train__checkpoint_every=0
+    )
     train_and_evaluate(exp, str(tmp_path / "run"), progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     rates = {r["step"]: r["bytes_per_s"] for r in rows if r.get("bytes_per_s")}

@@ -9,10 +9,10 @@ import pytest
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
 from blt_jax.experiment import load_experiment
+from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.models import model_kind
 from blt_jax.nn.scan import unstack_layers
 from blt_jax.parallel import MeshConfig, make_mesh
-from blt_jax.experiment.config import experiment_from_dict
 from blt_jax.train.optimizer import learning_rate
 from blt_jax.train.programs import TrainPrograms
 
@@ -176,5 +176,7 @@ def test_scanned_entropy_lm_equals_per_layer():
     params = init_params(config, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(4, 260, size=(2, 20)).astype(np.int32)
     plain = EntropyLM(config).apply({"params": params}, tokens)
-    scanned = EntropyLM(config, RunOptions(scan=("entropy",))).apply({"params": stack_layers(params, model_kind(config).scan_layout(("entropy",)))}, tokens)
+    scanned = EntropyLM(config, RunOptions(scan=("entropy",))).apply(
+        {"params": stack_layers(params, model_kind(config).scan_layout(("entropy",)))}, tokens
+    )
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(plain), atol=1e-5, rtol=1e-5)

@@ -11,14 +11,21 @@ import sys
 import time
 
 import pytest
-
 from user import TINY, TPU_NOISE, blt_jax, start, user_env
 
 STEPS = 24
 # A short tiny run: checkpoints every 4 steps (the last 3 kept), metrics every step, no periodic evaluation.
-TRAIN = ["--config", TINY, f"--config.train.steps={STEPS}", "--config.train.warmup_steps=2",
-         "--config.train.checkpoint_every=4", "--config.train.log_every=1", "--config.train.eval_every=0",
-         "--config.train.eval_batches=1", "--no-progress"]
+TRAIN = [
+    "--config",
+    TINY,
+    f"--config.train.steps={STEPS}",
+    "--config.train.warmup_steps=2",
+    "--config.train.checkpoint_every=4",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    "--config.train.eval_batches=1",
+    "--no-progress",
+]
 
 
 def _last_loss(workdir) -> tuple[int, float]:
@@ -82,8 +89,16 @@ def orphan(home):
     corpus.mkdir()
     for i in range(6):
         (corpus / f"{i}.txt").write_text(f"def f{i}(x):\n    return x * {i} + {i}\n" * (20 + i))
-    result = blt_jax("train", *TRAIN, "--config.data.source=corpus", "--config.eval.source=corpus/0.txt",
-                     "--workdir", "~/runs/orphan", cwd=home / "work", home=home)
+    result = blt_jax(
+        "train",
+        *TRAIN,
+        "--config.data.source=corpus",
+        "--config.eval.source=corpus/0.txt",
+        "--workdir",
+        "~/runs/orphan",
+        cwd=home / "work",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     shutil.rmtree(corpus)
     return home / "runs" / "orphan"
@@ -97,8 +112,17 @@ def test_a_run_whose_corpus_is_deleted_evaluates_generates_and_exports(home, orp
     assert "bits per byte" in result.stdout and "other.txt" in result.stdout and "over 0 bytes" not in result.stdout
 
     prompt = "def f(x):\n"
-    result = blt_jax("generate", "--checkpoint", "~/runs/orphan", "--prompt", prompt, "--max-new-bytes", "24",
-                     cwd=home / "work", home=home)
+    result = blt_jax(
+        "generate",
+        "--checkpoint",
+        "~/runs/orphan",
+        "--prompt",
+        prompt,
+        "--max-new-bytes",
+        "24",
+        cwd=home / "work",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     from_run = result.stdout
 
@@ -109,10 +133,19 @@ def test_a_run_whose_corpus_is_deleted_evaluates_generates_and_exports(home, orp
     assert json.load(open(exported / "blt_jax.json"))["model"]["patching"]["mode"] == "space"  # the run's rule
 
     # A fresh process with only the export: the same bytes as generating from the run.
-    code = ("import sys, blt_jax; m = blt_jax.from_pretrained('exported'); "
-            f"sys.stdout.write(m.generate({prompt!r}, max_new_bytes=24) + '\\n')")
-    loaded = subprocess.run([sys.executable, "-c", code], cwd=home / "work", env=user_env(home, PYTHONIOENCODING="utf-8"),
-                            capture_output=True, text=True, encoding="utf-8", timeout=600)
+    code = (
+        "import sys, blt_jax; m = blt_jax.from_pretrained('exported'); "
+        f"sys.stdout.write(m.generate({prompt!r}, max_new_bytes=24) + '\\n')"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=home / "work",
+        env=user_env(home, PYTHONIOENCODING="utf-8"),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout == from_run
 
@@ -143,9 +176,22 @@ def _cases(bad, straight_workdir):
         (["train", *tiny, "--workdir", "w", "--config.train.steps=0"], "train.steps: must be >= 1, got 0"),
         (["train", *tiny, "--workdir", "w", "--config.data.source=missing_corpus"], "no such file or directory"),
         (["train", *tiny, "--workdir", "w", f"--config.data.source={bad / 'empty'}"], "directory holds no files"),
-        (["train", *tiny, "--workdir", "w", f"--config.data.source={bad / 'unreadable'}"], "x.parquet: unreadable Parquet"),
-        (["train", *tiny, "--workdir", str(straight_workdir), "--config.model.latent.n_layers=3",
-          "--config.train.steps=8", "--config.train.warmup_steps=2"], "holds checkpoints of another model"),
+        (
+            ["train", *tiny, "--workdir", "w", f"--config.data.source={bad / 'unreadable'}"],
+            "x.parquet: unreadable Parquet",
+        ),
+        (
+            [
+                "train",
+                *tiny,
+                "--workdir",
+                str(straight_workdir),
+                "--config.model.latent.n_layers=3",
+                "--config.train.steps=8",
+                "--config.train.warmup_steps=2",
+            ],
+            "holds checkpoints of another model",
+        ),
         (["params", "--config", "nope.py"], "does not exist"),
         (["params", "--config", f"{TINY.replace('tiny.py', 'blt_1b.py')}:bogus"], "bogus"),
         (["train", "--config", TINY], "the following arguments are required: --workdir"),
@@ -168,11 +214,27 @@ def _cases(bad, straight_workdir):
         # One override dialect: every command that reads an experiment checks its overrides alike.
         (["smoke", "--config.model.latent.n_layres=1"], "did you mean model.latent.n_layers?"),
         (["params", *tiny, "--config.model.dim_bogus=1"], "unknown key 'model.dim_bogus'"),
-        (["eval", "--checkpoint", str(straight_workdir), "--config.eval.batch_sise=2"], "did you mean eval.batch_size?"),
-        (["eval", "--checkpoint", str(straight_workdir), *tiny, "--config.model.latent.n_layers=1"],
-         "parameter problem"),
-        (["plot-entropy", "--checkpoint", str(straight_workdir), "--text", "x", "--out", "f.png",
-          "--config.model.dim=8"], "overrides apply to --config, not to --checkpoint"),
+        (
+            ["eval", "--checkpoint", str(straight_workdir), "--config.eval.batch_sise=2"],
+            "did you mean eval.batch_size?",
+        ),
+        (
+            ["eval", "--checkpoint", str(straight_workdir), *tiny, "--config.model.latent.n_layers=1"],
+            "parameter problem",
+        ),
+        (
+            [
+                "plot-entropy",
+                "--checkpoint",
+                str(straight_workdir),
+                "--text",
+                "x",
+                "--out",
+                "f.png",
+                "--config.model.dim=8",
+            ],
+            "overrides apply to --config, not to --checkpoint",
+        ),
         (["convert", str(bad / "empty"), "out", "--config.model.dim=8"], "`blt-jax convert` takes no config overrides"),
     ]
 
@@ -193,14 +255,17 @@ def test_a_missing_optional_package_is_one_line(home, tmp_path):
     hidden = tmp_path / "hidden" / "gcsfs"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text('raise ImportError("gcsfs is hidden for this test")\n')
-    result = blt_jax("train", *TRAIN, "--workdir", "gs://bucket/run", cwd=home / "work", home=home,
-                     PYTHONPATH=tmp_path / "hidden")
+    result = blt_jax(
+        "train", *TRAIN, "--workdir", "gs://bucket/run", cwd=home / "work", home=home, PYTHONPATH=tmp_path / "hidden"
+    )
     line = _one_line_error(result, "train")
     assert "gs:// paths need gcsfs" in line and "'.[gcs]'" in line, line
 
 
 def _total_params(stdout: str) -> int:
-    return int(next(line for line in stdout.splitlines() if line.strip().startswith("total")).split()[-1].replace(",", ""))
+    return int(
+        next(line for line in stdout.splitlines() if line.strip().startswith("total")).split()[-1].replace(",", "")
+    )
 
 
 def _eval_bytes(stdout: str) -> int:
@@ -222,8 +287,18 @@ def test_every_command_reading_an_experiment_takes_the_same_overrides(home, stra
     run = str(straight[0])
     whole = blt_jax("eval", "--checkpoint", run, "--batches", "1", cwd=work, home=home)
     half = blt_jax("eval", "--checkpoint", run, "--batches", "1", "--config.eval.batch_size=4", cwd=work, home=home)
-    from_file = blt_jax("eval", "--checkpoint", run, "--batches", "1", "--config", TINY, "--config.eval.batch_size=4",
-                        cwd=work, home=home)
+    from_file = blt_jax(
+        "eval",
+        "--checkpoint",
+        run,
+        "--batches",
+        "1",
+        "--config",
+        TINY,
+        "--config.eval.batch_size=4",
+        cwd=work,
+        home=home,
+    )
     for result in (whole, half, from_file):
         assert result.returncode == 0, result.stderr[-2000:]
     assert _eval_bytes(half.stdout) < _eval_bytes(whole.stdout)  # 4 rows instead of 8
@@ -238,8 +313,17 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
         assert noise not in result.stderr, result.stderr[-3000:]
     # The suite's other worker may hold libtpu (test_aot compiles in-process): a user's machine has one
     # libtpu process, so only the lock is lifted, not anything that could print.
-    result = blt_jax("aot", "--config", TINY, "--topology", "v5litepod-4", "--config.mesh.fsdp=4",
-                     cwd=home / "work", home=home, ALLOW_MULTIPLE_LIBTPU_LOAD=1)
+    result = blt_jax(
+        "aot",
+        "--config",
+        TINY,
+        "--topology",
+        "v5litepod-4",
+        "--config.mesh.fsdp=4",
+        cwd=home / "work",
+        home=home,
+        ALLOW_MULTIPLE_LIBTPU_LOAD=1,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["devices"] == 4 and report["largest_buffers"][0]["bytes"] > 0
@@ -271,25 +355,31 @@ def test_compiled_programs_are_kept_between_runs(tmp_path):
 
 
 # Where the CLI's start-up puts the cache, for one environment (printed by a fresh process).
-_CACHE_DIR = ("from blt_jax.cli import process; process.compilation_cache(); import jax; "
-              "print(jax.config.jax_compilation_cache_dir)")
+_CACHE_DIR = (
+    "from blt_jax.cli import process; process.compilation_cache(); import jax; "
+    "print(jax.config.jax_compilation_cache_dir)"
+)
 
 
-@pytest.mark.parametrize("setting,expected", [
-    ({}, "{home}/.cache/blt_jax/xla"),
-    ({"XDG_CACHE_HOME": "{home}/xdg"}, "{home}/xdg/blt_jax/xla"),
-    ({"BLT_JAX_COMPILATION_CACHE": "xla_cache"}, "{home}/work/xla_cache"),
-    ({"BLT_JAX_COMPILATION_CACHE": "~/xla"}, "{home}/xla"),
-    ({"BLT_JAX_COMPILATION_CACHE": "gs://bucket/xla"}, "gs://bucket/xla"),
-    ({"BLT_JAX_COMPILATION_CACHE": "off"}, ""),  # left unset
-    ({"BLT_JAX_COMPILATION_CACHE": "xla_cache", "JAX_COMPILATION_CACHE_DIR": "/elsewhere"}, "/elsewhere"),
-])
+@pytest.mark.parametrize(
+    "setting,expected",
+    [
+        ({}, "{home}/.cache/blt_jax/xla"),
+        ({"XDG_CACHE_HOME": "{home}/xdg"}, "{home}/xdg/blt_jax/xla"),
+        ({"BLT_JAX_COMPILATION_CACHE": "xla_cache"}, "{home}/work/xla_cache"),
+        ({"BLT_JAX_COMPILATION_CACHE": "~/xla"}, "{home}/xla"),
+        ({"BLT_JAX_COMPILATION_CACHE": "gs://bucket/xla"}, "gs://bucket/xla"),
+        ({"BLT_JAX_COMPILATION_CACHE": "off"}, ""),  # left unset
+        ({"BLT_JAX_COMPILATION_CACHE": "xla_cache", "JAX_COMPILATION_CACHE_DIR": "/elsewhere"}, "/elsewhere"),
+    ],
+)
 def test_where_compiled_programs_are_kept(tmp_path, setting, expected):
     home = tmp_path / "home"
     (home / "work").mkdir(parents=True)
     env = user_env(home, JAX_COMPILATION_CACHE_DIR="", XDG_CACHE_HOME="")
     env.update({k: v.format(home=home) for k, v in setting.items()})
-    result = subprocess.run([sys.executable, "-c", _CACHE_DIR], cwd=home / "work", env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _CACHE_DIR], cwd=home / "work", env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == expected.format(home=home)

@@ -20,8 +20,10 @@ SESSION_ONLY = ("JAX_PLATFORMS", "XLA_FLAGS", "ALLOW_MULTIPLE_LIBTPU_LOAD")
 def user_env(home=None, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in SESSION_ONLY}
     # Compiled programs are shared with the rest of the suite (XLA compiles slowly on 2 cores).
-    env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                   os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")))
+    env.setdefault(
+        "JAX_COMPILATION_CACHE_DIR",
+        os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")),
+    )
     if home is not None:
         env["HOME"] = str(home)
     env.update({k: str(v) for k, v in extra.items()})
@@ -30,12 +32,25 @@ def user_env(home=None, **extra) -> dict:
 
 def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.CompletedProcess:
     """Runs `blt-jax ARGS` to the end in `cwd`; returns the completed process (text output)."""
-    return subprocess.run([SCRIPT, *map(str, args)], cwd=cwd, env=user_env(home, **extra), capture_output=True,
-                          encoding="utf-8", errors="replace",
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [SCRIPT, *map(str, args)],
+        cwd=cwd,
+        env=user_env(home, **extra),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args, cwd, home=None, **extra) -> subprocess.Popen:
     """Starts `blt-jax ARGS` in `cwd` (to be signalled or killed by the test)."""
-    return subprocess.Popen([SCRIPT, *map(str, args)], cwd=cwd, env=user_env(home, **extra), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [SCRIPT, *map(str, args)],
+        cwd=cwd,
+        env=user_env(home, **extra),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )

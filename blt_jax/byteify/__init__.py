@@ -44,11 +44,17 @@ def open_plan(paths: Paths, plan: ByteifyPlan, teacher: str, corpus: str) -> Byt
     if os.path.exists(paths.plan):
         raw = read_json(paths.plan)
         stored = ByteifyPlan(**{k: v for k, v in raw.items() if k in ByteifyPlan.__dataclass_fields__})
-        same = (raw.get("teacher"), raw.get("corpus"), stored.options, stored.minutes) == \
-            (teacher, corpus, _plain(plan.options), plan.minutes)
+        same = (raw.get("teacher"), raw.get("corpus"), stored.options, stored.minutes) == (
+            teacher,
+            corpus,
+            _plain(plan.options),
+            plan.minutes,
+        )
         if not same:
-            raise InputError(f"{paths.root} holds a byteification of {raw.get('teacher')} on {raw.get('corpus')} with "
-                             "other options or minutes; re-run it as it was started, or choose another --workdir")
+            raise InputError(
+                f"{paths.root} holds a byteification of {raw.get('teacher')} on {raw.get('corpus')} with "
+                "other options or minutes; re-run it as it was started, or choose another --workdir"
+            )
         return stored
     write_json(paths.plan, dict(_plain(plan.__dict__), teacher=teacher, corpus=corpus))
     return plan
@@ -61,9 +67,17 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Mapping | None = None,
-                minutes: float = DEFAULT_MINUTES, stage_numbers: Sequence[int] = (1, 2), baseline: bool = True,
-                progress: bool = True, heldout: str | None = None) -> dict:
+def run_byteify(
+    workdir: str,
+    teacher: str,
+    corpus: str = "default",
+    options: Mapping | None = None,
+    minutes: float = DEFAULT_MINUTES,
+    stage_numbers: Sequence[int] = (1, 2),
+    baseline: bool = True,
+    progress: bool = True,
+    heldout: str | None = None,
+) -> dict:
     """Runs (or resumes) a byteification and returns its report (`report.json`).
 
     Args:
@@ -95,8 +109,9 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
     config = stages.teacher_config(teacher)
     check_options(options, config)
     if options["data"]["batch_size"] % jax.device_count():
-        raise InputError(f"data.batch_size {options['data']['batch_size']} cannot be split over {jax.device_count()} "
-                         "devices")
+        raise InputError(
+            f"data.batch_size {options['data']['batch_size']} cannot be split over {jax.device_count()} devices"
+        )
     if load_result(paths, "corpus") is None:
         from blt_jax.data.split import check_corpus
 
@@ -108,17 +123,26 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
     plan = open_plan(paths, make_plan(options, config, minutes, total_peak_flops()), teacher, named)
     ctx = Context(paths, plan, config, corpus, progress, heldout)
     todo: list[tuple[str, Any]] = [("teacher", lambda c: stages.stage_teacher(teacher, paths, progress))]
-    todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_ONE
-             if name != "embeddings" or stages.teacher_embeddings(ctx)]
+    todo += [
+        (name, getattr(stages, f"stage_{name}"))
+        for name in STAGE_ONE
+        if name != "embeddings" or stages.teacher_embeddings(ctx)
+    ]
     if 2 in wanted:
-        todo += [(name, getattr(stages, f"stage_{name}")) for name in STAGE_TWO
-                 if stages.entropy_patched(ctx) or name == "stage2"]
+        todo += [
+            (name, getattr(stages, f"stage_{name}"))
+            for name in STAGE_TWO
+            if stages.entropy_patched(ctx) or name == "stage2"
+        ]
         if baseline:
             todo.append(("baseline", stages.stage_baseline))
     todo.append(("report", lambda c: stages.stage_report(c, baseline)))
-    print(f"blt-jax byteify in {workdir}: teacher {teacher} (d{plan.teacher_dim} x {plan.teacher_layers}), corpus "
-          f"{corpus}; stage 1 {plan.stage1_steps} steps, stage 2 {plan.stage2_steps}, baseline "
-          f"{plan.baseline_steps if baseline else 'none'}, of {plan.bytes_per_step:,} bytes", flush=True)
+    print(
+        f"blt-jax byteify in {workdir}: teacher {teacher} (d{plan.teacher_dim} x {plan.teacher_layers}), corpus "
+        f"{corpus}; stage 1 {plan.stage1_steps} steps, stage 2 {plan.stage2_steps}, baseline "
+        f"{plan.baseline_steps if baseline else 'none'}, of {plan.bytes_per_step:,} bytes",
+        flush=True,
+    )
     for index, (name, stage) in enumerate(todo, 1):
         done = load_result(paths, name)
         if done is not None and name != "report":
@@ -130,6 +154,9 @@ def run_byteify(workdir: str, teacher: str, corpus: str = "default", options: Ma
         result: StageResult = stage(ctx)
         save_result(paths, result)
         note = result.detail.get("note")
-        print(f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
-              + (f" ({note})" if note else ""), flush=True)
+        print(
+            f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
+            + (f" ({note})" if note else ""),
+            flush=True,
+        )
     return read_json(paths.report_json)

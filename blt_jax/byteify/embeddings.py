@@ -81,8 +81,9 @@ def projected_tokens(embedding: np.ndarray, strings: Sequence[bytes | None], dim
     Returns:
       float32 [V_T, dim]; rows of ids without text are zero.
     """
-    text = np.array([s is not None for s in strings[: len(embedding)]]
-                    + [False] * max(0, len(embedding) - len(strings)), bool)
+    text = np.array(
+        [s is not None for s in strings[: len(embedding)]] + [False] * max(0, len(embedding) - len(strings)), bool
+    )
     out = np.zeros((len(embedding), dim), np.float32)
     if not text.any():
         return out
@@ -130,8 +131,7 @@ def fresh_tables(config: BLTConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
     from blt_jax.nn.local import LocalEncoder
 
-    variables = LocalEncoder(config).init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32),
-                                          method=LocalEncoder.embed)
+    variables = LocalEncoder(config).init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32), method=LocalEncoder.embed)
     params = meta.unbox(variables["params"])
     tables = {TOK: np.asarray(params[TOK]["embedding"], np.float32)}
     if HASH in params:
@@ -139,8 +139,9 @@ def fresh_tables(config: BLTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return tables
 
 
-def encoder_tables(config: BLTConfig, embedding: np.ndarray, strings: Sequence[bytes | None],
-                   seed: int = 0) -> tuple[dict[str, np.ndarray], Coverage]:
+def encoder_tables(
+    config: BLTConfig, embedding: np.ndarray, strings: Sequence[bytes | None], seed: int = 0
+) -> tuple[dict[str, np.ndarray], Coverage]:
     """The local encoder's byte and hash tables, started from a teacher's token embeddings.
 
     Args:

@@ -47,21 +47,44 @@ def default_options(scale: str = "small") -> ml_collections.ConfigDict:
     if scale not in SCALES:
         raise ConfigError("scale", f"must be one of {', '.join(SCALES)}, got {scale!r}")
     tiny = scale == "tiny"
-    return ml_collections.ConfigDict(dict(
-        scale=scale,
-        local=dict(dim=0, heads=0, encoder_layers=1, decoder_layers=1 if tiny else 2, window=64 if tiny else 256,
-                   cross_attn_k=2, hash_sizes=(3, 4, 5, 6), hash_vocab=1021 if tiny else 8191),
-        data=dict(batch_size=8, row_bytes=128 if tiny else 512, validation_bytes=6_000 if tiny else 48_000),
-        entropy=dict(dim=64 if tiny else 128, layers=2, heads=2 if tiny else 4, window=64 if tiny else 256, steps=0,
-                     learning_rate=3e-3),
-        # Rates measured at the tiny scale (a d96 x 4 teacher, 300 + 300 steps): stage 1 at 4e-3 reached
-        # 2.16 held-out bits per byte where 2e-3 reached 2.59; a hidden-state weight of 4 (Bolmo's)
-        # gave 2.59 where 1 gave 2.48 and 0 gave 2.46 (H-Net also found a high weight hurts).
-        stage1=dict(steps=0, learning_rate=4e-3 if tiny else 3e-3, hidden_layer=4, hidden_weight=1.0,
-                    distill_weight=1.0, temperature=5.0, embeddings="teacher"),
-        stage2=dict(steps=0, learning_rate=3e-3 if tiny else 2e-3, latent_lr_factor=0.5, patcher="entropy"),
-        baseline=dict(learning_rate=4e-3 if tiny else 3e-3),
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            scale=scale,
+            local=dict(
+                dim=0,
+                heads=0,
+                encoder_layers=1,
+                decoder_layers=1 if tiny else 2,
+                window=64 if tiny else 256,
+                cross_attn_k=2,
+                hash_sizes=(3, 4, 5, 6),
+                hash_vocab=1021 if tiny else 8191,
+            ),
+            data=dict(batch_size=8, row_bytes=128 if tiny else 512, validation_bytes=6_000 if tiny else 48_000),
+            entropy=dict(
+                dim=64 if tiny else 128,
+                layers=2,
+                heads=2 if tiny else 4,
+                window=64 if tiny else 256,
+                steps=0,
+                learning_rate=3e-3,
+            ),
+            # Rates measured at the tiny scale (a d96 x 4 teacher, 300 + 300 steps): stage 1 at 4e-3 reached
+            # 2.16 held-out bits per byte where 2e-3 reached 2.59; a hidden-state weight of 4 (Bolmo's)
+            # gave 2.59 where 1 gave 2.48 and 0 gave 2.46 (H-Net also found a high weight hurts).
+            stage1=dict(
+                steps=0,
+                learning_rate=4e-3 if tiny else 3e-3,
+                hidden_layer=4,
+                hidden_weight=1.0,
+                distill_weight=1.0,
+                temperature=5.0,
+                embeddings="teacher",
+            ),
+            stage2=dict(steps=0, learning_rate=3e-3 if tiny else 2e-3, latent_lr_factor=0.5, patcher="entropy"),
+            baseline=dict(learning_rate=4e-3 if tiny else 3e-3),
+        )
+    )
 
 
 PATCHERS = ("entropy", "teacher")
@@ -115,11 +138,18 @@ def local_shape(options: dict, teacher_dim: int) -> tuple[int, int]:
     k = local["cross_attn_k"]
     require(isinstance(k, int) and k >= 1, "local.cross_attn_k", f"must be an integer >= 1, got {k!r}")
     dim = local["dim"] or max(8, teacher_dim // k)
-    require(dim <= teacher_dim, "local.dim", f"{dim} is wider than the teacher's {teacher_dim}: the byte stacks "
-            "are the light part of a BLT (give a width up to the teacher's)")
+    require(
+        dim <= teacher_dim,
+        "local.dim",
+        f"{dim} is wider than the teacher's {teacher_dim}: the byte stacks "
+        "are the light part of a BLT (give a width up to the teacher's)",
+    )
     heads = local["heads"] or max(2, dim // 64)
-    require(dim % heads == 0 and (dim // heads) % 2 == 0, "local.heads",
-            f"{heads} heads do not split the byte stacks' width {dim} into even head widths")
+    require(
+        dim % heads == 0 and (dim // heads) % 2 == 0,
+        "local.heads",
+        f"{heads} heads do not split the byte stacks' width {dim} into even head widths",
+    )
     return dim, heads
 
 
@@ -132,10 +162,16 @@ def check_options(options: dict, teacher: TokenLMConfig) -> None:
     local_shape(options, teacher.stack.dim)
     layer = options["stage1"]["hidden_layer"]  # beyond the teacher's depth: its last block
     require(isinstance(layer, int) and layer >= 1, "stage1.hidden_layer", f"must be an integer >= 1, got {layer!r}")
-    require(options["stage1"]["embeddings"] in EMBEDDINGS, "stage1.embeddings",
-            f"must be one of {', '.join(EMBEDDINGS)}, got {options['stage1']['embeddings']!r}")
-    require(options["stage2"]["patcher"] in PATCHERS, "stage2.patcher",
-            f"must be one of {', '.join(PATCHERS)}, got {options['stage2']['patcher']!r}")
+    require(
+        options["stage1"]["embeddings"] in EMBEDDINGS,
+        "stage1.embeddings",
+        f"must be one of {', '.join(EMBEDDINGS)}, got {options['stage1']['embeddings']!r}",
+    )
+    require(
+        options["stage2"]["patcher"] in PATCHERS,
+        "stage2.patcher",
+        f"must be one of {', '.join(PATCHERS)}, got {options['stage2']['patcher']!r}",
+    )
     require(options["stage2"]["latent_lr_factor"] > 0, "stage2.latent_lr_factor", "must be > 0")
     data = options["data"]
     require(data["batch_size"] >= 1 and data["row_bytes"] >= 16, "data.row_bytes", "rows of at least 16 bytes")
@@ -174,9 +210,12 @@ def blt_dict(plan: ByteifyPlan, teacher: TokenLMConfig, patching: dict, entropy_
         encoder=_stack(dim, local["encoder_layers"], heads, window),
         latent=teacher_stack(teacher),
         decoder=_stack(dim, local["decoder_layers"], heads, window),
-        cross_attn_k=local["cross_attn_k"], cross_attn_heads=heads,
+        cross_attn_k=local["cross_attn_k"],
+        cross_attn_heads=heads,
         hash=dict(group_sizes=list(local["hash_sizes"]), vocab=local["hash_vocab"], n_functions=1),
-        patching=patching, entropy_model=entropy_model, latent_norm=True,
+        patching=patching,
+        entropy_model=entropy_model,
+        latent_norm=True,
     )
 
 
@@ -191,14 +230,29 @@ def distill_dict(plan: ByteifyPlan, teacher: TokenLMConfig, teacher_dir: str) ->
     blt = blt_dict(plan, teacher, dict(mode="bpe", tokenizer=teacher_dir))
     blt.pop("kind")
     stage1 = plan.options["stage1"]
-    return dict(kind="blt_distill", blt=blt, teacher_vocab=teacher.vocab_size, teacher_tied=teacher.tie_embeddings,
-                hidden_layer=min(stage1["hidden_layer"], teacher.stack.n_layers),
-                hidden_weight=stage1["hidden_weight"], distill_weight=stage1["distill_weight"],
-                temperature=stage1["temperature"])
+    return dict(
+        kind="blt_distill",
+        blt=blt,
+        teacher_vocab=teacher.vocab_size,
+        teacher_tied=teacher.tie_embeddings,
+        hidden_layer=min(stage1["hidden_layer"], teacher.stack.n_layers),
+        hidden_weight=stage1["hidden_weight"],
+        distill_weight=stage1["distill_weight"],
+        temperature=stage1["temperature"],
+    )
 
 
-def experiment_dict(plan: ByteifyPlan, model: dict, steps: int, train_source: str, eval_source: str,
-                    learning_rate: float, patches: int = 0, seed: int = 0, **train: Any) -> dict:
+def experiment_dict(
+    plan: ByteifyPlan,
+    model: dict,
+    steps: int,
+    train_source: str,
+    eval_source: str,
+    learning_rate: float,
+    patches: int = 0,
+    seed: int = 0,
+    **train: Any,
+) -> dict:
     """One training run as an experiment dict (`experiment_from_dict` validates it).
 
     Args:
@@ -212,13 +266,30 @@ def experiment_dict(plan: ByteifyPlan, model: dict, steps: int, train_source: st
       train: more `train` fields (init_from, freeze, lr_multipliers).
     """
     data = plan.options["data"]
-    rows = dict(source=train_source, batch_size=data["batch_size"], row_bytes=data["row_bytes"], row_patches=patches,
-                seed=seed, read_threads=2)
+    rows = dict(
+        source=train_source,
+        batch_size=data["batch_size"],
+        row_bytes=data["row_bytes"],
+        row_patches=patches,
+        seed=seed,
+        read_threads=2,
+    )
     evaluation = dict(rows, source=eval_source, shuffle=False, num_epochs=1)
     eval_batches = int(math.ceil(plan.validation_bytes / plan.bytes_per_step)) + 1
-    fields = dict(steps=steps, learning_rate=learning_rate, warmup_steps=max(2, steps // 20), min_lr_ratio=0.1,
-                  weight_decay=0.1, clip_norm=1.0, seed=seed, log_every=max(1, steps // 25), eval_every=0,
-                  eval_batches=eval_batches, checkpoint_every=max(10, steps // 6), keep_checkpoints=2)
+    fields = dict(
+        steps=steps,
+        learning_rate=learning_rate,
+        warmup_steps=max(2, steps // 20),
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        clip_norm=1.0,
+        seed=seed,
+        log_every=max(1, steps // 25),
+        eval_every=0,
+        eval_batches=eval_batches,
+        checkpoint_every=max(10, steps // 6),
+        keep_checkpoints=2,
+    )
     fields.update(train)
     return dict(model=model, data=rows, eval=evaluation, train=fields, mesh=dict(data=1, fsdp=-1, tensor=1))
 
@@ -228,12 +299,23 @@ def flops_per_byte(model: dict, row_bytes: int, bytes_per_patch: float = 1.0) ->
     return model_kind(model_config_from_dict(model)).training_flops_per_byte(row_bytes, bytes_per_patch)
 
 
-def make_plan(options: dict, teacher: TokenLMConfig, minutes: float, flops_per_second: float,
-              assumed_bytes_per_token: float = 4.0) -> ByteifyPlan:
+def make_plan(
+    options: dict, teacher: TokenLMConfig, minutes: float, flops_per_second: float, assumed_bytes_per_token: float = 4.0
+) -> ByteifyPlan:
     """Step budgets from a wall-clock budget (module docstring); steps the options give are kept."""
     require(minutes > 0, "minutes", f"must be > 0, got {minutes}")
-    skeleton = ByteifyPlan(options, minutes, teacher.stack.dim, teacher.stack.n_layers, teacher.vocab_size, 1, 1, 1,
-                           1, options["data"]["validation_bytes"])
+    skeleton = ByteifyPlan(
+        options,
+        minutes,
+        teacher.stack.dim,
+        teacher.stack.n_layers,
+        teacher.vocab_size,
+        1,
+        1,
+        1,
+        1,
+        options["data"]["validation_bytes"],
+    )
     row = options["data"]["row_bytes"]
     per_step = skeleton.bytes_per_step
     stage1 = flops_per_byte(distill_dict(skeleton, teacher, "teacher"), row, assumed_bytes_per_token)
@@ -241,11 +323,14 @@ def make_plan(options: dict, teacher: TokenLMConfig, minutes: float, flops_per_s
     entropy = flops_per_byte(entropy_model_dict(skeleton), row)
     seconds = minutes * 60
     rate = flops_per_second * EFFICIENCY
-    entropy_steps = options["entropy"]["steps"] or max(MIN_STEPS, int(seconds * ENTROPY_SHARE * rate / (per_step * entropy)))
+    entropy_steps = options["entropy"]["steps"] or max(
+        MIN_STEPS, int(seconds * ENTROPY_SHARE * rate / (per_step * entropy))
+    )
     # Equal steps for both stages; the baseline trains as many as both at stage 2's cost.
     both = seconds * (1 - ENTROPY_SHARE) * rate / (per_step * (stage1 + 3 * stage2))
     steps1 = options["stage1"]["steps"] or max(MIN_STEPS, int(both))
     steps2 = options["stage2"]["steps"] or max(MIN_STEPS, int(both))
     corpus = int(max(steps1 + steps2, entropy_steps) * per_step * CORPUS_SLACK)
-    return dataclasses.replace(skeleton, entropy_steps=entropy_steps, stage1_steps=steps1, stage2_steps=steps2,
-                               corpus_bytes=corpus)
+    return dataclasses.replace(
+        skeleton, entropy_steps=entropy_steps, stage1_steps=steps1, stage2_steps=steps2, corpus_bytes=corpus
+    )

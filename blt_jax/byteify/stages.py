@@ -74,9 +74,8 @@ def teacher_config(path: str) -> TokenLMConfig:
     from blt_jax.convert.native import read_meta
     from blt_jax.data.token_patches import open_model_tokenizer
     from blt_jax.errors import NotFound
-    from blt_jax.loading import detect_layout
+    from blt_jax.loading import detect_layout, runs
     from blt_jax.models import model_config_from_dict, require_kind
-    from blt_jax.loading import runs
 
     resolved = paths.resolve(path)
     if runs.is_training_run(resolved):
@@ -95,8 +94,9 @@ def teacher_config(path: str) -> TokenLMConfig:
     try:
         open_model_tokenizer(resolved)
     except NotFound as e:
-        raise NotFound(f"--teacher {path}: no tokenizer beside the model ({e}); byteify patches stage 1 with the "
-                       "teacher's tokens") from None
+        raise NotFound(
+            f"--teacher {path}: no tokenizer beside the model ({e}); byteify patches stage 1 with the teacher's tokens"
+        ) from None
     return config
 
 
@@ -112,9 +112,13 @@ def stage_teacher(source: str, paths: Paths, progress: bool) -> StageResult:
     teacher = load_token_model(source)
     teacher.save(paths.teacher)
     stack = teacher.config.stack
-    note = (f"d{stack.dim} x {stack.n_layers} blocks, {stack.n_heads} heads ({stack.n_kv_heads} kv), "
-            f"{teacher.config.vocab_size} ids, {count(teacher.params) / 1e6:.2f}M parameters")
-    return StageResult("teacher", time.perf_counter() - start, detail=dict(note=note, source=source, path=paths.teacher))
+    note = (
+        f"d{stack.dim} x {stack.n_layers} blocks, {stack.n_heads} heads ({stack.n_kv_heads} kv), "
+        f"{teacher.config.vocab_size} ids, {count(teacher.params) / 1e6:.2f}M parameters"
+    )
+    return StageResult(
+        "teacher", time.perf_counter() - start, detail=dict(note=note, source=source, path=paths.teacher)
+    )
 
 
 def stage_corpus(ctx: Context) -> StageResult:
@@ -124,19 +128,35 @@ def stage_corpus(ctx: Context) -> StageResult:
 
     start = time.perf_counter()
     if ctx.heldout is None:
-        detail = split_corpus(ctx.corpus, ctx.paths.corpus_train, ctx.paths.corpus_validation, ctx.plan.corpus_bytes,
-                              ctx.plan.validation_bytes)
+        detail = split_corpus(
+            ctx.corpus,
+            ctx.paths.corpus_train,
+            ctx.paths.corpus_validation,
+            ctx.plan.corpus_bytes,
+            ctx.plan.validation_bytes,
+        )
     else:
         train = sample_corpus(ctx.corpus, ctx.paths.corpus_train, ctx.plan.corpus_bytes)
         held = sample_corpus(ctx.heldout, ctx.paths.corpus_validation, ctx.plan.validation_bytes, seed=1)
-        detail = dict(train_documents=train["documents"], train_bytes=train["bytes"],
-                      validation_documents=held["documents"], validation_bytes=held["bytes"], heldout=ctx.heldout)
+        detail = dict(
+            train_documents=train["documents"],
+            train_bytes=train["bytes"],
+            validation_documents=held["documents"],
+            validation_bytes=held["bytes"],
+            heldout=ctx.heldout,
+        )
     if detail["validation_bytes"] < ctx.plan.bytes_per_step:
-        raise InputError(f"{ctx.corpus}: only {detail['validation_bytes']:,} bytes could be held out, less than one "
-                         f"batch of {ctx.plan.bytes_per_step:,}; give a bigger corpus")
+        raise InputError(
+            f"{ctx.corpus}: only {detail['validation_bytes']:,} bytes could be held out, less than one "
+            f"batch of {ctx.plan.bytes_per_step:,}; give a bigger corpus"
+        )
     note = f"{detail['train_bytes']:,} training bytes, {detail['validation_bytes']:,} held out"
-    return StageResult("corpus", time.perf_counter() - start, detail["train_bytes"] + detail["validation_bytes"],
-                       detail=dict(detail, note=note, source=ctx.corpus))
+    return StageResult(
+        "corpus",
+        time.perf_counter() - start,
+        detail["train_bytes"] + detail["validation_bytes"],
+        detail=dict(detail, note=note, source=ctx.corpus),
+    )
 
 
 def bytes_per_token(tokenizer, documents: list[bytes]) -> float:
@@ -159,9 +179,18 @@ def stage_measure(ctx: Context) -> StageResult:
     # same span of text as the BLTs' windows.
     window = max(8, int(ctx.plan.option("data", "row_bytes") / ratio))
     bpb, scored = heldout_bpb(ctx.paths.teacher, None, ctx.paths.corpus_validation, window + 1, ctx.progress)
-    return StageResult("measure", time.perf_counter() - start, scored, bpb=bpb,
-                       detail=dict(note=f"{ratio:.2f} bytes per token; held-out {bpb:.4f} bits per byte",
-                                   bytes_per_token=ratio, teacher_bpb=bpb, window_tokens=window))
+    return StageResult(
+        "measure",
+        time.perf_counter() - start,
+        scored,
+        bpb=bpb,
+        detail=dict(
+            note=f"{ratio:.2f} bytes per token; held-out {bpb:.4f} bits per byte",
+            bytes_per_token=ratio,
+            teacher_bpb=bpb,
+            window_tokens=window,
+        ),
+    )
 
 
 def measured(ctx: Context) -> dict:
@@ -187,9 +216,15 @@ def stage_embeddings(ctx: Context) -> StageResult:
     tables, coverage = encoder_tables(config, embedding, strings)
     with replacing(ctx.paths.embeddings) as tmp:
         write_safetensors(tmp, tables)
-    return StageResult("embeddings", time.perf_counter() - start,
-                       detail=dict(note=coverage.note(config.hash.group_sizes if config.hash else ()),
-                                   **dataclasses.asdict(coverage), path=ctx.paths.embeddings))
+    return StageResult(
+        "embeddings",
+        time.perf_counter() - start,
+        detail=dict(
+            note=coverage.note(config.hash.group_sizes if config.hash else ()),
+            **dataclasses.asdict(coverage),
+            path=ctx.paths.embeddings,
+        ),
+    )
 
 
 # ---- the two stages ------------------------------------------------------------------------------
@@ -205,9 +240,16 @@ def stage1_experiment(ctx: Context) -> dict:
     if teacher_embeddings(ctx):
         init_from += f",blt/local_encoder={paths.embeddings}"
     return planning.experiment_dict(
-        plan, model, plan.stage1_steps, paths.corpus_train, paths.corpus_validation,
-        plan.option("stage1", "learning_rate"), patches, init_from=init_from,
-        freeze="blt/global_transformer,teacher")
+        plan,
+        model,
+        plan.stage1_steps,
+        paths.corpus_train,
+        paths.corpus_validation,
+        plan.option("stage1", "learning_rate"),
+        patches,
+        init_from=init_from,
+        freeze="blt/global_transformer,teacher",
+    )
 
 
 def _flops(raw: dict, mean_patch_length: float) -> float:
@@ -216,8 +258,13 @@ def _flops(raw: dict, mean_patch_length: float) -> float:
 
 def _train(name: str, raw: dict, workdir: str, ctx: Context, mean_patch_length: float) -> StageResult:
     flops = _flops(raw, mean_patch_length)
-    return qs.train_run(name, raw, workdir, ctx.progress,
-                        dict(flops_per_byte=flops, note=f"{raw['train']['steps']} steps, {flops / 1e6:.2f} MFLOP/byte"))
+    return qs.train_run(
+        name,
+        raw,
+        workdir,
+        ctx.progress,
+        dict(flops_per_byte=flops, note=f"{raw['train']['steps']} steps, {flops / 1e6:.2f} MFLOP/byte"),
+    )
 
 
 def stage_stage1(ctx: Context) -> StageResult:
@@ -228,8 +275,14 @@ def stage_stage1(ctx: Context) -> StageResult:
 def stage_entropy_lm(ctx: Context) -> StageResult:
     """Trains the entropy LM of stage 2's patches on the training text."""
     plan = ctx.plan
-    raw = planning.experiment_dict(plan, planning.entropy_model_dict(plan), plan.entropy_steps, ctx.paths.corpus_train,
-                                   ctx.paths.corpus_validation, plan.option("entropy", "learning_rate"))
+    raw = planning.experiment_dict(
+        plan,
+        planning.entropy_model_dict(plan),
+        plan.entropy_steps,
+        ctx.paths.corpus_train,
+        ctx.paths.corpus_validation,
+        plan.option("entropy", "learning_rate"),
+    )
     return _train("entropy_lm", raw, ctx.paths.entropy_lm, ctx, 1.0)
 
 
@@ -247,10 +300,18 @@ def stage_calibrate(ctx: Context) -> StageResult:
     target = measured(ctx)["bytes_per_token"]
     result = calibrate(sample_stored(ctx.paths.entropies_train, max_tokens=400_000, seed=0), target, "global")
     write_json(ctx.paths.calibration, dataclasses.asdict(result))
-    return StageResult("calibrate", time.perf_counter() - start, result.tokens, mean_patch_length=result.achieved_mean,
-                       detail=dict(note=f"threshold {result.threshold:.4f} -> {result.achieved_mean:.2f} bytes per "
-                                        f"patch (teacher: {target:.2f} per token)",
-                                   threshold=result.threshold, target=target))
+    return StageResult(
+        "calibrate",
+        time.perf_counter() - start,
+        result.tokens,
+        mean_patch_length=result.achieved_mean,
+        detail=dict(
+            note=f"threshold {result.threshold:.4f} -> {result.achieved_mean:.2f} bytes per "
+            f"patch (teacher: {target:.2f} per token)",
+            threshold=result.threshold,
+            target=target,
+        ),
+    )
 
 
 def entropy_patched(ctx: Context) -> bool:
@@ -278,8 +339,13 @@ def blt_experiment(ctx: Context, steps: int, learning_rate: float, **train) -> t
 def stage_stage2(ctx: Context) -> StageResult:
     """Trains everything from stage 1's BLT, the latent at a lower learning rate (byteification, stage 2)."""
     factor = ctx.plan.option("stage2", "latent_lr_factor")
-    raw, length = blt_experiment(ctx, ctx.plan.stage2_steps, ctx.plan.option("stage2", "learning_rate"),
-                                 init_from=f"={ctx.paths.stage1}#blt", lr_multipliers=f"global_transformer={factor:g}")
+    raw, length = blt_experiment(
+        ctx,
+        ctx.plan.stage2_steps,
+        ctx.plan.option("stage2", "learning_rate"),
+        init_from=f"={ctx.paths.stage1}#blt",
+        lr_multipliers=f"global_transformer={factor:g}",
+    )
     return _train("stage2", raw, ctx.paths.stage2, ctx, length)
 
 
@@ -298,16 +364,23 @@ def _heldout(ctx: Context, name: str, run: str) -> float:
     from blt_jax.evals.heldout import heldout_bpb
 
     if entropy_patched(ctx):
-        return heldout_bpb(run, ctx.paths.entropy_lm, ctx.paths.corpus_validation,
-                           ctx.plan.option("data", "row_bytes"), ctx.progress)[0]
+        return heldout_bpb(
+            run, ctx.paths.entropy_lm, ctx.paths.corpus_validation, ctx.plan.option("data", "row_bytes"), ctx.progress
+        )[0]
     return qs.require_result(ctx.paths, name).bpb
 
 
 def _stage_row(result: StageResult, stage: int | str, bpb: float, steps: int) -> dict:
     trained = result.bytes or 0
-    return dict(stage=stage, val_bpb=bpb, steps=steps, bytes=trained,
-                train_flops=result.detail["flops_per_byte"] * trained, wall_seconds=result.seconds,
-                workdir=result.detail["workdir"])
+    return dict(
+        stage=stage,
+        val_bpb=bpb,
+        steps=steps,
+        bytes=trained,
+        train_flops=result.detail["flops_per_byte"] * trained,
+        wall_seconds=result.seconds,
+        workdir=result.detail["workdir"],
+    )
 
 
 def stage_report(ctx: Context, baseline: bool = True) -> StageResult:
@@ -325,17 +398,24 @@ def stage_report(ctx: Context, baseline: bool = True) -> StageResult:
         rows.append(_stage_row(two, 2, _heldout(ctx, "stage2", paths.stage2), plan.stage2_steps))
     base = qs.load_result(paths, "baseline") if baseline else None
     report = dict(
-        teacher=qs.require_result(paths, "teacher").detail["source"], teacher_bpb=m["teacher_bpb"],
-        bytes_per_token=m["bytes_per_token"], stages=rows,
+        teacher=qs.require_result(paths, "teacher").detail["source"],
+        teacher_bpb=m["teacher_bpb"],
+        bytes_per_token=m["bytes_per_token"],
+        stages=rows,
         baseline_bpb=None if base is None else _heldout(ctx, "baseline", paths.baseline),
         baseline=None if base is None else _stage_row(base, "baseline", math.nan, plan.baseline_steps),
         final_run=(paths.stage2 if two is not None else paths.stage1),
         patcher=plan.option("stage2", "patcher"),
-        threshold=(qs.require_result(paths, "calibrate").detail["threshold"]
-                   if two is not None and entropy_patched(ctx) else None),
-        scoring=("teacher and stage 2 / baseline: every held-out document in windows of one row (the teacher's "
-                 "windows hold as many tokens as a row holds bytes / bytes per token); stage 1: its evaluation "
-                 "over the held-out rows, patched by the teacher's tokens"),
+        threshold=(
+            qs.require_result(paths, "calibrate").detail["threshold"]
+            if two is not None and entropy_patched(ctx)
+            else None
+        ),
+        scoring=(
+            "teacher and stage 2 / baseline: every held-out document in windows of one row (the teacher's "
+            "windows hold as many tokens as a row holds bytes / bytes per token); stage 1: its evaluation "
+            "over the held-out rows, patched by the teacher's tokens"
+        ),
     )
     if report["baseline"] is not None:
         report["baseline"]["val_bpb"] = report["baseline_bpb"]
@@ -343,7 +423,8 @@ def stage_report(ctx: Context, baseline: bool = True) -> StageResult:
     write_markdown(paths.report_md, report)
     best = rows[-1]["val_bpb"]
     note = f"teacher {m['teacher_bpb']:.4f}, byteified {best:.4f}" + (
-        f", baseline {report['baseline_bpb']:.4f} bits per byte" if base is not None else " bits per byte")
+        f", baseline {report['baseline_bpb']:.4f} bits per byte" if base is not None else " bits per byte"
+    )
     return StageResult("report", time.perf_counter() - start, bpb=best, detail=dict(note=note))
 
 

@@ -58,8 +58,25 @@ from blt_jax.cli import (
 from blt_jax.errors import InputError
 
 # In the order `blt-jax --help` lists them.
-COMMANDS = (smoke, params, convert, patch, calibrate, plot_entropy, train, export, evaluate, lm_eval, make_tasks,
-            generate, serve, aot, quickstart, byteify, study)
+COMMANDS = (
+    smoke,
+    params,
+    convert,
+    patch,
+    calibrate,
+    plot_entropy,
+    train,
+    export,
+    evaluate,
+    lm_eval,
+    make_tasks,
+    generate,
+    serve,
+    aot,
+    quickstart,
+    byteify,
+    study,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

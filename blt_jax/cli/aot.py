@@ -15,8 +15,12 @@ HELP = "compile the train step for a TPU topology (no TPU needed): memory and FL
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_arg(p, "experiment file[:arg], e.g. experiments/blt_1b.py:v5p-32", required=True)
     p.add_argument("--topology", required=True, help="libtpu name (v5p:2x2x2, v5e:4x4) or Cloud name (v5p-128)")
-    p.add_argument("--program", choices=("train", "generate", "entropy"), default="train",
-                   help="the train step (default), one cached generation step, or the entropy pass")
+    p.add_argument(
+        "--program",
+        choices=("train", "generate", "entropy"),
+        default="train",
+        help="the train step (default), one cached generation step, or the entropy pass",
+    )
     p.add_argument("--require-fit", action="store_true", help="exit 1 when the program does not fit in HBM")
 
 

@@ -11,8 +11,19 @@ from collections.abc import Iterator
 from blt_jax.errors import InputError
 
 # Arguments that name files or directories (resolved: ~ expanded, made absolute; gs:// kept).
-PATH_ARGS = ("checkpoint", "entropy_checkpoint", "workdir", "out", "entropies", "json", "text_file", "source",
-             "dest", "entropy", "run")
+PATH_ARGS = (
+    "checkpoint",
+    "entropy_checkpoint",
+    "workdir",
+    "out",
+    "entropies",
+    "json",
+    "text_file",
+    "source",
+    "dest",
+    "entropy",
+    "run",
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,10 +33,10 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see blt-jax {self.prog.split()[-1]} --help)")
 
 
-def add_config_arg(p: argparse.ArgumentParser, help: str, **kwargs) -> None:
+def add_config_arg(p: argparse.ArgumentParser, what: str, **kwargs) -> None:
     """`--config FILE[:arg]` and its `--config.a.b=v` overrides (split off by `main`): the one way
-    every command that reads an experiment takes it."""
-    p.add_argument("--config", help=f"{help}; override any field with --config.a.b=v", **kwargs)
+    every command that reads an experiment takes it (`what`: the help text)."""
+    p.add_argument("--config", help=f"{what}; override any field with --config.a.b=v", **kwargs)
     p.set_defaults(overrides=[])
 
 

@@ -9,8 +9,11 @@ HELP = "convert an HF or Meta checkpoint (a BLT, or a Llama-family token LM) to 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="directory: HF (config.json + model.safetensors: BltForCausalLM, or LlamaForCausalLM "
-                   "and its family with tokenizer.json), Meta (params.json + consolidated.pth), or a token LM run of ours")
+    p.add_argument(
+        "source",
+        help="directory: HF (config.json + model.safetensors: BltForCausalLM, or LlamaForCausalLM "
+        "and its family with tokenizer.json), Meta (params.json + consolidated.pth), or a token LM run of ours",
+    )
     p.add_argument("dest", help="output directory")
     p.add_argument("--entropy", default=None, help="Meta layout: entropy model directory")
 

@@ -11,13 +11,21 @@ HELP = "a training run or model -> a self-contained model directory"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a training workdir of a BLT, or any model directory from_pretrained reads "
-                               "(local, ~ or gs://)")
+    p.add_argument(
+        "run", help="a training workdir of a BLT, or any model directory from_pretrained reads (local, ~ or gs://)"
+    )
     p.add_argument("dest", help="output directory: the BLT, its entropy LM, the patching rule")
-    p.add_argument("--format", choices=("native", "hf"), default="native",
-                   help="native: ours (from_pretrained); hf: transformers' BltForCausalLM.from_pretrained")
-    p.add_argument("--entropy-checkpoint", default=None,
-                   help="the entropy LM of a run patched by entropy (default: the one its entropy pass names)")
+    p.add_argument(
+        "--format",
+        choices=("native", "hf"),
+        default="native",
+        help="native: ours (from_pretrained); hf: transformers' BltForCausalLM.from_pretrained",
+    )
+    p.add_argument(
+        "--entropy-checkpoint",
+        default=None,
+        help="the entropy LM of a run patched by entropy (default: the one its entropy pass names)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     patching = model.config.patching
     rule = f"{patching.mode} patching" + (f", threshold {patching.threshold:.4f}" if patching.mode == "entropy" else "")
     layout = {"native": "our format", "hf": "Hugging Face layout"}[args.format]
-    print(f"wrote {args.dest} ({layout}): {type(model.config).__name__} ({rule}; entropy LM: "
-          f"{'included' if model.entropy_params is not None else 'none'})")
+    print(
+        f"wrote {args.dest} ({layout}): {type(model.config).__name__} ({rule}; entropy LM: "
+        f"{'included' if model.entropy_params is not None else 'none'})"
+    )
     return 0

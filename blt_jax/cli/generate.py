@@ -7,20 +7,30 @@ import json
 import sys
 import time
 
+from blt_jax.errors import InputError
+
 NAME = "generate"
 HELP = "generate text after a prompt, streamed to stdout"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="a model directory (ours, HF or Meta) or a training workdir (its newest checkpoint)")
-    p.add_argument("--entropy-checkpoint", default=None,
-                   help="entropy LM for a training workdir whose patching is by entropy")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="prompt text (repeat for a batch); or use --prompt-file")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a model directory (ours, HF or Meta) or a training workdir (its newest checkpoint)",
+    )
+    p.add_argument(
+        "--entropy-checkpoint", default=None, help="entropy LM for a training workdir whose patching is by entropy"
+    )
+    p.add_argument(
+        "--prompt", action="append", default=None, help="prompt text (repeat for a batch); or use --prompt-file"
+    )
     p.add_argument("--prompt-file", default=None, help="file holding the prompt ('-' = stdin)")
-    p.add_argument("--lines", action="store_true",
-                   help="with --prompt-file: every non-empty line is a prompt (one batch, JSON lines out)")
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="with --prompt-file: every non-empty line is a prompt (one batch, JSON lines out)",
+    )
     p.add_argument("--max-new-bytes", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
@@ -56,18 +66,27 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if len(prompts) == 1:
         stream = Utf8Stream(sys.stdout)
-        result = model.generate_tokens(prompts[0], args.max_new_bytes, args.temperature, args.top_k, args.top_p,
-                                       args.seed, on_bytes=lambda row, data: stream.write(data))
+        result = model.generate_tokens(
+            prompts[0],
+            args.max_new_bytes,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            on_bytes=lambda row, data: stream.write(data),
+        )
         stream.close()
         sys.stdout.write("\n")
     else:
-        result = model.generate_tokens(prompts, args.max_new_bytes, args.temperature, args.top_k, args.top_p,
-                                       args.seed)
+        result = model.generate_tokens(prompts, args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed)
         for prompt, text in zip(prompts, result.texts):
             print(json.dumps({"prompt": prompt, "completion": text}, ensure_ascii=False))
     sys.stdout.flush()
     elapsed = time.perf_counter() - start
     produced = sum(len(t) for t in result.tokens)
-    print(f"[{produced} bytes in {elapsed:.2f}s ({produced / elapsed:,.1f} bytes/s, compilation included), "
-          f"{result.steps} decoding steps]", file=sys.stderr)
+    print(
+        f"[{produced} bytes in {elapsed:.2f}s ({produced / elapsed:,.1f} bytes/s, compilation included), "
+        f"{result.steps} decoding steps]",
+        file=sys.stderr,
+    )
     return 0

@@ -19,9 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     p.add_argument("--max-length", type=int, default=2048, help="bytes of text per row (older context is cut)")
     p.add_argument("--include-path", default=None, help="a directory of more task YAMLs")
-    p.add_argument("--noise", default=None,
-                   help="run under the paper's input noisings: comma-separated from antspeak, drop, randomcase, "
-                        "repeat, uppercase, none (clean), or all; results name them task@noise")
+    p.add_argument(
+        "--noise",
+        default=None,
+        help="run under the paper's input noisings: comma-separated from antspeak, drop, randomcase, "
+        "repeat, uppercase, none (clean), or all; results name them task@noise",
+    )
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the noisings")
     p.add_argument("--output", default=None, help="write lm-eval's results as JSON here")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -41,8 +44,14 @@ def run(args: argparse.Namespace) -> int:
     include = paths.resolve(args.include_path) if args.include_path else None
     noises = noise_list(args.noise)  # bad task or noise names fail before the model loads
     manager = backend.task_manager(tasks, include)
-    model = backend.BltLM(args.checkpoint, entropy=args.entropy_checkpoint, batch_size=args.batch_size,
-                          max_length=args.max_length, progress=args.progress, noise_seed=args.noise_seed)
+    model = backend.BltLM(
+        args.checkpoint,
+        entropy=args.entropy_checkpoint,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        progress=args.progress,
+        noise_seed=args.noise_seed,
+    )
     results = backend.run_noised(model, tasks, noises, args.num_fewshot, args.limit, manager)
     print(make_table(results))
     if args.output:

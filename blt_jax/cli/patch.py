@@ -24,19 +24,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blt_jax.data.sources import list_files
     from blt_jax.data.entropy_pass import PassOptions, run_pass
+    from blt_jax.data.sources import list_files
     from blt_jax.parallel import maybe_initialize_distributed
 
     list_files(args.corpus)  # a wrong path fails before the model is built
     maybe_initialize_distributed()  # several processes share the shards (launch/local_multihost.py, a pod)
     config, params, description = common.entropy_model(args)
-    options = PassOptions(docs_per_shard=args.docs_per_shard, chunk=args.chunk, lanes=args.lanes,
-                          text_field=args.text_field, strict=args.strict, progress=not args.no_progress)
+    options = PassOptions(
+        docs_per_shard=args.docs_per_shard,
+        chunk=args.chunk,
+        lanes=args.lanes,
+        text_field=args.text_field,
+        strict=args.strict,
+        progress=not args.no_progress,
+    )
     start = time.perf_counter()
     manifest = run_pass(args.corpus, args.out, config, params, description, options)
     counts, elapsed = manifest["counts"], time.perf_counter() - start
-    print(f"wrote {len(manifest['shards'])} shard(s) to {args.out}: {counts['documents']:,} documents, "
-          f"{counts['bytes']:,} bytes, mean entropy {manifest['mean_entropy'] or 0:.4f} nats; skipped "
-          f"{counts['skipped_empty']} empty and {counts['skipped_bad']} bad item(s); {elapsed:.1f}s")
+    print(
+        f"wrote {len(manifest['shards'])} shard(s) to {args.out}: {counts['documents']:,} documents, "
+        f"{counts['bytes']:,} bytes, mean entropy {manifest['mean_entropy'] or 0:.4f} nats; skipped "
+        f"{counts['skipped_empty']} empty and {counts['skipped_bad']} bad item(s); {elapsed:.1f}s"
+    )
     return 0

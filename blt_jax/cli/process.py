@@ -11,8 +11,10 @@ import os
 def quiet_tpu_probe() -> None:
     """On a host without TPUs, keep jax from starting libtpu (installed by the `tpu` extra), whose
     start-up prints alarming errors there. Explicit JAX_PLATFORMS settings are left alone."""
-    if any(os.environ.get(k) for k in ("JAX_PLATFORMS", "JAX_FORCE_TPU_INIT", "TPU_ACCELERATOR_TYPE",
-                                       "TPU_WORKER_HOSTNAMES")):
+    if any(
+        os.environ.get(k)
+        for k in ("JAX_PLATFORMS", "JAX_FORCE_TPU_INIT", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
+    ):
         return  # the user (or a TPU launcher's environment) decides
     if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
         return  # TPU device files: let jax find the chips
@@ -20,8 +22,9 @@ def quiet_tpu_probe() -> None:
         from jax._src import hardware_utils
 
         chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
-        gpus = hardware_utils.has_visible_nvidia_gpu() or bool(getattr(hardware_utils, "num_available_amd_gpus",
-                                                                      lambda: 0)())
+        gpus = hardware_utils.has_visible_nvidia_gpu() or bool(
+            getattr(hardware_utils, "num_available_amd_gpus", lambda: 0)()
+        )
     except Exception:  # noqa: BLE001 - a jax without these helpers: leave platform choice to jax
         return
     if chips == 0 and not gpus:

@@ -15,8 +15,9 @@ TEXT = "Daenerys Targaryen is in Game of Thrones, a fantasy epic by George R.R. 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # The default ships in the package (a wheel install has no experiments/ folder).
-    common.add_config_arg(p, "experiment file[:arg] (default: the tiny experiment, experiments/tiny.py)",
-                          default=tiny.PATH)
+    common.add_config_arg(
+        p, "experiment file[:arg] (default: the tiny experiment, experiments/tiny.py)", default=tiny.PATH
+    )
     p.add_argument("--text", default=TEXT)
     p.add_argument("--seed", type=int, default=0)
 

@@ -73,7 +73,9 @@ def _stack(sub: Mapping[str, Any], where: str, window: int | None, default_theta
     heads = int(sub["num_attention_heads"])
     kv = sub.get("num_key_value_heads") or heads
     if int(kv) != heads:
-        raise ConfigError(f"{where}.num_key_value_heads", f"grouped-query attention ({kv} kv heads for {heads}) is not supported")
+        raise ConfigError(
+            f"{where}.num_key_value_heads", f"grouped-query attention ({kv} kv heads for {heads}) is not supported"
+        )
     act = sub.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}.hidden_act", f"only silu (SwiGLU) is supported, got {act!r}")
@@ -114,8 +116,9 @@ def config_from_hf(cfg: Mapping[str, Any], with_patcher: bool = True) -> tuple[B
     entropy = None
     if with_patcher and cfg.get("patch_in_forward", True) and cfg.get("patcher_config"):
         pc = cfg["patcher_config"]
-        entropy = EntropyLMConfig(_stack(pc, "patcher_config", pc.get("sliding_window"), 10000.0),
-                                  vocab_size=int(pc.get("vocab_size", 260)))
+        entropy = EntropyLMConfig(
+            _stack(pc, "patcher_config", pc.get("sliding_window"), 10000.0), vocab_size=int(pc.get("vocab_size", 260))
+        )
     sizes = cfg.get("encoder_hash_byte_group_size") or [3, 4, 5, 6, 7, 8]
     hash_cfg = HashConfig(
         group_sizes=tuple(sizes),
@@ -158,10 +161,16 @@ def hf_config_dict(config: BLTConfig) -> dict:
     if config.entropy_model is not None:
         stacks["entropy_model.stack"] = config.entropy_model.stack
     for where, st in stacks.items():  # what HF's BLT stacks cannot express (a byteified latent can have it)
-        for field, plain in (("n_kv_heads", st.n_heads), ("head_dim", st.dim // st.n_heads), ("rope_scaling", None),
-                             ("qkv_bias", False)):
+        for field, plain in (
+            ("n_kv_heads", st.n_heads),
+            ("head_dim", st.dim // st.n_heads),
+            ("rope_scaling", None),
+            ("qkv_bias", False),
+        ):
             if getattr(st, field) != plain:
-                raise ConfigError(f"{where}.{field}", f"HF's BltForCausalLM cannot express {field}={getattr(st, field)!r}")
+                raise ConfigError(
+                    f"{where}.{field}", f"HF's BltForCausalLM cannot express {field}={getattr(st, field)!r}"
+                )
     if config.latent_mask != "block_causal":
         raise ConfigError("latent_mask", f"HF's BltForCausalLM has no {config.latent_mask!r} latent mask")
     if config.cross_attn_heads != config.encoder.n_heads or config.encoder.n_heads != config.decoder.n_heads:
@@ -170,9 +179,15 @@ def hf_config_dict(config: BLTConfig) -> dict:
         raise ConfigError("decoder.window", "HF uses one local window for encoder and decoder")
 
     def stack(st, **extra):
-        return dict(hidden_size=st.dim, num_hidden_layers=st.n_layers, num_attention_heads=st.n_heads,
-                    intermediate_size=st.ffn_hidden, rms_norm_eps=st.norm_eps,
-                    rope_parameters={"rope_type": "default", "rope_theta": st.rope_theta}, **extra)
+        return dict(
+            hidden_size=st.dim,
+            num_hidden_layers=st.n_layers,
+            num_attention_heads=st.n_heads,
+            intermediate_size=st.ffn_hidden,
+            rms_norm_eps=st.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": st.rope_theta},
+            **extra,
+        )
 
     local = dict(cross_attn_k=config.cross_attn_k, hidden_size_global=config.latent.dim)
     out = dict(
@@ -188,9 +203,11 @@ def hf_config_dict(config: BLTConfig) -> dict:
         patch_in_forward=config.entropy_model is not None,
     )
     if config.hash is not None:
-        out.update(encoder_hash_byte_group_size=list(config.hash.group_sizes),
-                   encoder_hash_byte_group_vocab=config.hash.vocab,
-                   encoder_hash_byte_group_nb_functions=config.hash.n_functions)
+        out.update(
+            encoder_hash_byte_group_size=list(config.hash.group_sizes),
+            encoder_hash_byte_group_vocab=config.hash.vocab,
+            encoder_hash_byte_group_nb_functions=config.hash.n_functions,
+        )
     if config.entropy_model is not None:
         out["patcher_config"] = stack(config.entropy_model.stack, sliding_window=config.entropy_model.stack.window)
     return out
@@ -239,8 +256,9 @@ def load_hf(directory: str, dtype: np.dtype = np.float32) -> tuple[BLTConfig, di
     if entropy_cfg is not None:
         pat_named = {pat_map[k]: v for k, v in tensors.items() if k in pat_map}
         # Unexpected patcher tensors were already reported with the BLT's (they are not in pat_map).
-        entropy_params = assemble(entropy_entries(entropy_cfg), pat_named, abstract_params(entropy_cfg), dtype,
-                                  f"{directory} (patcher)")
+        entropy_params = assemble(
+            entropy_entries(entropy_cfg), pat_named, abstract_params(entropy_cfg), dtype, f"{directory} (patcher)"
+        )
     return config, params, entropy_params
 
 
@@ -260,19 +278,32 @@ def hf_export_config(config: BLTConfig, with_entropy_lm: bool) -> dict:
     fields = hf_config_dict(config)
     patching = config.patching
     if patching.mode != "entropy":  # HF would patch every byte on its own
-        raise ConfigError("patching.mode", f"HF's BltForCausalLM patches by entropy only, not {patching.mode!r}; "
-                          "export an entropy-patched model, or keep our format (--format native)")
+        raise ConfigError(
+            "patching.mode",
+            f"HF's BltForCausalLM patches by entropy only, not {patching.mode!r}; "
+            "export an entropy-patched model, or keep our format (--format native)",
+        )
     if patching.monotonic or patching.threshold_add is not None:
         field = "monotonic" if patching.monotonic else "threshold_add"
         raise ConfigError(f"patching.{field}", "HF's patcher applies a global entropy threshold only")
     if not with_entropy_lm or config.entropy_model is None:
-        raise ConfigError("entropy_model", "HF's BltForCausalLM patches with its entropy LM, and this model has "
-                          "none; give it one (--entropy-checkpoint)")
+        raise ConfigError(
+            "entropy_model",
+            "HF's BltForCausalLM patches with its entropy LM, and this model has "
+            "none; give it one (--entropy-checkpoint)",
+        )
     # use_cache false: transformers 5.23's BltForCausalLM builds `DynamicCache(config=BltConfig)`,
     # which reads `num_hidden_layers`, a field the composite BltConfig lacks, so any forward with
     # the default use_cache=True (lm-eval's hf backend, `generate`) raises AttributeError.
-    return {"architectures": ["BltForCausalLM"], "model_type": "blt", "dtype": config.dtype,
-            "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "use_cache": False, **fields}
+    return {
+        "architectures": ["BltForCausalLM"],
+        "model_type": "blt",
+        "dtype": config.dtype,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "use_cache": False,
+        **fields,
+    }
 
 
 def save_hf(directory: str, config: BLTConfig, params: Mapping, entropy_params: Mapping | None) -> None:
@@ -284,12 +315,13 @@ def save_hf(directory: str, config: BLTConfig, params: Mapping, entropy_params: 
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(meta, f, indent=2)
-    write_safetensors(os.path.join(directory, "model.safetensors"),
-                      export_hf_tensors(config, params, entropy_params))
+    write_safetensors(os.path.join(directory, "model.safetensors"), export_hf_tensors(config, params, entropy_params))
     save_byte_tokenizer(directory)
 
 
-def export_hf_tensors(config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None) -> dict[str, np.ndarray]:
+def export_hf_tensors(
+    config: BLTConfig, params: Mapping, entropy_params: Mapping | None = None
+) -> dict[str, np.ndarray]:
     """Our parameters as an HF-named state dict (torch layouts), e.g. to write `model.safetensors`."""
     out: dict[str, np.ndarray] = {}
     hash_tables = []

@@ -58,8 +58,10 @@ def tokenizer_json() -> dict[str, Any]:
     vocab = {name: i for i, name in _special_tokens()}
     vocab.update({symbol: byte + OFFSET for byte, symbol in enumerate(byte_symbols())})
     assert len(vocab) == VOCAB_SIZE, "a byte symbol collides with a special token's name"
-    added = [dict(id=i, content=name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
-             for i, name in _special_tokens()]
+    added = [
+        dict(id=i, content=name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+        for i, name in _special_tokens()
+    ]
     bos = {"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}}
     return {
         "version": "1.0",
@@ -101,8 +103,10 @@ def tokenizer_config(model_max_length: int | None = None) -> dict[str, Any]:
     Args:
       model_max_length: the longest input the tokenizer reports (None: transformers' "no limit").
     """
-    decoder = {str(i): dict(content=name, single_word=False, lstrip=False, rstrip=False, normalized=False,
-                            special=True) for i, name in _special_tokens()}
+    decoder = {
+        str(i): dict(content=name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+        for i, name in _special_tokens()
+    }
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,

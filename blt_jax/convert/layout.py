@@ -67,19 +67,34 @@ def blt_entries(config: BLTConfig) -> list[Entry]:
     out = [Entry("local_encoder.tok_embeddings.weight", enc + ("tok_embeddings", "embedding"), "embed")]
     if config.hash is not None:
         for t in range(config.hash.n_tables):
-            out.append(Entry(f"encoder_hash_tok_embedding.{t}.weight", enc + ("hash_embeddings", "embedding"), "hash", t))
+            out.append(
+                Entry(f"encoder_hash_tok_embedding.{t}.weight", enc + ("hash_embeddings", "embedding"), "hash", t)
+            )
     out += _layers("local_encoder", enc, config.encoder)
-    out.append(Entry("local_encoder.patch_embedding_projection.weight", enc + ("patch_embedding_projection", "kernel"), "linear"))
+    out.append(
+        Entry(
+            "local_encoder.patch_embedding_projection.weight", enc + ("patch_embedding_projection", "kernel"), "linear"
+        )
+    )
     out += _cross("local_encoder", enc, config.encoder.n_layers if config.cross_attn_all_layers_encoder else 1)
     if config.has_latent_projection:
-        out.append(Entry("global_transformer.token_embedding_projection.weight",
-                         ("global_transformer", "token_embedding_projection", "kernel"), "linear"))
+        out.append(
+            Entry(
+                "global_transformer.token_embedding_projection.weight",
+                ("global_transformer", "token_embedding_projection", "kernel"),
+                "linear",
+            )
+        )
     out += _layers("global_transformer", ("global_transformer",), config.latent)
     if config.latent_norm:  # ours only (a byteified BLT's): Meta's latent has no final norm
         out.append(Entry("global_transformer.norm.weight", ("global_transformer", "norm", "scale"), "norm"))
     out += _layers("local_decoder", dec, config.decoder)
     out += _cross("local_decoder", dec, config.decoder.n_layers if config.cross_attn_all_layers_decoder else 1)
-    out.append(Entry("local_decoder.patch_embedding_projection.weight", dec + ("patch_embedding_projection", "kernel"), "linear"))
+    out.append(
+        Entry(
+            "local_decoder.patch_embedding_projection.weight", dec + ("patch_embedding_projection", "kernel"), "linear"
+        )
+    )
     out.append(Entry("local_decoder.norm.weight", dec + ("norm", "scale"), "norm"))
     out.append(Entry("local_decoder.output.weight", dec + ("output", "kernel"), "linear"))
     return out

@@ -56,11 +56,19 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     if kind != "llama3":
         raise ConfigError(f"{field}.rope_type", f"RoPE type {kind!r} is not read (default and llama3 are)")
     try:
-        return theta, RopeScaling("llama3", float(merged["factor"]), float(merged["low_freq_factor"]),
-                                  float(merged["high_freq_factor"]), int(merged["original_max_position_embeddings"]))
+        return theta, RopeScaling(
+            "llama3",
+            float(merged["factor"]),
+            float(merged["low_freq_factor"]),
+            float(merged["high_freq_factor"]),
+            int(merged["original_max_position_embeddings"]),
+        )
     except KeyError as e:
-        raise ConfigError(f"{field}.{e.args[0]}", "missing: llama3 scaling needs factor, low_freq_factor, "
-                          "high_freq_factor and original_max_position_embeddings") from None
+        raise ConfigError(
+            f"{field}.{e.args[0]}",
+            "missing: llama3 scaling needs factor, low_freq_factor, "
+            "high_freq_factor and original_max_position_embeddings",
+        ) from None
     except ConfigError as e:
         raise e.under(field) from None
 
@@ -71,8 +79,10 @@ def _window(cfg: Mapping[str, Any]) -> int | None:
         raise ConfigError("use_sliding_window", "sliding-window attention on some layers only is not read")
     layer_types = cfg.get("layer_types") or []
     if any(t != "full_attention" for t in layer_types):
-        raise ConfigError("layer_types", f"layers of other kinds than full_attention are not read "
-                          f"({sorted(set(layer_types) - {'full_attention'})})")
+        raise ConfigError(
+            "layer_types",
+            f"layers of other kinds than full_attention are not read ({sorted(set(layer_types) - {'full_attention'})})",
+        )
     window = cfg.get("sliding_window") if cfg.get("model_type") == "mistral" else None
     return None if window is None else int(window)
 
@@ -84,8 +94,9 @@ def config_from_llama(cfg: Mapping[str, Any]) -> TokenLMConfig:
       ConfigError: naming the first field we do not read (as it is spelled in config.json).
     """
     if not is_llama_config(cfg):
-        raise ConfigError("model_type", f"{describe(cfg)} is not a Llama-family causal LM; blt_jax reads "
-                          f"{', '.join(FAMILY)}")
+        raise ConfigError(
+            "model_type", f"{describe(cfg)} is not a Llama-family causal LM; blt_jax reads {', '.join(FAMILY)}"
+        )
     for key in _MOE_KEYS:
         if cfg.get(key):
             raise ConfigError(key, "mixture-of-experts layers are not read")
@@ -115,8 +126,12 @@ def config_from_llama(cfg: Mapping[str, Any]) -> TokenLMConfig:
             rope_scaling=scaling,
             qkv_bias=cfg.get("model_type") == "qwen2",
         )
-        return TokenLMConfig(stack=stack, vocab_size=int(cfg["vocab_size"]),
-                             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), eos_id=None)
+        return TokenLMConfig(
+            stack=stack,
+            vocab_size=int(cfg["vocab_size"]),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            eos_id=None,
+        )
     except KeyError as e:
         raise ConfigError(e.args[0], "missing from config.json") from None
     except ConfigError as e:  # our field names -> the reason is enough; name the config.json key
@@ -124,10 +139,18 @@ def config_from_llama(cfg: Mapping[str, Any]) -> TokenLMConfig:
 
 
 # Our field -> its config.json key, for messages.
-_HF_FIELD = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-             "ffn_hidden": "intermediate_size", "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps",
-             "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "vocab_size": "vocab_size",
-             "window": "sliding_window"}
+_HF_FIELD = {
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "ffn_hidden": "intermediate_size",
+    "rope_theta": "rope_theta",
+    "norm_eps": "rms_norm_eps",
+    "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "vocab_size": "vocab_size",
+    "window": "sliding_window",
+}
 
 
 def llama_entries(config: TokenLMConfig) -> list[Entry]:
@@ -136,18 +159,24 @@ def llama_entries(config: TokenLMConfig) -> list[Entry]:
     for i in range(config.stack.n_layers):
         prefix, path = f"model.layers.{i}", (f"layers_{i}",)
         attn = path + ("attention",)
-        out += [Entry(f"{prefix}.self_attn.q_proj.weight", attn + ("wq",), "qkv_half"),
-                Entry(f"{prefix}.self_attn.k_proj.weight", attn + ("wk",), "qkv_half"),
-                Entry(f"{prefix}.self_attn.v_proj.weight", attn + ("wv",), "qkv"),
-                Entry(f"{prefix}.self_attn.o_proj.weight", attn + ("wo",), "out")]
+        out += [
+            Entry(f"{prefix}.self_attn.q_proj.weight", attn + ("wq",), "qkv_half"),
+            Entry(f"{prefix}.self_attn.k_proj.weight", attn + ("wk",), "qkv_half"),
+            Entry(f"{prefix}.self_attn.v_proj.weight", attn + ("wv",), "qkv"),
+            Entry(f"{prefix}.self_attn.o_proj.weight", attn + ("wo",), "out"),
+        ]
         if config.stack.qkv_bias:
-            out += [Entry(f"{prefix}.self_attn.q_proj.bias", attn + ("bq",), "bias_half"),
-                    Entry(f"{prefix}.self_attn.k_proj.bias", attn + ("bk",), "bias_half"),
-                    Entry(f"{prefix}.self_attn.v_proj.bias", attn + ("bv",), "bias")]
+            out += [
+                Entry(f"{prefix}.self_attn.q_proj.bias", attn + ("bq",), "bias_half"),
+                Entry(f"{prefix}.self_attn.k_proj.bias", attn + ("bk",), "bias_half"),
+                Entry(f"{prefix}.self_attn.v_proj.bias", attn + ("bv",), "bias"),
+            ]
         for theirs, ours in (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")):
             out.append(Entry(f"{prefix}.mlp.{theirs}.weight", path + ("feed_forward", ours), "linear"))
-        out += [Entry(f"{prefix}.input_layernorm.weight", path + ("attention_norm", "scale"), "norm"),
-                Entry(f"{prefix}.post_attention_layernorm.weight", path + ("ffn_norm", "scale"), "norm")]
+        out += [
+            Entry(f"{prefix}.input_layernorm.weight", path + ("attention_norm", "scale"), "norm"),
+            Entry(f"{prefix}.post_attention_layernorm.weight", path + ("ffn_norm", "scale"), "norm"),
+        ]
     out.append(Entry("model.norm.weight", ("norm", "scale"), "norm"))
     if not config.tie_embeddings:
         out.append(Entry("lm_head.weight", ("output", "kernel"), "linear"))

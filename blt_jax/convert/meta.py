@@ -119,8 +119,14 @@ def patching_from_meta(raw: Mapping[str, Any], model_args: Mapping[str, Any]) ->
         if patcher_key in patcher:
             chosen[field] = in_patcher
             if model_key in model_args and in_model != in_patcher:
-                logger.info("params.json: data.patcher_args.%s=%r used for patching; model.%s=%r differs (Meta's "
-                            "generation code reads data.patcher_args)", patcher_key, in_patcher, model_key, in_model)
+                logger.info(
+                    "params.json: data.patcher_args.%s=%r used for patching; model.%s=%r differs (Meta's "
+                    "generation code reads data.patcher_args)",
+                    patcher_key,
+                    in_patcher,
+                    model_key,
+                    in_model,
+                )
         elif in_model is not None:
             chosen[field] = in_model
     mode = chosen.get("mode") or "entropy"
@@ -128,8 +134,9 @@ def patching_from_meta(raw: Mapping[str, Any], model_args: Mapping[str, Any]) ->
     # read by its tokenizer) is another rule under the same name.
     readable = [m for m in PATCHING_MODES if m != "bpe"]
     if mode not in readable:
-        raise ConfigError("data.patcher_args.patching_mode",
-                          f"{mode!r} is not supported; expected one of {', '.join(readable)}")
+        raise ConfigError(
+            "data.patcher_args.patching_mode", f"{mode!r} is not supported; expected one of {', '.join(readable)}"
+        )
     static = {}
     if mode == "static":  # Meta fills static patches with int(patch_size) bytes
         static["static_size"] = int(patcher.get("patch_size", 4.5))
@@ -188,9 +195,10 @@ def blt_config_from_meta(raw: Mapping[str, Any], entropy: EntropyLMConfig | None
     # Meta's global transformer builds its mask from attn_bias_type; absent, its code default "causal".
     latent_mask = args.get("attn_bias_type") or "causal"
     if latent_mask not in LATENT_MASKS:
-        raise ConfigError("model.attn_bias_type",
-                          f"{latent_mask!r} is not supported for the latent transformer; expected one of "
-                          f"{', '.join(LATENT_MASKS)}")
+        raise ConfigError(
+            "model.attn_bias_type",
+            f"{latent_mask!r} is not supported for the latent transformer; expected one of {', '.join(LATENT_MASKS)}",
+        )
     return BLTConfig(
         encoder=_stack(args, "dim_local_encoder", "n_layers_local_encoder", "n_heads_local_encoder", window, theta),
         latent=_stack(args, "dim_global", "n_layers_global", "n_heads_global", None, theta),
@@ -225,8 +233,13 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
 
 def find_entropy_dir(model_dir: str) -> str | None:
     """The entropy model directory next to (or inside) a Meta model directory, if any."""
-    for candidate in (os.path.join(model_dir, "entropy_model"), os.path.join(os.path.dirname(os.path.abspath(model_dir)), "entropy_model")):
-        if os.path.exists(os.path.join(candidate, "params.json")) and os.path.exists(os.path.join(candidate, "consolidated.pth")):
+    for candidate in (
+        os.path.join(model_dir, "entropy_model"),
+        os.path.join(os.path.dirname(os.path.abspath(model_dir)), "entropy_model"),
+    ):
+        if os.path.exists(os.path.join(candidate, "params.json")) and os.path.exists(
+            os.path.join(candidate, "consolidated.pth")
+        ):
             return candidate
     return None
 

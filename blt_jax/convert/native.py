@@ -34,14 +34,21 @@ def _unflatten(tensors: Mapping[str, np.ndarray], dtype) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def save_native(directory: str, config: ModelConfig, params: Mapping, entropy_params: Mapping | None = None,
-                extra: Mapping | None = None) -> None:
+def save_native(
+    directory: str,
+    config: ModelConfig,
+    params: Mapping,
+    entropy_params: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> None:
     """Writes a model directory (a BLT, an entropy LM alone, or a token LM) that `blt_jax.from_pretrained` /
     `blt_jax.api.load_entropy_model` read back. `extra` entries are added to its `blt_jax.json` (a
     token LM's tokenizer record, `loading.TOKENIZER_KEY`)."""
     os.makedirs(directory, exist_ok=True)
-    paths.write_json(os.path.join(directory, CONFIG_FILE), {"format_version": FORMAT_VERSION,
-                                                            "model": config_to_dict(config), **(extra or {})})
+    paths.write_json(
+        os.path.join(directory, CONFIG_FILE),
+        {"format_version": FORMAT_VERSION, "model": config_to_dict(config), **(extra or {})},
+    )
     write_safetensors(os.path.join(directory, PARAMS_FILE), _flatten(params))
     if entropy_params is not None:
         write_safetensors(os.path.join(directory, ENTROPY_FILE), _flatten(entropy_params))
@@ -89,7 +96,9 @@ def load_native(directory: str, dtype=np.float32):
         raise NotFound(f"{directory}: {CONFIG_FILE} without {PARAMS_FILE}")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise InputError(f"{directory}: {CONFIG_FILE} has format_version {version!r}; this blt_jax reads {FORMAT_VERSION}")
+        raise InputError(
+            f"{directory}: {CONFIG_FILE} has format_version {version!r}; this blt_jax reads {FORMAT_VERSION}"
+        )
     config = model_config_from_dict(meta["model"], "model")
     params = _unflatten(read_safetensors(os.path.join(directory, PARAMS_FILE)), dtype)
     entropy_path = os.path.join(directory, ENTROPY_FILE)

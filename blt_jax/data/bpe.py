@@ -48,8 +48,10 @@ MIN_PAIR_COUNT = 2
 # (any byte >= 0x80 counts as a letter, so a multi-byte UTF-8 character stays inside its word), digits,
 # other symbols, each with one optional leading space; runs of whitespace keep their last space for
 # the next word. The split only decides where merges may not cross; it never changes a byte.
-SPLIT_PATTERN = (r"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z\u0080-\u00ff]+| ?[0-9]+"
-                 r"| ?[^\t\n\v\f\r A-Za-z0-9\u0080-\u00ff]+|[\t\n\v\f\r ]+(?![^\t\n\v\f\r ])|[\t\n\v\f\r ]+")
+SPLIT_PATTERN = (
+    r"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z\u0080-\u00ff]+| ?[0-9]+"
+    r"| ?[^\t\n\v\f\r A-Za-z0-9\u0080-\u00ff]+|[\t\n\v\f\r ]+(?![^\t\n\v\f\r ])|[\t\n\v\f\r ]+"
+)
 INSTALL = "BPE tokenizers need the `tokenizers` package: pip install tokenizers"
 
 
@@ -74,7 +76,7 @@ def _as_bytes(data: TextLike) -> bytes:
     raise TypeError(f"encode() expects bytes or str, got {type(data).__name__}")
 
 
-def train_bpe(texts: Iterable[bytes], vocab_size: int, path: str) -> "BpeTokenizer":
+def train_bpe(texts: Iterable[bytes], vocab_size: int, path: str) -> BpeTokenizer:
     """Trains a byte-exact BPE tokenizer on documents and writes it to `path` (a tokenizer JSON file).
 
     The same documents in the same order give the same file.
@@ -92,15 +94,25 @@ def train_bpe(texts: Iterable[bytes], vocab_size: int, path: str) -> "BpeTokeniz
       InputError: vocab_size outside [MIN_VOCAB, MAX_VOCAB].
       MissingDependency: `tokenizers` is not installed.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
-            or not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
-        raise InputError(f"BPE vocab_size must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}] ({OFFSET} specials + "
-                         f"256 bytes + at least one merge), got {vocab_size!r}")
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, (int, np.integer))
+        or not MIN_VOCAB <= vocab_size <= MAX_VOCAB
+    ):
+        raise InputError(
+            f"BPE vocab_size must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}] ({OFFSET} specials + "
+            f"256 bytes + at least one merge), got {vocab_size!r}"
+        )
     lib = library()
     tokenizer = lib.Tokenizer(lib.models.BPE())
     tokenizer.pre_tokenizer = lib.pre_tokenizers.Split(lib.Regex(SPLIT_PATTERN), behavior="isolated")
-    trainer = lib.trainers.BpeTrainer(vocab_size=int(vocab_size) - OFFSET, min_frequency=MIN_PAIR_COUNT,
-                                      initial_alphabet=list(ALPHABET), special_tokens=[], show_progress=False)
+    trainer = lib.trainers.BpeTrainer(
+        vocab_size=int(vocab_size) - OFFSET,
+        min_frequency=MIN_PAIR_COUNT,
+        initial_alphabet=list(ALPHABET),
+        special_tokens=[],
+        show_progress=False,
+    )
     tokenizer.train_from_iterator((_as_bytes(t).decode("latin-1") for t in texts), trainer)
     path = paths.resolve(path)
     if not paths.is_uri(path):
@@ -117,6 +129,7 @@ def _checked(spec: Any, path: str) -> dict[str, int]:
     Raises:
       InputError: naming the first condition it breaks.
     """
+
     def fail(reason: str):
         raise InputError(f"{path}: not a byte-exact BPE tokenizer written by train_bpe ({reason})")
 
@@ -136,8 +149,11 @@ def _checked(spec: Any, path: str) -> dict[str, int]:
     if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         fail("BPE dropout or subword affixes are set")
     vocab = model.get("vocab")
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()) \
-            or sorted(vocab.values()) != list(range(len(vocab))):
+    if (
+        not isinstance(vocab, dict)
+        or not all(isinstance(i, int) for i in vocab.values())
+        or sorted(vocab.values()) != list(range(len(vocab)))
+    ):
         fail("its vocabulary ids are not 0..V-1")
     if any(not token or max(map(ord, token)) > 255 for token in vocab):
         fail("a token holds a character outside the byte alphabet")
@@ -185,7 +201,7 @@ class BpeTokenizer:
         self.token_bytes = token_bytes
 
     @classmethod
-    def load(cls, path: str) -> "BpeTokenizer":
+    def load(cls, path: str) -> BpeTokenizer:
         """Reads a tokenizer file written by `train_bpe`.
 
         Raises:
@@ -210,7 +226,7 @@ class BpeTokenizer:
         """
         ids = self._tokenizer.encode(_as_bytes(data).decode("latin-1")).ids
         out = np.empty(len(ids) + add_bos + add_eos, np.int32)
-        out[int(add_bos):len(out) - int(add_eos)] = np.asarray(ids, np.int32) + OFFSET
+        out[int(add_bos) : len(out) - int(add_eos)] = np.asarray(ids, np.int32) + OFFSET
         if add_bos:
             out[0] = BOS_ID
         if add_eos:
@@ -233,8 +249,10 @@ class BpeTokenizer:
 
     def token_strings(self) -> list[bytes | None]:
         """The bytes each id stands for, [vocab_size] (None for the specials)."""
-        return [None] * OFFSET + [self._buffer[start:start + length].tobytes() for start, length in
-                                  zip(self._starts[OFFSET:], self._lengths[OFFSET:])]
+        return [None] * OFFSET + [
+            self._buffer[start : start + length].tobytes()
+            for start, length in zip(self._starts[OFFSET:], self._lengths[OFFSET:])
+        ]
 
     def decode(self, ids: Iterable[int]) -> bytes:
         """The bytes of token ids; special ids (< OFFSET) and ids out of range are dropped."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
-
-import logging
 
 import jax
 import numpy as np
@@ -35,7 +34,6 @@ from blt_jax.parallel import wait_for_all_processes
 from blt_jax.patching import store
 from blt_jax.patching.stream import EntropyStreamer
 from blt_jax.tokenizer import encode
-
 
 logger = logging.getLogger("blt_jax.entropy_pass")
 
@@ -179,11 +177,14 @@ def run_pass(
                 raise PassMismatch(f"{out_dir}: shard {index} was made from other documents; the corpus changed")
             continue
         if streamer is None:  # compiled only when there is work to do; this process's devices alone
-            streamer = EntropyStreamer(config, params, chunk=options.chunk, lanes=options.lanes,
-                                       devices=jax.local_devices())
+            streamer = EntropyStreamer(
+                config, params, chunk=options.chunk, lanes=options.lanes, devices=jax.local_devices()
+            )
         entropies = streamer([encode(doc.data) for doc in batch], on_progress=bar.update)
-        store.write_shard(paths.join(out_dir, store.shard_name(index)),
-                          [store.encode_record(d.data, e, d.origin) for d, e in zip(batch, entropies)])
+        store.write_shard(
+            paths.join(out_dir, store.shard_name(index)),
+            [store.encode_record(d.data, e, d.origin) for d, e in zip(batch, entropies)],
+        )
         done[index] = _shard_record(index, batch, entropies)
         # The record comes after the shard: a shard without one is computed again.
         paths.write_json(paths.join(out_dir, store.shard_record_name(index)), done[index])
@@ -200,15 +201,18 @@ def run_pass(
     return manifest if lead else store.load_manifest(out_dir)
 
 
-def _complete(out_dir: str, manifest: dict, done: dict[int, dict | None], shards: int, stats: SourceStats,
-              processes: int) -> None:
+def _complete(
+    out_dir: str, manifest: dict, done: dict[int, dict | None], shards: int, stats: SourceStats, processes: int
+) -> None:
     """Writes the complete manifest from every shard's record (the lead process, after all are done)."""
     for index in range(shards):
         if index not in done:  # another process's shard, written during this run
             done[index] = None
             if not paths.exists(paths.join(out_dir, store.shard_record_name(index))):
-                raise InputError(f"{out_dir}: shard {index} has no record; process {index % processes} did not "
-                                 "finish it; run the pass again to complete it")
+                raise InputError(
+                    f"{out_dir}: shard {index} has no record; process {index % processes} did not "
+                    "finish it; run the pass again to complete it"
+                )
     records = [_record(out_dir, done, i) for i in range(shards)]
     tokens = sum(s["tokens"] for s in records)
     manifest["shards"] = records

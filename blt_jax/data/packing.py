@@ -31,8 +31,9 @@ def mean_patch_length(real_bytes: float, rows: int, patches: float, token_rows: 
     return (real_bytes + rows) / max(patches, 1)
 
 
-def pack_row(tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int,
-             units: np.ndarray | None = None) -> tuple[dict, int]:
+def pack_row(
+    tokens: np.ndarray, starts: np.ndarray, row_bytes: int, row_patches: int, units: np.ndarray | None = None
+) -> tuple[dict, int]:
     """Builds one row from the head of a token stream.
 
     Args:
@@ -166,7 +167,9 @@ class PackIterDataset(grain.IterDataset):
         if row_bytes < 1:
             raise ValueError(f"row_bytes must be >= 1, got {row_bytes}")
         if row_patches == 1 or row_patches < 0:
-            raise ValueError(f"row_patches must be >= 2 (the first byte is a patch of its own), or 0, got {row_patches}")
+            raise ValueError(
+                f"row_patches must be >= 2 (the first byte is a patch of its own), or 0, got {row_patches}"
+            )
         super().__init__(parent)
         self._n, self._p = row_bytes, row_patches
 

@@ -15,8 +15,9 @@ another process count: the iterator state is per shard (`get_state`: this proces
 
 Batches are dicts of NumPy arrays per process: tokens [b, N] int32, targets [b, N] int32, mask
 [b, N] bool, patch_lengths [b, P] int32 (b: this process's rows), and with "bpe" patching (a token
-LM's tokens as patches) patch_tokens [b, P] int32 and token_mask [b, P] bool (`packing.pack_row`); `to_global` turns them into
-global arrays sharded over the mesh's batch axes with `jax.make_array_from_process_local_data`.
+LM's tokens as patches) patch_tokens [b, P] int32 and token_mask [b, P] bool (`packing.pack_row`);
+`to_global` turns them into global arrays sharded over the mesh's batch axes with
+`jax.make_array_from_process_local_data`.
 
 With a BPE tokenizer (`DataConfig.tokenizer`), documents are encoded into BPE token ids instead of
 bytes, rows hold N tokens and no patches, and batches also carry target_bytes [b, N] float32: the
@@ -93,17 +94,33 @@ class DataConfig:
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.shards >= 0, "shards", f"must be >= 0 (0: one per row), got {self.shards}")
-        require(self.batch_size % self.num_shards == 0, "shards",
-                f"{self.shards} does not divide batch_size={self.batch_size}")
+        require(
+            self.batch_size % self.num_shards == 0,
+            "shards",
+            f"{self.shards} does not divide batch_size={self.batch_size}",
+        )
         require(self.row_bytes >= 1, "row_bytes", f"must be >= 1, got {self.row_bytes}")
-        require(self.row_patches >= 2 or self.row_patches == 0, "row_patches",
-                f"must be >= 2 (the first byte is its own patch), or 0 for no patches, got {self.row_patches}")
-        require(self.num_epochs is None or self.num_epochs >= 1, "num_epochs", f"must be None or >= 1, got {self.num_epochs}")
+        require(
+            self.row_patches >= 2 or self.row_patches == 0,
+            "row_patches",
+            f"must be >= 2 (the first byte is its own patch), or 0 for no patches, got {self.row_patches}",
+        )
+        require(
+            self.num_epochs is None or self.num_epochs >= 1,
+            "num_epochs",
+            f"must be None or >= 1, got {self.num_epochs}",
+        )
         require(self.read_threads >= 1, "read_threads", f"must be >= 1, got {self.read_threads}")
-        require(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer != ""), "tokenizer",
-                f"must be None or a tokenizer file, got {self.tokenizer!r}")
-        require(self.tokenizer is None or self.row_patches == 0, "row_patches",
-                f"must be 0 for token rows (a tokenizer is set), got {self.row_patches}")
+        require(
+            self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer != ""),
+            "tokenizer",
+            f"must be None or a tokenizer file, got {self.tokenizer!r}",
+        )
+        require(
+            self.tokenizer is None or self.row_patches == 0,
+            "row_patches",
+            f"must be 0 for token rows (a tokenizer is set), got {self.row_patches}",
+        )
 
     @property
     def num_shards(self) -> int:
@@ -131,7 +148,9 @@ class OnlineEntropies:
 
 
 def prepare_document(
-    doc: Document, patching: PatchingConfig | None, online: OnlineEntropies | None = None,
+    doc: Document,
+    patching: PatchingConfig | None,
+    online: OnlineEntropies | None = None,
     tokenizer: BpeTokenizer | None = None,
 ) -> dict:
     """Token ids (BOS + bytes + EOS) and patch start flags of one document (document convention);
@@ -182,8 +201,10 @@ def load_tokenizer(config: DataConfig, vocab_size: int | None = None) -> BpeToke
         return None
     tokenizer = BpeTokenizer.load(config.tokenizer)
     if vocab_size is not None and tokenizer.vocab_size > vocab_size:
-        raise InputError(f"{tokenizer.path}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size "
-                         f"is {vocab_size}; set model.vocab_size to at least {tokenizer.vocab_size}")
+        raise InputError(
+            f"{tokenizer.path}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size "
+            f"is {vocab_size}; set model.vocab_size to at least {tokenizer.vocab_size}"
+        )
     return tokenizer
 
 
@@ -226,20 +247,34 @@ def build_dataset(
         return rows.map(functools.partial(with_target_bytes, token_bytes=tokenizer.token_bytes))
 
     if config.source.startswith(HF_PREFIX):  # streams: shard j takes examples j, j + S, ...; no global shuffle
-        name, _, split = config.source[len(HF_PREFIX):].partition(":")
-        return ShardedBatches({j: pack(HFStream(name, split or "train", config.text_field, config.hf_subset, j, count,
-                                                config.strict, stats).map(prepare)) for j in shards}, count, keep)
+        name, _, split = config.source[len(HF_PREFIX) :].partition(":")
+        return ShardedBatches(
+            {
+                j: pack(
+                    HFStream(
+                        name, split or "train", config.text_field, config.hf_subset, j, count, config.strict, stats
+                    ).map(prepare)
+                )
+                for j in shards
+            },
+            count,
+            keep,
+        )
     source = open_corpus(config.source, config.text_field, config.strict, stats)
     if config.num_epochs is not None and len(source) * config.num_epochs < count:
-        raise SourceError(f"{config.source}: {len(source)} document(s) cannot feed {count} data shards; "
-                          "set data.shards (or the batch size) lower")
+        raise SourceError(
+            f"{config.source}: {len(source)} document(s) cannot feed {count} data shards; "
+            "set data.shards (or the batch size) lower"
+        )
     ds = grain.MapDataset.source(source)
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed)  # a new order every epoch
     ds = ds.repeat(config.num_epochs)
     # The reading budget is the process's, shared by its shards.
-    read = grain.ReadOptions(num_threads=max(1, config.read_threads // len(shards)),
-                             prefetch_buffer_size=max(1, config.prefetch // len(shards)))
+    read = grain.ReadOptions(
+        num_threads=max(1, config.read_threads // len(shards)),
+        prefetch_buffer_size=max(1, config.prefetch // len(shards)),
+    )
     return ShardedBatches({j: pack(ds[j::count].map(prepare).to_iter_dataset(read)) for j in shards}, count, keep)
 
 

@@ -47,6 +47,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 def _uses_byte_level(spec: Mapping[str, Any]) -> bool:
     """Whether a tokenizer.json pre-tokenizes or decodes with GPT-2's ByteLevel."""
+
     def has(node: Any) -> bool:
         if not isinstance(node, Mapping):
             return False
@@ -111,7 +112,7 @@ class PretrainedTokenizer:
             self._byte_lengths = lengths
 
     @classmethod
-    def from_model_dir(cls, directory: str) -> "PretrainedTokenizer":
+    def from_model_dir(cls, directory: str) -> PretrainedTokenizer:
         """The tokenizer of a Hugging Face model directory: `tokenizer.json`, with BOS and EOS from
         `config.json` (or `tokenizer_config.json`'s token strings).
 

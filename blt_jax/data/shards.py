@@ -32,7 +32,7 @@ def process_share(batch_size: int, process_index: int, process_count: int) -> li
 
 
 def _spans(rows: Sequence[int]) -> str:
-    """"0-3, 8-11" for rows 0, 1, 2, 3, 8, 9, 10, 11."""
+    """ "0-3, 8-11" for rows 0, 1, 2, 3, 8, 9, 10, 11."""
     spans: list[list[int]] = []
     for row in rows:
         if spans and row == spans[-1][1] + 1:
@@ -67,8 +67,12 @@ class ShardedBatchIterator(grain.DatasetIterator):
       keep: {shard index: the rows of its block this process keeps} for shards it holds only in part.
     """
 
-    def __init__(self, shards: Mapping[int, grain.DatasetIterator], num_shards: int,
-                 keep: Mapping[int, Sequence[int]] | None = None):
+    def __init__(
+        self,
+        shards: Mapping[int, grain.DatasetIterator],
+        num_shards: int,
+        keep: Mapping[int, Sequence[int]] | None = None,
+    ):
         super().__init__(list(shards.values()))
         self._shards = dict(sorted(shards.items()))
         self._count = num_shards
@@ -83,8 +87,10 @@ class ShardedBatchIterator(grain.DatasetIterator):
 
     def get_state(self) -> dict[str, Any]:
         """This process's shards' states: {"num_shards": S, "shards": {"j": state}} (JSON-ready)."""
-        return {"num_shards": self._count,
-                "shards": {str(j): iterator.get_state() for j, iterator in self._shards.items()}}
+        return {
+            "num_shards": self._count,
+            "shards": {str(j): iterator.get_state() for j, iterator in self._shards.items()},
+        }
 
     def global_state(self) -> dict[str, Any]:
         """Every shard's state, gathered from all processes (call on every process at once)."""
@@ -103,11 +109,14 @@ class ShardedBatchIterator(grain.DatasetIterator):
         if saved != self._count:
             raise InputError(
                 f"the saved data stream has {saved} shards but this run deals its batch from {self._count}; "
-                f"resume with --config.data.shards={saved} (and a batch size it divides)")
+                f"resume with --config.data.shards={saved} (and a batch size it divides)"
+            )
         missing = [j for j in self._shards if str(j) not in state["shards"]]
         if missing:
-            raise InputError(f"the saved data state lacks shard(s) {_spans(missing)}: it holds one process's "
-                             "shards only; resume from a checkpoint written by this library's training loop")
+            raise InputError(
+                f"the saved data state lacks shard(s) {_spans(missing)}: it holds one process's "
+                "shards only; resume from a checkpoint written by this library's training loop"
+            )
         for j, iterator in self._shards.items():
             iterator.set_state(state["shards"][str(j)])
 
@@ -121,8 +130,9 @@ class ShardedBatches(grain.IterDataset):
       keep: {shard index: the rows of its block this process keeps} for shards it holds only in part.
     """
 
-    def __init__(self, shards: Mapping[int, grain.IterDataset], num_shards: int,
-                 keep: Mapping[int, Sequence[int]] | None = None):
+    def __init__(
+        self, shards: Mapping[int, grain.IterDataset], num_shards: int, keep: Mapping[int, Sequence[int]] | None = None
+    ):
         super().__init__(list(shards.values()))
         self._shards = dict(sorted(shards.items()))
         self._count = num_shards

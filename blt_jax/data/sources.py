@@ -238,9 +238,11 @@ class StoredShards:
         try:
             self._source = grain.sources.ArrayRecordDataSource(self._shards)
         except Exception as error:  # noqa: BLE001 - array_record names no file: find the one it cannot read
-            raise InputError(f"{_unreadable(self._shards)}: not a readable ArrayRecord shard "
-                             f"({type(error).__name__}: {str(error).strip() or 'cut short or altered'}); "
-                             f"{_REWRITE}") from None
+            raise InputError(
+                f"{_unreadable(self._shards)}: not a readable ArrayRecord shard "
+                f"({type(error).__name__}: {str(error).strip() or 'cut short or altered'}); "
+                f"{_REWRITE}"
+            ) from None
 
     def __len__(self) -> int:
         return len(self._source)
@@ -442,18 +444,28 @@ class HFStream(grain.IterDataset):
       strict / stats: bad-input handling and counters.
     """
 
-    def __init__(self, name: str, split: str = "train", text_field: str = "text", subset: str | None = None,
-                 process_index: int = 0, process_count: int = 1, strict: bool = False,
-                 stats: SourceStats | None = None):
+    def __init__(
+        self,
+        name: str,
+        split: str = "train",
+        text_field: str = "text",
+        subset: str | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        strict: bool = False,
+        stats: SourceStats | None = None,
+    ):
         super().__init__()
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise MissingDependency("reading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
+            raise MissingDependency(
+                "reading Hugging Face datasets needs the `datasets` package: pip install datasets"
+            ) from None
         self._args = (name, split, text_field, subset, process_index, process_count)
         self._report = _Reporter(strict, stats if stats is not None else SourceStats())
 
-    def __iter__(self) -> "_HFStreamIterator":
+    def __iter__(self) -> _HFStreamIterator:
         return _HFStreamIterator(*self._args, self._report)
 
     def __str__(self) -> str:

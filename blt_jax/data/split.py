@@ -60,8 +60,9 @@ def check_corpus(spec: str):
     return source
 
 
-def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: int, validation_bytes: int,
-                 seed: int = 0) -> dict:
+def split_corpus(
+    spec: str, train_dir: str, validation_dir: str, train_bytes: int, validation_bytes: int, seed: int = 0
+) -> dict:
     """Writes held-out and training text of a corpus as plain files, documents apart.
 
     Documents are taken in a seeded order: the first ones are held out (about `validation_bytes`,
@@ -79,17 +80,17 @@ def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: in
     if len(source) == 1:
         lone = source[0]
         units = pieces(lone.data, max(2048, validation_bytes // 4)) if lone is not None else []
-        read = lambda i: units[i]  # noqa: E731
+        read = lambda i: units[i]
     else:
         units = range(len(source))
-        read = lambda i: None if source[i] is None else source[i].data  # noqa: E731
+        read = lambda i: None if source[i] is None else source[i].data
     count = len(units)
     if count < 2:
         raise InputError(f"{spec}: too little text to hold some out and train on the rest")
     order = np.random.default_rng(seed).permutation(count)
     held, train, held_docs, train_docs = [], [], 0, 0
     held_cap, train_cap = max(2048, validation_bytes // 16), max(2048, train_bytes // 64)
-    size = lambda items: sum(len(x) for x in items)  # noqa: E731
+    size = lambda items: sum(len(x) for x in items)
     for index in order:
         data = read(int(index))
         if data is None or not data.strip():
@@ -106,8 +107,14 @@ def split_corpus(spec: str, train_dir: str, validation_dir: str, train_bytes: in
         raise InputError(f"{spec}: too little text to hold some out and train on the rest")
     _write_pieces(validation_dir, held)
     _write_pieces(train_dir, train)
-    return dict(train_documents=train_docs, train_pieces=len(train), train_bytes=size(train),
-                validation_documents=held_docs, validation_pieces=len(held), validation_bytes=size(held))
+    return dict(
+        train_documents=train_docs,
+        train_pieces=len(train),
+        train_bytes=size(train),
+        validation_documents=held_docs,
+        validation_pieces=len(held),
+        validation_bytes=size(held),
+    )
 
 
 def sample_corpus(spec: str, directory: str, budget: int, seed: int = 0) -> dict:

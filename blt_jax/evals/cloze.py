@@ -63,15 +63,16 @@ def _lines(text: str, cut: str = "line") -> list[tuple[int, str]]:
 def _context(text: str, start: int, context_bytes: int) -> str | None:
     """The text before `start`, about `context_bytes` long, starting at a line start (None if too
     short)."""
-    window = text[max(0, start - context_bytes): start]
+    window = text[max(0, start - context_bytes) : start]
     if start > context_bytes:
         newline = window.find("\n")
-        window = window[newline + 1:] if 0 <= newline < len(window) // 2 else window
+        window = window[newline + 1 :] if 0 <= newline < len(window) // 2 else window
     return window if len(window) >= context_bytes // 2 else None
 
 
-def make_items(documents: Sequence[str], n: int, seed: int = 0, context_bytes: int = 256,
-               choices: int = 4, cut: str = "line") -> list[dict]:
+def make_items(
+    documents: Sequence[str], n: int, seed: int = 0, context_bytes: int = 256, choices: int = 4, cut: str = "line"
+) -> list[dict]:
     """`n` items from the documents' lines, reproducibly from `seed`; `cut` as in `_lines`.
 
     Rules that give each item exactly one right answer: the distractors differ from the true line
@@ -94,8 +95,10 @@ def make_items(documents: Sequence[str], n: int, seed: int = 0, context_bytes: i
         candidates += [(index, offset, line) for offset, line in _lines(text, cut)]
     pool = sorted({line for _, _, line in candidates})
     if len(pool) < choices * 4:
-        raise InputError(f"the corpus has {len(pool)} distinct candidate lines ({MIN_ENDING}-{MAX_ENDING} bytes); "
-                         f"{choices * 4} or more are needed")
+        raise InputError(
+            f"the corpus has {len(pool)} distinct candidate lines ({MIN_ENDING}-{MAX_ENDING} bytes); "
+            f"{choices * 4} or more are needed"
+        )
     rng.shuffle(candidates)
     items, used = [], set()
     for index, offset, truth in candidates:
@@ -105,8 +108,7 @@ def make_items(documents: Sequence[str], n: int, seed: int = 0, context_bytes: i
         if context is None or truth in used:
             continue
         own = {line for _, line in _lines(documents[index], cut)}
-        near = [line for line in pool if line not in own
-                and 1 / LENGTH_RATIO <= len(line) / len(truth) <= LENGTH_RATIO]
+        near = [line for line in pool if line not in own and 1 / LENGTH_RATIO <= len(line) / len(truth) <= LENGTH_RATIO]
         if len(near) < choices - 1:
             continue
         options = rng.sample(near, choices - 1)
@@ -115,8 +117,9 @@ def make_items(documents: Sequence[str], n: int, seed: int = 0, context_bytes: i
         items.append({"context": context, "choices": options, "label": label})
         used.add(truth)
     if len(items) < n:
-        raise InputError(f"the corpus gives {len(items)} items, fewer than the {n} asked for (a larger corpus, or "
-                         "a smaller --n)")
+        raise InputError(
+            f"the corpus gives {len(items)} items, fewer than the {n} asked for (a larger corpus, or a smaller --n)"
+        )
     return items
 
 
@@ -143,8 +146,10 @@ def task_config() -> dict:
         "doc_to_choice": "choices",
         "doc_to_target": "label",
         "target_delimiter": "",  # the line follows its indentation directly
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
     }
 
 
@@ -152,8 +157,15 @@ def task_name(cut: str) -> str:
     return TASK if cut == "line" else f"{TASK}_{cut}"
 
 
-def write_task(directory: str, corpus: str = "default:validation", n: int = 200, seed: int = 0,
-               context_bytes: int = 256, choices: int = 4, cut: str = "line") -> str:
+def write_task(
+    directory: str,
+    corpus: str = "default:validation",
+    n: int = 200,
+    seed: int = 0,
+    context_bytes: int = 256,
+    choices: int = 4,
+    cut: str = "line",
+) -> str:
     """Writes the task (`cloze`, or `cloze_midline`: items from `corpus`) into `directory`; returns
     its name."""
     directory = taskfiles.task_directory(directory)  # a bad directory fails before the corpus is read

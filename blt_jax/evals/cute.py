@@ -55,7 +55,7 @@ TASKS: dict[str, str] = {
     # Not in CUTE: its spelling question scored by likelihood, which separates models too small to
     # spell a word out by generation (where every such model scores 0).
     "spelling_choice": "the spelling question, as a choice among the right spelling and three misspellings "
-                       "of the same length (two neighbouring letters swapped; a letter replaced, twice)",
+    "of the same length (two neighbouring letters swapped; a letter replaced, twice)",
 }
 YES_NO_KINDS = frozenset({"contains_char", "contains_word"})  # multiple choice between CHOICES
 CHOICE_KINDS = YES_NO_KINDS | {"spelling_choice"}  # multiple choice; the rest generate
@@ -142,9 +142,11 @@ def _draw_spelling_choice(rng: random.Random, vocab: _Vocabulary, yes: bool) -> 
     if len(word) < 3 or not pairs or len(vocab.letters) < 2:
         return None
     i = rng.choice(pairs)
-    swapped = word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    replaced = [word[:j] + rng.choice([c for c in vocab.letters if c != word[j]]) + word[j + 1:]
-                for j in rng.sample(range(len(word)), 2)]
+    swapped = word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+    replaced = [
+        word[:j] + rng.choice([c for c in vocab.letters if c != word[j]]) + word[j + 1 :]
+        for j in rng.sample(range(len(word)), 2)
+    ]
     choices = [" ".join(w) for w in (word, swapped, *replaced)]
     rng.shuffle(choices)
     return _Example(_question(SPELLING, word), " ".join(word), frozenset({word}), tuple(choices))
@@ -152,8 +154,7 @@ def _draw_spelling_choice(rng: random.Random, vocab: _Vocabulary, yes: bool) -> 
 
 def _draw_spelling_inverse(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example:
     word = rng.choice(vocab.words)
-    return _Example(_question("Join the spelled-out letters into one word.", " ".join(word)),
-                    word, frozenset({word}))
+    return _Example(_question("Join the spelled-out letters into one word.", " ".join(word)), word, frozenset({word}))
 
 
 def _draw_contains_char(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
@@ -162,8 +163,11 @@ def _draw_contains_char(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _E
     if not pool:
         return None
     letter = rng.choice(pool)
-    return _Example(_question(f'Does the word below contain the letter "{letter}"? Answer Yes or No.', word),
-                    CHOICES[0] if yes else CHOICES[1], frozenset({word}))
+    return _Example(
+        _question(f'Does the word below contain the letter "{letter}"? Answer Yes or No.', word),
+        CHOICES[0] if yes else CHOICES[1],
+        frozenset({word}),
+    )
 
 
 def _draw_contains_word(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
@@ -174,8 +178,11 @@ def _draw_contains_word(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _E
     if not pool:
         return None
     word = rng.choice(pool)
-    return _Example(_question(f'Does the sentence below contain the word "{word}"? Answer Yes or No.', text),
-                    CHOICES[0] if yes else CHOICES[1], frozenset(sentence) | {word})
+    return _Example(
+        _question(f'Does the sentence below contain the word "{word}"? Answer Yes or No.', text),
+        CHOICES[0] if yes else CHOICES[1],
+        frozenset(sentence) | {word},
+    )
 
 
 def _letter_edit(rng: random.Random, vocab: _Vocabulary) -> tuple[str, str, str] | None:
@@ -202,8 +209,11 @@ def _draw_ins_char(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Exampl
         return None
     word, after, new = edit
     answer = "".join(c + new if c == after else c for c in word)
-    return _Example(_question(f'Write the word below with the letter "{new}" inserted after every "{after}".', word),
-                    answer, frozenset({word}))
+    return _Example(
+        _question(f'Write the word below with the letter "{new}" inserted after every "{after}".', word),
+        answer,
+        frozenset({word}),
+    )
 
 
 def _draw_ins_word(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
@@ -224,8 +234,9 @@ def _draw_del_char(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Exampl
     answer = word.replace(letter, "")
     if not answer:  # a word of one repeated letter would leave nothing to write
         return None
-    return _Example(_question(f'Write the word below with every letter "{letter}" deleted.', word),
-                    answer, frozenset({word}))
+    return _Example(
+        _question(f'Write the word below with every letter "{letter}" deleted.', word), answer, frozenset({word})
+    )
 
 
 def _draw_del_word(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
@@ -235,8 +246,11 @@ def _draw_del_word(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Exampl
     answer = [token for token in sentence if token != word]
     if not answer:
         return None
-    return _Example(_question(f'Write the sentence below with every word "{word}" deleted.', " ".join(sentence)),
-                    " ".join(answer), frozenset(sentence))
+    return _Example(
+        _question(f'Write the sentence below with every word "{word}" deleted.', " ".join(sentence)),
+        " ".join(answer),
+        frozenset(sentence),
+    )
 
 
 def _draw_sub_char(rng: random.Random, vocab: _Vocabulary, yes: bool) -> _Example | None:
@@ -322,8 +336,9 @@ def usable_words(words: Iterable[str]) -> list[str]:
 def _vocabulary(words: Sequence[str]) -> _Vocabulary:
     usable = usable_words(words)
     if len(usable) < MIN_WORDS:
-        raise InputError(f"the word list has {len(usable)} usable words (distinct, alphabetic); "
-                         f"CUTE items need at least {MIN_WORDS}")
+        raise InputError(
+            f"the word list has {len(usable)} usable words (distinct, alphabetic); CUTE items need at least {MIN_WORDS}"
+        )
     return _Vocabulary(tuple(usable), tuple(sorted({c for w in usable for c in w})))
 
 
@@ -337,8 +352,9 @@ def _attempts(count: int) -> int:
     return 50 * count + 1000  # draws allowed before giving up on a word list that cannot fit
 
 
-def _shots(draw: _Draw, rng: random.Random, vocab: _Vocabulary, item: _Example, count: int,
-           kind: str) -> list[_Example]:
+def _shots(
+    draw: _Draw, rng: random.Random, vocab: _Vocabulary, item: _Example, count: int, kind: str
+) -> list[_Example]:
     """`count` distinct worked examples on words other than the item's (contains tasks: Yes and No
     alternating from a random start, so both answers are shown)."""
     others = _Vocabulary(tuple(w for w in vocab.words if w not in item.used), vocab.letters)
@@ -354,8 +370,10 @@ def _shots(draw: _Draw, rng: random.Random, vocab: _Vocabulary, item: _Example, 
             seen.add(shot.question)
             shots.append(shot)
     if len(shots) < count:
-        raise InputError(f"cannot find {count} worked examples for {task_name(kind)} on other words than "
-                         f"the item's; give a longer word list or fewer shots")
+        raise InputError(
+            f"cannot find {count} worked examples for {task_name(kind)} on other words than "
+            f"the item's; give a longer word list or fewer shots"
+        )
     return shots
 
 
@@ -422,8 +440,10 @@ def make_items(kind: str, words: Sequence[str], n: int, seed: int, shots: int = 
         seen.add(item.question)
         rows.append(_row(kind, _shots(draw, rng, vocab, item, shots, kind), item))
     if len(rows) < n:
-        raise InputError(f"only {len(rows)} distinct {task_name(kind)} items could be drawn from "
-                         f"{len(vocab.words)} usable words; ask for fewer or give more words")
+        raise InputError(
+            f"only {len(rows)} distinct {task_name(kind)} items could be drawn from "
+            f"{len(vocab.words)} usable words; ask for fewer or give more words"
+        )
     if kind in YES_NO_KINDS:
         rng.shuffle(rows)  # the alternation above must not be a pattern in the file
     return rows
@@ -490,8 +510,9 @@ def task_config(kind: str, rows: Sequence[dict]) -> dict:
             "generation_kwargs": {"until": ["\n"], "max_gen_toks": longest + GEN_MARGIN_BYTES, "do_sample": False},
             # The generation follows "Answer:" with a space that the target lacks; exact_match
             # compares strings as they are, so strip first.
-            "filter_list": [{"name": "strip", "filter": [{"function": "remove_whitespace"},
-                                                          {"function": "take_first"}]}],
+            "filter_list": [
+                {"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
+            ],
             "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         }
     return config
@@ -511,8 +532,14 @@ def group_aggregate(kinds: Sequence[str]) -> list[dict]:
     return [{"metric": metric, "filter_list": [name], "aggregation": "mean", "weight_by_size": False}]
 
 
-def write_tasks(directory: str, words: Sequence[str] | None = None, n: int = 100, seed: int = 0,
-                shots: int = 4, kinds: Sequence[str] | None = None) -> list[str]:
+def write_tasks(
+    directory: str,
+    words: Sequence[str] | None = None,
+    n: int = 100,
+    seed: int = 0,
+    shots: int = 4,
+    kinds: Sequence[str] | None = None,
+) -> list[str]:
     """Writes the CUTE tasks for lm-eval: `cute_<kind>.jsonl` (rows of `make_items`) and
     `cute_<kind>.yaml` per kind, and the group `cute.yaml`.
 

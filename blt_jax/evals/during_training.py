@@ -26,6 +26,7 @@ from blt_jax.loading import CheckpointError
 
 logger = logging.getLogger("blt_jax.evals")
 
+
 def scalar_metrics(results: dict) -> dict[str, float]:
     """lm-eval's results flattened to scalars named `lm_eval/<task>/<metric>`, and
     `lm_eval/<task>/<noise>/<metric>` under a noising (`harness.noised_name`'s "task@noise": TensorBoard
@@ -74,12 +75,16 @@ class LmEvalEvaluator:
         self.lm.model.params = jax.device_put(per_layer(self.experiment, host_params(params)))
         config = self.experiment.lm_eval
         fewshot = None if config.num_fewshot < 0 else config.num_fewshot
-        results = load_harness().run_noised(self.lm, self.tasks, self.noises, fewshot, config.limit or None,
-                                            self.manager)
+        results = load_harness().run_noised(
+            self.lm, self.tasks, self.noises, fewshot, config.limit or None, self.manager
+        )
         scores = scalar_metrics(results)
-        logger.info("step %d: lm-eval %s (%.1fs)", step,
-                    ", ".join(f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items()),
-                    time.perf_counter() - start)
+        logger.info(
+            "step %d: lm-eval %s (%.1fs)",
+            step,
+            ", ".join(f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items()),
+            time.perf_counter() - start,
+        )
         return scores
 
 
@@ -96,21 +101,27 @@ def evaluators_for(experiment) -> list[LmEvalEvaluator]:
         return []
     lm_eval_backend = load_harness()
     from blt_jax.api import BLTModel
-    from blt_jax.params import abstract_params
     from blt_jax.loading import runs
+    from blt_jax.params import abstract_params
 
     noises = noise_list(config.noise or None)
-    manager = lm_eval_backend.task_manager(config.task_names, config.include_path or None, include_flag="lm_eval.include_path")
+    manager = lm_eval_backend.task_manager(
+        config.task_names, config.include_path or None, include_flag="lm_eval.include_path"
+    )
     try:
         model_config, entropy_params = runs.patching_model(experiment, config.entropy_model or None, "this run")
     except CheckpointError:
         if config.entropy_model or experiment.data.patching.mode != "entropy":
             raise
-        raise ConfigError("lm_eval.entropy_model", "the run patches by entropy and its entropy pass names no entropy "
-                          "LM that is still there: name one (a training run or model directory)") from None
+        raise ConfigError(
+            "lm_eval.entropy_model",
+            "the run patches by entropy and its entropy pass names no entropy "
+            "LM that is still there: name one (a training run or model directory)",
+        ) from None
     # Placeholder parameters of the right shapes: every run replaces them with the step's.
     placeholder = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(model_config))
     model = BLTModel(model_config, placeholder, entropy_params, experiment.run)  # attention as the run's
-    lm = lm_eval_backend.BltLM(model, batch_size=config.batch_size, max_length=config.max_length, progress=False,
-               noise_seed=config.noise_seed)
+    lm = lm_eval_backend.BltLM(
+        model, batch_size=config.batch_size, max_length=config.max_length, progress=False, noise_seed=config.noise_seed
+    )
     return [LmEvalEvaluator(experiment, lm, config.task_names, noises, manager)]

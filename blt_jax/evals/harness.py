@@ -60,17 +60,27 @@ class BltLM(LM):
       noise_seed: the seed the noising draws from (with each context's text).
     """
 
-    def __init__(self, pretrained: Any, entropy: str | None = None, batch_size: int | str = 8,
-                 max_length: int = 2048, max_gen_bytes: int = 256, progress: bool = True,
-                 noise: str | None = None, noise_seed: int = 0):
+    def __init__(
+        self,
+        pretrained: Any,
+        entropy: str | None = None,
+        batch_size: int | str = 8,
+        max_length: int = 2048,
+        max_gen_bytes: int = 256,
+        progress: bool = True,
+        noise: str | None = None,
+        noise_seed: int = 0,
+    ):
         super().__init__()
         self.model = scoring.load_model(pretrained, entropy) if isinstance(pretrained, str) else pretrained
         from blt_jax.api import TokenLM
 
         if isinstance(self.model, TokenLM):
             # Requests split text at byte offsets, which need not be token boundaries.
-            raise InputError("lm-eval scores BLTs and byte LMs; a token transformer's requests would need its own "
-                             "tokenization of each context and continuation, which this backend does not do")
+            raise InputError(
+                "lm-eval scores BLTs and byte LMs; a token transformer's requests would need its own "
+                "tokenization of each context and continuation, which this backend does not do"
+            )
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             batch_size = 8  # lm_eval's --batch_size auto: rows are a static shape, so take the default
         self.batch_size = int(batch_size)
@@ -117,9 +127,9 @@ class BltLM(LM):
         texts: list[str] = [""] * len(requests)
         for (temperature, budget), members in groups.items():
             for start in range(0, len(members), self.batch_size):
-                chunk = members[start: start + self.batch_size]
+                chunk = members[start : start + self.batch_size]
                 # The newest max_length bytes of each context (BOS is added by the generator).
-                prompts = [self._context(requests[i].args[0])[-self.max_length:] for i in chunk]
+                prompts = [self._context(requests[i].args[0])[-self.max_length :] for i in chunk]
                 filler = [prompts[0]] * (self.batch_size - len(prompts))  # one batch shape: one compilation
                 outs = self.model.generate(prompts + filler, max_new_bytes=budget, temperature=temperature)
                 for i, text in zip(chunk, outs):
@@ -152,13 +162,16 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None, include_
     for task in tasks:
         if task not in manager.all_tasks:
             close = difflib.get_close_matches(task, manager.all_tasks, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f" ({include_flag} adds a directory of task YAMLs)"
+            hint = (
+                f"; did you mean {', '.join(close)}?" if close else f" ({include_flag} adds a directory of task YAMLs)"
+            )
             raise InputError(f"unknown task {task!r}{hint}")
     return manager
 
 
-def run_tasks(model: BltLM, tasks: Sequence[str], num_fewshot: int | None = None, limit: float | None = None,
-              manager=None) -> dict:
+def run_tasks(
+    model: BltLM, tasks: Sequence[str], num_fewshot: int | None = None, limit: float | None = None, manager=None
+) -> dict:
     """Runs lm-eval tasks by name on `model` (`manager`: a `task_manager`, default lm-eval's own tasks).
 
     Returns:
@@ -170,8 +183,9 @@ def run_tasks(model: BltLM, tasks: Sequence[str], num_fewshot: int | None = None
     from lm_eval.utils import handle_non_serializable
 
     manager = manager or task_manager(tasks)
-    results = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                      task_manager=manager)
+    results = lm_eval.simple_evaluate(
+        model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager
+    )
     return json.loads(json.dumps(results, default=handle_non_serializable))
 
 
@@ -184,8 +198,14 @@ def noised_name(task: str, noise: str | None) -> str:
 TASK_KEYED = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
 
 
-def run_noised(model: BltLM, tasks: Sequence[str], noises: Sequence[str | None], num_fewshot: int | None = None,
-               limit: float | None = None, manager=None) -> dict:
+def run_noised(
+    model: BltLM,
+    tasks: Sequence[str],
+    noises: Sequence[str | None],
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    manager=None,
+) -> dict:
     """`run_tasks` once per noising, merged into one lm-eval results dict whose per-task tables
     (`results`, `versions`, `n-shot`, `higher_is_better`, `n-samples`, `configs`, ...) name each
     task as `noised_name(task, noise)`, so lm-eval's `make_table` prints them side by side.

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 
-def heldout_bpb(run: str, entropy_lm: str | None, validation: str, row_bytes: int,
-                progress: bool = False) -> tuple[float, int]:
+def heldout_bpb(
+    run: str, entropy_lm: str | None, validation: str, row_bytes: int, progress: bool = False
+) -> tuple[float, int]:
     """Bits per byte of a trained run on every held-out document, scored in windows of `row_bytes`
     positions (bytes; tokens for a token transformer) sliding by about half a window (every byte
     once; past a document's first window, with at least half a window of context;

@@ -59,7 +59,11 @@ def uppercase(text: str, rng: random.Random) -> str:
 
 
 NOISES: dict[str, Callable[[str, random.Random], str]] = {
-    "antspeak": antspeak, "drop": drop, "randomcase": randomcase, "repeat": repeat, "uppercase": uppercase,
+    "antspeak": antspeak,
+    "drop": drop,
+    "randomcase": randomcase,
+    "repeat": repeat,
+    "uppercase": uppercase,
 }
 
 

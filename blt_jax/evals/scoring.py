@@ -56,14 +56,17 @@ def _continuation_row(index: int, context: bytes, continuation: bytes, max_lengt
     if not continuation:
         raise InputError(f"request {index}: empty continuation")
     if len(continuation) > max_length:
-        raise InputError(f"request {index}: a continuation of {len(continuation)} bytes exceeds max_length={max_length}")
+        raise InputError(
+            f"request {index}: a continuation of {len(continuation)} bytes exceeds max_length={max_length}"
+        )
     tokens = np.asarray(encode(context + continuation, add_eos=False), np.int32)
     # The oldest context goes first when the text is too long (BOS with it).
-    return _Row(index, tokens[-(max_length + 1):], len(continuation))
+    return _Row(index, tokens[-(max_length + 1) :], len(continuation))
 
 
-def document_rows(index: int, document: bytes, max_length: int, stride: int,
-                  tokenize: Callable[[bytes], np.ndarray] | None = None) -> list[_Row]:
+def document_rows(
+    index: int, document: bytes, max_length: int, stride: int, tokenize: Callable[[bytes], np.ndarray] | None = None
+) -> list[_Row]:
     """Windows scoring every token of a document once: the first window predicts its first
     max_length tokens from BOS on; each next window slides by `stride` tokens and scores only its
     last `stride` tokens, which so see at least max_length - stride tokens of context.
@@ -77,13 +80,14 @@ def document_rows(index: int, document: bytes, max_length: int, stride: int,
     end = max_length + 1
     while end < len(tokens):
         stop = min(end + stride, len(tokens))
-        rows.append(_Row(index, tokens[max(0, stop - max_length - 1): stop], stop - end))
+        rows.append(_Row(index, tokens[max(0, stop - max_length - 1) : stop], stop - end))
         end = stop
     return rows
 
 
-def score_rows(model, rows: Sequence[_Row], batch_size: int, progress: bool = False,
-               on_batch: Callable[[int], None] | None = None) -> list[Scored]:
+def score_rows(
+    model, rows: Sequence[_Row], batch_size: int, progress: bool = False, on_batch: Callable[[int], None] | None = None
+) -> list[Scored]:
     """Scores rows (longest first, `batch_size` at a time, padded to `width`); results in row order.
 
     Args:
@@ -97,12 +101,12 @@ def score_rows(model, rows: Sequence[_Row], batch_size: int, progress: bool = Fa
     results: list[Scored | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), disable=not progress, unit="row", desc="scoring", dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         n = width(max(len(rows[k].tokens) for k in chunk))
         tokens = np.full((batch_size, n), PAD_ID, np.int32)
         for r, k in enumerate(chunk):
             tokens[r, : len(rows[k].tokens)] = rows[k].tokens
-        tokens[len(chunk):] = tokens[0]
+        tokens[len(chunk) :] = tokens[0]
         logprob, hit = model.token_logprobs(tokens)  # [B, n - 1]: entry i is token i + 1's
         for r, k in enumerate(chunk):
             row = rows[k]
@@ -128,8 +132,10 @@ class Throughput:
 
     def line(self, what: str) -> str:
         seconds = max(time.perf_counter() - self.start, 1e-9)
-        return (f"{what}: {self.requests} requests, {self.bytes:,} bytes in {seconds:.1f}s "
-                f"({self.requests / seconds:.2f} requests/s, {self.bytes / seconds:,.0f} bytes/s)")
+        return (
+            f"{what}: {self.requests} requests, {self.bytes:,} bytes in {seconds:.1f}s "
+            f"({self.requests / seconds:.2f} requests/s, {self.bytes / seconds:,.0f} bytes/s)"
+        )
 
 
 def load_model(path: str, entropy: str | None = None):
@@ -146,8 +152,9 @@ def load_model(path: str, entropy: str | None = None):
     return api.from_pretrained(path, entropy_path=entropy)
 
 
-def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size: int = 8, max_length: int = 2048,
-                        progress: bool = False) -> list[Scored]:
+def score_continuations(
+    model, pairs: Sequence[tuple[bytes, bytes]], batch_size: int = 8, max_length: int = 2048, progress: bool = False
+) -> list[Scored]:
     """log p(continuation | context) and greediness of (context, continuation) byte pairs; each
     text is BOS + context + continuation, its oldest bytes cut beyond `max_length`.
 
@@ -167,7 +174,7 @@ def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size:
         results[i] = scored
     if shared:
         contexts = [rows[members[0]].tokens[: -len(pairs[members[0]][1])] for members in shared]
-        continuations = [[rows[i].tokens[-len(pairs[i][1]):] for i in members] for members in shared]
+        continuations = [[rows[i].tokens[-len(pairs[i][1]) :] for i in members] for members in shared]
         for members, scored in zip(shared, score_shared(model, contexts, continuations, batch_size, bar.update)):
             for i, one in zip(members, scored):
                 results[i] = one
@@ -175,8 +182,13 @@ def score_continuations(model, pairs: Sequence[tuple[bytes, bytes]], batch_size:
     return results  # type: ignore[return-value]
 
 
-def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[Sequence[np.ndarray]],
-                 batch_size: int, on_batch: Callable[[int], None] | None = None) -> list[list[Scored]]:
+def score_shared(
+    model,
+    contexts: Sequence[np.ndarray],
+    continuations: Sequence[Sequence[np.ndarray]],
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[Scored]]:
     """Continuations scored after their shared context, each context run once per batch.
 
     Contexts are taken longest first, `batch_size` per batch, with up to `batch_size` times the mean
@@ -196,13 +208,18 @@ def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[
     per_context = -(-sum(map(len, continuations)) // max(len(continuations), 1))
     rows_per_batch = batch_size * per_context
     # Units of one context and at most rows_per_batch of its continuations, longest context first.
-    units = [(g, j) for g in sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
-             for j in range(0, len(continuations[g]), rows_per_batch)]
+    units = [
+        (g, j)
+        for g in sorted(range(len(contexts)), key=lambda g: -len(contexts[g]))
+        for j in range(0, len(continuations[g]), rows_per_batch)
+    ]
     results: list[list[Scored | None]] = [[None] * len(c) for c in continuations]
     batch: list[tuple[int, int]] = []
 
     def run(batch):
-        members = [(g, j) for g, start in batch for j in range(start, min(start + rows_per_batch, len(continuations[g])))]
+        members = [
+            (g, j) for g, start in batch for j in range(start, min(start + rows_per_batch, len(continuations[g])))
+        ]
         # Finer context widths than rows': a context is run once for several rows, so its padding costs more.
         ctx_width = width(max(len(contexts[g]) for g, _ in batch), minimum=16, parts=16)
         cont_width = width(max(len(continuations[g][j]) for g, j in members), minimum=16)
@@ -210,7 +227,7 @@ def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[
         lengths = np.full((batch_size,), len(contexts[batch[0][0]]), np.int32)
         for r, (g, _) in enumerate(batch):
             ctx[r, : len(contexts[g])], lengths[r] = contexts[g], len(contexts[g])
-        ctx[len(batch):] = ctx[0]  # a short batch is filled with copies: one shape per width pair
+        ctx[len(batch) :] = ctx[0]  # a short batch is filled with copies: one shape per width pair
         cont = np.full((rows_per_batch, cont_width), PAD_ID, np.int32)
         cont_lengths = np.full((rows_per_batch,), len(continuations[members[0][0]][members[0][1]]), np.int32)
         parents = np.zeros((rows_per_batch,), np.int32)
@@ -218,7 +235,7 @@ def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[
         for r, (g, j) in enumerate(members):
             cont[r, : len(continuations[g][j])], cont_lengths[r] = continuations[g][j], len(continuations[g][j])
             parents[r] = slot[(g, j - j % rows_per_batch)]
-        cont[len(members):] = cont[0]
+        cont[len(members) :] = cont[0]
         logprob, hit = model.continuation_logprobs(ctx, lengths, cont, cont_lengths, parents)
         for r, (g, j) in enumerate(members):
             n = len(continuations[g][j])
@@ -239,8 +256,14 @@ def score_shared(model, contexts: Sequence[np.ndarray], continuations: Sequence[
     return results  # type: ignore[return-value]
 
 
-def score_documents(model, documents: Sequence[bytes], batch_size: int = 8, max_length: int = 2048,
-                    stride: int | None = None, progress: bool = False) -> list[float]:
+def score_documents(
+    model,
+    documents: Sequence[bytes],
+    batch_size: int = 8,
+    max_length: int = 2048,
+    stride: int | None = None,
+    progress: bool = False,
+) -> list[float]:
     """log p(document | BOS) of each document (its bytes, not an EOS), in windows of `max_length`
     tokens sliding by `stride` (default max_length // 2) beyond the first.
 
@@ -251,7 +274,9 @@ def score_documents(model, documents: Sequence[bytes], batch_size: int = 8, max_
     if not 1 <= stride <= max_length:
         raise InputError(f"stride must be in [1, max_length={max_length}], got {stride}")
     tokenize = getattr(model, "encode", None)
-    rows = [row for i, doc in enumerate(documents) if doc for row in document_rows(i, doc, max_length, stride, tokenize)]
+    rows = [
+        row for i, doc in enumerate(documents) if doc for row in document_rows(i, doc, max_length, stride, tokenize)
+    ]
     totals = [0.0] * len(documents)
     for row, scored in zip(rows, score_rows(model, rows, batch_size, progress)):
         totals[row.index] += scored.logprob

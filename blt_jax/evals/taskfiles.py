@@ -28,8 +28,9 @@ def task_directory(directory: str) -> str:
       InputError: a URI (lm-eval reads task files from a local disk).
     """
     if paths.is_uri(directory):
-        raise InputError(f"{directory}: task files are read by lm-eval from a local disk; write them to a local "
-                         "directory")
+        raise InputError(
+            f"{directory}: task files are read by lm-eval from a local disk; write them to a local directory"
+        )
     directory = paths.resolve(directory)
     os.makedirs(directory, exist_ok=True)
     return directory
@@ -52,8 +53,13 @@ def write_task(directory: str, name: str, rows: Sequence[Mapping], config: Mappi
     """
     data_file = os.path.join(directory, f"{name}.jsonl")
     _write(data_file, "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows))
-    full = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": data_file}},
-            "test_split": "test", **config}
+    full = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": data_file}},
+        "test_split": "test",
+        **config,
+    }
     full.setdefault("metadata", {"version": 1.0})
     yaml_file = os.path.join(directory, f"{name}.yaml")
     _write(yaml_file, yaml.safe_dump(full, sort_keys=False, allow_unicode=True, width=1000))

@@ -27,8 +27,9 @@ from blt_jax.nn.options import MODEL_KEYS as RUN_KEYS
 from blt_jax.nn.options import REMAT_STACKS, SCAN_STACKS, RunOptions, from_model_keys
 from blt_jax.parallel import MeshConfig
 
+
 def parse_remat(spec: str) -> dict[str, str]:
-    """"full" -> {"all": "full"}; "latent=full,decoder=save_dots" -> per-stack policies."""
+    """ "full" -> {"all": "full"}; "latent=full,decoder=save_dots" -> per-stack policies."""
     if "=" not in spec:
         return {"all": spec}
     out = {}
@@ -39,7 +40,7 @@ def parse_remat(spec: str) -> dict[str, str]:
 
 
 def parse_scan(spec: str) -> tuple[str, ...]:
-    """"latent,entropy" -> ("latent", "entropy"); "" -> ()."""
+    """ "latent,entropy" -> ("latent", "entropy"); "" -> ()."""
     return tuple(part.strip() for part in spec.split(",") if part.strip())
 
 
@@ -50,18 +51,21 @@ def resolve_scan(spec: str, model: ModelConfig) -> tuple[str, ...]:
     if "all" in stacks:
         return scannable
     for stack in stacks:
-        require(stack in scannable, "train.scan",
-                f"stack {stack!r} cannot be scanned for a {type(model).__name__} (scannable: {', '.join(scannable)})")
+        require(
+            stack in scannable,
+            "train.scan",
+            f"stack {stack!r} cannot be scanned for a {type(model).__name__} (scannable: {', '.join(scannable)})",
+        )
     return stacks
 
 
 def subtree(prefix: str) -> tuple[str, ...]:
-    """"blt/global_transformer" -> ("blt", "global_transformer"); "" -> () (the whole tree)."""
+    """ "blt/global_transformer" -> ("blt", "global_transformer"); "" -> () (the whole tree)."""
     return tuple(part for part in prefix.strip().split("/") if part)
 
 
 def parse_multipliers(spec: str) -> list[tuple[tuple[str, ...], float]]:
-    """"global_transformer=0.5,local_encoder=2" -> [(("global_transformer",), 0.5), ...]."""
+    """ "global_transformer=0.5,local_encoder=2" -> [(("global_transformer",), 0.5), ...]."""
     out = []
     for part in spec.split(","):
         if not part.strip():
@@ -78,9 +82,8 @@ def parse_multipliers(spec: str) -> list[tuple[tuple[str, ...], float]]:
 
 
 def parse_frozen(spec: str) -> list[tuple[str, ...]]:
-    """"blt/global_transformer,teacher" -> [("blt", "global_transformer"), ("teacher",)]."""
+    """ "blt/global_transformer,teacher" -> [("blt", "global_transformer"), ("teacher",)]."""
     return [subtree(part) for part in spec.split(",") if subtree(part)]
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +153,11 @@ class TrainConfig:
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
+        require(
+            0 <= self.warmup_steps < self.steps,
+            "warmup_steps",
+            f"must be in [0, steps={self.steps}), got {self.warmup_steps}",
+        )
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b2", "b1 and b2 must be in [0, 1)")
@@ -159,7 +166,9 @@ class TrainConfig:
         require(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
         for stack, policy in parse_remat(self.remat).items():
             require(stack in REMAT_STACKS, "remat", f"unknown stack {stack!r}; expected {', '.join(REMAT_STACKS)}")
-            require(policy in REMAT_POLICIES, "remat", f"unknown policy {policy!r}; expected {', '.join(REMAT_POLICIES)}")
+            require(
+                policy in REMAT_POLICIES, "remat", f"unknown policy {policy!r}; expected {', '.join(REMAT_POLICIES)}"
+            )
         for stack in parse_scan(self.scan):
             require(stack in SCAN_STACKS, "scan", f"unknown stack {stack!r}; expected {', '.join(SCAN_STACKS)}")
         for name in ("log_every", "eval_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
@@ -168,10 +177,16 @@ class TrainConfig:
         require(self.log_every >= 1, "log_every", "must be >= 1")
         parse_multipliers(self.lr_multipliers)  # checks the syntax, naming the field
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        require(isinstance(self.max_skipped_steps, int) and self.max_skipped_steps >= 1, "max_skipped_steps",
-                f"must be an integer >= 1, got {self.max_skipped_steps!r}")
-        require(isinstance(self.rewind_on_spike, bool), "rewind_on_spike",
-                f"must be true or false, got {self.rewind_on_spike!r}")
+        require(
+            isinstance(self.max_skipped_steps, int) and self.max_skipped_steps >= 1,
+            "max_skipped_steps",
+            f"must be an integer >= 1, got {self.max_skipped_steps!r}",
+        )
+        require(
+            isinstance(self.rewind_on_spike, bool),
+            "rewind_on_spike",
+            f"must be true or false, got {self.rewind_on_spike!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +250,9 @@ class ExperimentConfig:
     @property
     def options(self) -> RunOptions:
         """How the model runs in this experiment: `run` with the train section's remat and scan."""
-        return self.run.replace(remat=tuple(parse_remat(self.train.remat).items()),
-                                scan=resolve_scan(self.train.scan, self.model))
+        return self.run.replace(
+            remat=tuple(parse_remat(self.train.remat).items()), scan=resolve_scan(self.train.scan, self.model)
+        )
 
     def __post_init__(self):
         if self.data.batch_size % self.train.grad_accum:
@@ -250,16 +266,24 @@ class ExperimentConfig:
             if data is None:
                 continue
             if kind.token_rows:
-                require(data.tokenizer is not None, f"{section}.tokenizer",
-                        f"{kind.description} reads BPE token rows: name its tokenizer file (train_bpe writes one)")
+                require(
+                    data.tokenizer is not None,
+                    f"{section}.tokenizer",
+                    f"{kind.description} reads BPE token rows: name its tokenizer file (train_bpe writes one)",
+                )
             else:
-                require(data.tokenizer is None, f"{section}.tokenizer",
-                        f"{kind.description} reads byte rows; a tokenizer is for model kind 'token_lm'")
+                require(
+                    data.tokenizer is None,
+                    f"{section}.tokenizer",
+                    f"{kind.description} reads byte rows; a tokenizer is for model kind 'token_lm'",
+                )
         if self.eval is not None and self.eval.tokenizer is not None:
             # The model's ids mean the tokens of one tokenizer.
-            require(paths.resolve(self.eval.tokenizer) == paths.resolve(self.data.tokenizer), "eval.tokenizer",
-                    f"must be data.tokenizer ({self.data.tokenizer}), got {self.eval.tokenizer}")
-
+            require(
+                paths.resolve(self.eval.tokenizer) == paths.resolve(self.data.tokenizer),
+                "eval.tokenizer",
+                f"must be data.tokenizer ({self.data.tokenizer}), got {self.eval.tokenizer}",
+            )
 
 
 def _data_from_dict(raw: Any, path: str, model: ModelConfig) -> DataConfig:
@@ -300,8 +324,7 @@ def experiment_to_dict(experiment: ExperimentConfig) -> dict:
     """JSON-friendly dict that `experiment_from_dict` turns back into the same experiment."""
     run = experiment.run
     out = {
-        "model": {**config_to_dict(experiment.model),
-                  **{key: getattr(run, field) for key, field in RUN_KEYS.items()}},
+        "model": {**config_to_dict(experiment.model), **{key: getattr(run, field) for key, field in RUN_KEYS.items()}},
         "data": dataclasses.asdict(experiment.data),
         "train": dataclasses.asdict(experiment.train),
         "mesh": dataclasses.asdict(experiment.mesh),

@@ -157,7 +157,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     while i < len(argv):
         arg = argv[i]
         if arg.startswith(OVERRIDE_PREFIX):
-            body = arg[len(OVERRIDE_PREFIX):]
+            body = arg[len(OVERRIDE_PREFIX) :]
             if "=" not in body:
                 if i + 1 >= len(argv):
                     raise InputError(f"{arg}: expected {arg}=VALUE")

@@ -27,11 +27,11 @@ import numpy as np
 from flax import struct
 
 from blt_jax.inference.decode import DecodeEngine
-from blt_jax.inference.lm_decode import LMDecodeEngine
-from blt_jax.inference.vocabulary import Vocabulary
 from blt_jax.inference.fused import decoding_layout
 from blt_jax.inference.generate import CHUNK, prefill_plan
+from blt_jax.inference.lm_decode import LMDecodeEngine
 from blt_jax.inference.sampling import sample_rows
+from blt_jax.inference.vocabulary import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Decoding:
     entropy_params: Any
     vocabulary: Vocabulary
 
-    def rows(self, rows: int) -> "BatchDecoder":
+    def rows(self, rows: int) -> BatchDecoder:
         """R decode rows of this model."""
         return BatchDecoder(self.engine, self.params, self.entropy_params, rows, self.vocabulary)
 
@@ -108,8 +108,9 @@ class BatchDecoder:
       vocabulary: the model's ids (what may be sampled; the placeholder prompt of idle rows).
     """
 
-    def __init__(self, engine: DecodeEngine | LMDecodeEngine, params: Any, entropy_params: Any, rows: int,
-                 vocabulary: Vocabulary):
+    def __init__(
+        self, engine: DecodeEngine | LMDecodeEngine, params: Any, entropy_params: Any, rows: int, vocabulary: Vocabulary
+    ):
         self.engine, self.rows, self.capacity = engine, rows, engine.capacity
         self.placeholder = vocabulary.placeholder
         self.allowed = jnp.asarray(vocabulary.allowed)
@@ -120,7 +121,7 @@ class BatchDecoder:
         self.positions = np.zeros(rows, np.int64)  # host copy of each row's position (resets)
         idle_state, idle_rows = self._one(RowSpec(self.placeholder))
         self._idle = (idle_state, idle_rows)
-        batch = lambda x: jnp.repeat(x, rows, axis=0)  # noqa: E731
+        batch = lambda x: jnp.repeat(x, rows, axis=0)
         self.state = jax.tree_util.tree_map(batch, idle_state)
         self.carry = jax.tree_util.tree_map(batch, idle_rows)
         self.positions[:] = len(self.placeholder)
@@ -131,15 +132,20 @@ class BatchDecoder:
         first, width = prefill_plan(len(ids), self.capacity)
         tokens = np.zeros((1, width), np.int32)
         tokens[0, :first] = ids[:first]
-        state, logits = self._prefill(self.params, self.entropy_params, jnp.asarray(tokens),
-                                      jnp.asarray([first], jnp.int32))
+        state, logits = self._prefill(
+            self.params, self.entropy_params, jnp.asarray(tokens), jnp.asarray([first], jnp.int32)
+        )
         prompt = np.zeros((1, self.capacity), np.int32)
         prompt[0, : len(ids)] = ids
-        rows = Rows(logits=logits, prompt=jnp.asarray(prompt), prompt_len=jnp.asarray([len(ids)], jnp.int32),
-                    temperature=jnp.asarray([spec.temperature], jnp.float32),
-                    top_k=jnp.asarray([spec.top_k or 0], jnp.int32),
-                    top_p=jnp.asarray([1.0 if spec.top_p is None else spec.top_p], jnp.float32),
-                    seed=jnp.asarray([spec.seed], jnp.int32))
+        rows = Rows(
+            logits=logits,
+            prompt=jnp.asarray(prompt),
+            prompt_len=jnp.asarray([len(ids)], jnp.int32),
+            temperature=jnp.asarray([spec.temperature], jnp.float32),
+            top_k=jnp.asarray([spec.top_k or 0], jnp.int32),
+            top_p=jnp.asarray([1.0 if spec.top_p is None else spec.top_p], jnp.float32),
+            seed=jnp.asarray([spec.seed], jnp.int32),
+        )
         return state, rows
 
     def warm_up(self, longest_prompt: int) -> None:
@@ -172,8 +178,9 @@ class BatchDecoder:
           (tokens int32 [R, CHUNK]: the id each row consumed at each step, generated: bool [R, CHUNK]:
           it was chosen (sampled or argmax), not read from the prompt).
         """
-        self.state, self.carry, (tokens, generated) = self._advance(self.params, self.entropy_params, self.state,
-                                                                    self.carry)
+        self.state, self.carry, (tokens, generated) = self._advance(
+            self.params, self.entropy_params, self.state, self.carry
+        )
         self.positions += CHUNK
         return np.asarray(tokens).T, np.asarray(generated).T
 
@@ -202,5 +209,5 @@ class BatchDecoder:
 
 def _write_row(state: Any, carry: Rows, row: jax.Array, one_state: Any, one_carry: Rows):
     """state and carry with row `row` replaced by the batch-1 `one_state` / `one_carry`."""
-    put = lambda big, one: jax.lax.dynamic_update_index_in_dim(big, one[0].astype(big.dtype), row, 0)  # noqa: E731
+    put = lambda big, one: jax.lax.dynamic_update_index_in_dim(big, one[0].astype(big.dtype), row, 0)
     return jax.tree_util.tree_map(put, state, one_state), jax.tree_util.tree_map(put, carry, one_carry)

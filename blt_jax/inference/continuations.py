@@ -31,9 +31,18 @@ MARGIN = 1.25  # budgets are this much above the densest rows seen
 PATCH_MULTIPLE = 16  # budgets are rounded up to this (8 below 64): a task compiles a few programs
 
 
-def continuation_logprobs(engine: DecodeEngine, context_patches: int, chunk_patches: int, params, entropy_params,
-                          contexts: jax.Array, lengths: jax.Array, continuations: jax.Array,
-                          continuation_lengths: jax.Array, parents: jax.Array):
+def continuation_logprobs(
+    engine: DecodeEngine,
+    context_patches: int,
+    chunk_patches: int,
+    params,
+    entropy_params,
+    contexts: jax.Array,
+    lengths: jax.Array,
+    continuations: jax.Array,
+    continuation_lengths: jax.Array,
+    parents: jax.Array,
+):
     """log p(continuation byte j | context, continuation bytes < j) of every continuation row.
 
     Args:
@@ -93,19 +102,30 @@ class ContinuationScorer:
         key = (capacity, context_patches, chunk_patches)
         if key not in self._programs:
             engine = DecodeEngine(self.config, capacity, max_patches=context_patches + chunk_patches)
-            self._programs[key] = jax.jit(functools.partial(continuation_logprobs, engine, context_patches,
-                                                            chunk_patches))
+            self._programs[key] = jax.jit(
+                functools.partial(continuation_logprobs, engine, context_patches, chunk_patches)
+            )
         return self._programs[key]
 
-    def __call__(self, params, entropy_params, contexts: np.ndarray, lengths: np.ndarray, continuations: np.ndarray,
-                 continuation_lengths: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self,
+        params,
+        entropy_params,
+        contexts: np.ndarray,
+        lengths: np.ndarray,
+        continuations: np.ndarray,
+        continuation_lengths: np.ndarray,
+        parents: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(log-probabilities [Bx, Wx], argmax hits [Bx, Wx]) as `continuation_logprobs`, exact:
         a batch whose rows need more patches than budgeted is run again with enough."""
         widths = (contexts.shape[1], continuations.shape[1])
         longest = (max(int(np.max(lengths)), 1), max(int(np.max(continuation_lengths)), 1))
         arrays = [jnp.asarray(x, jnp.int32) for x in (contexts, lengths, continuations, continuation_lengths, parents)]
         while True:
-            budgets = tuple(budget(w, FIRST_PATCHES_PER_BYTE if r is None else r) for w, r in zip(widths, self.per_byte))
+            budgets = tuple(
+                budget(w, FIRST_PATCHES_PER_BYTE if r is None else r) for w, r in zip(widths, self.per_byte)
+            )
             fn = self._compiled(sum(widths), *budgets)
             logprob, hit, need = jax.device_get(fn(params, entropy_params, *arrays))
             # The budget adds the open patch itself; the rate is of the patches before it.

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from blt_jax.config import BLTConfig
+from blt_jax.nn.blt import BLT
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
-from blt_jax.nn.blt import BLT
 from blt_jax.nn.latent import patch_document_ids
 from blt_jax.nn.local import max_pool_patches
 from blt_jax.nn.masks import document_ids
@@ -131,8 +131,15 @@ class DecodeEngine:
         """An empty ring cache for `stack`, over `reach` positions (default capacity)."""
         reach = reach or self.capacity
         size = reach if stack.window is None else min(stack.window, reach)
-        return KVCache.empty(batch, size, n_layers or stack.n_layers, stack.n_heads, stack.head_dim,
-                             jnp.dtype(self.config.dtype), ring=True)
+        return KVCache.empty(
+            batch,
+            size,
+            n_layers or stack.n_layers,
+            stack.n_heads,
+            stack.head_dim,
+            jnp.dtype(self.config.dtype),
+            ring=True,
+        )
 
     # ---- modules ------------------------------------------------------------------------------
 
@@ -150,8 +157,14 @@ class DecodeEngine:
 
     # ---- prefill ------------------------------------------------------------------------------
 
-    def prefill(self, params, entropy_params, tokens: jax.Array, lengths: jax.Array | None = None,
-                num_patches: int | None = None) -> tuple[DecodeState, jax.Array]:
+    def prefill(
+        self,
+        params,
+        entropy_params,
+        tokens: jax.Array,
+        lengths: jax.Array | None = None,
+        num_patches: int | None = None,
+    ) -> tuple[DecodeState, jax.Array]:
         """Runs the parallel forward over the first bytes of every row and fills all caches.
 
         Args:
@@ -185,8 +198,9 @@ class DecodeEngine:
 
         if self.uses_entropy:
             ent_stack = cfg.entropy_model.stack
-            ent_logits, ent_cache = self._entropy(entropy_params, tokens, positions, docs, self._ring(batch, ent_stack),
-                                                  valid)
+            ent_logits, ent_cache = self._entropy(
+                entropy_params, tokens, positions, docs, self._ring(batch, ent_stack), valid
+            )
             entropies = entropies_from_logits(ent_logits)
             ent_prev = at(entropies, last)
         else:
@@ -199,8 +213,9 @@ class DecodeEngine:
         patch_ids = patch_ids_from_lengths(lengths_p, width)
 
         embeds = self._encoder(params, "embed", tokens)
-        states, enc_cache = self._encoder(params, "byte_states", embeds, positions, docs,
-                                          self._ring(batch, cfg.encoder), valid)
+        states, enc_cache = self._encoder(
+            params, "byte_states", embeds, positions, docs, self._ring(batch, cfg.encoder), valid
+        )
         byte_kv = self._encoder(params, "byte_keys_values", states)
         pooled = max_pool_patches(states[0], patch_ids, num_patches)
         patches = self._encoder(params, "slot_vectors", pooled, byte_kv, patch_ids)
@@ -209,12 +224,14 @@ class DecodeEngine:
         n_closed = jnp.sum(starts[:, 1:], axis=1, dtype=jnp.int32)
         patch_pos = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         latent_ring = self._ring(batch, cfg.latent, reach=self.max_patches)
-        latent_out, latent_cache = self._latent(params, patches, patch_docs, patch_pos, latent_ring,
-                                                patch_pos < n_closed[:, None])
+        latent_out, latent_cache = self._latent(
+            params, patches, patch_docs, patch_pos, latent_ring, patch_pos < n_closed[:, None]
+        )
         slot_kv = self._decoder(params, "slot_keys_values", latent_out)
         dec_ids = decoder_patch_ids(lengths_p, width)
-        logits, dec_cache = self._decoder(params, "decode", states[-1], slot_kv, dec_ids, positions, docs,
-                                          self._ring(batch, cfg.decoder), valid)
+        logits, dec_cache = self._decoder(
+            params, "decode", states[-1], slot_kv, dec_ids, positions, docs, self._ring(batch, cfg.decoder), valid
+        )
 
         k = cfg.cross_attn_k
         current = at(dec_ids, last)  # the patch each row's last byte's decoder read
@@ -236,7 +253,8 @@ class DecodeEngine:
         context = self.context
         # The last C bytes of each row (zeros before its start).
         recent = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, context))(
-            jnp.pad(tokens, ((0, 0), (context, 0))), length)
+            jnp.pad(tokens, ((0, 0), (context, 0))), length
+        )
         start_flags = jnp.zeros((batch, self.capacity + 1), bool).at[:, : width + 1].set(starts)
         state = DecodeState(
             t=length,
@@ -275,10 +293,11 @@ class DecodeEngine:
         span = self.patch_buffer
         ids = jnp.where(jnp.arange(span)[None, :] < buf_len[:, None], 0, 1)  # id 1 = not in the patch
         vector = self._encoder(params, "slot_vectors", pool[:, None], list(buf_kv), ids)  # [B, 1, k * D]
-        latent_out, latent_cache = self._latent(params, vector, state.patch_doc[:, None], state.n_closed[:, None],
-                                                state.latent_cache, close[:, None])
+        latent_out, latent_cache = self._latent(
+            params, vector, state.patch_doc[:, None], state.n_closed[:, None], state.latent_cache, close[:, None]
+        )
         new_kv = self._decoder(params, "slot_keys_values", latent_out)
-        pick = lambda new, old: jnp.where(close[:, None, None, None], new, old)  # noqa: E731
+        pick = lambda new, old: jnp.where(close[:, None, None, None], new, old)
         return latent_cache, tuple((pick(nk, ok), pick(nv, ov)) for (nk, nv), (ok, ov) in zip(new_kv, state.slot_kv))
 
     def step(self, params, entropy_params, state: DecodeState, token: jax.Array) -> tuple[DecodeState, jax.Array]:
@@ -311,7 +330,8 @@ class DecodeEngine:
         write = jax.vmap(lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis=0))
         buf_kv = tuple(
             (write(bk, kk.astype(bk.dtype), state.buf_len), write(bv, vv.astype(bv.dtype), state.buf_len))
-            for (bk, bv), (kk, vv) in zip(state.buf_kv, self._encoder(params, "byte_keys_values", states)))
+            for (bk, bv), (kk, vv) in zip(state.buf_kv, self._encoder(params, "byte_keys_values", states))
+        )
 
         latent_cache, slot_kv = jax.lax.cond(
             jnp.any(close),
@@ -320,8 +340,9 @@ class DecodeEngine:
         )
         open_eos = state.open_eos | (token == EOS_ID)
         dec_ids = jnp.zeros((batch, 1), jnp.int32)  # slot_kv holds exactly the patch byte t reads
-        logits, dec_cache = self._decoder(params, "decode", states[-1], list(slot_kv), dec_ids, positions, docs,
-                                          state.dec_cache)
+        logits, dec_cache = self._decoder(
+            params, "decode", states[-1], list(slot_kv), dec_ids, positions, docs, state.dec_cache
+        )
         new_state = DecodeState(
             t=state.t + 1,
             recent=recent,
@@ -367,8 +388,9 @@ class DecodeEngine:
         offset = pos - last
         return starts | ((offset > 0) & (offset % longest == 0))
 
-    def chunk_logits(self, params, entropy_params, state: DecodeState, tokens: jax.Array,
-                     num_patches: int | None = None) -> tuple[jax.Array, jax.Array]:
+    def chunk_logits(
+        self, params, entropy_params, state: DecodeState, tokens: jax.Array, num_patches: int | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Logits of a chunk of bytes after `state`, as one forward over each row's whole text gives
         them: the chunk is patched by the model's rule online (the open patch continues into it) and
         every stack attends to its cache. The state is not advanced (what scoring needs: one context,
@@ -403,29 +425,35 @@ class DecodeEngine:
         # Past the budget, patches merge into the last one (P - 1), which no exact entry reads.
         patch_ids = jnp.minimum(after - starts[:, 1:].astype(jnp.int32), budget - 1)
 
-        embeds = self._encoder(params, "embed", jnp.concatenate([state.recent, tokens], axis=1))[:, self.context:]
+        embeds = self._encoder(params, "embed", jnp.concatenate([state.recent, tokens], axis=1))[:, self.context :]
         states, _ = self._encoder(params, "byte_states", embeds, positions, docs, state.enc_cache)
         byte_kv = self._encoder(params, "byte_keys_values", states)
         pooled = max_pool_patches(states[0], patch_ids, budget)  # [B, P, D]
         pooled = pooled.at[:, 0].set(jnp.maximum(pooled[:, 0], state.pool.astype(pooled.dtype)))
         # The open patch's earlier bytes are the state's buffer: patch 0 attends to them as well.
         buffered = jnp.where(jnp.arange(self.patch_buffer)[None] < state.buf_len[:, None], 0, -1)
-        kv = [(jnp.concatenate([bk.astype(kk.dtype), kk], axis=1), jnp.concatenate([bv.astype(vv.dtype), vv], axis=1))
-              for (bk, bv), (kk, vv) in zip(state.buf_kv, byte_kv)]
+        kv = [
+            (jnp.concatenate([bk.astype(kk.dtype), kk], axis=1), jnp.concatenate([bv.astype(vv.dtype), vv], axis=1))
+            for (bk, bv), (kk, vv) in zip(state.buf_kv, byte_kv)
+        ]
         vectors = self._encoder(params, "slot_vectors", pooled, kv, jnp.concatenate([buffered, patch_ids], axis=1))
 
         # Patch documents: a new one starts after each patch holding an EOS (the open patch's earlier
         # bytes included).
         has_eos = jax.vmap(lambda e, ids: jax.ops.segment_max(e, ids, num_segments=budget))(
-            eos.astype(jnp.int32), patch_ids)
+            eos.astype(jnp.int32), patch_ids
+        )
         has_eos = jnp.maximum(has_eos, 0).at[:, 0].max(state.open_eos.astype(jnp.int32))
         patch_docs = state.patch_doc[:, None] + jnp.cumsum(has_eos, axis=1) - has_eos
         patch_pos = state.n_closed[:, None] + jnp.arange(budget, dtype=jnp.int32)[None]
-        latent_out, _ = self._latent(params, vectors, patch_docs, patch_pos, state.latent_cache,
-                                     jnp.arange(budget)[None] < after[:, -1:])
+        latent_out, _ = self._latent(
+            params, vectors, patch_docs, patch_pos, state.latent_cache, jnp.arange(budget)[None] < after[:, -1:]
+        )
         # Byte i reads the last patch closed by position t + i + 1: the state's (index 0) or chunk
         # patch after[i] - 1 (index after[i]).
-        slot_kv = [(jnp.concatenate([ok, nk.astype(ok.dtype)], axis=1), jnp.concatenate([ov, nv.astype(ov.dtype)], axis=1))
-                   for (ok, ov), (nk, nv) in zip(state.slot_kv, self._decoder(params, "slot_keys_values", latent_out))]
+        slot_kv = [
+            (jnp.concatenate([ok, nk.astype(ok.dtype)], axis=1), jnp.concatenate([ov, nv.astype(ov.dtype)], axis=1))
+            for (ok, ov), (nk, nv) in zip(state.slot_kv, self._decoder(params, "slot_keys_values", latent_out))
+        ]
         logits, _ = self._decoder(params, "decode", states[-1], slot_kv, after, positions, docs, state.dec_cache)
         return logits, after

@@ -30,8 +30,12 @@ from blt_jax.nn.layers import FUSED_W2T, FUSED_W13
 
 def _fuse_node(name: str, node: Mapping) -> dict:
     # Grouped-query attention (fewer key/value heads than query heads) keeps its three products.
-    if name == "attention" and set(node) == {"wq", "wk", "wv", "wo"} and jnp.ndim(node["wq"]) == 3 \
-            and jnp.shape(node["wk"]) == jnp.shape(node["wq"]):
+    if (
+        name == "attention"
+        and set(node) == {"wq", "wk", "wv", "wo"}
+        and jnp.ndim(node["wq"]) == 3
+        and jnp.shape(node["wk"]) == jnp.shape(node["wq"])
+    ):
         return {FUSED_QKV: jnp.stack([node["wq"], node["wk"], node["wv"]], axis=1), "wo": node["wo"]}
     if name == "feed_forward" and set(node) == {"w1", "w2", "w3"} and jnp.ndim(node["w1"]) == 2:
         return {FUSED_W13: jnp.stack([node["w1"], node["w3"]], axis=1), FUSED_W2T: jnp.transpose(node["w2"])}

@@ -174,8 +174,10 @@ class Generator:
             raise InputError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
         lengths = [len(p) for p in prompts]
         if max(lengths) + max_new_bytes + CHUNK - 1 > self.capacity:
-            raise InputError(f"longest prompt ({max(lengths)}) + max_new_bytes ({max_new_bytes}) + {CHUNK - 1} "
-                             f"(the last chunk's overrun) exceeds the capacity {self.capacity}")
+            raise InputError(
+                f"longest prompt ({max(lengths)}) + max_new_bytes ({max_new_bytes}) + {CHUNK - 1} "
+                f"(the last chunk's overrun) exceeds the capacity {self.capacity}"
+            )
         padded = np.zeros((self.batch, self.capacity), np.int32)
         for row, ids in enumerate(prompts):
             padded[row, : len(ids)] = ids
@@ -183,8 +185,9 @@ class Generator:
         params, entropy_params = self._decoding_layout(params, entropy_params)
         head = np.zeros((self.batch, width), np.int32)
         head[:, :first] = padded[:, :first]
-        state, logits = self._prefill(params, entropy_params, jnp.asarray(head),
-                                      jnp.full((self.batch,), first, jnp.int32))
+        state, logits = self._prefill(
+            params, entropy_params, jnp.asarray(head), jnp.full((self.batch,), first, jnp.int32)
+        )
         carry = (state, logits, jnp.zeros((self.batch,), bool), jnp.zeros((self.batch,), jnp.int32))
         prompt, prompt_len = jnp.asarray(padded), jnp.asarray(lengths, jnp.int32)
         key, max_new = jax.random.key(seed), jnp.int32(max_new_bytes)
@@ -192,8 +195,9 @@ class Generator:
         tokens, emitted, chosen = [], [], []
         steps, needed = 0, max(lengths) + max_new_bytes - first
         while steps < needed:
-            carry, (token, emit, from_logits) = self._advance(params, entropy_params, carry, prompt, prompt_len, key,
-                                                              max_new, eos)
+            carry, (token, emit, from_logits) = self._advance(
+                params, entropy_params, carry, prompt, prompt_len, key, max_new, eos
+            )
             steps += CHUNK
             tokens.append(token)
             emitted.append(emit)

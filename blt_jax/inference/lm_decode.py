@@ -63,11 +63,13 @@ class LMDecodeEngine:
     def _ring(self, batch: int) -> KVCache:
         stack = self.config.stack
         size = self.capacity if stack.window is None else min(stack.window, self.capacity)
-        return KVCache.empty(batch, size, stack.n_layers, stack.n_heads, stack.head_dim,
-                             jnp.dtype(self.config.dtype), ring=True)
+        return KVCache.empty(
+            batch, size, stack.n_layers, stack.n_heads, stack.head_dim, jnp.dtype(self.config.dtype), ring=True
+        )
 
-    def prefill(self, params, entropy_params, tokens: jax.Array,
-                lengths: jax.Array | None = None) -> tuple[LMDecodeState, jax.Array]:
+    def prefill(
+        self, params, entropy_params, tokens: jax.Array, lengths: jax.Array | None = None
+    ) -> tuple[LMDecodeState, jax.Array]:
         """Runs the parallel forward over the first tokens of every row and fills the cache.
 
         Args:
@@ -89,8 +91,11 @@ class LMDecodeEngine:
         docs = stream_documents(self.config, tokens)
         logits, cache = self._module().apply({"params": params}, tokens, positions, docs, self._ring(batch), valid)
         last = jnp.take_along_axis(logits, (length - 1)[:, None, None], axis=1)[:, 0]
-        ends = jnp.zeros((batch,), jnp.int32) if self.eos_id is None else \
-            jnp.sum((tokens == self.eos_id) & valid, axis=1, dtype=jnp.int32)
+        ends = (
+            jnp.zeros((batch,), jnp.int32)
+            if self.eos_id is None
+            else jnp.sum((tokens == self.eos_id) & valid, axis=1, dtype=jnp.int32)
+        )
         return LMDecodeState(t=length, doc=ends, cache=cache), last
 
     def step(self, params, entropy_params, state: LMDecodeState, token: jax.Array) -> tuple[LMDecodeState, jax.Array]:
@@ -105,7 +110,8 @@ class LMDecodeEngine:
           (state at t + 1, float32 logits [B, V]).
         """
         token = token.astype(jnp.int32)
-        logits, cache = self._module().apply({"params": params}, token[:, None], state.t[:, None].astype(jnp.int32),
-                                             state.doc[:, None], state.cache)
+        logits, cache = self._module().apply(
+            {"params": params}, token[:, None], state.t[:, None].astype(jnp.int32), state.doc[:, None], state.cache
+        )
         ended = jnp.zeros_like(state.doc) if self.eos_id is None else (token == self.eos_id).astype(jnp.int32)
         return LMDecodeState(t=state.t + 1, doc=state.doc + ended, cache=cache), logits[:, 0]

@@ -82,8 +82,14 @@ def sample(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Arr
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                top_p: jax.Array, allowed: jax.Array | None = None) -> jax.Array:
+def sample_rows(
+    logits: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    allowed: jax.Array | None = None,
+) -> jax.Array:
     """Next token of every row, each row with its own rule (continuous batching: requests that share a
     batch keep their own sampling). Row r gives what `sample` gives for
     SamplingConfig(temperature[r], top_k[r] or None, top_p[r]) with key keys[r]: the same argmax when

@@ -57,8 +57,12 @@ class Vocabulary:
 def byte_vocabulary() -> Vocabulary:
     """The byte vocabulary of BLTs and byte LMs."""
     pieces = tuple(byte_tokenizer.decode_bytes([i]) for i in range(byte_tokenizer.VOCAB_SIZE))
-    return Vocabulary(pieces, byte_tokenizer.BOS_ID, byte_tokenizer.EOS_ID,
-                      lambda data: byte_tokenizer.encode(data, add_bos=True, add_eos=False))
+    return Vocabulary(
+        pieces,
+        byte_tokenizer.BOS_ID,
+        byte_tokenizer.EOS_ID,
+        lambda data: byte_tokenizer.encode(data, add_bos=True, add_eos=False),
+    )
 
 
 def token_vocabulary(tokenizer, model_vocab_size: int) -> Vocabulary:
@@ -67,5 +71,9 @@ def token_vocabulary(tokenizer, model_vocab_size: int) -> Vocabulary:
     `vocab_size` (models often carry more ids than their tokenizer uses)."""
     strings = tokenizer.token_strings()
     pieces = tuple(s or b"" for s in strings) + (b"",) * max(0, model_vocab_size - len(strings))
-    return Vocabulary(pieces, None if tokenizer.bos_id is None else int(tokenizer.bos_id), None if tokenizer.eos_id is None else int(tokenizer.eos_id),
-                      lambda data: tokenizer.encode(data, add_bos=True, add_eos=False))
+    return Vocabulary(
+        pieces,
+        None if tokenizer.bos_id is None else int(tokenizer.bos_id),
+        None if tokenizer.eos_id is None else int(tokenizer.eos_id),
+        lambda data: tokenizer.encode(data, add_bos=True, add_eos=False),
+    )

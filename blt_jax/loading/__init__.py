@@ -31,11 +31,29 @@ from blt_jax.loading.directories import (
     load_tensors,
 )
 
-_FROM_RUNS = ("is_training_run", "load_blt", "load_entropy_lm", "load_initial_params", "load_model", "read_run",
-              "read_run_config")
+_FROM_RUNS = (
+    "is_training_run",
+    "load_blt",
+    "load_entropy_lm",
+    "load_initial_params",
+    "load_model",
+    "read_run",
+    "read_run_config",
+)
 
-__all__ = ["TOKENIZER_FILE", "TOKENIZER_KEY", "CheckpointError", "LoadedModel", "check_tree", "detect_layout",
-           "is_tensors_file", "load_dir", "load_entropy_dir", "load_tensors", *_FROM_RUNS]
+__all__ = [
+    "TOKENIZER_FILE",
+    "TOKENIZER_KEY",
+    "CheckpointError",
+    "LoadedModel",
+    "check_tree",
+    "detect_layout",
+    "is_tensors_file",
+    "load_dir",
+    "load_entropy_dir",
+    "load_tensors",
+    *_FROM_RUNS,
+]
 
 
 def __getattr__(name: str) -> Any:

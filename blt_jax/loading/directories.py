@@ -43,7 +43,7 @@ def check_tree(params: Mapping, abstract: Mapping, source: str) -> None:
 
 
 def detect_layout(path: str) -> str:
-    """"native", "hf" (a BLT), "llama" (a Llama-family token LM) or "meta" for a model directory.
+    """ "native", "hf" (a BLT), "llama" (a Llama-family token LM) or "meta" for a model directory.
 
     Raises:
       NotFound: none of the layouts is there. InputError: an unreadable config.json, or one of a
@@ -70,8 +70,10 @@ def detect_layout(path: str) -> str:
     if has_meta:
         return "meta"
     if paths.exists(config_json):
-        raise InputError(f"{path}: {describe(cfg)} is an architecture blt_jax does not read (it reads BLTs and "
-                         f"Llama-family token LMs: {', '.join(FAMILY)})")
+        raise InputError(
+            f"{path}: {describe(cfg)} is an architecture blt_jax does not read (it reads BLTs and "
+            f"Llama-family token LMs: {', '.join(FAMILY)})"
+        )
     raise NotFound(
         f"{path}: not a model directory. Expected one of: blt_jax.json + params.safetensors "
         "(ours); config.json + model.safetensors (Hugging Face BltForCausalLM, or a Llama-family "
@@ -124,8 +126,9 @@ def load_dir(path: str, entropy_path: str | None = None, dtype: Any = np.float32
         from blt_jax.convert.native import load_native, read_meta
 
         config, params, entropy = load_native(resolved, np.dtype(dtype))
-        tokenizer = token_patches.read_tokenizer(paths.join(resolved, TOKENIZER_FILE),
-                                                 read_meta(resolved).get(TOKENIZER_KEY))
+        tokenizer = token_patches.read_tokenizer(
+            paths.join(resolved, TOKENIZER_FILE), read_meta(resolved).get(TOKENIZER_KEY)
+        )
         return LoadedModel(config, params, entropy, tokenizer)
     if layout == "llama":
         from blt_jax.convert.llama import load_llama
@@ -146,8 +149,9 @@ def _load_blt_dir(resolved: str, layout: str, entropy_path: str | None, dtype: A
     else:
         from blt_jax.convert.meta import load_meta
 
-        config, params, entropy = load_meta(resolved, None if entropy_path is None else paths.resolve(entropy_path),
-                                            np.dtype(dtype))
+        config, params, entropy = load_meta(
+            resolved, None if entropy_path is None else paths.resolve(entropy_path), np.dtype(dtype)
+        )
     return config, params, entropy
 
 
@@ -204,7 +208,9 @@ def load_entropy_dir(path: str) -> tuple[EntropyLMConfig, dict]:
     params_json = paths.join(resolved, "params.json")
     if paths.exists(params_json):
         raw = paths.read_json(params_json)
-        is_blt = any(isinstance(v, Mapping) and "dim_global" in v for v in (raw, raw.get("model"), raw.get("args")) if v)
+        is_blt = any(
+            isinstance(v, Mapping) and "dim_global" in v for v in (raw, raw.get("model"), raw.get("args")) if v
+        )
         if not is_blt:
             from blt_jax.convert.meta import load_meta_entropy
 
@@ -213,5 +219,3 @@ def load_entropy_dir(path: str) -> tuple[EntropyLMConfig, dict]:
     if loaded.entropy_params is None:
         raise CheckpointError(f"{path}: the checkpoint has no entropy LM (patcher)")
     return model_kind(loaded.config).entropy_lm, loaded.entropy_params
-
-

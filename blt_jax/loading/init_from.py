@@ -28,9 +28,9 @@ import numpy as np
 from flax import traverse_util
 
 from blt_jax.config import ConfigError, ModelConfig
+from blt_jax.experiment.config import subtree
 from blt_jax.loading.directories import check_tree
 from blt_jax.params import abstract_params
-from blt_jax.experiment.config import subtree
 
 logger = logging.getLogger("blt_jax.train")
 
@@ -73,8 +73,10 @@ def resolve_init_from(spec: str) -> str:
     entries = parse_init_from(spec)
     if is_whole(entries):
         return paths.resolve(entries[0].source)
-    return ",".join(f"{'/'.join(e.target)}={paths.resolve(e.source)}" + ("" if e.at is None else f"#{'/'.join(e.at)}")
-                    for e in entries)
+    return ",".join(
+        f"{'/'.join(e.target)}={paths.resolve(e.source)}" + ("" if e.at is None else f"#{'/'.join(e.at)}")
+        for e in entries
+    )
 
 
 def is_whole(entries: list[InitEntry]) -> bool:
@@ -95,8 +97,10 @@ def _source_tree(entry: InitEntry, params: Mapping) -> Mapping:
     if entry.at is not None:
         found = _get(params, entry.at)
         if not isinstance(found, Mapping):
-            raise ConfigError("train.init_from", f"{entry.source} has no subtree {'/'.join(entry.at)!r} (it has "
-                              f"{', '.join(sorted(params))})")
+            raise ConfigError(
+                "train.init_from",
+                f"{entry.source} has no subtree {'/'.join(entry.at)!r} (it has {', '.join(sorted(params))})",
+            )
         return found
     same = _get(params, entry.target) if entry.target else None
     return same if isinstance(same, Mapping) else params
@@ -125,20 +129,32 @@ def initial_params(model: ModelConfig, spec: str, fresh, load) -> dict:
         source = traverse_util.flatten_dict(dict(_source_tree(entry, load(entry.source))))
         taken, kept = 0, []
         for path in [p for p in flat if p[: len(entry.target)] == entry.target]:
-            value = source.get(path[len(entry.target):])
+            value = source.get(path[len(entry.target) :])
             if value is None:
                 kept.append("/".join(path))
                 continue
             if tuple(np.shape(value)) != tuple(np.shape(flat[path])):
-                raise ConfigError("train.init_from", f"{'/'.join(path)} has shape {tuple(np.shape(flat[path]))} here, "
-                                  f"{tuple(np.shape(value))} in {entry.source}")
+                raise ConfigError(
+                    "train.init_from",
+                    f"{'/'.join(path)} has shape {tuple(np.shape(flat[path]))} here, "
+                    f"{tuple(np.shape(value))} in {entry.source}",
+                )
             flat[path] = np.asarray(value).astype(np.asarray(flat[path]).dtype)
             taken += 1
         where = "/".join(entry.target) or "the whole tree"
         if taken == 0:
-            raise ConfigError("train.init_from", f"{entry.source} holds no parameter of {where} (paths below it must "
-                              "match; name the source's subtree with SOURCE#SUBTREE)")
-        logger.info("init_from: %d tensors of %s from %s%s", taken, where, entry.source,
-                    f"; {len(kept)} keep their initialisation ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})"
-                    if kept else "")
+            raise ConfigError(
+                "train.init_from",
+                f"{entry.source} holds no parameter of {where} (paths below it must "
+                "match; name the source's subtree with SOURCE#SUBTREE)",
+            )
+        logger.info(
+            "init_from: %d tensors of %s from %s%s",
+            taken,
+            where,
+            entry.source,
+            f"; {len(kept)} keep their initialisation ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})"
+            if kept
+            else "",
+        )
     return traverse_util.unflatten_dict(flat)

@@ -14,6 +14,7 @@ import numpy as np
 
 from blt_jax import paths
 from blt_jax.config import BLTConfig, EntropyLMConfig, ModelConfig
+from blt_jax.experiment.config import experiment_from_dict, resolve_scan
 from blt_jax.loading.directories import (
     CheckpointError,
     LoadedModel,
@@ -26,7 +27,6 @@ from blt_jax.models import model_kind
 from blt_jax.nn.scan import stack_layers, unstack_layers
 from blt_jax.params import abstract_params
 from blt_jax.patching.store import MANIFEST
-from blt_jax.experiment.config import experiment_from_dict, resolve_scan
 
 logger = logging.getLogger("blt_jax.runs")
 
@@ -112,11 +112,17 @@ def read_run(workdir: str, step: int | None = None) -> tuple[Any, Any]:
                 return experiment, _restore_run_params(reader, candidate, experiment)
             except Exception as e:  # noqa: BLE001 - an unreadable checkpoint: try the previous one
                 last_error = e
-                logger.warning("checkpoint %d of %s is unreadable (%s: %s); trying the previous one", candidate,
-                               workdir, type(e).__name__, _first_line(e))
-        raise CheckpointError(f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))}; the last "
-                              f"said {type(last_error).__name__}: {_first_line(last_error)})") from last_error
-
+                logger.warning(
+                    "checkpoint %d of %s is unreadable (%s: %s); trying the previous one",
+                    candidate,
+                    workdir,
+                    type(e).__name__,
+                    _first_line(e),
+                )
+        raise CheckpointError(
+            f"{workdir}: no readable checkpoint (steps {', '.join(map(str, steps))}; the last "
+            f"said {type(last_error).__name__}: {_first_line(last_error)})"
+        ) from last_error
 
 
 def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
@@ -124,8 +130,8 @@ def load_initial_params(model: ModelConfig, spec: str, fresh=None) -> Any:
     model directories in any layout `loading` reads (for an entropy LM, any form `load_entropy_lm`
     reads), or `.safetensors` files of '/'-named tensors, for the whole tree or parts of it. `fresh()`
     gives the initialisation of what no source fills (default: seed 0)."""
-    from blt_jax.params import init_params
     from blt_jax.loading.init_from import initial_params
+    from blt_jax.params import init_params
 
     fresh = fresh or (lambda: init_params(model, jax.random.key(0)))
 
@@ -212,8 +218,9 @@ def patching_model(experiment, entropy_path: str | None, run: str) -> tuple[Mode
     if patching.mode == "entropy":
         entropy_path = entropy_path or _pass_entropy_model(experiment.data.source)
         if entropy_path is None:
-            raise CheckpointError(f"{run} was trained with entropy patching: name its entropy LM "
-                                  "(--entropy-checkpoint DIR)")
+            raise CheckpointError(
+                f"{run} was trained with entropy patching: name its entropy LM (--entropy-checkpoint DIR)"
+            )
         entropy_config, entropy_params = load_entropy_lm(entropy_path)
     return kind.with_patching(patching, entropy_config), entropy_params
 

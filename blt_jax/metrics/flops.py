@@ -40,8 +40,11 @@ def blt_self_attention_flops_per_byte(config: BLTConfig, row_bytes: int, mean_pa
     """The part of `blt_forward_flops_per_byte` in the self-attention of the three stacks (the
     encoder's and decoder's windows over the bytes, the latent over the patches)."""
     patches = max(1, round(row_bytes / mean_patch_len))
-    return (stack_attention_flops(config.encoder, row_bytes) + stack_attention_flops(config.latent, patches)
-            + stack_attention_flops(config.decoder, row_bytes)) / row_bytes
+    return (
+        stack_attention_flops(config.encoder, row_bytes)
+        + stack_attention_flops(config.latent, patches)
+        + stack_attention_flops(config.decoder, row_bytes)
+    ) / row_bytes
 
 
 def blt_forward_flops_per_byte(config: BLTConfig, row_bytes: int, mean_patch_len: float) -> float:
@@ -74,4 +77,3 @@ def blt_forward_flops_per_byte(config: BLTConfig, row_bytes: int, mean_patch_len
     decoder = 2 * patches * big * k * d + decoder_cross * cross(n, slots, k)
     decoder += stack_forward_flops(config.decoder, n) + 2 * n * d * config.vocab_size
     return (encoder + latent + decoder) / n
-

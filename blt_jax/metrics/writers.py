@@ -82,8 +82,9 @@ class MetricsWriter:
             except OSError as error:
                 if not no_space(error):
                     raise
-                raise DiskFull(f"{self._path}: no space left on the device for a metrics row of "
-                               f"{len(line) + 1} bytes") from error
+                raise DiskFull(
+                    f"{self._path}: no space left on the device for a metrics row of {len(line) + 1} bytes"
+                ) from error
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and value is not None:

@@ -18,7 +18,15 @@ from blt_jax.models.entropy_lm import EntropyLMKind
 from blt_jax.models.token_lm import TokenLMKind
 from blt_jax.nn.options import MODEL_KEYS, from_model_keys
 
-__all__ = ["KINDS", "EncoderInput", "ModelKind", "config_to_dict", "model_config_from_dict", "model_kind", "require_kind"]
+__all__ = [
+    "KINDS",
+    "EncoderInput",
+    "ModelKind",
+    "config_to_dict",
+    "model_config_from_dict",
+    "model_kind",
+    "require_kind",
+]
 
 KINDS: dict[str, type[ModelKind]] = {kind.name: kind for kind in (BLTKind, EntropyLMKind, TokenLMKind, DistillKind)}
 DEFAULT_KIND = "blt"

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.config import EntropyLMConfig, PatchingConfig
+from blt_jax.nn.options import DEFAULT, RunOptions
 
 Batch = Mapping[str, jax.Array]
 # What a training objective returns: (the sum to differentiate, (summed cross-entropy in nats over the
@@ -36,6 +36,8 @@ def ce_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     weights = mask.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
+
+
 # Parameter path of a stack's parent dict and its number of layers (see `nn.scan`).
 StackPath = tuple[tuple[str, ...], int]
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from blt_jax.config import BLTConfig, EntropyLMConfig, PatchingConfig, blt_from_dict
 from blt_jax.metrics.flops import blt_forward_flops_per_byte, blt_self_attention_flops_per_byte
 from blt_jax.models.base import Batch, EncoderInput, ModelKind, StackPath
-from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.blt import BLT, encoder_input, merge_embedding_params, split_embedding_params
+from blt_jax.nn.options import DEFAULT, RunOptions
 
 
 class _BLTEncoderInput(EncoderInput):

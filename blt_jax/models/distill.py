@@ -29,8 +29,8 @@ from blt_jax.metrics.flops import (
     stack_forward_flops,
 )
 from blt_jax.models.base import Batch, ModelKind, Objective, StackPath, ce_sums
-from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.distill import DistilledBLT
+from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.patch_ids import patch_ids_from_lengths
 
 
@@ -75,9 +75,12 @@ class DistillKind(ModelKind):
         """A BLT's batch plus the teacher's id of every patch, int32 [rows, P] (negative: unknown),
         and whether the patch is exactly that token, bool [rows, P]."""
         shapes = super().batch_shapes(rows, row_bytes, row_patches)
-        return {**shapes, "patch_lengths": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
-                "patch_tokens": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
-                "token_mask": jax.ShapeDtypeStruct((rows, row_patches), jnp.bool_)}
+        return {
+            **shapes,
+            "patch_lengths": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
+            "patch_tokens": jax.ShapeDtypeStruct((rows, row_patches), jnp.int32),
+            "token_mask": jax.ShapeDtypeStruct((rows, row_patches), jnp.bool_),
+        }
 
     def apply_fn(self, options: RunOptions = DEFAULT):
         """(params, batch, embeds=None) -> the BLT's fp32 byte logits [B, N, V]."""
@@ -96,8 +99,9 @@ class DistillKind(ModelKind):
             hidden = jnp.sum(jnp.where(exact, squared, 0.0)) / jnp.maximum(jnp.sum(exact), 1)
             # Patch q's token is predicted from the teacher's position q - 1: both must be exact tokens.
             scored = exact & jnp.pad(exact[:, :-1], ((0, 0), (1, 0)))
-            kl = binary_kl(jax.lax.stop_gradient(teacher_logp) / cfg.temperature,
-                           patch_logprobs(logits, batch) / cfg.temperature)
+            kl = binary_kl(
+                jax.lax.stop_gradient(teacher_logp) / cfg.temperature, patch_logprobs(logits, batch) / cfg.temperature
+            )
             distill = jnp.sum(jnp.where(scored, kl, 0.0)) / jnp.maximum(jnp.sum(scored), 1)
             total = ce + count * (cfg.hidden_weight * hidden + cfg.distill_weight * distill)
             return total, (ce, count, {"hidden_loss": hidden * count, "distill_loss": distill * count})

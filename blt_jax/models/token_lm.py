@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from blt_jax.config import TokenLMConfig, token_lm_from_dict
 from blt_jax.metrics.flops import entropy_lm_forward_flops, stack_attention_flops
 from blt_jax.models.base import Batch, ModelKind, StackPath
-from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.entropy_lm import EntropyLM
+from blt_jax.nn.options import DEFAULT, RunOptions
 
 
 class TokenLMKind(ModelKind):

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 from blt_jax.nn import axes
 from blt_jax.nn.cache import LayerPrefix, attend_keys
 from blt_jax.nn.layers import Dtype, RMSNorm, depth_factor, param, trunc_normal
-from blt_jax.nn.rope import apply_rope
 from blt_jax.nn.local_attention import banded_attention, use_banded
 from blt_jax.nn.masks import CausalSpec
 from blt_jax.nn.options import DEFAULT, DENSE, RunOptions
 from blt_jax.nn.patch_attention import bytes_attend_slots, slots_attend_bytes
+from blt_jax.nn.rope import apply_rope
 from blt_jax.nn.softmax import masked_softmax
 
 FUSED_QKV = "wqkv"  # [D, 3, H, K]: wq, wk, wv stacked (`blt_jax.inference.fused`)
@@ -55,8 +55,9 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec) -
     return jnp.einsum("bhts,bhsk->bthk", probs.astype(v.dtype), v)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
-                     options: RunOptions = DEFAULT) -> jax.Array:
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, options: RunOptions = DEFAULT
+) -> jax.Array:
     """Causal self-attention from ids, the one dispatch point: the splash kernel when the options ask
     for it and the queries are the keys (no cache: training, evaluation, whole-row prefill); else
     banded when a window makes it worthwhile, dense otherwise (cached decoding steps, ring caches).
@@ -72,8 +73,15 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     return masked_attention(q, k, v, spec.dense())
 
 
-def _projections(module: nn.Module, dim: int, n_heads: int, std: float, dtype: Dtype, n_kv_heads: int | None = None,
-                 head_dim: int | None = None):
+def _projections(
+    module: nn.Module,
+    dim: int,
+    n_heads: int,
+    std: float,
+    dtype: Dtype,
+    n_kv_heads: int | None = None,
+    head_dim: int | None = None,
+):
     """wq [D, H, K], wk and wv [D, Hkv, K], wo [H, K, D] (Hkv = H and K = D / H unless given)."""
     head_dim = dim // n_heads if head_dim is None else head_dim
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -90,9 +98,11 @@ def _biases(module: nn.Module, n_heads: int, n_kv_heads: int, head_dim: int, dty
     """bq [H, K], bk and bv [Hkv, K] (Qwen2's projections carry biases)."""
     names = (axes.HEADS, axes.HEAD_DIM)
     zeros = nn.initializers.zeros
-    return (param(module, "bq", zeros, (n_heads, head_dim), names, dtype),
-            param(module, "bk", zeros, (n_kv_heads, head_dim), names, dtype),
-            param(module, "bv", zeros, (n_kv_heads, head_dim), names, dtype))
+    return (
+        param(module, "bq", zeros, (n_heads, head_dim), names, dtype),
+        param(module, "bk", zeros, (n_kv_heads, head_dim), names, dtype),
+        param(module, "bv", zeros, (n_kv_heads, head_dim), names, dtype),
+    )
 
 
 class SelfAttention(nn.Module):
@@ -167,8 +177,11 @@ class SelfAttention(nn.Module):
             return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype))
         keys, values, update = attend_keys(prefix, k, v)
         # Cached steps keep the dense path: a kernel's blocks do not fit a few queries over a cache.
-        out = ring_attention(q, keys, values, mask) if prefix.mode == "ring" else \
-            causal_attention(q, keys, values, mask, DENSE)
+        out = (
+            ring_attention(q, keys, values, mask)
+            if prefix.mode == "ring"
+            else causal_attention(q, keys, values, mask, DENSE)
+        )
         return jnp.einsum("bnhk,hkd->bnd", out, wo.astype(self.dtype)), update
 
 

@@ -51,8 +51,9 @@ class TransformerBlock(nn.Module):
         eps, dt, pdt = self.stack.norm_eps, self.dtype, self.param_dtype
         h = RMSNorm(eps, dt, pdt, name="attention_norm")(x)
         st = self.stack
-        attn = SelfAttention(st.n_heads, self.depth, dt, pdt, st.n_kv_heads, st.head_dim, st.qkv_bias,
-                             self.options, name="attention")(h, mask, rope, prefix)
+        attn = SelfAttention(
+            st.n_heads, self.depth, dt, pdt, st.n_kv_heads, st.head_dim, st.qkv_bias, self.options, name="attention"
+        )(h, mask, rope, prefix)
         attn, kv = attn if prefix is not None else (attn, None)
         x = x + attn
         h = RMSNorm(eps, dt, pdt, name="ffn_norm")(x)
@@ -82,8 +83,9 @@ def block_class(remat: str = "none") -> type[nn.Module]:
     return nn.remat(TransformerBlock, policy=REMAT_POLICIES[remat], prevent_cse=True)
 
 
-def stack_blocks(stack: StackConfig, name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype,
-                 prefix: str | None = None) -> list[nn.Module]:
+def stack_blocks(
+    stack: StackConfig, name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype, prefix: str | None = None
+) -> list[nn.Module]:
     """The blocks of a stack, one per layer, rematerialised as the options say for stack `name`.
 
     Args:
@@ -94,7 +96,7 @@ def stack_blocks(stack: StackConfig, name: str, options: RunOptions, dtype: Dtyp
       prefix: parameter names `{prefix}_{i}` (in a compact module), or None (setup attributes).
     """
     block = block_class(options.remat_for(name))
-    named = (lambda i: dict(name=f"{prefix}_{i}")) if prefix is not None else (lambda i: {})  # noqa: E731
+    named = (lambda i: dict(name=f"{prefix}_{i}")) if prefix is not None else (lambda i: {})
     return [block(stack, i, dtype, param_dtype, options=options, **named(i)) for i in range(stack.n_layers)]
 
 
@@ -147,8 +149,9 @@ def run_blocks(
     return outputs, (None if cache is None else finish(cache, call, updates))
 
 
-def scanned_blocks(stack: StackConfig, stack_name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype,
-                   name: str = "layers"):
+def scanned_blocks(
+    stack: StackConfig, stack_name: str, options: RunOptions, dtype: Dtype, param_dtype: Dtype, name: str = "layers"
+):
     """All blocks of a stack as one `nn.scan` over a stacked layer axis (parameters [L, ...] under
     `name`, logical axis `layers` first). Call as `(x, mask, rope) -> x`.
 

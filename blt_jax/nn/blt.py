@@ -36,8 +36,9 @@ class BLT(nn.Module):
         self.global_transformer = LatentTransformer(self.config, self.options)
         self.local_decoder = LocalDecoder(self.config, self.options)
 
-    def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None,
-                 tap: int | None = None):
+    def __call__(
+        self, tokens: jax.Array, patch_lengths: jax.Array, embeds: jax.Array | None = None, tap: int | None = None
+    ):
         """Forward pass.
 
         Args:

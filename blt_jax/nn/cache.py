@@ -50,8 +50,9 @@ class KVCache:
     fresh: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def empty(cls, batch: int, size: int, n_layers: int, n_heads: int, head_dim: int, dtype=jnp.float32,
-              ring: bool = False) -> "KVCache":
+    def empty(
+        cls, batch: int, size: int, n_layers: int, n_heads: int, head_dim: int, dtype=jnp.float32, ring: bool = False
+    ) -> KVCache:
         """An all-empty cache of M = `size` slots."""
         v_shape = (batch, n_heads, size, head_dim) if ring else (batch, size, n_heads, head_dim)
         k_shape = (batch, n_heads, head_dim, size) if ring else v_shape
@@ -142,8 +143,9 @@ def _ring_as_chunk(ring: jax.Array, keys: bool) -> jax.Array:
     return jnp.transpose(ring, (0, 3, 1, 2)) if keys else jnp.swapaxes(ring, 1, 2)
 
 
-def cached_call(cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | None,
-         valid: jax.Array | None = None) -> CachedCall:
+def cached_call(
+    cache: KVCache, positions: jax.Array, docs: jax.Array, window: int | None, valid: jax.Array | None = None
+) -> CachedCall:
     """The shared part of a cached call.
 
     Args:
@@ -208,8 +210,9 @@ def attend_keys(prefix: LayerPrefix, k: jax.Array, v: jax.Array):
 def finish(cache: KVCache, call: CachedCall, updates: list) -> KVCache:
     """The cache after a cached call, from the call and every layer's update (in layer order)."""
     if cache.ring:
-        return KVCache(tuple(u[0] for u in updates), tuple(u[1] for u in updates), call.pos,
-                       call.doc, ring=True, fresh=False)
+        return KVCache(
+            tuple(u[0] for u in updates), tuple(u[1] for u in updates), call.pos, call.doc, ring=True, fresh=False
+        )
     keep = cache.size
     if keep == 0:
         return cache

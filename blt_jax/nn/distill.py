@@ -68,8 +68,13 @@ class DistilledBLT(nn.Module):
     def setup(self):
         cfg = self.config
         self.blt = BLT(cfg.blt, self.options)
-        self.teacher = TeacherEnds(cfg.teacher_vocab, cfg.blt.latent.dim, cfg.teacher_tied, jnp.dtype(cfg.blt.dtype),
-                                   jnp.dtype(cfg.blt.param_dtype))
+        self.teacher = TeacherEnds(
+            cfg.teacher_vocab,
+            cfg.blt.latent.dim,
+            cfg.teacher_tied,
+            jnp.dtype(cfg.blt.dtype),
+            jnp.dtype(cfg.blt.param_dtype),
+        )
 
     def __call__(self, tokens: jax.Array, patch_lengths: jax.Array, patch_tokens: jax.Array):
         """The BLT's byte logits and latent states, and the teacher's on the same patches.

@@ -17,9 +17,9 @@ from blt_jax.nn import axes
 from blt_jax.nn.block import run_blocks, scanned_blocks, stack_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, Embed, RMSNorm
+from blt_jax.nn.masks import CausalSpec, document_ids
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.rope import rope_tables
-from blt_jax.nn.masks import CausalSpec, document_ids
 from blt_jax.nn.rows import merge_rows, scan_rows, split_rows
 from blt_jax.tokenizer import EOS_ID
 
@@ -121,7 +121,7 @@ def entropies_fn(config: EntropyLMConfig, rows_per_group: int = 1, options: RunO
     def fn(params, tokens):
         batch, length = tokens.shape
         group = scan_rows(batch, rows_per_group)  # at least one row per batch shard of the mesh
-        one = lambda rows: entropies_from_logits(module.apply({"params": params}, rows))  # noqa: E731
+        one = lambda rows: entropies_from_logits(module.apply({"params": params}, rows))
         if group == batch:
             return one(tokens)
         return merge_rows(jax.lax.map(one, split_rows(tokens, group)))

@@ -83,11 +83,7 @@ def hash_ids(tokens: jax.Array, n: int, prime: int, vocab: int) -> jax.Array:
 
 def all_hash_ids(tokens: jax.Array, config: HashConfig) -> list[jax.Array]:
     """Bucket ids for every table, in table order (function-major, then group size). T x int32 [B, N]."""
-    return [
-        hash_ids(tokens, n, PRIMES[f], config.vocab)
-        for f in range(config.n_functions)
-        for n in config.group_sizes
-    ]
+    return [hash_ids(tokens, n, PRIMES[f], config.vocab) for f in range(config.n_functions) for n in config.group_sizes]
 
 
 def add_hash_embeddings(tables: jax.Array, tokens: jax.Array, config: HashConfig, embeds: jax.Array) -> jax.Array:

@@ -12,9 +12,9 @@ from blt_jax.nn import axes
 from blt_jax.nn.block import run_blocks, scanned_blocks, stack_blocks
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.layers import Dense, RMSNorm
+from blt_jax.nn.masks import CausalSpec
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.rope import rope_tables
-from blt_jax.nn.masks import CausalSpec
 from blt_jax.tokenizer import EOS_ID
 
 
@@ -81,8 +81,14 @@ class LatentTransformer(nn.Module):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = patches.astype(dt)
         if cfg.has_latent_projection and not embedded:
-            x = Dense(st.dim, (axes.LATENT_IN, axes.EMBED), cfg.latent_input_dim**-0.5, dt, pdt,
-                      name="token_embedding_projection")(x)
+            x = Dense(
+                st.dim,
+                (axes.LATENT_IN, axes.EMBED),
+                cfg.latent_input_dim**-0.5,
+                dt,
+                pdt,
+                name="token_embedding_projection",
+            )(x)
         batch, num_patches = x.shape[:2]
         if cfg.latent_mask == "causal":  # one document per row: patches see earlier documents
             patch_docs = None

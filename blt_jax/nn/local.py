@@ -85,8 +85,14 @@ class LocalEncoder(nn.Module):
             h = self.hash_embeddings(tokens, h)
         return h
 
-    def byte_states(self, h: jax.Array, positions: jax.Array, doc_ids: jax.Array, cache: KVCache | None = None,
-                    store: jax.Array | None = None):
+    def byte_states(
+        self,
+        h: jax.Array,
+        positions: jax.Array,
+        doc_ids: jax.Array,
+        cache: KVCache | None = None,
+        store: jax.Array | None = None,
+    ):
         """Runs the local stack.
 
         Args:
@@ -102,8 +108,9 @@ class LocalEncoder(nn.Module):
         """
         st = self.config.encoder
         rope = rope_tables(positions, st)
-        outputs, cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window,
-                                    cache, store)
+        outputs, cache = run_blocks(
+            self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window, cache, store
+        )
         return [outputs[i] for i in self.cross_layer_indices()], cache
 
     def patch_vectors(self, states: list[jax.Array], patch_ids: jax.Array, num_patches: int) -> jax.Array:
@@ -136,8 +143,9 @@ class LocalEncoder(nn.Module):
         """
         return [ca.keys_values(h) for ca, h in zip(self.cross_attn_layers, states)]
 
-    def slot_vectors(self, pooled: jax.Array, keys_values: list[tuple[jax.Array, jax.Array]],
-                     patch_ids: jax.Array) -> jax.Array:
+    def slot_vectors(
+        self, pooled: jax.Array, keys_values: list[tuple[jax.Array, jax.Array]], patch_ids: jax.Array
+    ) -> jax.Array:
         """Patch vectors from pooled states and the bytes' keys/values.
 
         Args:
@@ -262,8 +270,9 @@ class LocalDecoder(nn.Module):
             ca = self.cross_attn_layers[i]
             return 2 * x + ca.attend(x, *slot_kv[i], dec_patch_ids)  # doubled residual, as in the reference
 
-        outputs, new_cache = run_blocks(self.layers, h.astype(self.config.dtype), rope, positions, doc_ids,
-                                        st.window, cache, store, before=cross)
+        outputs, new_cache = run_blocks(
+            self.layers, h.astype(self.config.dtype), rope, positions, doc_ids, st.window, cache, store, before=cross
+        )
         logits = self.output(self.norm(outputs[-1])).astype(jnp.float32)
         return logits if cache is None else (logits, new_cache)
 

@@ -55,14 +55,16 @@ def _split_queries(t_len: int, s_len: int, window: int, chunk: int) -> tuple[lis
     """Splits the queries into chunks: (unrolled chunks before the loop, first looped query, number of
     looped chunks, unrolled chunks after it). Looped chunks are full: C queries, C + W - 1 keys."""
     base = s_len - t_len  # key index of the first query
-    chunks = [_Chunk(a, min(t_len, a + chunk), max(0, base + a - window + 1), base + min(t_len, a + chunk))
-              for a in range(0, t_len, chunk)]
+    chunks = [
+        _Chunk(a, min(t_len, a + chunk), max(0, base + a - window + 1), base + min(t_len, a + chunk))
+        for a in range(0, t_len, chunk)
+    ]
     full = [c.stop - c.start == chunk and c.key_stop - c.key_start == chunk + window - 1 for c in chunks]
     if not any(full):
         return chunks, 0, 0, []
     first = full.index(True)
     n_full = sum(full)  # full chunks are contiguous: the key range only grows until it is whole
-    return chunks[:first], chunks[first].start, n_full, chunks[first + n_full:]
+    return chunks[:first], chunks[first].start, n_full, chunks[first + n_full :]
 
 
 def _chunk_mask(q_pos, q_doc, k_pos, k_doc, window: int) -> jax.Array:
@@ -108,13 +110,25 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
     groups = batch // rows
 
     # Masks once for all heads: [groups, rows, C_i, L_i] per unrolled chunk (those before the loop first).
-    masks = [split_rows(_chunk_mask(spec.q_pos[:, c.start:c.stop], spec.q_doc[:, c.start:c.stop],
-                                    spec.k_pos[:, c.key_start:c.key_stop], spec.k_doc[:, c.key_start:c.key_stop],
-                                    window), rows) for c in before + after]
+    masks = [
+        split_rows(
+            _chunk_mask(
+                spec.q_pos[:, c.start : c.stop],
+                spec.q_doc[:, c.start : c.stop],
+                spec.k_pos[:, c.key_start : c.key_stop],
+                spec.k_doc[:, c.key_start : c.key_stop],
+                window,
+            ),
+            rows,
+        )
+        for c in before + after
+    ]
     if n_loop:  # the looped chunks' query ids reshaped, their key ids gathered by a static index table
         key_index = jnp.asarray((loop_start + key_offset + chunk * np.arange(n_loop))[:, None] + np.arange(span))
-        q_pos, q_doc = (x[:, loop_start:loop_start + n_loop * chunk].reshape(batch, n_loop, chunk)
-                        for x in (spec.q_pos, spec.q_doc))
+        q_pos, q_doc = (
+            x[:, loop_start : loop_start + n_loop * chunk].reshape(batch, n_loop, chunk)
+            for x in (spec.q_pos, spec.q_doc)
+        )
         k_pos, k_doc = (jnp.take(x, key_index, axis=1) for x in (spec.k_pos, spec.k_doc))  # [B, n_loop, L]
         mask = _chunk_mask(q_pos, q_doc, k_pos, k_doc, window)  # [B, n_loop, C, L]
         loop_masks = jnp.swapaxes(split_rows(mask, rows), 1, 2)  # [groups, n_loop, rows, C, L]
@@ -133,10 +147,13 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
         g = index % groups
 
         def unrolled_out(c: _Chunk, m: jax.Array) -> jax.Array:  # [rows, C_i, K]
-            return _attend(qg[:, c.start:c.stop], kg[:, c.key_start:c.key_stop], vg[:, c.key_start:c.key_stop], m[g])
+            return _attend(
+                qg[:, c.start : c.stop], kg[:, c.key_start : c.key_stop], vg[:, c.key_start : c.key_stop], m[g]
+            )
 
         parts = [unrolled_out(c, m) for c, m in zip(before, masks)]
         if n_loop:
+
             def one(args):
                 i, m = args
                 a = loop_start + i * chunk
@@ -145,10 +162,14 @@ def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec,
 
             # Unrolled (up to _MAX_UNROLL chunks per loop iteration): each iteration of an XLA:CPU
             # while loop costs more than a chunk's arithmetic (looped, the entropy pass took 1.22x).
-            _, looped = jax.lax.scan(lambda carry, xs: (carry, one(xs)), None, (jnp.arange(n_loop), loop_masks[g]),
-                                     unroll=min(n_loop, _MAX_UNROLL))  # [n_loop, rows, C, K]
+            _, looped = jax.lax.scan(
+                lambda carry, xs: (carry, one(xs)),
+                None,
+                (jnp.arange(n_loop), loop_masks[g]),
+                unroll=min(n_loop, _MAX_UNROLL),
+            )  # [n_loop, rows, C, K]
             parts.append(jnp.swapaxes(looped, 0, 1).reshape(rows, n_loop * chunk, dim))
-        parts += [unrolled_out(c, m) for c, m in zip(after, masks[len(before):])]
+        parts += [unrolled_out(c, m) for c, m in zip(after, masks[len(before) :])]
         return None, jnp.concatenate(parts, axis=1)
 
     steps = jnp.arange(heads * groups)

@@ -83,11 +83,12 @@ class CausalSpec:
     one_document: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def self_attention(cls, positions: jax.Array, docs: jax.Array | None, window: int | None) -> "CausalSpec":
+    def self_attention(cls, positions: jax.Array, docs: jax.Array | None, window: int | None) -> CausalSpec:
         """Positions attending to themselves; docs None: one document."""
         if docs is None:
-            return cls(positions, jnp.zeros_like(positions), positions, jnp.zeros_like(positions), window,
-                       one_document=True)
+            return cls(
+                positions, jnp.zeros_like(positions), positions, jnp.zeros_like(positions), window, one_document=True
+            )
         return cls(positions, docs, positions, docs, window)
 
     def dense(self) -> jax.Array:

@@ -10,6 +10,7 @@ them reaches `StackConfig` or an exported `config.json`. Modules read what conce
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 
 from blt_jax.config import ConfigError
@@ -49,8 +50,7 @@ class RunOptions:
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLS:
-            raise ConfigError("attention_impl",
-                              f"must be one of {', '.join(ATTENTION_IMPLS)}, got {self.attention!r}")
+            raise ConfigError("attention_impl", f"must be one of {', '.join(ATTENTION_IMPLS)}, got {self.attention!r}")
         for name in ("splash_block_q", "splash_block_kv"):  # also the model section's keys
             value = getattr(self, name)
             if not isinstance(value, int) or value < 128 or value % 128:
@@ -81,7 +81,7 @@ class RunOptions:
         """Kernels run in Pallas's interpret mode (off TPU, where they cannot compile)."""
         return not self.on_tpu
 
-    def replace(self, **changes) -> "RunOptions":
+    def replace(self, **changes) -> RunOptions:
         return dataclasses.replace(self, **changes)
 
 

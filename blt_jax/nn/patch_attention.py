@@ -20,7 +20,9 @@ import jax.numpy as jnp
 from blt_jax.nn.softmax import masked_softmax
 
 
-def slots_attend_bytes(q: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.Array, slots_per_patch: int) -> jax.Array:
+def slots_attend_bytes(
+    q: jax.Array, k: jax.Array, v: jax.Array, patch_ids: jax.Array, slots_per_patch: int
+) -> jax.Array:
     """Encoder cross-attention: each of the k slots of patch p attends the bytes of patch p.
 
     Args:

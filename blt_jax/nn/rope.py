@@ -141,8 +141,12 @@ def _exp_df(d: tuple[F32, F32]) -> F32:
     s = _df_add2_df_f(s, F32(q) * F32(-1.428606765330187045e-06))
     s = _df_normalize(s)
     u = F32(0.00136324646882712841033936)
-    for coefficient in (0.00836596917361021041870117, 0.0416710823774337768554688, 0.166665524244308471679688,
-                        0.499999850988388061523438):
+    for coefficient in (
+        0.00836596917361021041870117,
+        0.0416710823774337768554688,
+        0.166665524244308471679688,
+        0.499999850988388061523438,
+    ):
         u = _fma(u, s[0], F32(coefficient))
     t = _df_add(s, _df_mul_df_f(_df_square(s), u))
     t = _df_add_f_df(F32(1.0), t)
@@ -197,8 +201,7 @@ def _default_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     exponents = np.arange(0, head_dim, 2).astype(F32) / F32(head_dim)  # int64 -> float32, then / K
     vector_lanes = (n // _torch_block()) * _torch_block()
     base = F32(theta)
-    powers = [sleef_powf(base, e) if i < vector_lanes else _scalar_pow(base, e)
-              for i, e in enumerate(exponents)]
+    powers = [sleef_powf(base, e) if i < vector_lanes else _scalar_pow(base, e) for i, e in enumerate(exponents)]
     return (F32(1.0) / np.asarray(powers, F32)).astype(F32)
 
 

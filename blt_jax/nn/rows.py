@@ -31,8 +31,11 @@ def batch_shards() -> int:
         return 1
     spec = nn.logical_to_mesh_axes((axes.ACT_BATCH,))[0]
     names = set(spec if isinstance(spec, tuple) else () if spec is None else (spec,))
-    return math.prod(size for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
-                     if name in names and kind != AxisType.Manual)
+    return math.prod(
+        size
+        for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
+        if name in names and kind != AxisType.Manual
+    )
 
 
 def scan_rows(batch: int, max_rows: int, shards: int | None = None) -> int:
@@ -55,11 +58,11 @@ def split_rows(x: Any, rows: int, axis: int = 0) -> Any:
     """[..., B, ...] -> [..., B // rows, rows, ...] at `axis`, with b = r * (B // rows) + g: the new
     leading (looped) axis is the minor factor of B, so the batch's sharding stays on `rows`."""
     batch = x.shape[axis]
-    x = x.reshape(*x.shape[:axis], rows, batch // rows, *x.shape[axis + 1:])
+    x = x.reshape(*x.shape[:axis], rows, batch // rows, *x.shape[axis + 1 :])
     return jnp.swapaxes(x, axis, axis + 1)
 
 
 def merge_rows(x: Any, axis: int = 0) -> Any:
     """Inverse of `split_rows`: [..., B // rows, rows, ...] at `axis` -> [..., B, ...]."""
     x = jnp.swapaxes(x, axis, axis + 1)
-    return x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2:])
+    return x.reshape(*x.shape[:axis], x.shape[axis] * x.shape[axis + 1], *x.shape[axis + 2 :])

@@ -45,8 +45,16 @@ def block_sizes(length: int, options: RunOptions) -> tuple[int, splash.BlockSize
     whole = _round_up(length, LANES)
     bq, bkv = min(options.splash_block_q, whole), min(options.splash_block_kv, whole)
     padded = _round_up(length, math.lcm(bq, bkv))
-    sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
-                              block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+    sizes = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
     return padded, sizes
 
 
@@ -58,13 +66,21 @@ def _mask(length: int, window: int | None, heads: int) -> splash.MultiHeadMask:
     return splash.MultiHeadMask([one] * heads)
 
 
-def _kernel_rows(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array | None = None, *,
-                 window: int | None, options: RunOptions) -> jax.Array:
+def _kernel_rows(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segments: jax.Array | None = None,
+    *,
+    window: int | None,
+    options: RunOptions,
+) -> jax.Array:
     """The kernel over rows already padded: q, k, v [B, H, T, K], segments int [B, T] or None."""
     batch, heads, length, _ = q.shape
     _, sizes = block_sizes(length, options)
-    kernel = splash.make_splash_mha(_mask(length, window, heads), block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=options.interpret)
+    kernel = splash.make_splash_mha(
+        _mask(length, window, heads), block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=options.interpret
+    )
     if segments is None:
         return jax.vmap(lambda a, b, c: kernel(a, b, c))(q, k, v)
     return jax.vmap(lambda a, b, c, s: kernel(a, b, c, segment_ids=splash.SegmentIds(s, s)))(q, k, v, segments)
@@ -89,8 +105,9 @@ def _mesh_specs(batch: int, heads: int):
     return mesh, jax.sharding.PartitionSpec(rows, parts, None, None), jax.sharding.PartitionSpec(rows, None)
 
 
-def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, options: RunOptions,
-                   documents: bool = True) -> jax.Array:
+def self_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, options: RunOptions, documents: bool = True
+) -> jax.Array:
     """Causal (+ window, + documents) self-attention through the splash kernel.
 
     Args:
@@ -109,7 +126,7 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: CausalSpec, o
     # [B, T, H, K] -> [B, H, T', K], queries pre-scaled (the kernel does not scale): in fp32, then back
     # to q's dtype, which in bf16 rounds once more than the dense path's scaled fp32 scores unless the
     # head width is a power of 4 (the scale a power of 2).
-    heads_first = lambda x: jnp.transpose(jnp.pad(x, pad), (0, 2, 1, 3))  # noqa: E731
+    heads_first = lambda x: jnp.transpose(jnp.pad(x, pad), (0, 2, 1, 3))
     scaled = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qh, kh, vh = heads_first(scaled), heads_first(k), heads_first(v)
     segments = None

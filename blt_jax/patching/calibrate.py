@@ -148,5 +148,6 @@ def calibrate(
     lengths = np.diff(np.append(np.flatnonzero(flags), total))
     histogram = tuple(int(c) for c in np.bincount(lengths))
     at_max = None if max_patch_length is None else float(np.mean(lengths == max_patch_length))
-    return Calibration(rule, float(theta), float(target_mean), total / n, n, total, len(docs), histogram,
-                       max_patch_length, at_max)
+    return Calibration(
+        rule, float(theta), float(target_mean), total / n, n, total, len(docs), histogram, max_patch_length, at_max
+    )

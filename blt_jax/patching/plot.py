@@ -8,14 +8,14 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; no display needed (notebooks still render)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from blt_jax import paths  # noqa: E402
-from blt_jax.config import EntropyLMConfig, PatchingConfig  # noqa: E402
-from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits  # noqa: E402
-from blt_jax.patching.rules import entropy_starts  # noqa: E402
-from blt_jax.tokenizer import OFFSET, SPECIAL_NAMES  # noqa: E402
+from blt_jax import paths
+from blt_jax.config import EntropyLMConfig, PatchingConfig
+from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
+from blt_jax.patching.rules import entropy_starts
+from blt_jax.tokenizer import OFFSET, SPECIAL_NAMES
 
 
 def tick_label(token: int) -> str:
@@ -97,8 +97,9 @@ def save_entropy_figure(path: str, *args, **kwargs) -> str:
     return target
 
 
-def text_entropy_figure(path: str, config: EntropyLMConfig, params, tokens: np.ndarray, threshold: float,
-                        title: str | None = None) -> str:
+def text_entropy_figure(
+    path: str, config: EntropyLMConfig, params, tokens: np.ndarray, threshold: float, title: str | None = None
+) -> str:
     """The entropy figure of one text: the next-byte entropies of `tokens` (int [N]) under an entropy
     LM (its config and params), patched at `threshold`; written to `path`, which is returned."""
     entropies = np.asarray(entropies_from_logits(EntropyLM(config).apply({"params": params}, tokens[None])))[0]

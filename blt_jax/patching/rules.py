@@ -213,8 +213,10 @@ def patch_starts(
     elif config.mode == "byte":
         starts = byte_starts(batch, length, include_next, xp)
     elif config.mode == "bpe":
-        raise InputError("bpe patches are a tokenizer's tokens, cut on the host while the corpus is read "
-                         "(`blt_jax.data.token_patches`); a model patched so cannot patch text on its own")
+        raise InputError(
+            "bpe patches are a tokenizer's tokens, cut on the host while the corpus is read "
+            "(`blt_jax.data.token_patches`); a model patched so cannot patch text on its own"
+        )
     else:  # PatchingConfig validates the mode; this guards direct misuse
         raise ValueError(f"unknown patching mode {config.mode!r}")
     if config.max_patch_length is not None:

@@ -83,8 +83,11 @@ def shard_paths(directory: str) -> list[str]:
         return [paths.join(directory, s["name"]) for s in manifest["shards"]]
     if not paths.isdir(directory):
         return []
-    return [paths.join(directory, n) for n in paths.listdir(directory)
-            if n.startswith("entropies-") and n.endswith(".array_record")]
+    return [
+        paths.join(directory, n)
+        for n in paths.listdir(directory)
+        if n.startswith("entropies-") and n.endswith(".array_record")
+    ]
 
 
 def iter_stored(directory: str) -> Iterator[tuple[bytes, np.ndarray, str]]:

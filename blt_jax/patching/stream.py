@@ -112,8 +112,14 @@ class EntropyStreamer:
         rows = self._rows = NamedSharding(self.mesh, PartitionSpec("data"))
         self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
         st = config.stack
-        self._empty = lambda: KVCache.empty(lanes, st.window - 1, st.n_layers, st.n_heads, st.head_dim,  # noqa: E731
-                                            jnp.dtype(config.dtype))
+        self._empty = lambda: KVCache.empty(
+            lanes,
+            st.window - 1,
+            st.n_layers,
+            st.n_heads,
+            st.head_dim,
+            jnp.dtype(config.dtype),
+        )
         cache_sharding = jax.tree_util.tree_map(lambda _: rows, jax.eval_shape(self._empty))
         module = EntropyLM(config)
 
@@ -127,8 +133,8 @@ class EntropyStreamer:
         def local_step(p, cache, tokens, positions, docs):
             # This device's lanes, `group` at a time (lax.map): every intermediate stays small.
             n = tokens.shape[0] // group
-            split = lambda x: x.reshape(n, group, *x.shape[1:])  # noqa: E731
-            merge = lambda x: x.reshape(n * group, *x.shape[2:])  # noqa: E731
+            split = lambda x: x.reshape(n, group, *x.shape[1:])
+            merge = lambda x: x.reshape(n * group, *x.shape[2:])
             xs = jax.tree_util.tree_map(split, (cache, tokens, positions, docs))
             ent, cache = jax.lax.map(lambda x: one_group(p, *x), xs)
             return merge(ent), jax.tree_util.tree_map(merge, cache)

@@ -35,7 +35,7 @@ def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
     path = os.path.join(workdir, PLAN_FILE)
     if os.path.exists(path):
         stored = planning.load_plan(path)
-        options = lambda p: (p.minutes, p.scale, p.target_patch_length, p.seed)  # noqa: E731
+        options = lambda p: (p.minutes, p.scale, p.target_patch_length, p.seed)
         # Only the options must match: the stored step counts win, even if a newer version would plan
         # other ones, so a run always finishes the plan it started.
         if options(stored) != options(plan):
@@ -50,9 +50,15 @@ def open_plan(workdir: str, plan: QuickstartPlan) -> QuickstartPlan:
     return plan
 
 
-def run_quickstart(workdir: str, minutes: float = DEFAULT_MINUTES, scale: str = "small",
-                   target_patch_length: float = 4.5, seed: int = 0, progress: bool = True,
-                   only: tuple[str, ...] | None = None) -> list[StageResult]:
+def run_quickstart(
+    workdir: str,
+    minutes: float = DEFAULT_MINUTES,
+    scale: str = "small",
+    target_patch_length: float = 4.5,
+    seed: int = 0,
+    progress: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> list[StageResult]:
     """Runs (or resumes) every stage and prints the summary table.
 
     Args:
@@ -72,16 +78,21 @@ def run_quickstart(workdir: str, minutes: float = DEFAULT_MINUTES, scale: str = 
     workdir = resolve(workdir)  # the stages' configs name files under it; Orbax needs it absolute
     plan = open_plan(workdir, make_plan(minutes, scale, target_patch_length, seed))
     if plan.spec.batch_size % jax.device_count():
-        raise InputError(f"the quickstart's {plan.spec.batch_size} rows per step cannot be split over "
-                         f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
+        raise InputError(
+            f"the quickstart's {plan.spec.batch_size} rows per step cannot be split over "
+            f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices"
+        )
     paths = Paths(workdir)
     names = [name for name, _ in STAGES]
     for name in only or ():
         if name not in names:
             raise InputError(f"unknown stage {name!r}; stages: {', '.join(names)}")
-    print(f"blt-jax quickstart in {workdir}: {plan.scale} models, {plan.entropy_steps} entropy-LM steps, "
-          f"{plan.blt_steps} BLT and baseline steps of {plan.bytes_per_step:,} bytes, "
-          f"target patch length {plan.target_patch_length:g}", flush=True)
+    print(
+        f"blt-jax quickstart in {workdir}: {plan.scale} models, {plan.entropy_steps} entropy-LM steps, "
+        f"{plan.blt_steps} BLT and baseline steps of {plan.bytes_per_step:,} bytes, "
+        f"target patch length {plan.target_patch_length:g}",
+        flush=True,
+    )
     results = []
     for index, (name, stage) in enumerate(STAGES, 1):
         done = load_result(paths, name)

@@ -81,17 +81,35 @@ class ScaleSpec:
 
 
 SCALE_SPECS = {
-    "small": ScaleSpec(entropy=EntropyShape(128, 2, 4, 256), local=LocalShape(128, 4, 1, 2, 256),
-                       latent=LatentShape(256, 2, 4), batch_size=8,
-                       row_bytes=512, entropy_rate=9_000.0, blt_rate=4_300.0, baseline_rate=5_500.0,
-                       pass_rate=40_000.0, overhead_minutes=1.75,
-                       validation_bytes=48_000, min_steps=20),
+    "small": ScaleSpec(
+        entropy=EntropyShape(128, 2, 4, 256),
+        local=LocalShape(128, 4, 1, 2, 256),
+        latent=LatentShape(256, 2, 4),
+        batch_size=8,
+        row_bytes=512,
+        entropy_rate=9_000.0,
+        blt_rate=4_300.0,
+        baseline_rate=5_500.0,
+        pass_rate=40_000.0,
+        overhead_minutes=1.75,
+        validation_bytes=48_000,
+        min_steps=20,
+    ),
     # CI and notebooks: every stage in seconds (the models learn little).
-    "tiny": ScaleSpec(entropy=EntropyShape(32, 1, 2, 64), local=LocalShape(32, 2, 1, 1, 64),
-                      latent=LatentShape(64, 1, 2), batch_size=8,
-                      row_bytes=128, entropy_rate=20_000.0, blt_rate=12_000.0, baseline_rate=20_000.0,
-                      pass_rate=50_000.0, overhead_minutes=0.0,
-                      validation_bytes=4_000, min_steps=40),
+    "tiny": ScaleSpec(
+        entropy=EntropyShape(32, 1, 2, 64),
+        local=LocalShape(32, 2, 1, 1, 64),
+        latent=LatentShape(64, 1, 2),
+        batch_size=8,
+        row_bytes=128,
+        entropy_rate=20_000.0,
+        blt_rate=12_000.0,
+        baseline_rate=20_000.0,
+        pass_rate=50_000.0,
+        overhead_minutes=0.0,
+        validation_bytes=4_000,
+        min_steps=40,
+    ),
 }
 
 # The entropy LM's share of the time left after the overhead; the rest goes to the BLT's bytes, each
@@ -128,8 +146,11 @@ class QuickstartPlan:
     def __post_init__(self):
         require(self.scale in SCALES, "scale", f"must be one of {', '.join(SCALES)}, got {self.scale!r}")
         require(self.minutes > 0, "minutes", f"must be > 0, got {self.minutes}")
-        require(self.target_patch_length >= 1.5, "target_patch_length",
-                f"must be >= 1.5 bytes (a patch per byte needs no entropy model), got {self.target_patch_length}")
+        require(
+            self.target_patch_length >= 1.5,
+            "target_patch_length",
+            f"must be >= 1.5 bytes (a patch per byte needs no entropy model), got {self.target_patch_length}",
+        )
         for name in ("entropy_steps", "blt_steps", "corpus_bytes", "validation_bytes"):
             require(getattr(self, name) >= 1, name, "must be >= 1 (build plans with make_plan)")
 
@@ -149,8 +170,9 @@ class QuickstartPlan:
         return self.spec.batch_size * self.spec.row_bytes
 
 
-def make_plan(minutes: float = DEFAULT_MINUTES, scale: str = "small", target_patch_length: float = 4.5,
-              seed: int = 0) -> QuickstartPlan:
+def make_plan(
+    minutes: float = DEFAULT_MINUTES, scale: str = "small", target_patch_length: float = 4.5, seed: int = 0
+) -> QuickstartPlan:
     """Turns a wall-clock budget into step counts (see the module docstring).
 
     Raises:
@@ -169,9 +191,16 @@ def make_plan(minutes: float = DEFAULT_MINUTES, scale: str = "small", target_pat
     blt_steps = max(spec.min_steps, int(seconds * (1 - ENTROPY_SHARE) / blt_step_s))
     # The BLT reads every byte it trains on once (it never repeats its sample).
     corpus = int(blt_steps * per_step * CORPUS_SLACK)
-    return QuickstartPlan(minutes=float(minutes), scale=scale, target_patch_length=float(target_patch_length),
-                          entropy_steps=entropy_steps, blt_steps=blt_steps, corpus_bytes=corpus,
-                          validation_bytes=spec.validation_bytes, seed=seed)
+    return QuickstartPlan(
+        minutes=float(minutes),
+        scale=scale,
+        target_patch_length=float(target_patch_length),
+        entropy_steps=entropy_steps,
+        blt_steps=blt_steps,
+        corpus_bytes=corpus,
+        validation_bytes=spec.validation_bytes,
+        seed=seed,
+    )
 
 
 def load_plan(path: str) -> QuickstartPlan:
@@ -192,8 +221,13 @@ def _stack(dim: int, layers: int, heads: int, window: int | None, rope_theta: fl
 def entropy_model_dict(plan: QuickstartPlan) -> dict:
     """The entropy LM: a small windowed byte transformer."""
     shape = plan.spec.entropy
-    return dict(kind="entropy_lm", stack=_stack(shape.dim, shape.layers, shape.heads, shape.window), vocab_size=260,
-                dtype="float32", param_dtype="float32")
+    return dict(
+        kind="entropy_lm",
+        stack=_stack(shape.dim, shape.layers, shape.heads, shape.window),
+        vocab_size=260,
+        dtype="float32",
+        param_dtype="float32",
+    )
 
 
 def blt_model_dict(plan: QuickstartPlan, threshold: float) -> dict:
@@ -206,18 +240,29 @@ def blt_model_dict(plan: QuickstartPlan, threshold: float) -> dict:
         encoder=_stack(local.dim, local.encoder_layers, local.heads, local.window),
         latent=_stack(latent.dim, latent.layers, latent.heads, None),
         decoder=_stack(local.dim, local.decoder_layers, local.heads, local.window),
-        cross_attn_k=2, cross_attn_heads=local.heads,
-        cross_attn_all_layers_encoder=False, cross_attn_all_layers_decoder=True,
+        cross_attn_k=2,
+        cross_attn_heads=local.heads,
+        cross_attn_all_layers_encoder=False,
+        cross_attn_all_layers_decoder=True,
         hash=dict(group_sizes=(3, 4, 5, 6), vocab=HASH_VOCAB, n_functions=1),
-        patching=blt_patching(threshold), entropy_model=entropy,
-        vocab_size=260, dtype="float32", param_dtype="float32",
+        patching=blt_patching(threshold),
+        entropy_model=entropy,
+        vocab_size=260,
+        dtype="float32",
+        param_dtype="float32",
     )
 
 
 def blt_patching(threshold: float) -> dict:
     """The global entropy rule at `threshold` (the rule the released models use)."""
-    return dict(mode="entropy", threshold=float(threshold), monotonic=False, threshold_add=None, static_size=4,
-                max_patch_length=None)
+    return dict(
+        mode="entropy",
+        threshold=float(threshold),
+        monotonic=False,
+        threshold_add=None,
+        static_size=4,
+        max_patch_length=None,
+    )
 
 
 def baseline_model_dict(plan: QuickstartPlan, flops_per_byte: float) -> dict:
@@ -233,8 +278,13 @@ def baseline_model_dict(plan: QuickstartPlan, flops_per_byte: float) -> dict:
     best: tuple[float, dict] | None = None
     for dim in range(32, 1025, 32):
         for layers in range(1, 5):
-            raw = dict(kind="entropy_lm", stack=_stack(dim, layers, dim // 32, n), vocab_size=260,
-                       dtype="float32", param_dtype="float32")
+            raw = dict(
+                kind="entropy_lm",
+                stack=_stack(dim, layers, dim // 32, n),
+                vocab_size=260,
+                dtype="float32",
+                param_dtype="float32",
+            )
             flops = model_flops_per_byte(raw, n)
             gap = abs(math.log(flops / flops_per_byte))
             if best is None or gap < best[0]:
@@ -242,8 +292,15 @@ def baseline_model_dict(plan: QuickstartPlan, flops_per_byte: float) -> dict:
     return best[1]
 
 
-def experiment_dict(model: dict, plan: QuickstartPlan, steps: int, train_source: str, eval_source: str,
-                    patching: dict | None = None, learning_rate: float = 3e-3) -> dict:
+def experiment_dict(
+    model: dict,
+    plan: QuickstartPlan,
+    steps: int,
+    train_source: str,
+    eval_source: str,
+    patching: dict | None = None,
+    learning_rate: float = 3e-3,
+) -> dict:
     """One training run of the quickstart as an experiment dict (`experiment_from_dict` validates it).
 
     Args:
@@ -255,20 +312,48 @@ def experiment_dict(model: dict, plan: QuickstartPlan, steps: int, train_source:
       learning_rate: peak learning rate (cosine decay to 10%).
     """
     spec = plan.spec
-    rows = dict(source=train_source, text_field="text", batch_size=spec.batch_size, shards=0, row_bytes=spec.row_bytes,
-                row_patches=plan.row_patches if patching else 0, seed=plan.seed, shuffle=True, num_epochs=None,
-                strict=False, read_threads=2, prefetch=64)
+    rows = dict(
+        source=train_source,
+        text_field="text",
+        batch_size=spec.batch_size,
+        shards=0,
+        row_bytes=spec.row_bytes,
+        row_patches=plan.row_patches if patching else 0,
+        seed=plan.seed,
+        shuffle=True,
+        num_epochs=None,
+        strict=False,
+        read_threads=2,
+        prefetch=64,
+    )
     if patching:
         rows["patching"] = patching
     evaluation = dict(rows, source=eval_source, shuffle=False, num_epochs=1)
     eval_batches = int(math.ceil(plan.validation_bytes / plan.bytes_per_step)) + 1
     checkpoint_every = max(10, steps // 6)  # an interrupted stage loses at most a sixth of its work
     # Validation five times along the way: the learning curves compare held-out bits per byte.
-    train = dict(steps=steps, learning_rate=learning_rate, warmup_steps=max(5, steps // 20), min_lr_ratio=0.1,
-                 weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0, grad_accum=1, seed=plan.seed,
-                 remat="none", scan="", log_every=max(1, steps // 25), eval_every=max(1, steps // 5),
-                 eval_batches=eval_batches, checkpoint_every=checkpoint_every, keep_checkpoints=2, init_from=None,
-                 peak_flops=0.0)
+    train = dict(
+        steps=steps,
+        learning_rate=learning_rate,
+        warmup_steps=max(5, steps // 20),
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        clip_norm=1.0,
+        grad_accum=1,
+        seed=plan.seed,
+        remat="none",
+        scan="",
+        log_every=max(1, steps // 25),
+        eval_every=max(1, steps // 5),
+        eval_batches=eval_batches,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=2,
+        init_from=None,
+        peak_flops=0.0,
+    )
     return dict(model=model, data=rows, eval=evaluation, train=train, mesh=dict(data=1, fsdp=-1, tensor=1))
 
 
@@ -279,5 +364,9 @@ def model_flops_per_byte(model: dict, row_bytes: int, mean_patch_length: float =
 
 def describe(plan: QuickstartPlan) -> dict[str, Any]:
     """The plan as a JSON-ready dict (with the derived row shapes)."""
-    return dict(dataclasses.asdict(plan), batch_size=plan.spec.batch_size, row_bytes=plan.spec.row_bytes,
-                row_patches=plan.row_patches)
+    return dict(
+        dataclasses.asdict(plan),
+        batch_size=plan.spec.batch_size,
+        row_bytes=plan.spec.row_bytes,
+        row_patches=plan.row_patches,
+    )

@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 LABELS = {"blt": "BLT", "baseline": "byte LM of matched compute", "entropy_lm": "entropy LM"}
 COLORS = {"blt": "tab:blue", "baseline": "tab:orange", "entropy_lm": "tab:gray"}
@@ -34,8 +34,9 @@ def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
-def _curves(path: str, runs: Mapping[str, tuple[list, float]], scale, xlabel: str, title: str,
-            show_flops: bool = False) -> str:
+def _curves(
+    path: str, runs: Mapping[str, tuple[list, float]], scale, xlabel: str, title: str, show_flops: bool = False
+) -> str:
     """Training (smoothed; raw faint) and validation bits per byte of every run against
     x = scale(steps, FLOPs per byte)."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -49,8 +50,15 @@ def _curves(path: str, runs: Mapping[str, tuple[list, float]], scale, xlabel: st
             ax.plot(scale(steps, flops_per_byte), smooth(bpb), color=color, lw=1.2, label=f"{label}, training")
         eval_steps, eval_bpb = series(rows, "eval_bpb")
         if len(eval_steps):
-            ax.plot(scale(eval_steps, flops_per_byte), eval_bpb, color=color, ls="--", marker="o",
-                    markeredgecolor="black", label=f"{label}, validation (final {eval_bpb[-1]:.3f})")
+            ax.plot(
+                scale(eval_steps, flops_per_byte),
+                eval_bpb,
+                color=color,
+                ls="--",
+                marker="o",
+                markeredgecolor="black",
+                label=f"{label}, validation (final {eval_bpb[-1]:.3f})",
+            )
     ax.set_title(title)
     return save_bpb_figure(fig, ax, path, xlabel)
 
@@ -75,14 +83,21 @@ def plot_loss_curves(path: str, runs: Mapping[str, tuple[list, float]], bytes_pe
       runs: name -> (metrics.jsonl rows, training FLOPs per byte).
       bytes_per_step: B x N of every run.
     """
-    return _curves(path, runs, lambda steps, _: steps * bytes_per_step / 1e6, "training bytes (millions)",
-                   "Learning curves")
+    return _curves(
+        path, runs, lambda steps, _: steps * bytes_per_step / 1e6, "training bytes (millions)", "Learning curves"
+    )
 
 
 def plot_bpb_vs_flops(path: str, runs: Mapping[str, tuple[list, float]], bytes_per_step: int) -> str:
     """Bits per byte against cumulative training FLOPs (bytes seen x the run's FLOPs per byte)."""
-    return _curves(path, runs, lambda steps, flops: steps * bytes_per_step * flops / 1e12, "training FLOPs (x 10^12)",
-                   "Bits per byte at equal training compute", show_flops=True)
+    return _curves(
+        path,
+        runs,
+        lambda steps, flops: steps * bytes_per_step * flops / 1e12,
+        "training FLOPs (x 10^12)",
+        "Bits per byte at equal training compute",
+        show_flops=True,
+    )
 
 
 def entropy_figure(path: str, config, params, text: str, threshold: float) -> str:
@@ -90,8 +105,14 @@ def entropy_figure(path: str, config, params, text: str, threshold: float) -> st
     from blt_jax.patching.plot import text_entropy_figure
     from blt_jax.tokenizer import encode
 
-    return text_entropy_figure(path, config, params, encode(text, add_eos=False), threshold,
-                               title="entropy of the next byte (quickstart entropy LM)")
+    return text_entropy_figure(
+        path,
+        config,
+        params,
+        encode(text, add_eos=False),
+        threshold,
+        title="entropy of the next byte (quickstart entropy LM)",
+    )
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -104,7 +125,9 @@ def summary_table(results: Sequence[Any]) -> str:
     lines = [header, "-" * len(header)]
     for r in results:
         note = r.detail.get("note", "")
-        lines.append(f"{r.name:<14}{r.seconds:>8.1f}s{_cell(r.bytes_per_s, ',.0f'):>12}{_cell(r.bpb, '.3f'):>9}"
-                     f"{_cell(r.mean_patch_length, '.2f'):>11}  {note}")
+        lines.append(
+            f"{r.name:<14}{r.seconds:>8.1f}s{_cell(r.bytes_per_s, ',.0f'):>12}{_cell(r.bpb, '.3f'):>9}"
+            f"{_cell(r.mean_patch_length, '.2f'):>11}  {note}"
+        )
     lines.append(f"{'total':<14}{sum(r.seconds for r in results):>8.1f}s")
     return "\n".join(lines)

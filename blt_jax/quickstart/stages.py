@@ -39,8 +39,10 @@ class StageInterrupted(Exception):
     """A training stage stopped on SIGTERM / Ctrl-C after saving a checkpoint (re-running resumes it)."""
 
     def __init__(self, stage: str, signal_name: str, step: int):
-        super().__init__(f"stage {stage} stopped by {signal_name} at step {step} after saving a checkpoint; "
-                         "run the same command again to resume")
+        super().__init__(
+            f"stage {stage} stopped by {signal_name} at step {step} after saving a checkpoint; "
+            "run the same command again to resume"
+        )
         self.stage, self.signal_name, self.step = stage, signal_name, step
 
 
@@ -144,12 +146,23 @@ def stage_corpus(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageRes
 
     start = time.perf_counter()
     train_files, train_bytes = sample_files(stdlib_files("train"), plan.corpus_bytes, paths.corpus_train, plan.seed)
-    val_files, val_bytes = sample_files(stdlib_files("validation"), plan.validation_bytes, paths.corpus_validation,
-                                        plan.seed)
+    val_files, val_bytes = sample_files(
+        stdlib_files("validation"), plan.validation_bytes, paths.corpus_validation, plan.seed
+    )
     seconds = time.perf_counter() - start
-    return StageResult("corpus", seconds, train_bytes + val_bytes, (train_bytes + val_bytes) / max(seconds, 1e-9),
-                       detail=dict(train_files=train_files, train_bytes=train_bytes, validation_files=val_files,
-                                   validation_bytes=val_bytes, source="Python standard library (default corpus)"))
+    return StageResult(
+        "corpus",
+        seconds,
+        train_bytes + val_bytes,
+        (train_bytes + val_bytes) / max(seconds, 1e-9),
+        detail=dict(
+            train_files=train_files,
+            train_bytes=train_bytes,
+            validation_files=val_files,
+            validation_bytes=val_bytes,
+            source="Python standard library (default corpus)",
+        ),
+    )
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -166,8 +179,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def train_run(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
     """Trains (or resumes) one run and summarises it."""
-    from blt_jax.models import model_kind
     from blt_jax.experiment.config import experiment_from_dict
+    from blt_jax.models import model_kind
     from blt_jax.train.loop import train_and_evaluate
 
     experiment = experiment_from_dict(raw)
@@ -182,25 +195,40 @@ def train_run(name: str, raw: dict, workdir: str, progress: bool, extra: dict | 
     trained = experiment.train.steps * experiment.data.batch_size * experiment.data.row_bytes
     mean_len = evaluation.get("eval_mean_patch_len") if model_kind(experiment.model).patching else None
     return StageResult(
-        name, seconds, trained, statistics.median(rates) if rates else trained / seconds,
-        bpb=evaluation.get("eval_bpb"), mean_patch_length=mean_len,
-        detail=dict(workdir=workdir, steps=experiment.train.steps, eval_bytes=evaluation.get("eval_bytes"),
-                    resumed_from_step=summary["start_step"], **(extra or {})),
+        name,
+        seconds,
+        trained,
+        statistics.median(rates) if rates else trained / seconds,
+        bpb=evaluation.get("eval_bpb"),
+        mean_patch_length=mean_len,
+        detail=dict(
+            workdir=workdir,
+            steps=experiment.train.steps,
+            eval_bytes=evaluation.get("eval_bytes"),
+            resumed_from_step=summary["start_step"],
+            **(extra or {}),
+        ),
     )
 
 
 def entropy_experiment(paths: Paths, plan: QuickstartPlan) -> dict:
     """The entropy LM run: all of the default corpus's training split, evaluated on the held-out sample."""
-    return planning.experiment_dict(planning.entropy_model_dict(plan), plan, plan.entropy_steps, "default",
-                                    paths.corpus_validation)
+    return planning.experiment_dict(
+        planning.entropy_model_dict(plan), plan, plan.entropy_steps, "default", paths.corpus_validation
+    )
 
 
 def stage_entropy_lm(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult:
     """Trains the entropy byte LM on the default corpus (all of its training split)."""
     raw = entropy_experiment(paths, plan)
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes)
-    return train_run("entropy_lm", raw, paths.entropy_lm, progress,
-                  dict(flops_per_byte=flops, note=f"{plan.entropy_steps} steps, {flops / 1e6:.1f} MFLOP/byte"))
+    return train_run(
+        "entropy_lm",
+        raw,
+        paths.entropy_lm,
+        progress,
+        dict(flops_per_byte=flops, note=f"{plan.entropy_steps} steps, {flops / 1e6:.1f} MFLOP/byte"),
+    )
 
 
 # ---- entropy pass and calibration ----------------------------------------------------------------
@@ -214,17 +242,30 @@ def stage_entropy_pass(paths: Paths, plan: QuickstartPlan, progress: bool) -> St
     config, params = load_entropy_model(paths.entropy_lm)
     options = PassOptions(docs_per_shard=32, chunk=min(1024, 4 * config.stack.window), lanes=8, progress=progress)
     start = time.perf_counter()
-    manifests = [run_pass(src, out, config, params, os.path.abspath(paths.entropy_lm), options)
-                 for src, out in ((paths.corpus_train, paths.entropies_train),
-                                  (paths.corpus_validation, paths.entropies_validation))]
+    manifests = [
+        run_pass(src, out, config, params, os.path.abspath(paths.entropy_lm), options)
+        for src, out in (
+            (paths.corpus_train, paths.entropies_train),
+            (paths.corpus_validation, paths.entropies_validation),
+        )
+    ]
     seconds = time.perf_counter() - start
     total = sum(m["counts"]["bytes"] for m in manifests)
     tokens = sum(m["counts"]["tokens"] for m in manifests)
     mean_entropy = sum(m["mean_entropy"] * m["counts"]["tokens"] for m in manifests) / tokens
-    return StageResult("entropy_pass", seconds, total, total / max(seconds, 1e-9),
-                       detail=dict(note=f"mean entropy {mean_entropy:.3f} nats", mean_entropy=mean_entropy,
-                                   documents=sum(m["counts"]["documents"] for m in manifests),
-                                   train=paths.entropies_train, validation=paths.entropies_validation))
+    return StageResult(
+        "entropy_pass",
+        seconds,
+        total,
+        total / max(seconds, 1e-9),
+        detail=dict(
+            note=f"mean entropy {mean_entropy:.3f} nats",
+            mean_entropy=mean_entropy,
+            documents=sum(m["counts"]["documents"] for m in manifests),
+            train=paths.entropies_train,
+            validation=paths.entropies_validation,
+        ),
+    )
 
 
 def stage_calibrate(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult:
@@ -238,11 +279,20 @@ def stage_calibrate(paths: Paths, plan: QuickstartPlan, progress: bool) -> Stage
     write_json(paths.calibration, dataclasses.asdict(result))
     seconds = time.perf_counter() - start
     print(result.summary())
-    return StageResult("calibrate", seconds, result.tokens, result.tokens / max(seconds, 1e-9),
-                       mean_patch_length=result.achieved_mean,
-                       detail=dict(note=f"threshold {result.threshold:.4f} (target {plan.target_patch_length})",
-                                   threshold=result.threshold, target=plan.target_patch_length,
-                                   patches=result.patches, histogram=list(result.histogram)))
+    return StageResult(
+        "calibrate",
+        seconds,
+        result.tokens,
+        result.tokens / max(seconds, 1e-9),
+        mean_patch_length=result.achieved_mean,
+        detail=dict(
+            note=f"threshold {result.threshold:.4f} (target {plan.target_patch_length})",
+            threshold=result.threshold,
+            target=plan.target_patch_length,
+            patches=result.patches,
+            histogram=list(result.histogram),
+        ),
+    )
 
 
 def calibrated(paths: Paths) -> tuple[float, float]:
@@ -258,8 +308,14 @@ def blt_experiment(paths: Paths, plan: QuickstartPlan) -> dict:
     """The BLT run: entropy patching at the calibrated threshold over the stored entropies."""
     threshold, _ = calibrated(paths)
     model = planning.blt_model_dict(plan, threshold)
-    return planning.experiment_dict(model, plan, plan.blt_steps, paths.entropies_train, paths.entropies_validation,
-                                    patching=planning.blt_patching(threshold))
+    return planning.experiment_dict(
+        model,
+        plan,
+        plan.blt_steps,
+        paths.entropies_train,
+        paths.entropies_validation,
+        patching=planning.blt_patching(threshold),
+    )
 
 
 def baseline_experiment(paths: Paths, plan: QuickstartPlan) -> tuple[dict, float, float]:
@@ -276,9 +332,17 @@ def stage_blt(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult
     raw = blt_experiment(paths, plan)
     _, mean_len = calibrated(paths)
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes, mean_len)
-    return train_run("blt", raw, paths.blt, progress,
-                  dict(flops_per_byte=flops, threshold=raw["model"]["patching"]["threshold"],
-                       note=f"{plan.blt_steps} steps, {flops / 1e6:.1f} MFLOP/byte"))
+    return train_run(
+        "blt",
+        raw,
+        paths.blt,
+        progress,
+        dict(
+            flops_per_byte=flops,
+            threshold=raw["model"]["patching"]["threshold"],
+            note=f"{plan.blt_steps} steps, {flops / 1e6:.1f} MFLOP/byte",
+        ),
+    )
 
 
 def stage_baseline(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResult:
@@ -286,9 +350,17 @@ def stage_baseline(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageR
     number of bytes (so both spend the same training compute)."""
     raw, flops, blt_flops = baseline_experiment(paths, plan)
     stack = raw["model"]["stack"]
-    return train_run("baseline", raw, paths.baseline, progress,
-                  dict(flops_per_byte=flops, blt_flops_per_byte=blt_flops,
-                       note=f"d{stack['dim']} x {stack['n_layers']} layers, {flops / 1e6:.1f} MFLOP/byte"))
+    return train_run(
+        "baseline",
+        raw,
+        paths.baseline,
+        progress,
+        dict(
+            flops_per_byte=flops,
+            blt_flops_per_byte=blt_flops,
+            note=f"d{stack['dim']} x {stack['n_layers']} layers, {flops / 1e6:.1f} MFLOP/byte",
+        ),
+    )
 
 
 # ---- plots and generation ----------------------------------------------------------------------
@@ -300,20 +372,30 @@ def stage_plots(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageResu
     from blt_jax.quickstart import report
 
     start = time.perf_counter()
-    runs = {name: (read_metrics(path), require_result(paths, name).detail["flops_per_byte"])
-            for name, path in (("blt", paths.blt), ("baseline", paths.baseline), ("entropy_lm", paths.entropy_lm))}
+    runs = {
+        name: (read_metrics(path), require_result(paths, name).detail["flops_per_byte"])
+        for name, path in (("blt", paths.blt), ("baseline", paths.baseline), ("entropy_lm", paths.entropy_lm))
+    }
     report.plot_loss_curves(paths.loss_curves, runs, plan.bytes_per_step)
-    report.plot_bpb_vs_flops(paths.bpb_vs_flops, {k: v for k, v in runs.items() if k != "entropy_lm"},
-                             plan.bytes_per_step)
+    report.plot_bpb_vs_flops(
+        paths.bpb_vs_flops, {k: v for k, v in runs.items() if k != "entropy_lm"}, plan.bytes_per_step
+    )
     config, params = load_entropy_model(paths.entropy_lm)
     threshold, _ = calibrated(paths)
     report.entropy_figure(paths.entropy_figure, config, params, SAMPLE_TEXT, threshold)
-    return StageResult("plots", time.perf_counter() - start,
-                       detail=dict(note="loss_curves.png bpb_vs_flops.png entropy_figure.png", files=[paths.loss_curves, paths.bpb_vs_flops, paths.entropy_figure]))
+    return StageResult(
+        "plots",
+        time.perf_counter() - start,
+        detail=dict(
+            note="loss_curves.png bpb_vs_flops.png entropy_figure.png",
+            files=[paths.loss_curves, paths.bpb_vs_flops, paths.entropy_figure],
+        ),
+    )
 
 
-def stage_generate(paths: Paths, plan: QuickstartPlan, progress: bool, prompt: str = PROMPT,
-                   max_new_bytes: int | None = None) -> StageResult:
+def stage_generate(
+    paths: Paths, plan: QuickstartPlan, progress: bool, prompt: str = PROMPT, max_new_bytes: int | None = None
+) -> StageResult:
     """Samples a continuation of a prompt with the cached decoder and prints it as it is produced."""
     import sys
 
@@ -325,8 +407,9 @@ def stage_generate(paths: Paths, plan: QuickstartPlan, progress: bool, prompt: s
     print(f"--- prompt + sampled continuation (temperature 0.7, top-p 0.95) ---\n{prompt}", end="")
     stream = Utf8Stream(sys.stdout)
     start = time.perf_counter()
-    result = model.generate_tokens(prompt, max_new, temperature=0.7, top_p=0.95, seed=plan.seed,
-                                   on_bytes=lambda row, data: stream.write(data))
+    result = model.generate_tokens(
+        prompt, max_new, temperature=0.7, top_p=0.95, seed=plan.seed, on_bytes=lambda row, data: stream.write(data)
+    )
     seconds = time.perf_counter() - start
     stream.close()
     print("\n---")
@@ -334,8 +417,13 @@ def stage_generate(paths: Paths, plan: QuickstartPlan, progress: bool, prompt: s
     with open(paths.sample, "w", encoding="utf-8") as f:
         f.write(prompt + text)
     produced = len(result.tokens[0])
-    return StageResult("generate", seconds, produced, produced / max(seconds, 1e-9),
-                       detail=dict(note="sample.txt (cached decoding)", prompt=prompt, completion=text, path=paths.sample))
+    return StageResult(
+        "generate",
+        seconds,
+        produced,
+        produced / max(seconds, 1e-9),
+        detail=dict(note="sample.txt (cached decoding)", prompt=prompt, completion=text, path=paths.sample),
+    )
 
 
 STAGES: tuple[tuple[str, Callable[[Paths, QuickstartPlan, bool], StageResult]], ...] = (

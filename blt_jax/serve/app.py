@@ -33,9 +33,27 @@ from starlette.routing import Route
 from blt_jax.inference.batching import RowSpec
 from blt_jax.serve.scheduler import QueueFull, Request, Scheduler, Unavailable
 
-KNOWN_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "stream", "n",
-                "stream_options", "user", "echo", "logprobs", "presence_penalty", "frequency_penalty", "best_of",
-                "logit_bias", "suffix"}
+KNOWN_FIELDS = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "stream",
+    "n",
+    "stream_options",
+    "user",
+    "echo",
+    "logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "best_of",
+    "logit_bias",
+    "suffix",
+}
 MAX_STOPS = 4  # as OpenAI
 DISCONNECT_POLL = 0.5  # seconds between checks that a plain request's client is still there
 
@@ -80,7 +98,11 @@ def _number(body: dict, name: str, default, kind, low=None, high=None, low_open=
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not float(value).is_integer())
+    ):
         raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
     value = kind(value)
     if not math.isfinite(value):
@@ -110,8 +132,10 @@ def parse_completion(body: Any, limits: Limits, vocab_size: int) -> Completion:
     for p in prompts:
         size = len(p.encode("utf-8"))
         if size > limits.max_prompt_bytes:
-            raise BadRequest(f"the prompt is {size} bytes; this server takes at most {limits.max_prompt_bytes} "
-                             f"(--max-prompt-bytes)", "prompt")
+            raise BadRequest(
+                f"the prompt is {size} bytes; this server takes at most {limits.max_prompt_bytes} (--max-prompt-bytes)",
+                "prompt",
+            )
     if _number(body, "n", 1, int) != 1:
         raise BadRequest("only n = 1 is supported", "n")
     for name in ("echo", "best_of", "logprobs", "suffix", "logit_bias"):
@@ -135,9 +159,17 @@ def parse_completion(body: Any, limits: Limits, vocab_size: int) -> Completion:
     options = body.get("stream_options") or {}
     if temperature == 0:  # greedy: the sampling knobs do not apply
         top_p, top_k = None, None
-    return Completion(tuple(prompts), max_tokens, temperature, None if top_p == 1.0 else top_p, top_k or None,
-                      tuple(stops), int(np.random.randint(0, 2**31 - 1)) if seed is None else seed % 2**31,
-                      stream, bool(isinstance(options, dict) and options.get("include_usage")))
+    return Completion(
+        tuple(prompts),
+        max_tokens,
+        temperature,
+        None if top_p == 1.0 else top_p,
+        top_k or None,
+        tuple(stops),
+        int(np.random.randint(0, 2**31 - 1)) if seed is None else seed % 2**31,
+        stream,
+        bool(isinstance(options, dict) and options.get("include_usage")),
+    )
 
 
 def _emit(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, text: str, reason: str | None) -> None:
@@ -161,12 +193,14 @@ class Server:
         self.created = int(time.time())
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+            ]
+        )
 
     async def health(self, request: HttpRequest) -> Response:
         if self.scheduler.error is not None:
@@ -176,18 +210,25 @@ class Server:
         return JSONResponse({"status": "ok"})
 
     async def models(self, request: HttpRequest) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "blt-jax"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "blt-jax"}],
+            }
+        )
 
     async def metrics(self, request: HttpRequest) -> Response:
         stats = self.scheduler.stats()
         lines = []
         for outcome in ("received", "finished_stop", "finished_length", "cancelled", "rejected", "failed"):
             lines.append(f'blt_jax_requests_total{{outcome="{outcome}"}} {stats.get(outcome, 0)}')
-        lines += [f"blt_jax_rows {stats['rows']}", f"blt_jax_rows_busy {stats['rows_busy']}",
-                  f"blt_jax_queue_length {stats['queue_length']}",
-                  f"blt_jax_bytes_generated_total {stats.get('bytes_generated', 0)}",
-                  f"blt_jax_bytes_per_second {stats['bytes_per_second']:.3f}"]
+        lines += [
+            f"blt_jax_rows {stats['rows']}",
+            f"blt_jax_rows_busy {stats['rows_busy']}",
+            f"blt_jax_queue_length {stats['queue_length']}",
+            f"blt_jax_bytes_generated_total {stats.get('bytes_generated', 0)}",
+            f"blt_jax_bytes_per_second {stats['bytes_per_second']:.3f}",
+        ]
         return PlainTextResponse("\n".join(lines) + "\n")
 
     async def completions(self, request: HttpRequest) -> Response:
@@ -205,16 +246,18 @@ class Server:
             return _error(503, "the server is still compiling its programs", "server_error")
         prompts = [self.scheduler.vocabulary.encode(prompt) for prompt in completion.prompts]
         if any(len(ids) == 0 for ids in prompts):  # a model without BOS given an empty prompt
-            return _error(400, "the prompt is empty and this model has no BOS to start from", "invalid_request_error",
-                          "prompt")
+            return _error(
+                400, "the prompt is empty and this model has no BOS to start from", "invalid_request_error", "prompt"
+            )
         loop = asyncio.get_running_loop()
         events: list[asyncio.Queue] = []
         requests = []
         for index, ids in enumerate(prompts):
             queue: asyncio.Queue = asyncio.Queue()
             emit = functools.partial(_emit, loop, queue)
-            spec = RowSpec(ids, completion.temperature, completion.top_k, completion.top_p,
-                           (completion.seed + index) % 2**31)
+            spec = RowSpec(
+                ids, completion.temperature, completion.top_k, completion.top_p, (completion.seed + index) % 2**31
+            )
             requests.append(Request(spec, completion.max_tokens, completion.stop, emit))
             events.append(queue)
         try:
@@ -226,8 +269,11 @@ class Server:
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         prompt_bytes = [len(p.encode("utf-8")) for p in completion.prompts]
         if completion.stream:
-            return StreamingResponse(self._stream(ident, completion, requests, events, prompt_bytes),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                self._stream(ident, completion, requests, events, prompt_bytes),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         collect = asyncio.ensure_future(asyncio.gather(*(self._collect(queue) for queue in events)))
         try:
             # A plain request's handler is not cancelled when its client goes away: ask, and free the rows.
@@ -246,16 +292,31 @@ class Server:
             raise
         failed = [text for text, reason in zip(texts, reasons) if reason in ("error", "cancelled")]
         if failed:
-            return _error(500, f"the completion failed: {failed[0]}" if failed[0] else
-                          "the server stopped before the completion ended", "server_error")
+            return _error(
+                500,
+                f"the completion failed: {failed[0]}"
+                if failed[0]
+                else "the server stopped before the completion ended",
+                "server_error",
+            )
         generated = sum(r.generated for r in requests)
-        return JSONResponse({
-            "id": ident, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
-            "choices": [{"text": t, "index": i, "logprobs": None, "finish_reason": r}
-                        for i, (t, r) in enumerate(zip(texts, reasons))],
-            "usage": {"prompt_tokens": sum(prompt_bytes), "completion_tokens": generated,
-                      "total_tokens": sum(prompt_bytes) + generated},
-        })
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [
+                    {"text": t, "index": i, "logprobs": None, "finish_reason": r}
+                    for i, (t, r) in enumerate(zip(texts, reasons))
+                ],
+                "usage": {
+                    "prompt_tokens": sum(prompt_bytes),
+                    "completion_tokens": generated,
+                    "total_tokens": sum(prompt_bytes) + generated,
+                },
+            }
+        )
 
     @staticmethod
     async def _collect(queue: asyncio.Queue) -> tuple[str, str]:
@@ -270,20 +331,38 @@ class Server:
         created = int(time.time())
 
         def chunk(index, text, reason):
-            return "data: " + json.dumps({
-                "id": ident, "object": "text_completion", "created": created, "model": self.model_name,
-                "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]},
-                ensure_ascii=False) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": ident,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": self.model_name,
+                        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n\n"
+            )
 
         try:
             for index, queue in enumerate(events):  # prompts of a list stream one after another
                 while True:
                     text, reason = await queue.get()
                     if reason in ("error", "cancelled"):
-                        message = f"the completion failed: {text}" if text else \
-                            "the server stopped before the completion ended"
-                        yield "data: " + json.dumps({"error": {"message": message, "type": "server_error",
-                                                               "param": None, "code": None}}) + "\n\n"
+                        message = (
+                            f"the completion failed: {text}"
+                            if text
+                            else "the server stopped before the completion ended"
+                        )
+                        yield (
+                            "data: "
+                            + json.dumps(
+                                {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+                            )
+                            + "\n\n"
+                        )
                         return
                     if text or reason:
                         yield chunk(index, text, reason)
@@ -291,10 +370,24 @@ class Server:
                         break
             if completion.include_usage:
                 generated = sum(r.generated for r in requests)
-                yield "data: " + json.dumps({
-                    "id": ident, "object": "text_completion", "created": created, "model": self.model_name,
-                    "choices": [], "usage": {"prompt_tokens": sum(prompt_bytes), "completion_tokens": generated,
-                                             "total_tokens": sum(prompt_bytes) + generated}}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "id": ident,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": self.model_name,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": sum(prompt_bytes),
+                                "completion_tokens": generated,
+                                "total_tokens": sum(prompt_bytes) + generated,
+                            },
+                        }
+                    )
+                    + "\n\n"
+                )
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): free the rows
             for req in requests:

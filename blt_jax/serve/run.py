@@ -42,9 +42,19 @@ class _Http:
         self.server.run()
 
 
-def run(checkpoint: str, entropy_checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-        max_rows: int = 8, max_prompt_bytes: int = 2048, max_tokens: int = 1024, max_queue: int = 64,
-        strict: bool = False, name: str | None = None, grace_seconds: float = 30.0) -> int:
+def run(
+    checkpoint: str,
+    entropy_checkpoint: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_rows: int = 8,
+    max_prompt_bytes: int = 2048,
+    max_tokens: int = 1024,
+    max_queue: int = 64,
+    strict: bool = False,
+    name: str | None = None,
+    grace_seconds: float = 30.0,
+) -> int:
     """Serves `checkpoint` until SIGTERM / Ctrl-C; returns the exit code.
 
     Args:
@@ -60,12 +70,16 @@ def run(checkpoint: str, entropy_checkpoint: str | None = None, host: str = "127
       name: the model's name in the API (default: the checkpoint's last path component).
       grace_seconds: after SIGTERM, how long running completions may take to end.
     """
-    import uvicorn  # noqa: F401 - the serve extra, checked before the model loads
+    import uvicorn
 
     from blt_jax.api import from_pretrained
 
-    for flag, value, low in (("--max-rows", max_rows, 1), ("--max-prompt-bytes", max_prompt_bytes, 1),
-                             ("--max-tokens", max_tokens, 1), ("--max-queue", max_queue, 0)):
+    for flag, value, low in (
+        ("--max-rows", max_rows, 1),
+        ("--max-prompt-bytes", max_prompt_bytes, 1),
+        ("--max-tokens", max_tokens, 1),
+        ("--max-queue", max_queue, 0),
+    ):
         if value < low:
             raise InputError(f"{flag} must be >= {low}, got {value}")
     model = from_pretrained(checkpoint, entropy_path=entropy_checkpoint)
@@ -81,20 +95,27 @@ def run(checkpoint: str, entropy_checkpoint: str | None = None, host: str = "127
     def warm_up():
         try:
             decoder.warm_up(max_prompt_bytes + 1)
-        except BaseException as error:  # noqa: BLE001 - reported at /health and on stderr
+        except BaseException as error:
             scheduler.error = error
             log.exception("compiling the decoding programs failed")
             return
         scheduler.start()
         server.ready = True
-        print(f"blt-jax serve: ready: {label} on http://{host}:{port} ({max_rows} rows of {capacity} positions)",
-              file=sys.stderr, flush=True)
+        print(
+            f"blt-jax serve: ready: {label} on http://{host}:{port} ({max_rows} rows of {capacity} positions)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     threading.Thread(target=warm_up, name="blt-jax-compile", daemon=True).start()
-    print(f"blt-jax serve: compiling {label}'s programs; /health answers 503 until they are ready",
-          file=sys.stderr, flush=True)
-    config = uvicorn.Config(server.app(), host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=grace_seconds, lifespan="off")
+    print(
+        f"blt-jax serve: compiling {label}'s programs; /health answers 503 until they are ready",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        server.app(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_seconds, lifespan="off"
+    )
     http = _Http(config)
     previous = {sig: signal.signal(sig, http.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -89,7 +89,7 @@ class Request:
         hold = 0 if reason else max((len(s) - 1 for s in self.stop), default=0)
         final = max(self.sent, len(self.text) - hold)
         if final > self.sent or reason:
-            self.emit(self.text[self.sent:final], reason)
+            self.emit(self.text[self.sent : final], reason)
             self.sent = final
         return reason
 
@@ -126,8 +126,9 @@ class Scheduler:
             free = sum(r is None for r in self.rows)
             if len(self.queue) + len(requests) > self.max_queue + free:  # the bound counts beyond the free rows
                 self.counts["rejected"] += 1
-                raise QueueFull(f"all {len(self.rows)} rows are busy and {max(0, len(self.queue) - free)} requests "
-                                f"are waiting")
+                raise QueueFull(
+                    f"all {len(self.rows)} rows are busy and {max(0, len(self.queue) - free)} requests are waiting"
+                )
             self.queue.extend(requests)
             self.counts["received"] += len(requests)
             self._cond.notify()
@@ -152,8 +153,13 @@ class Scheduler:
         with self._cond:
             self._trim_recent()
             rate = sum(n for _, n in self._recent) / RATE_WINDOW
-            return {"rows": len(self.rows), "rows_busy": sum(r is not None for r in self.rows),
-                    "queue_length": len(self.queue), "bytes_per_second": rate, **self.counts}
+            return {
+                "rows": len(self.rows),
+                "rows_busy": sum(r is not None for r in self.rows),
+                "queue_length": len(self.queue),
+                "bytes_per_second": rate,
+                **self.counts,
+            }
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -191,7 +197,7 @@ class Scheduler:
                 for row in taken:
                     try:
                         self.decoder.admit(row, self.rows[row].spec)
-                    except Exception as error:  # noqa: BLE001 - this request fails; the others go on
+                    except Exception as error:
                         log.exception("admitting a request failed")
                         with self._cond:
                             request, self.rows[row] = self.rows[row], None
@@ -218,7 +224,7 @@ class Scheduler:
                     self._recent.append((time.monotonic(), produced))
                     self._trim_recent()
                     self.decoder.refresh([row for row, r in enumerate(self.rows) if r is None])
-        except BaseException as error:  # noqa: BLE001 - reported to every waiting client, then re-raised
+        except BaseException as error:
             self.error = error
             with self._cond:
                 for request in [*self.queue, *(r for r in self.rows if r is not None)]:

@@ -22,9 +22,14 @@ from blt_jax.study.plan import ARMS, DEFAULT_MINUTES, DEFAULT_SEEDS, StudyPlan, 
 from blt_jax.study.stages import Paths
 
 PLAN_FILE = "plan.json"
-FIXED = (("corpus", stages.stage_corpus), ("tokenizer", stages.stage_tokenizer), ("entropy_lm", stages.stage_entropy_lm),
-         ("entropy_pass", stages.stage_entropy_pass), ("calibrate", stages.stage_calibrate),
-         ("arms", stages.stage_arms))
+FIXED = (
+    ("corpus", stages.stage_corpus),
+    ("tokenizer", stages.stage_tokenizer),
+    ("entropy_lm", stages.stage_entropy_lm),
+    ("entropy_pass", stages.stage_entropy_pass),
+    ("calibrate", stages.stage_calibrate),
+    ("arms", stages.stage_arms),
+)
 
 __all__ = ["ARMS", "DEFAULT_MINUTES", "DEFAULT_SEEDS", "Paths", "StudyPlan", "make_plan", "open_plan", "run_study"]
 
@@ -47,8 +52,15 @@ def open_plan(workdir: str, plan: StudyPlan, corpus: str) -> StudyPlan:
     if os.path.exists(path) and load_result(Paths(workdir), "corpus") is not None:
         raw = read_json(path)
         stored = planning.load_plan(path)
-        options = lambda p: (p.minutes, p.scale, p.arms, p.seeds, p.target_patch_length, p.patch_sizes,  # noqa: E731
-                             p.bpe_vocab)
+        options = lambda p: (
+            p.minutes,
+            p.scale,
+            p.arms,
+            p.seeds,
+            p.target_patch_length,
+            p.patch_sizes,
+            p.bpe_vocab,
+        )
         if options(stored) != options(plan) or raw.get("corpus") != corpus:
             raise InputError(
                 f"{workdir} holds a study of {raw.get('corpus')} planned with --minutes {stored.minutes:g} "
@@ -56,16 +68,26 @@ def open_plan(workdir: str, plan: StudyPlan, corpus: str) -> StudyPlan:
                 f"--target-patch-length {stored.target_patch_length:g}"
                 + (f" --patch-sizes {','.join(f'{x:g}' for x in stored.patch_sizes)}" if stored.patch_sizes else "")
                 + f" --bpe-vocab {stored.bpe_vocab}; re-run with those to resume it, or choose "
-                "another --workdir")
+                "another --workdir"
+            )
         return stored
     os.makedirs(workdir, exist_ok=True)
     write_json(path, dict(planning.describe(plan), corpus=corpus))
     return plan
 
 
-def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MINUTES, scale: str = "small",
-              arms: tuple[str, ...] = tuple(ARMS), seeds: int = DEFAULT_SEEDS, target_patch_length: float = 4.5,
-              patch_sizes: tuple[float, ...] = (), bpe_vocab: int | None = None, progress: bool = True) -> dict:
+def run_study(
+    workdir: str,
+    corpus: str = "default",
+    minutes: float = DEFAULT_MINUTES,
+    scale: str = "small",
+    arms: tuple[str, ...] = tuple(ARMS),
+    seeds: int = DEFAULT_SEEDS,
+    target_patch_length: float = 4.5,
+    patch_sizes: tuple[float, ...] = (),
+    bpe_vocab: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Runs (or resumes) every stage of a study and returns its report (`report.json`).
 
     Args:
@@ -86,8 +108,10 @@ def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MI
     corpus = corpus_spec(corpus)
     spec = planning.SCALE_SPECS[scale] if scale in planning.SCALE_SPECS else None
     if spec is not None and spec.batch_size % jax.device_count():
-        raise InputError(f"the study's {spec.batch_size} rows per step cannot be split over "
-                         f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices")
+        raise InputError(
+            f"the study's {spec.batch_size} rows per step cannot be split over "
+            f"{jax.device_count()} devices; run it on 1, 2, 4 or 8 devices"
+        )
     # Before anything is written: a mistyped corpus or a missing package leaves no workdir behind.
     # A study resumed after its corpus split needs the corpus no more.
     if load_result(Paths(workdir), "corpus") is None:
@@ -99,16 +123,32 @@ def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MI
         try:
             bpe.library()
         except MissingDependency:
-            raise MissingDependency("the bpe_lm arm trains a BPE tokenizer with `tokenizers`: pip install -c "
-                                    "constraints.txt -e \".[study]\" (or leave the arm out with --arms)") from None
-    plan = open_plan(workdir, make_plan(minutes, scale, planning.parse_arms(",".join(arms)), seeds,
-                                        target_patch_length, tuple(patch_sizes), bpe_vocab), corpus)
+            raise MissingDependency(
+                "the bpe_lm arm trains a BPE tokenizer with `tokenizers`: pip install -c "
+                'constraints.txt -e ".[study]" (or leave the arm out with --arms)'
+            ) from None
+    plan = open_plan(
+        workdir,
+        make_plan(
+            minutes,
+            scale,
+            planning.parse_arms(",".join(arms)),
+            seeds,
+            target_patch_length,
+            tuple(patch_sizes),
+            bpe_vocab,
+        ),
+        corpus,
+    )
     paths = Paths(workdir)
     fixed = [(name, stage) for name, stage in FIXED if name != "tokenizer" or "bpe_lm" in plan.arms]
     todo = fixed + [(stages.run_name(arm, seed), _run_stage(arm, seed)) for arm, seed in plan.runs()]
     todo.append(("report", stages.stage_report))
-    print(f"blt-jax study in {workdir}: {corpus}, arms {', '.join(plan.all_arms)}, {plan.seeds} seed(s), "
-          f"{plan.arm_steps} steps of {plan.bytes_per_step:,} bytes per run, {plan.scale} models", flush=True)
+    print(
+        f"blt-jax study in {workdir}: {corpus}, arms {', '.join(plan.all_arms)}, {plan.seeds} seed(s), "
+        f"{plan.arm_steps} steps of {plan.bytes_per_step:,} bytes per run, {plan.scale} models",
+        flush=True,
+    )
     for index, (name, stage) in enumerate(todo, 1):
         done = load_result(paths, name)
         if done is not None and name != "report":
@@ -119,8 +159,11 @@ def run_study(workdir: str, corpus: str = "default", minutes: float = DEFAULT_MI
         result: StageResult = stage(paths, plan, corpus, progress)
         save_result(paths, result)
         note = result.detail.get("note")
-        print(f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
-              + (f" ({note})" if note else ""), flush=True)
+        print(
+            f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
+            + (f" ({note})" if note else ""),
+            flush=True,
+        )
     return read_json(paths.report_json)
 
 

@@ -41,9 +41,16 @@ class MatchError(InputError):
 
 def quickstart_view(plan: StudyPlan, seed: int) -> QuickstartPlan:
     """The study's budgets as a quickstart plan (whose helpers build models and experiments)."""
-    return QuickstartPlan(minutes=plan.minutes, scale=plan.scale, target_patch_length=plan.target_patch_length,
-                          entropy_steps=plan.entropy_steps, blt_steps=plan.arm_steps, corpus_bytes=plan.corpus_bytes,
-                          validation_bytes=plan.validation_bytes, seed=seed)
+    return QuickstartPlan(
+        minutes=plan.minutes,
+        scale=plan.scale,
+        target_patch_length=plan.target_patch_length,
+        entropy_steps=plan.entropy_steps,
+        blt_steps=plan.arm_steps,
+        corpus_bytes=plan.corpus_bytes,
+        validation_bytes=plan.validation_bytes,
+        seed=seed,
+    )
 
 
 def static_size(plan: StudyPlan) -> int:
@@ -90,8 +97,13 @@ def with_stack(model: dict, path: tuple[str, ...], **changes: Any) -> dict:
     return out
 
 
-def match_stack(model: dict, path: tuple[str, ...], target: float, flops: Callable[[dict], float],
-                tolerance: float = MATCH_TOLERANCE) -> dict:
+def match_stack(
+    model: dict,
+    path: tuple[str, ...],
+    target: float,
+    flops: Callable[[dict], float],
+    tolerance: float = MATCH_TOLERANCE,
+) -> dict:
     """`model` with the stack at `path` resized so that `flops(model)` is within `tolerance` of `target`.
 
     Shapes are tried from the nearest to the given one: its own width and depth with a new FFN width,
@@ -106,8 +118,10 @@ def match_stack(model: dict, path: tuple[str, ...], target: float, flops: Callab
     dim0, layers0 = base["dim"], base["n_layers"]
     head = dim0 // base["n_heads"]
     dims = [head * k for k in range(1, 4 * dim0 // head + 1)]
-    shapes = sorted(((d, n) for d in dims for n in range(1, MAX_LAYERS + 1)),
-                    key=lambda s: (abs(math.log(s[0] / dim0)) + abs(math.log(s[1] / layers0)), s))
+    shapes = sorted(
+        ((d, n) for d in dims for n in range(1, MAX_LAYERS + 1)),
+        key=lambda s: (abs(math.log(s[0] / dim0)) + abs(math.log(s[1] / layers0)), s),
+    )
     for dim, layers in shapes:
         low, high = max(16, dim // 2), 8 * dim
         shape = dict(dim=dim, n_layers=layers, n_heads=dim // head)
@@ -116,14 +130,18 @@ def match_stack(model: dict, path: tuple[str, ...], target: float, flops: Callab
         if not f_low <= target * (1 + tolerance) or not f_high >= target * (1 - tolerance):
             continue
         exact = low + (target - f_low) * (high - low) / (f_high - f_low)
-        options = [with_stack(model, path, ffn_hidden=min(high, max(low, f)), **shape)
-                   for f in (int(exact // FFN_STEP) * FFN_STEP, int(exact // FFN_STEP + 1) * FFN_STEP)]
+        options = [
+            with_stack(model, path, ffn_hidden=min(high, max(low, f)), **shape)
+            for f in (int(exact // FFN_STEP) * FFN_STEP, int(exact // FFN_STEP + 1) * FFN_STEP)
+        ]
         candidate = min(options, key=lambda m: abs(flops(m) / target - 1))
         if abs(flops(candidate) / target - 1) <= tolerance:
             return candidate
-    raise MatchError(f"no {'.'.join(path)} shape near d{dim0} x {layers0} reaches {target / 1e6:.2f} MFLOP/byte "
-                     f"within {tolerance:.0%}; choose another --target-patch-length, --patch-sizes or --bpe-vocab, "
-                     "or leave the arm out with --arms")
+    raise MatchError(
+        f"no {'.'.join(path)} shape near d{dim0} x {layers0} reaches {target / 1e6:.2f} MFLOP/byte "
+        f"within {tolerance:.0%}; choose another --target-patch-length, --patch-sizes or --bpe-vocab, "
+        "or leave the arm out with --arms"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +176,9 @@ def token_model(plan: StudyPlan, vocab_size: int, row_tokens: int, flops_target:
     return dict(kind="token_lm", stack=stack, vocab_size=int(vocab_size), dtype="float32", param_dtype="float32")
 
 
-def matched_models(plan: StudyPlan, thresholds: dict[str, float], patch_lengths: dict[str, float],
-                   token_vocab: int | None = None) -> dict[str, ArmModel]:
+def matched_models(
+    plan: StudyPlan, thresholds: dict[str, float], patch_lengths: dict[str, float], token_vocab: int | None = None
+) -> dict[str, ArmModel]:
     """Every arm's model at the reference arm's training FLOPs per byte.
 
     Args:
@@ -171,7 +190,7 @@ def matched_models(plan: StudyPlan, thresholds: dict[str, float], patch_lengths:
       token_vocab: the BPE tokenizer's vocabulary (with `bpe_lm`).
     """
     n = plan.spec.row_bytes
-    threshold = lambda arm: thresholds.get(arm, thresholds[REFERENCE_ARM])  # noqa: E731
+    threshold = lambda arm: thresholds.get(arm, thresholds[REFERENCE_ARM])
     reference = base_model(REFERENCE_ARM, plan, threshold(REFERENCE_ARM))
     target = flops_per_byte(reference, n, patch_lengths[REFERENCE_ARM])
     out = {}
@@ -184,8 +203,12 @@ def matched_models(plan: StudyPlan, thresholds: dict[str, float], patch_lengths:
         elif arm == "bpe_lm":
             length = patch_lengths[arm]
             row = token_row(n, length)
-            model = match_stack(token_model(plan, token_vocab, row, target), ("stack",), target,
-                                lambda m, L=length, r=row: flops_per_byte(m, r, L))
+            model = match_stack(
+                token_model(plan, token_vocab, row, target),
+                ("stack",),
+                target,
+                lambda m, L=length, r=row: flops_per_byte(m, r, L),
+            )
         else:
             length = patch_lengths[arm]
             model = base_model(arm, plan, threshold(arm))
@@ -212,15 +235,16 @@ def experiment(plan: StudyPlan, arm: ArmModel, seed: int, sources: dict[str, str
         stored = model["patching"]["mode"] == "entropy"
         train = sources["entropies_train" if stored else "train"]
         validation = sources["entropies_validation" if stored else "validation"]
-        raw = planning.experiment_dict(model, view, plan.arm_steps, train, validation,
-                                       patching=model["patching"], learning_rate=LEARNING_RATE)
+        raw = planning.experiment_dict(
+            model, view, plan.arm_steps, train, validation, patching=model["patching"], learning_rate=LEARNING_RATE
+        )
         p = row_patches(plan.spec.row_bytes, arm.mean_patch_length)
         raw["data"]["row_patches"] = raw["eval"]["row_patches"] = p
         return raw
-    raw = planning.experiment_dict(model, view, plan.arm_steps, sources["train"], sources["validation"],
-                                   learning_rate=LEARNING_RATE)
+    raw = planning.experiment_dict(
+        model, view, plan.arm_steps, sources["train"], sources["validation"], learning_rate=LEARNING_RATE
+    )
     if model.get("kind") == "token_lm":
         for section in ("data", "eval"):
             raw[section].update(row_bytes=arm.row_length, tokenizer=sources["tokenizer"])
     return raw
-

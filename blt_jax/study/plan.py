@@ -89,14 +89,23 @@ class StudyPlan:
         for arm in self.arms:
             require(arm in ARMS, "arms", f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
         require(len(set(self.arms)) == len(self.arms), "arms", f"an arm is named twice: {','.join(self.arms)}")
-        require(self.target_patch_length >= 1.5, "target_patch_length",
-                f"must be >= 1.5 bytes, got {self.target_patch_length}")
+        require(
+            self.target_patch_length >= 1.5,
+            "target_patch_length",
+            f"must be >= 1.5 bytes, got {self.target_patch_length}",
+        )
         for size in self.patch_sizes:
-            require(size >= 1.5 and size != self.target_patch_length, "patch_sizes",
-                    f"each must be >= 1.5 bytes and differ from the target {self.target_patch_length:g}, got {size:g}")
+            require(
+                size >= 1.5 and size != self.target_patch_length,
+                "patch_sizes",
+                f"each must be >= 1.5 bytes and differ from the target {self.target_patch_length:g}, got {size:g}",
+            )
         require(len(set(self.patch_sizes)) == len(self.patch_sizes), "patch_sizes", "a size is named twice")
-        require(isinstance(self.bpe_vocab, int) and MIN_VOCAB <= self.bpe_vocab <= MAX_VOCAB, "bpe_vocab",
-                f"must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}], got {self.bpe_vocab!r}")
+        require(
+            isinstance(self.bpe_vocab, int) and MIN_VOCAB <= self.bpe_vocab <= MAX_VOCAB,
+            "bpe_vocab",
+            f"must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}], got {self.bpe_vocab!r}",
+        )
         for name in ("entropy_steps", "arm_steps", "corpus_bytes", "validation_bytes"):
             require(getattr(self, name) >= 1, name, "must be >= 1 (build plans with make_plan)")
 
@@ -129,7 +138,7 @@ def scaling_arm(size: float) -> str:
 
 def scaling_size(arm: str) -> float | None:
     """The mean patch length of a scaling arm; None for the other arms."""
-    return float(arm[len(SCALING_PREFIX):].replace("_", ".")) if arm.startswith(SCALING_PREFIX) else None
+    return float(arm[len(SCALING_PREFIX) :].replace("_", ".")) if arm.startswith(SCALING_PREFIX) else None
 
 
 def is_entropy_arm(arm: str) -> bool:
@@ -183,9 +192,15 @@ def _rate(spec: ScaleSpec, arm: str) -> float:
     return spec.baseline_rate if arm in TRANSFORMER_ARMS else spec.blt_rate
 
 
-def make_plan(minutes: float = DEFAULT_MINUTES, scale: str = "small", arms: tuple[str, ...] = tuple(ARMS),
-              seeds: int = DEFAULT_SEEDS, target_patch_length: float = 4.5,
-              patch_sizes: tuple[float, ...] = (), bpe_vocab: int | None = None) -> StudyPlan:
+def make_plan(
+    minutes: float = DEFAULT_MINUTES,
+    scale: str = "small",
+    arms: tuple[str, ...] = tuple(ARMS),
+    seeds: int = DEFAULT_SEEDS,
+    target_patch_length: float = 4.5,
+    patch_sizes: tuple[float, ...] = (),
+    bpe_vocab: int | None = None,
+) -> StudyPlan:
     """Turns a wall-clock budget into step counts (see the module docstring).
 
     Raises:
@@ -208,19 +223,31 @@ def make_plan(minutes: float = DEFAULT_MINUTES, scale: str = "small", arms: tupl
     # the text of one step (the corpus is sampled once, for all seeds).
     step_s = seeds * sum(per_step / _rate(spec, arm) for arm in trained) + per_step * CORPUS_SLACK / spec.pass_rate
     arm_steps = max(spec.min_steps, int(seconds * (1 - ENTROPY_SHARE) / step_s))
-    return StudyPlan(minutes=float(minutes), scale=scale, arms=tuple(arms), seeds=int(seeds),
-                     target_patch_length=float(target_patch_length),
-                     patch_sizes=tuple(float(x) for x in patch_sizes),
-                     bpe_vocab=int(bpe_vocab or DEFAULT_BPE_VOCAB[scale]),
-                     entropy_steps=entropy_steps,
-                     arm_steps=arm_steps, corpus_bytes=int(arm_steps * per_step * CORPUS_SLACK),
-                     validation_bytes=spec.validation_bytes)
+    return StudyPlan(
+        minutes=float(minutes),
+        scale=scale,
+        arms=tuple(arms),
+        seeds=int(seeds),
+        target_patch_length=float(target_patch_length),
+        patch_sizes=tuple(float(x) for x in patch_sizes),
+        bpe_vocab=int(bpe_vocab or DEFAULT_BPE_VOCAB[scale]),
+        entropy_steps=entropy_steps,
+        arm_steps=arm_steps,
+        corpus_bytes=int(arm_steps * per_step * CORPUS_SLACK),
+        validation_bytes=spec.validation_bytes,
+    )
 
 
 def describe(plan: StudyPlan) -> dict[str, Any]:
     """The plan as a JSON-ready dict (with the derived row shapes)."""
-    return dict(dataclasses.asdict(plan), arms=list(plan.arms), patch_sizes=list(plan.patch_sizes), batch_size=plan.spec.batch_size,
-                row_bytes=plan.spec.row_bytes, trained_bytes_per_run=plan.arm_steps * plan.bytes_per_step)
+    return dict(
+        dataclasses.asdict(plan),
+        arms=list(plan.arms),
+        patch_sizes=list(plan.patch_sizes),
+        batch_size=plan.spec.batch_size,
+        row_bytes=plan.spec.row_bytes,
+        trained_bytes_per_run=plan.arm_steps * plan.bytes_per_step,
+    )
 
 
 def load_plan(path: str) -> StudyPlan:

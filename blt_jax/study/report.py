@@ -4,9 +4,9 @@ training FLOPs (`bpb_vs_flops.png`) and against bytes per patch or token (`bpb_v
 
 A claim "A beats B" holds when A's mean held-out bits per byte is below B's; a claim "A matches B"
 holds when A's mean is below B's plus a margin: the seed spread, and at least MATCH_MARGIN of B's mean
-(with one seed the spread is zero, and "matches" would otherwise mean "beats"). The gap is beyond the seed spread when it
-exceeds the larger of the two arms' ranges over seeds (with one seed there is no spread to compare
-with, and the report says so).
+(with one seed the spread is zero, and "matches" would otherwise mean "beats"). The gap is beyond
+the seed spread when it exceeds the larger of the two arms' ranges over seeds (with one seed there
+is no spread to compare with, and the report says so).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from blt_jax.quickstart.report import save_bpb_figure, series  # noqa: E402
-from blt_jax.study.plan import ARMS, REFERENCE_ARM, TRANSFORMER_ARMS, label, scaling_size  # noqa: E402
+from blt_jax.quickstart.report import save_bpb_figure, series
+from blt_jax.study.plan import ARMS, REFERENCE_ARM, TRANSFORMER_ARMS, label, scaling_size
 
 # (claim, arm expected to have the lower bits per byte, the other arm, "beats" or "matches"): the
 # paper's orderings, and the quickstart's comparison with a byte transformer.
@@ -32,8 +32,14 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("a BLT beats a byte transformer of equal training compute", "blt_entropy", "byte_lm", "beats"),
     ("a BLT matches a BPE-token transformer of equal training compute", "blt_entropy", "bpe_lm", "matches"),
 )
-COLORS = {"blt_entropy": "tab:blue", "blt_space": "tab:green", "blt_static": "tab:red", "blt_nohash": "tab:purple",
-          "byte_lm": "tab:orange", "bpe_lm": "black"}
+COLORS = {
+    "blt_entropy": "tab:blue",
+    "blt_space": "tab:green",
+    "blt_static": "tab:red",
+    "blt_nohash": "tab:purple",
+    "byte_lm": "tab:orange",
+    "bpe_lm": "black",
+}
 MORE_COLORS = ("tab:cyan", "tab:olive", "tab:brown", "tab:pink", "tab:gray")
 MATCH_MARGIN = 0.01
 
@@ -53,10 +59,23 @@ def claims_for(arms: Sequence[str]) -> list[tuple[str, str, str, str]]:
     for arm in arms:
         size = scaling_size(arm)
         if size is not None:
-            out.append((f"{size:g}-byte patches with a resized latent transformer beat the reference's at equal "
-                        "inference FLOPs", arm, REFERENCE_ARM, "beats"))
-            out.append((f"a BLT of {size:g}-byte patches beats the BPE-token transformer at equal inference FLOPs",
-                        arm, "bpe_lm", "beats"))
+            out.append(
+                (
+                    f"{size:g}-byte patches with a resized latent transformer beat the reference's at equal "
+                    "inference FLOPs",
+                    arm,
+                    REFERENCE_ARM,
+                    "beats",
+                )
+            )
+            out.append(
+                (
+                    f"a BLT of {size:g}-byte patches beats the BPE-token transformer at equal inference FLOPs",
+                    arm,
+                    "bpe_lm",
+                    "beats",
+                )
+            )
     return out
 
 
@@ -78,8 +97,18 @@ def orderings(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         spread = max(max(a) - min(a), max(b) - min(b))
         seeds = min(len(a), len(b))
         held = gap > 0 if kind == "beats" else gap > -max(spread, MATCH_MARGIN * statistics.mean(b))
-        out.append(dict(claim=claim, better=better, worse=worse, held=held, gap_bpb=gap, seed_spread_bpb=spread,
-                        seeds=seeds, beyond_spread=(abs(gap) > spread) if seeds >= 2 else None))
+        out.append(
+            dict(
+                claim=claim,
+                better=better,
+                worse=worse,
+                held=held,
+                gap_bpb=gap,
+                seed_spread_bpb=spread,
+                seeds=seeds,
+                beyond_spread=(abs(gap) > spread) if seeds >= 2 else None,
+            )
+        )
     return out
 
 
@@ -91,9 +120,11 @@ def _mean_range(values: Sequence[float], fmt: str) -> str:
 
 def markdown(rows: Sequence[Mapping[str, Any]], claims: Sequence[Mapping[str, Any]]) -> str:
     """The report as markdown: a row per arm (mean and range over seeds) and the orderings."""
-    lines = ["| arm | seeds | held-out bits/byte | train MFLOP/byte | inference MFLOP/byte (with entropy LM) "
-             "| params (hash tables) | bytes/patch | minutes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | seeds | held-out bits/byte | train MFLOP/byte | inference MFLOP/byte (with entropy LM) "
+        "| params (hash tables) | bytes/patch | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for arm, group in by_arm(rows).items():
         first = group[0]
         with_lm = first["inference_flops_per_byte_with_entropy_lm"]
@@ -102,7 +133,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], claims: Sequence[Mapping[str, An
             f"| {first['train_flops_per_byte'] / 1e6:.2f} | {first['inference_flops_per_byte'] / 1e6:.2f} "
             f"({with_lm / 1e6:.2f}) | {first['params'] / 1e6:.2f}M ({first['hash_params'] / 1e6:.2f}M) "
             f"| {_mean_range([r['bytes_per_patch_or_token'] for r in group], '.2f')} "
-            f"| {_mean_range([r['wall_seconds'] / 60 for r in group], '.1f')} |")
+            f"| {_mean_range([r['wall_seconds'] / 60 for r in group], '.1f')} |"
+        )
     lines.append("")
     for c in claims:
         verdict = "held" if c["held"] else "did not hold"
@@ -130,12 +162,22 @@ def figure(path: str, rows: Sequence[Mapping[str, Any]], curves: Mapping[tuple[s
             steps, bpb = series(curves.get((arm, row["seed"]), []), "eval_bpb")
             if len(steps):
                 per_step = row["trained_bytes"] / row["steps"]
-                ax.plot(steps * per_step * row["train_flops_per_byte"] / 1e12, bpb, color=shade, alpha=0.35,
-                        lw=1.0, ls="--")
-            ax.scatter([row["train_flops"] / 1e12], [row["val_bpb"]], color=shade, edgecolors="black", zorder=3,
-                       label=f"{label(arm)}, held-out" if i == 0 else None)
-    ax.set_title("Bits per byte at matched training compute\n(dashed: validation rows during training; "
-                 "markers: held-out text, one per seed)", fontsize=9)
+                ax.plot(
+                    steps * per_step * row["train_flops_per_byte"] / 1e12, bpb, color=shade, alpha=0.35, lw=1.0, ls="--"
+                )
+            ax.scatter(
+                [row["train_flops"] / 1e12],
+                [row["val_bpb"]],
+                color=shade,
+                edgecolors="black",
+                zorder=3,
+                label=f"{label(arm)}, held-out" if i == 0 else None,
+            )
+    ax.set_title(
+        "Bits per byte at matched training compute\n(dashed: validation rows during training; "
+        "markers: held-out text, one per seed)",
+        fontsize=9,
+    )
     return save_bpb_figure(fig, ax, path, "training FLOPs (x 10^12)")
 
 
@@ -162,6 +204,9 @@ def patch_size_figure(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
         xs, ys = zip(*sorted(line))
         ax.plot(xs, ys, color=COLORS[REFERENCE_ARM], lw=1.0, alpha=0.6, zorder=2)
     budget = statistics.mean(r["inference_flops_per_byte"] for r in rows) / 1e6
-    ax.set_title(f"Held-out bits per byte at {budget:.2f} MFLOP/byte of inference (entropy LM apart)\n"
-                 "(one marker per seed; the line joins the means of the reference BLT and its patch-size scaling arms)", fontsize=9)
+    ax.set_title(
+        f"Held-out bits per byte at {budget:.2f} MFLOP/byte of inference (entropy LM apart)\n"
+        "(one marker per seed; the line joins the means of the reference BLT and its patch-size scaling arms)",
+        fontsize=9,
+    )
     return save_bpb_figure(fig, ax, path, "bytes per patch (BLT) or per token (BPE); 1 for the byte transformer")

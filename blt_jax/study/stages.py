@@ -56,9 +56,13 @@ class Paths(qs.Paths):
         return os.path.join(self.root, "arms", arm, f"seed{seed}")
 
     def sources(self) -> dict[str, str]:
-        return {"train": self.corpus_train, "validation": self.corpus_validation,
-                "entropies_train": self.entropies_train, "entropies_validation": self.entropies_validation,
-                "tokenizer": self.tokenizer}
+        return {
+            "train": self.corpus_train,
+            "validation": self.corpus_validation,
+            "entropies_train": self.entropies_train,
+            "entropies_validation": self.entropies_validation,
+            "tokenizer": self.tokenizer,
+        }
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -72,19 +76,21 @@ def run_name(arm: str, seed: int) -> str:
 def stage_corpus(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> StageResult:
     """Splits the corpus into held-out text (every arm is scored on it) and training text."""
     start = time.perf_counter()
-    detail = split_corpus(corpus, paths.corpus_train, paths.corpus_validation, plan.corpus_bytes,
-                          plan.validation_bytes)
+    detail = split_corpus(corpus, paths.corpus_train, paths.corpus_validation, plan.corpus_bytes, plan.validation_bytes)
     if detail["validation_bytes"] < plan.bytes_per_step:  # evaluations along the way need one batch
-        raise InputError(f"{corpus}: only {detail['validation_bytes']:,} bytes could be held out (at most a fifth of "
-                         f"the documents), less than one batch of {plan.bytes_per_step:,}; give a bigger corpus")
+        raise InputError(
+            f"{corpus}: only {detail['validation_bytes']:,} bytes could be held out (at most a fifth of "
+            f"the documents), less than one batch of {plan.bytes_per_step:,}; give a bigger corpus"
+        )
     seconds = time.perf_counter() - start
     total = detail["train_bytes"] + detail["validation_bytes"]
     repeats = plan.arm_steps * plan.bytes_per_step / max(detail["train_bytes"], 1)
     note = f"{detail['train_bytes']:,} training bytes, {detail['validation_bytes']:,} held out"
     if repeats > 1.05:
         note += f" (each arm reads its training text {repeats:.1f} times)"
-    return StageResult("corpus", seconds, total, total / max(seconds, 1e-9),
-                       detail=dict(detail, source=corpus, note=note))
+    return StageResult(
+        "corpus", seconds, total, total / max(seconds, 1e-9), detail=dict(detail, source=corpus, note=note)
+    )
 
 
 # ---- the BPE tokenizer ----------------------------------------------------------------------------
@@ -101,10 +107,18 @@ def stage_tokenizer(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) 
     tokens = sum(len(tokenizer.encode(d, add_bos=False, add_eos=False)) for d in documents)
     total = sum(len(d) for d in documents)
     seconds = time.perf_counter() - start
-    return StageResult("tokenizer", seconds, total, total / max(seconds, 1e-9),
-                       detail=dict(note=f"{tokenizer.vocab_size} ids, {total / max(tokens, 1):.2f} bytes per token",
-                                   vocab_size=tokenizer.vocab_size, path=paths.tokenizer,
-                                   bytes_per_token=total / max(tokens, 1)))
+    return StageResult(
+        "tokenizer",
+        seconds,
+        total,
+        total / max(seconds, 1e-9),
+        detail=dict(
+            note=f"{tokenizer.vocab_size} ids, {total / max(tokens, 1):.2f} bytes per token",
+            vocab_size=tokenizer.vocab_size,
+            path=paths.tokenizer,
+            bytes_per_token=total / max(tokens, 1),
+        ),
+    )
 
 
 # ---- the entropy LM ------------------------------------------------------------------------------
@@ -113,11 +127,17 @@ def stage_tokenizer(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) 
 def stage_entropy_lm(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> StageResult:
     """Trains the entropy LM on the training text (one, shared by every seed)."""
     view = arming.quickstart_view(plan, 0)
-    raw = planning.experiment_dict(planning.entropy_model_dict(view), view, plan.entropy_steps, paths.corpus_train,
-                                   paths.corpus_validation)
+    raw = planning.experiment_dict(
+        planning.entropy_model_dict(view), view, plan.entropy_steps, paths.corpus_train, paths.corpus_validation
+    )
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes)
-    return qs.train_run("entropy_lm", raw, paths.entropy_lm, progress,
-                     dict(flops_per_byte=flops, note=f"{plan.entropy_steps} steps, {flops / 1e6:.2f} MFLOP/byte"))
+    return qs.train_run(
+        "entropy_lm",
+        raw,
+        paths.entropy_lm,
+        progress,
+        dict(flops_per_byte=flops, note=f"{plan.entropy_steps} steps, {flops / 1e6:.2f} MFLOP/byte"),
+    )
 
 
 def stage_entropy_pass(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> StageResult:
@@ -138,10 +158,18 @@ def stage_calibrate(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) 
     for result in results.values():
         print(result.summary())
     note = ", ".join(f"{r.threshold:.4f} -> {r.achieved_mean:.2f}" for r in results.values())
-    return StageResult("calibrate", time.perf_counter() - start, reference.tokens, mean_patch_length=reference.achieved_mean,
-                       detail=dict(note=f"thresholds {note}", threshold=reference.threshold,
-                                   thresholds={t: r.threshold for t, r in results.items()},
-                                   target=plan.target_patch_length))
+    return StageResult(
+        "calibrate",
+        time.perf_counter() - start,
+        reference.tokens,
+        mean_patch_length=reference.achieved_mean,
+        detail=dict(
+            note=f"thresholds {note}",
+            threshold=reference.threshold,
+            thresholds={t: r.threshold for t, r in results.items()},
+            target=plan.target_patch_length,
+        ),
+    )
 
 
 def thresholds(paths: Paths, plan: StudyPlan) -> dict[str, float]:
@@ -212,9 +240,17 @@ def stage_arms(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> St
     target = models[REFERENCE_ARM].train_flops_per_byte
     spread = max(abs(m.train_flops_per_byte / target - 1) for m in models.values())
     note = ", ".join(f"{arm} {m.mean_patch_length:.2f}" for arm, m in models.items() if arm in lengths)
-    return StageResult("arms", time.perf_counter() - start, mean_patch_length=lengths[REFERENCE_ARM],
-                       detail=dict(note=f"patch lengths {note}; FLOPs within {spread:.1%}", thresholds=by_arm,
-                                   flops_per_byte=target, patch_lengths=lengths))
+    return StageResult(
+        "arms",
+        time.perf_counter() - start,
+        mean_patch_length=lengths[REFERENCE_ARM],
+        detail=dict(
+            note=f"patch lengths {note}; FLOPs within {spread:.1%}",
+            thresholds=by_arm,
+            flops_per_byte=target,
+            patch_lengths=lengths,
+        ),
+    )
 
 
 def arm_models(paths: Paths) -> dict[str, arming.ArmModel]:
@@ -243,18 +279,30 @@ def train_arm(paths: Paths, plan: StudyPlan, arm: str, seed: int, progress: bool
     earlier = read_json(spent_file)["seconds"] if os.path.exists(spent_file) else 0.0
     began = time.perf_counter()
     try:
-        result = qs.train_run(run_name(arm, seed), raw, workdir, progress,
-                              dict(arm=arm, seed=seed, flops_per_byte=models[arm].train_flops_per_byte))
+        result = qs.train_run(
+            run_name(arm, seed),
+            raw,
+            workdir,
+            progress,
+            dict(arm=arm, seed=seed, flops_per_byte=models[arm].train_flops_per_byte),
+        )
         start = time.perf_counter()
         entropy = paths.entropy_lm if is_entropy_arm(arm) else None
-        bpb, scored = heldout_bpb(workdir, entropy, paths.corpus_validation,
-                                  models[arm].row_length or plan.spec.row_bytes, progress)
+        bpb, scored = heldout_bpb(
+            workdir, entropy, paths.corpus_validation, models[arm].row_length or plan.spec.row_bytes, progress
+        )
     except BaseException:  # a signal (in training or scoring), Ctrl-C, an error: the time was spent
         write_json(spent_file, {"seconds": earlier + time.perf_counter() - began})
         raise
-    detail = dict(result.detail, heldout_bpb=bpb, heldout_bytes=scored, score_seconds=time.perf_counter() - start,
-                  train_seconds=result.seconds, earlier_seconds=earlier,
-                  note=f"held-out {bpb:.3f} bits/byte, {models[arm].train_flops_per_byte / 1e6:.2f} MFLOP/byte")
+    detail = dict(
+        result.detail,
+        heldout_bpb=bpb,
+        heldout_bytes=scored,
+        score_seconds=time.perf_counter() - start,
+        train_seconds=result.seconds,
+        earlier_seconds=earlier,
+        note=f"held-out {bpb:.3f} bits/byte, {models[arm].train_flops_per_byte / 1e6:.2f} MFLOP/byte",
+    )
     return dataclasses.replace(result, seconds=result.seconds + detail["score_seconds"], detail=detail)
 
 
@@ -271,8 +319,9 @@ def _params(model: dict) -> tuple[int, int]:
     return sum(groups.values()), hashed
 
 
-def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, metrics: list[dict],
-               entropy_flops_per_byte: float) -> dict:
+def report_row(
+    plan: StudyPlan, arm: arming.ArmModel, result: StageResult, metrics: list[dict], entropy_flops_per_byte: float
+) -> dict:
     """One arm and seed of `report.json` (`metrics`: the run's metrics.jsonl rows)."""
     params, hashed = _params(arm.model)
     inference = arm.train_flops_per_byte / 3  # training = 3 x forward
@@ -284,17 +333,27 @@ def report_row(plan: StudyPlan, arm: arming.ArmModel, result: StageResult, metri
     extra = entropy_flops_per_byte if is_entropy_arm(arm.arm) else 0.0
     patch_len = next((r["eval_mean_patch_len"] for r in reversed(metrics) if r.get("eval_mean_patch_len")), None)
     return dict(
-        arm=arm.arm, label=label(arm.arm), seed=result.detail["seed"], val_bpb=result.detail["heldout_bpb"],
-        heldout_bytes=result.detail["heldout_bytes"], final_eval_bpb=result.bpb,
-        train_flops_per_byte=arm.train_flops_per_byte, train_flops=arm.train_flops_per_byte * trained,
+        arm=arm.arm,
+        label=label(arm.arm),
+        seed=result.detail["seed"],
+        val_bpb=result.detail["heldout_bpb"],
+        heldout_bytes=result.detail["heldout_bytes"],
+        final_eval_bpb=result.bpb,
+        train_flops_per_byte=arm.train_flops_per_byte,
+        train_flops=arm.train_flops_per_byte * trained,
         train_flops_per_byte_with_entropy_lm=arm.train_flops_per_byte + extra,
-        inference_flops_per_byte=inference, inference_flops_per_byte_with_entropy_lm=inference + extra,
-        params=params, hash_params=hashed,
+        inference_flops_per_byte=inference,
+        inference_flops_per_byte_with_entropy_lm=inference + extra,
+        params=params,
+        hash_params=hashed,
         bytes_per_patch_or_token=patch_len if arm.model.get("kind") != "entropy_lm" and patch_len else 1.0,
-        planned_patch_length=arm.mean_patch_length, steps=plan.arm_steps, trained_bytes=trained,
+        planned_patch_length=arm.mean_patch_length,
+        steps=plan.arm_steps,
+        trained_bytes=trained,
         # Training and scoring, in every session of the run (a session killed by SIGKILL leaves no record).
         wall_seconds=result.seconds + result.detail.get("earlier_seconds", 0.0),
-        workdir=result.detail["workdir"])
+        workdir=result.detail["workdir"],
+    )
 
 
 def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> StageResult:
@@ -315,17 +374,28 @@ def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
         rows.append(report_row(plan, models[arm], result, curves[(arm, seed)], entropy_flops))
     claims = report.orderings(rows)
     entropy_run = qs.require_result(paths, "entropy_lm")
-    write_json(paths.report_json, dict(
-        corpus=corpus, plan=describe(plan), arms=rows, orderings=claims,
-        entropy_lm_inference_flops_per_byte=entropy_flops,
-        entropy_lm_training_flops=entropy_run.detail["flops_per_byte"] * (entropy_run.bytes or 0)))
+    write_json(
+        paths.report_json,
+        dict(
+            corpus=corpus,
+            plan=describe(plan),
+            arms=rows,
+            orderings=claims,
+            entropy_lm_inference_flops_per_byte=entropy_flops,
+            entropy_lm_training_flops=entropy_run.detail["flops_per_byte"] * (entropy_run.bytes or 0),
+        ),
+    )
     text = report.markdown(rows, claims)
     with open(paths.report_md, "w", encoding="utf-8") as f:
         f.write(text)
     report.figure(paths.figure, rows, curves)
     report.patch_size_figure(paths.patch_figure, rows)
     print(text)
-    return StageResult("report", time.perf_counter() - start,
-                       detail=dict(note="report.md report.json bpb_vs_flops.png bpb_vs_patch_size.png",
-                                   files=[paths.report_md, paths.report_json, paths.figure, paths.patch_figure]))
-
+    return StageResult(
+        "report",
+        time.perf_counter() - start,
+        detail=dict(
+            note="report.md report.json bpb_vs_flops.png bpb_vs_patch_size.png",
+            files=[paths.report_md, paths.report_json, paths.figure, paths.patch_figure],
+        ),
+    )

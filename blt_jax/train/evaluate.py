@@ -15,19 +15,17 @@ from typing import Any
 
 import ml_collections
 
-from blt_jax.errors import InputError
 from blt_jax.data.pipeline import build_dataset, load_tokenizer
+from blt_jax.errors import InputError
 from blt_jax.experiment import apply_override, load_experiment
-from blt_jax.loading import check_tree
+from blt_jax.experiment.config import ExperimentConfig, experiment_from_dict, experiment_to_dict
+from blt_jax.loading import check_tree, runs
 from blt_jax.parallel import MeshConfig, make_mesh
 from blt_jax.params import abstract_params
-from blt_jax.loading import runs
-from blt_jax.experiment.config import ExperimentConfig, experiment_from_dict, experiment_to_dict
 from blt_jax.train.programs import TrainPrograms
 
 
-def run_experiment(saved: ExperimentConfig, spec: str | None = None,
-                   overrides: Sequence[str] = ()) -> ExperimentConfig:
+def run_experiment(saved: ExperimentConfig, spec: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The experiment to evaluate a run under: `spec` (an experiment file[:arg]) or the run's `saved`
     one, with `a.b=v` overrides applied."""
     if spec is not None:
@@ -38,8 +36,14 @@ def run_experiment(saved: ExperimentConfig, spec: str | None = None,
     return experiment_from_dict(raw)
 
 
-def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (), source: str | None = None,
-                 batch_size: int = 0, max_batches: int = 0) -> dict[str, Any]:
+def evaluate_run(
+    run: str,
+    spec: str | None = None,
+    overrides: Sequence[str] = (),
+    source: str | None = None,
+    batch_size: int = 0,
+    max_batches: int = 0,
+) -> dict[str, Any]:
     """One pass over a run's evaluation data (its `eval` section, else its `data`).
 
     Args:
@@ -69,8 +73,10 @@ def evaluate_run(run: str, spec: str | None = None, overrides: Sequence[str] = (
     programs = TrainPrograms(dataclasses.replace(experiment, data=data), make_mesh(MeshConfig(1, -1, 1)))
     batches = list(itertools.islice(build_dataset(data), max_batches or None))
     if not batches:  # a score over nothing would print as 0 bits per byte
-        raise InputError(f"{data.source}: too little text for one evaluation batch ({data.batch_size} rows of "
-                         f"{data.row_bytes} bytes, packed); give more text, or a smaller --batch-size")
+        raise InputError(
+            f"{data.source}: too little text for one evaluation batch ({data.batch_size} rows of "
+            f"{data.row_bytes} bytes, packed); give more text, or a smaller --batch-size"
+        )
     start = time.perf_counter()
     result = programs.evaluate(programs.train_layout(params), batches)
     return {**result, "source": data.source, "seconds": time.perf_counter() - start}

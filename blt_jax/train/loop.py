@@ -21,20 +21,19 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from blt_jax import paths
+from blt_jax.checkpoint import Checkpointer
 from blt_jax.data.packing import mean_patch_length
 from blt_jax.data.pipeline import DataConfig, build_dataset, load_tokenizer
 from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError, TrainingStopped
-from blt_jax.loading import CheckpointError
+from blt_jax.experiment.config import ExperimentConfig, experiment_to_dict
+from blt_jax.loading import CheckpointError, runs
+from blt_jax.loading.init_from import resolve_init_from
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
 from blt_jax.models import config_to_dict, model_kind
 from blt_jax.parallel import describe_shardings, process_rows
 from blt_jax.params import init_params
-from blt_jax.loading import runs
-from blt_jax.checkpoint import Checkpointer
-from blt_jax.experiment.config import ExperimentConfig, experiment_to_dict
-from blt_jax.loading.init_from import resolve_init_from
 from blt_jax.train.programs import TrainPrograms
 from blt_jax.train.skips import SkipWatch, Verdict
 
@@ -111,8 +110,14 @@ def resolve_experiment_paths(experiment: ExperimentConfig) -> ExperimentConfig:
         train = dataclasses.replace(train, init_from=resolve_init_from(train.init_from))
     lm_eval = experiment.lm_eval
     if lm_eval is not None:
-        lm_eval = dataclasses.replace(lm_eval, **{name: paths.resolve(getattr(lm_eval, name))
-                                                  for name in ("include_path", "entropy_model") if getattr(lm_eval, name)})
+        lm_eval = dataclasses.replace(
+            lm_eval,
+            **{
+                name: paths.resolve(getattr(lm_eval, name))
+                for name in ("include_path", "entropy_model")
+                if getattr(lm_eval, name)
+            },
+        )
     return dataclasses.replace(experiment, data=data, eval=evaluation, train=train, lm_eval=lm_eval)
 
 
@@ -144,8 +149,10 @@ def check_workdir(workdir: str, experiment: ExperimentConfig) -> None:
     if differ:
         shown = "; ".join(f"{k} {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in differ[:3])
         more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
-        raise InputError(f"{workdir} holds checkpoints of another model ({shown}{more}); choose another "
-                         "--workdir, or the configuration that run was started with")
+        raise InputError(
+            f"{workdir} holds checkpoints of another model ({shown}{more}); choose another "
+            "--workdir, or the configuration that run was started with"
+        )
 
 
 class Evaluator(Protocol):
@@ -178,8 +185,9 @@ def _eval_batches(experiment: ExperimentConfig, programs: TrainPrograms):
     return out
 
 
-def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: bool = True,
-                       evaluators: Sequence[Evaluator] = ()) -> dict:
+def train_and_evaluate(
+    experiment: ExperimentConfig, workdir: str, progress: bool = True, evaluators: Sequence[Evaluator] = ()
+) -> dict:
     """Trains (or resumes) a run in `workdir`.
 
     Args:
@@ -211,10 +219,13 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         paths.write_json(paths.join(workdir, "config.json"), config_dict)
         if experiment.data.tokenizer:  # the run stays loadable when it moves off its study / corpus
             paths.copy_file(experiment.data.tokenizer, paths.join(workdir, runs.TOKENIZER_FILE))
-        paths.write_json(paths.join(workdir, "shardings.json"), {
-            "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
-            "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),
-        })
+        paths.write_json(
+            paths.join(workdir, "shardings.json"),
+            {
+                "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
+                "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),
+            },
+        )
 
     stats = SourceStats()
     rows = process_rows(programs.batch_sharding, experiment.data.batch_size)  # this process's rows of a batch
@@ -227,7 +238,7 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     else:
         start = 0
         if train.init_from:
-            fresh = lambda: init_params(experiment.model, jax.random.key(train.seed))  # noqa: E731
+            fresh = lambda: init_params(experiment.model, jax.random.key(train.seed))
             state = programs.init_from_params(runs.load_initial_params(experiment.model, train.init_from, fresh))
         else:
             state = programs.init()
@@ -270,18 +281,23 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         flops_per_byte = kind.training_flops_per_byte(row_bytes, mean_len)
         bytes_per_s = window["bytes"] / elapsed if timed else None
         row = {
-            "loss": values["loss"], "bpb": values["bpb"], "grad_norm": values["grad_norm"], "lr": values["lr"],
-            "bytes_per_s": bytes_per_s, "patches_per_s": window["patches"] / elapsed if timed else None,
-            "mean_patch_len": mean_len, "flops_per_byte": flops_per_byte,
+            "loss": values["loss"],
+            "bpb": values["bpb"],
+            "grad_norm": values["grad_norm"],
+            "lr": values["lr"],
+            "bytes_per_s": bytes_per_s,
+            "patches_per_s": window["patches"] / elapsed if timed else None,
+            "mean_patch_len": mean_len,
+            "flops_per_byte": flops_per_byte,
             "mfu": flops_per_byte * bytes_per_s / peak if timed else None,
-            "skipped_steps": watch.total, "rewinds": watch.rewinds,
+            "skipped_steps": watch.total,
+            "rewinds": watch.rewinds,
             # The objective's other losses (a model kind's own: byteification's hidden and distill).
             **{k: v for k, v in values.items() if k not in STEP_METRICS},
         }
         writer.write(p_step + 1, row)
         summary["metrics"] = {"step": p_step + 1, **row}
-        bar.set_postfix(loss=f"{row['loss']:.3f}", bpb=f"{row['bpb']:.3f}",
-                        Bps=f"{bytes_per_s:,.0f}" if timed else "-")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", bpb=f"{row['bpb']:.3f}", Bps=f"{bytes_per_s:,.0f}" if timed else "-")
         window.update(bytes=0, patches=0, rows=0, time=now)
 
     def stop_if_told(p_step: int) -> None:
@@ -310,8 +326,9 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
         restored = checkpointer.restore(steps[-1], programs.abstract_state, programs.state_shardings)
         watch.rewinds += 1
         now = int(jax.device_get(state.step))
-        logger.warning("rewound to checkpoint %d; the batches of steps %d to %d are skipped", steps[-1],
-                       steps[-1] + 1, now)
+        logger.warning(
+            "rewound to checkpoint %d; the batches of steps %d to %d are skipped", steps[-1], steps[-1] + 1, now
+        )
         return restored.replace(step=state.step)
 
     with _Preemption() as preemption:
@@ -378,4 +395,3 @@ def train_and_evaluate(experiment: ExperimentConfig, workdir: str, progress: boo
     if summary["eval"]:
         logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])
     return summary
-

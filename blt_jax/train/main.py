@@ -1,6 +1,6 @@
 """`blt-jax train`: an experiment file with `--config.a.b=v` overrides, trained in a workdir.
 
-  blt-jax train --config experiments/tiny.py[:arg] --workdir DIR [--config.train.steps=50 ...]
+blt-jax train --config experiments/tiny.py[:arg] --workdir DIR [--config.train.steps=50 ...]
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ def check_corpus(source: str, text_field: str) -> None:
     raise SourceError(f"{source}: no readable documents")
 
 
-def train_from_file(spec: str, overrides: list[str], workdir: str, progress: bool = True,
-                    evaluators_for: Callable[[Any], Sequence[Any]] | None = None) -> dict:
+def train_from_file(
+    spec: str,
+    overrides: list[str],
+    workdir: str,
+    progress: bool = True,
+    evaluators_for: Callable[[Any], Sequence[Any]] | None = None,
+) -> dict:
     """Loads and validates the experiment, joins the other hosts, trains (or resumes) in `workdir`.
 
     Args:
@@ -55,8 +60,8 @@ def train_from_file(spec: str, overrides: list[str], workdir: str, progress: boo
       UserError (NotFound, InputError, ConfigError, SourceError): bad input, before any training.
     """
     from blt_jax.experiment import load_experiment
-    from blt_jax.parallel import maybe_initialize_distributed
     from blt_jax.experiment.config import experiment_from_dict
+    from blt_jax.parallel import maybe_initialize_distributed
     from blt_jax.train.loop import resolve_experiment_paths, train_and_evaluate
 
     experiment = experiment_from_dict(load_experiment(spec, overrides))

@@ -67,8 +67,10 @@ def check_groups(config: TrainConfig, params: Any) -> None:
     for field, prefix in named:
         if not any(_under(path, prefix) for path in paths):
             tops = sorted({path[0] for path in paths})
-            raise ConfigError(f"train.{field}", f"{'/'.join(prefix)!r} names no parameter of this model (its top-level "
-                              f"subtrees: {', '.join(tops)})")
+            raise ConfigError(
+                f"train.{field}",
+                f"{'/'.join(prefix)!r} names no parameter of this model (its top-level subtrees: {', '.join(tops)})",
+            )
 
 
 def stop_frozen(config: TrainConfig) -> Callable[[Any], Any]:
@@ -80,7 +82,8 @@ def stop_frozen(config: TrainConfig) -> Callable[[Any], Any]:
 
     def stop(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: jax.lax.stop_gradient(x) if any(_under(_keys(path), p) for p in frozen) else x, params)
+            lambda path, x: jax.lax.stop_gradient(x) if any(_under(_keys(path), p) for p in frozen) else x, params
+        )
 
     return stop
 
@@ -88,9 +91,11 @@ def stop_frozen(config: TrainConfig) -> Callable[[Any], Any]:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW; weight decay on every trained parameter (as the reference).
     Frozen subtrees get no update and no state; multiplied ones their own AdamW at a scaled rate."""
+
     def adamw(scale: float) -> optax.GradientTransformation:
-        return optax.adamw(learning_rate(config, scale), b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay)
+        return optax.adamw(
+            learning_rate(config, scale), b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+        )
 
     if not has_groups(config):
         return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw(1.0))

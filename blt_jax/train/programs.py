@@ -20,10 +20,11 @@ from jax.sharding import Mesh
 
 from blt_jax.data.packing import mean_patch_length
 from blt_jax.data.pipeline import to_global
+from blt_jax.experiment.config import ExperimentConfig
 from blt_jax.models import model_kind
 from blt_jax.nn import axes
+from blt_jax.nn.options import RunOptions
 from blt_jax.nn.scan import stack_layers, stacked_axes
-from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.parallel import (
     LOGICAL_RULES,
     batch_sharding,
@@ -32,8 +33,7 @@ from blt_jax.parallel import (
     replicated,
     wait_for_all_processes,
 )
-from blt_jax.experiment.config import ExperimentConfig
-from blt_jax.nn.options import RunOptions
+from blt_jax.params import abstract_params, init_params, logical_axes
 from blt_jax.train.optimizer import check_groups, learning_rate, make_optimizer, stop_frozen
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step
@@ -60,8 +60,10 @@ def _shard_like_params(opt_state: Any, params: Any, param_shardings: Any, fallba
     groups replicated (byteify stage 2 on v5litepod-16: 12 GB of Adam moments per chip).
     """
     leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    by_path = {_param_path(path): (leaf.shape, sharding)
-               for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(param_shardings))}
+    by_path = {
+        _param_path(path): (leaf.shape, sharding)
+        for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(param_shardings))
+    }
 
     def sharding_of(path, leaf):
         shape, sharding = by_path.get(_param_path(path), (None, None))
@@ -93,34 +95,48 @@ class TrainPrograms:
         self.apply = kind.apply_fn(self.options)
         objective = kind.objective_fn(self.options)
         frozen = stop_frozen(train)  # frozen subtrees: no weight gradient is ever computed
-        self.objective = lambda params, batch, embeds=None: objective(frozen(params), batch, embeds)  # noqa: E731
+        self.objective = lambda params, batch, embeds=None: objective(frozen(params), batch, embeds)
         layout = kind.scan_layout(self.scan)
 
-        stack = lambda params: stack_layers(params, layout)  # noqa: E731
+        stack = lambda params: stack_layers(params, layout)
         abstract = jax.eval_shape(stack, abstract_params(model))
         check_groups(train, abstract)
         axes_tree = stacked_axes(logical_axes(model), layout, axes.LAYERS)
         self.param_shardings = logical_to_shardings(axes_tree, abstract, self.mesh)
         abstract_opt = jax.eval_shape(self.tx.init, abstract)
         opt_shardings = _shard_like_params(abstract_opt, abstract, self.param_shardings, replicated(self.mesh))
-        self.state_shardings = TrainState(step=replicated(self.mesh), params=self.param_shardings,
-                                          opt_state=opt_shardings)
+        self.state_shardings = TrainState(
+            step=replicated(self.mesh), params=self.param_shardings, opt_state=opt_shardings
+        )
         self.batch_sharding = batch_sharding(self.mesh)
         # Per-layer init (its scales depend on depth), then the training layout.
-        fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))  # noqa: E731
+        fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))
         self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
-        step = functools.partial(train_step, objective=self.objective, tx=self.tx, schedule=self.schedule,
-                                 grad_accum=train.grad_accum, embed=kind.encoder_input())
-        self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0)
+        step = functools.partial(
+            train_step,
+            objective=self.objective,
+            tx=self.tx,
+            schedule=self.schedule,
+            grad_accum=train.grad_accum,
+            embed=kind.encoder_input(),
+        )
+        self._step = jax.jit(
+            step,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, replicated(self.mesh)),
+            donate_argnums=0,
+        )
         self._compiled: dict[str, Any] = {}  # several processes: programs compiled ahead (`_run`)
-        self._eval = jax.jit(functools.partial(eval_step, apply=self.apply),
-                             in_shardings=(self.param_shardings, self.batch_sharding),
-                             out_shardings=replicated(self.mesh))
+        self._eval = jax.jit(
+            functools.partial(eval_step, apply=self.apply),
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=replicated(self.mesh),
+        )
         self._init = jax.jit(fresh, out_shardings=self.state_shardings)
-        self._from_params = jax.jit(lambda params: init_state(model, self.tx, None, stack(params)),
-                                    out_shardings=self.state_shardings)
+        self._from_params = jax.jit(
+            lambda params: init_state(model, self.tx, None, stack(params)), out_shardings=self.state_shardings
+        )
         self._to_train_layout = jax.jit(stack, out_shardings=self.param_shardings)
 
     @contextlib.contextmanager

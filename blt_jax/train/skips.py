@@ -51,17 +51,27 @@ class SkipWatch:
         self.in_a_row += 1
         if self.in_a_row == 1:
             self.first_in_a_row = step + 1
-        logger.warning("step %d: loss %s, gradient norm %s: the update was skipped (%d in a "
-                       "row, %d in all)", step + 1, values.get("loss"), values.get("grad_norm"),
-                       self.in_a_row, self.total)
+        logger.warning(
+            "step %d: loss %s, gradient norm %s: the update was skipped (%d in a row, %d in all)",
+            step + 1,
+            values.get("loss"),
+            values.get("grad_norm"),
+            self.in_a_row,
+            self.total,
+        )
         if self.in_a_row >= self.max_in_a_row:
             return Verdict.STOP
         return Verdict.REWIND if self.rewind else Verdict.GO_ON
 
     def stop_message(self, step: int, newest_checkpoint: int | None) -> str:
         """The one line a stopped run ends with."""
-        kept = (f"the newest checkpoint, step {newest_checkpoint}, holds the parameters before them"
-                if newest_checkpoint is not None else "no checkpoint was written before them")
-        return (f"training stopped at step {step + 1}: the loss or its gradient was not finite in {self.in_a_row} "
-                f"steps in a row (from step {self.first_in_a_row}; train.max_skipped_steps="
-                f"{self.max_in_a_row}); {kept}. Lower train.learning_rate, or look at the batches of those steps")
+        kept = (
+            f"the newest checkpoint, step {newest_checkpoint}, holds the parameters before them"
+            if newest_checkpoint is not None
+            else "no checkpoint was written before them"
+        )
+        return (
+            f"training stopped at step {step + 1}: the loss or its gradient was not finite in {self.in_a_row} "
+            f"steps in a row (from step {self.first_in_a_row}; train.max_skipped_steps="
+            f"{self.max_in_a_row}); {kept}. Lower train.learning_rate, or look at the batches of those steps"
+        )

@@ -63,8 +63,9 @@ def _accumulated_grads(params, batch, objective, grad_accum, embed):
             (_, sums), g = grad_fn(params, mb)
             return jax.tree_util.tree_map(jnp.add, carry, (sums, g)), None
 
-        (sums, grads), _ = jax.lax.scan(accumulate, (zero_sums, jax.tree_util.tree_map(jnp.zeros_like, params)),
-                                        micro_batches)
+        (sums, grads), _ = jax.lax.scan(
+            accumulate, (zero_sums, jax.tree_util.tree_map(jnp.zeros_like, params)), micro_batches
+        )
         return sums, grads
 
     emb, rest = embed.split(params)
@@ -122,7 +123,7 @@ def train_step(
     # A step whose loss or gradient is not finite (a bad batch, a spike) changes nothing: once a NaN is
     # in the parameters or Adam's moments, every later step inherits it. The host counts the skips.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    keep = lambda new, old: jnp.where(finite, new, old)
     params = jax.tree_util.tree_map(keep, params, state.params)
     opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
     byte_sum = target_bytes(batch)
@@ -145,5 +146,9 @@ def eval_step(params: Any, batch: Batch, *, apply: Callable) -> dict[str, jax.Ar
     total, count = loss_sums(apply(params, batch), batch)
     patches = jnp.sum(batch["patch_lengths"] > 0) if "patch_lengths" in batch else count
     byte_sum = target_bytes(batch)
-    return {"ce_sum": total, "targets": count, "bytes": count if byte_sum is None else byte_sum,
-            "patches": patches.astype(jnp.float32)}
+    return {
+        "ce_sum": total,
+        "targets": count,
+        "bytes": count if byte_sum is None else byte_sum,
+        "patches": patches.astype(jnp.float32),
+    }
