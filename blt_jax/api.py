@@ -17,11 +17,12 @@ import numpy as np
 from blt_jax import loading
 from blt_jax.config import BLTConfig, EntropyLMConfig
 from blt_jax.errors import InputError
+from blt_jax.models import model_kind
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.nn.options import DEFAULT, RunOptions
 from blt_jax.nn.patch_ids import lengths_from_starts
-from blt_jax.params import abstract_params, init_params
+from blt_jax.params import abstract_params, count, init_params
 from blt_jax.patching.rules import patch_starts
 
 
@@ -130,8 +131,13 @@ class BLTModel:
             writers[format](local, self.config, jax.device_get(self.params), entropy)
 
     def describe(self) -> str:
-        """One line saying what the model is."""
-        return f"{type(self.config).__name__}, entropy LM: {self.entropy_params is not None}"
+        """One line saying what the model is: its configuration, patching rule and entropy LM."""
+        patching = self.config.patching
+        rule = f"{patching.mode} patching" + (
+            f", threshold {patching.threshold:.4f}" if patching.mode == "entropy" else ""
+        )
+        entropy = "included" if self.entropy_params is not None else "none"
+        return f"{type(self.config).__name__} ({rule}; entropy LM: {entropy})"
 
     # ---- numerics ------------------------------------------------------------------------------
 
@@ -348,25 +354,31 @@ class BLTModel:
 
 
 class ByteLM:
-    """A byte-level transformer (an entropy LM, or the quickstart's byte baseline) behind the part of
-    `BLTModel`'s interface that scoring uses: next-byte logits of BOS + bytes, no patching.
+    """A model of any kind that reads plain rows of ids (an entropy LM, the quickstart's byte baseline,
+    a kind registered by a user) behind the part of `BLTModel`'s interface that scoring uses:
+    next-id logits of BOS + bytes, no patching. Its module and inputs come from its kind.
 
     Attributes:
-      config: the entropy LM configuration.
+      config: the model's configuration.
       params: its parameters.
       options: how it runs (as `BLTModel`'s).
     """
 
-    def __init__(self, config: EntropyLMConfig, params: Mapping, options: RunOptions = DEFAULT):
-        loading.check_tree(params, abstract_params(config), "byte LM parameters")
+    def __init__(self, config: Any, params: Mapping, options: RunOptions = DEFAULT):
+        loading.check_tree(params, abstract_params(config), f"{model_kind(config).description} parameters")
         self.config = config
         self.params = jax.device_put(params)
         self.options = options
 
+    def _apply(self):
+        """(params, tokens [B, N]) -> logits [B, N, V] through the kind's module and inputs."""
+        kind = model_kind(self.config)
+        module = kind.module(self.options)
+        return lambda p, t: module.apply({"params": p}, *kind.inputs({"tokens": t}))
+
     @functools.cached_property
     def _logits_fn(self):
-        module = EntropyLM(self.config, self.options)
-        return jax.jit(lambda p, t: module.apply({"params": p}, t))
+        return jax.jit(self._apply())
 
     def logits(self, tokens: Any) -> jax.Array:
         """Next-byte logits: float32 [B, N, V] of int tokens [B, N]."""
@@ -374,8 +386,8 @@ class ByteLM:
 
     @functools.cached_property
     def _scores_fn(self):
-        module = EntropyLM(self.config, self.options)
-        return _scores_of(jax.jit(lambda p, t, _: module.apply({"params": p}, t)))
+        apply = self._apply()
+        return _scores_of(jax.jit(lambda p, t, _: apply(p, t)))
 
     def token_logprobs(self, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
         """As `BLTModel.token_logprobs`: float32 [B, N - 1] log-probabilities, bool [B, N - 1] argmax."""
@@ -392,7 +404,34 @@ class ByteLM:
         from blt_jax.inference.batching import Decoding
         from blt_jax.inference.lm_decode import LMDecodeEngine
 
+        kind = model_kind(self.config)
+        if not kind.causal_stack:
+            raise InputError(f"{kind.description} has no cached decoder: it scores text, it cannot be served")
         return Decoding(LMDecodeEngine(self.config, capacity), self.params, None, self._vocabulary())
+
+    def describe(self) -> str:
+        """One line saying what the model is."""
+        kind = model_kind(self.config)
+        return f"{kind.description} ({type(self.config).__name__}), {count(self.params):,} parameters"
+
+    def save(self, directory: str, format: str = "native") -> None:  # noqa: A002 - the CLI's word
+        """Writes the model in our format to a directory (local, `~` or `gs://`) that `from_pretrained`
+        reads back (the Hugging Face layout is written for BLTs only)."""
+        from blt_jax import paths
+        from blt_jax.convert.native import save_native
+
+        if format != "native":
+            raise InputError(f"format {format!r}: {model_kind(self.config).description} is saved in our format only")
+        with paths.staged_dir(paths.resolve(directory)) as local:
+            save_native(local, self.config, jax.device_get(self.params), None, self._extra_files())
+            self._copy_beside(local)
+
+    def _extra_files(self) -> dict:
+        """Records saved with the configuration (a token LM's tokenizer)."""
+        return {}
+
+    def _copy_beside(self, local: str) -> None:
+        """Files saved beside the parameters (a token LM's tokenizer.json)."""
 
     def _vocabulary(self):
         from blt_jax.inference.vocabulary import byte_vocabulary
@@ -446,36 +485,32 @@ class TokenLM(ByteLM):
             )
         return token_vocabulary(self.tokenizer, self.config.vocab_size)
 
-    def save(self, directory: str) -> None:
-        """Writes the model in our format (`blt_jax.json`, `params.safetensors`, and its tokenizer as
-        `tokenizer.json`) to a directory (local, `~` or `gs://`) that `from_pretrained` reads back."""
-        from blt_jax import paths
-        from blt_jax.convert.native import save_native
+    def _extra_files(self) -> dict:
+        """The tokenizer's record (`blt_jax.json`), so the saved model reads text as it was trained to."""
         from blt_jax.data import token_patches
 
-        extra = (
-            {} if self.tokenizer is None else {loading.TOKENIZER_KEY: token_patches.tokenizer_record(self.tokenizer)}
-        )
-        with paths.staged_dir(paths.resolve(directory)) as local:
-            save_native(local, self.config, jax.device_get(self.params), None, extra)
-            if self.tokenizer is not None:
-                paths.copy_file(self.tokenizer.path, paths.join(local, loading.TOKENIZER_FILE))
+        if self.tokenizer is None:
+            return {}
+        return {loading.TOKENIZER_KEY: token_patches.tokenizer_record(self.tokenizer)}
+
+    def _copy_beside(self, local: str) -> None:
+        """The tokenizer as `tokenizer.json` beside the parameters."""
+        from blt_jax import paths
+
+        if self.tokenizer is not None:
+            paths.copy_file(self.tokenizer.path, paths.join(local, loading.TOKENIZER_FILE))
 
 
-def _facades() -> dict:
-    from blt_jax.models.blt import BLTKind
-    from blt_jax.models.entropy_lm import EntropyLMKind
-    from blt_jax.models.token_lm import TokenLMKind
-
-    return {
-        BLTKind: lambda m, options: BLTModel(m.config, m.params, m.entropy_params, options),
-        TokenLMKind: lambda m, options: TokenLM(m.config, m.params, m.tokenizer, options),
-        EntropyLMKind: lambda m, options: ByteLM(m.config, m.params, options),
-    }
-
-
-# Model kind -> how a loaded model of it is used (a new kind with a standalone use adds its line).
-FACADES = _facades()
+def facade(loaded: loading.LoadedModel, options: RunOptions = DEFAULT) -> BLTModel | TokenLM | ByteLM:
+    """The object a loaded model is used through, chosen by what its kind reads: patches (a
+    `BLTModel`), a tokenizer's ids (a `TokenLM`), or plain rows of byte ids (a `ByteLM`, which runs
+    any kind's module, a user's registered kinds included)."""
+    kind = model_kind(loaded.config)
+    if kind.patching is not None:
+        return BLTModel(loaded.config, loaded.params, loaded.entropy_params, options)
+    if kind.token_rows:
+        return TokenLM(loaded.config, loaded.params, loaded.tokenizer, options)
+    return ByteLM(loaded.config, loaded.params, options)
 
 
 def load_token_model(path: str) -> TokenLM:
@@ -516,16 +551,6 @@ def from_pretrained(
 
     options = RunOptions(attention=attention_impl)  # refused in one line before anything is read
     return facade(runs.load_model(path, entropy_path, dtype), options)
-
-
-def facade(loaded: loading.LoadedModel, options: RunOptions = DEFAULT) -> BLTModel | TokenLM | ByteLM:
-    """The object a loaded model is used through, by its kind (`FACADES`)."""
-    from blt_jax.models import model_kind
-
-    kind = type(model_kind(loaded.config))
-    if kind not in FACADES:
-        raise loading.CheckpointError(f"{model_kind(loaded.config).description} has no standalone use")
-    return FACADES[kind](loaded, options)
 
 
 def load_entropy_model(path: str) -> tuple[EntropyLMConfig, dict]:

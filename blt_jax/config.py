@@ -509,7 +509,7 @@ ModelConfig = BLTConfig | EntropyLMConfig | TokenLMConfig | DistillConfig
 # Construction from plain mappings (ml_collections.ConfigDict, JSON) with full field paths.
 
 
-def _as_dict(value: Any, path: str) -> dict:
+def as_dict(value: Any, path: str) -> dict:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     if not isinstance(value, Mapping):
@@ -517,9 +517,10 @@ def _as_dict(value: Any, path: str) -> dict:
     return dict(value)
 
 
-def _build(cls, raw: Any, path: str, nested: Mapping[str, Any] | None = None):
-    """Builds dataclass `cls` from a mapping, rejecting unknown keys and prefixing errors with `path`."""
-    data = _as_dict(raw, path)
+def config_from_fields(cls, raw: Any, path: str, nested: Mapping[str, Any] | None = None):
+    """Builds the frozen dataclass `cls` from a mapping, rejecting unknown keys (naming the closest
+    field) and prefixing errors with `path`; `nested`: field -> builder of that field's value."""
+    data = as_dict(raw, path)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -541,39 +542,41 @@ def _build(cls, raw: Any, path: str, nested: Mapping[str, Any] | None = None):
 
 
 def stack_from_dict(raw: Any, path: str = "stack") -> StackConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     if data.get("ffn_hidden") is None and "dim" in data:
         data["ffn_hidden"] = swiglu_hidden(int(data["dim"]))
-    return _build(StackConfig, data, path, nested={"rope_scaling": lambda v, p: _build(RopeScaling, v, p)})
+    return config_from_fields(
+        StackConfig, data, path, nested={"rope_scaling": lambda v, p: config_from_fields(RopeScaling, v, p)}
+    )
 
 
 def entropy_lm_from_dict(raw: Any, path: str = "entropy_model") -> EntropyLMConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     data.pop("kind", None)
-    return _build(EntropyLMConfig, data, path, nested={"stack": stack_from_dict})
+    return config_from_fields(EntropyLMConfig, data, path, nested={"stack": stack_from_dict})
 
 
 def token_lm_from_dict(raw: Any, path: str = "model") -> TokenLMConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     data.pop("kind", None)
-    return _build(TokenLMConfig, data, path, nested={"stack": stack_from_dict})
+    return config_from_fields(TokenLMConfig, data, path, nested={"stack": stack_from_dict})
 
 
 def blt_from_dict(raw: Any, path: str = "model") -> BLTConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     data.pop("kind", None)
     nested = {
         "encoder": stack_from_dict,
         "latent": stack_from_dict,
         "decoder": stack_from_dict,
-        "hash": lambda v, p: _build(HashConfig, v, p),
-        "patching": lambda v, p: _build(PatchingConfig, v, p),
+        "hash": lambda v, p: config_from_fields(HashConfig, v, p),
+        "patching": lambda v, p: config_from_fields(PatchingConfig, v, p),
         "entropy_model": entropy_lm_from_dict,
     }
-    return _build(BLTConfig, data, path, nested=nested)
+    return config_from_fields(BLTConfig, data, path, nested=nested)
 
 
 def distill_from_dict(raw: Any, path: str = "model") -> DistillConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     data.pop("kind", None)
-    return _build(DistillConfig, data, path, nested={"blt": blt_from_dict})
+    return config_from_fields(DistillConfig, data, path, nested={"blt": blt_from_dict})

@@ -364,3 +364,13 @@ def test_blt_jax_train_a_token_transformer_from_relative_paths(tmp_path):
     ids = converted.encode(text)
     np.testing.assert_array_equal(ids, run_model.encode(text))
     np.testing.assert_array_equal(np.asarray(converted.logits(ids[None])), np.asarray(run_model.logits(ids[None])))
+    # `blt-jax export` writes the same (it raised a TypeError traceback for token LMs), and the
+    # Hugging Face layout, written for BLTs only, is one line.
+    result = blt_jax("export", "runs/bpe", "exported", cwd=cwd, timeout=600)
+    assert result.returncode == 0 and "a token LM, 400 ids; tokenizer: included" in result.stdout, result.stderr[-3000:]
+    assert (cwd / "exported" / "tokenizer.json").read_bytes() == (cwd / "tok.json").read_bytes()
+    result = blt_jax("export", "runs/bpe", "exported_hf", "--format", "hf", cwd=cwd, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "blt-jax export: error: format 'hf': a token transformer is saved in our format only"
+    ), result.stderr[-2000:]

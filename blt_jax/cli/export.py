@@ -37,11 +37,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.dest} exists and is not empty; choose a new directory or remove it")
     model = from_pretrained(args.run, entropy_path=args.entropy_checkpoint)
     model.save(args.dest, format=args.format)
-    patching = model.config.patching
-    rule = f"{patching.mode} patching" + (f", threshold {patching.threshold:.4f}" if patching.mode == "entropy" else "")
     layout = {"native": "our format", "hf": "Hugging Face layout"}[args.format]
-    print(
-        f"wrote {args.dest} ({layout}): {type(model.config).__name__} ({rule}; entropy LM: "
-        f"{'included' if model.entropy_params is not None else 'none'})"
-    )
+    print(f"wrote {args.dest} ({layout}): {model.describe()}")
     return 0

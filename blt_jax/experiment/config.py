@@ -16,8 +16,8 @@ from blt_jax.config import (
     ConfigError,
     ModelConfig,
     PatchingConfig,
-    _as_dict,
-    _build,
+    as_dict,
+    config_from_fields,
     require,
 )
 from blt_jax.data.pipeline import DataConfig
@@ -287,33 +287,33 @@ class ExperimentConfig:
 
 
 def _data_from_dict(raw: Any, path: str, model: ModelConfig) -> DataConfig:
-    data = _as_dict(raw, path)
+    data = as_dict(raw, path)
     if "patching" in data and data["patching"] is not None:
-        data["patching"] = _build(PatchingConfig, data["patching"], f"{path}.patching")
+        data["patching"] = config_from_fields(PatchingConfig, data["patching"], f"{path}.patching")
     elif model_kind(model).patching is not None:
         data["patching"] = model_kind(model).patching
     if model_kind(model).patching is None:
         data["row_patches"] = 0  # a model of plain byte rows (the entropy LM)
-    return _build(DataConfig, data, path)
+    return config_from_fields(DataConfig, data, path)
 
 
 def experiment_from_dict(raw: Any) -> ExperimentConfig:
     """Validates an experiment ConfigDict (sections model, data, eval, train, mesh)."""
-    data = _as_dict(raw, "")
+    data = as_dict(raw, "")
     unknown = set(data) - {"model", "data", "eval", "train", "mesh", "lm_eval", "bench"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section; expected model, data, eval, train, mesh, lm_eval")
     if "model" not in data:
         raise ConfigError("model", "missing: the experiment defines no model")
-    model_raw = _as_dict(data["model"], "model")
+    model_raw = as_dict(data["model"], "model")
     model = model_config_from_dict(model_raw, "model")  # checks the run keys too, naming them
     run = from_model_keys(model_raw)
-    train = _build(TrainConfig, data.get("train") or {}, "train")
-    mesh = _build(MeshConfig, data.get("mesh") or {}, "mesh")
+    train = config_from_fields(TrainConfig, data.get("train") or {}, "train")
+    mesh = config_from_fields(MeshConfig, data.get("mesh") or {}, "mesh")
     training_data = _data_from_dict(data.get("data") or {}, "data", model)
     eval_raw = data.get("eval")
     evaluation = _data_from_dict(eval_raw, "eval", model) if eval_raw else None
-    lm_eval = _build(LmEvalConfig, data["lm_eval"], "lm_eval") if data.get("lm_eval") else None
+    lm_eval = config_from_fields(LmEvalConfig, data["lm_eval"], "lm_eval") if data.get("lm_eval") else None
     try:
         return ExperimentConfig(model, training_data, evaluation, train, mesh, lm_eval, run)
     except ConfigError as e:

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from blt_jax.config import EntropyLMConfig, PatchingConfig
+from blt_jax.config import EntropyLMConfig, PatchingConfig, as_dict, config_from_fields
 from blt_jax.nn.options import DEFAULT, RunOptions
 
 Batch = Mapping[str, jax.Array]
@@ -80,14 +80,20 @@ class ModelKind(abc.ABC):
     token_rows: ClassVar[bool] = False
     # The model is itself an entropy LM: loading also finds it as a BLT's patcher.
     is_patcher: ClassVar[bool] = False
+    # The model is `nn.entropy_lm.EntropyLM` over its ids, so `inference.lm_decode` decodes it with a
+    # cache (what `blt-jax serve` needs of a model without patches).
+    causal_stack: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
 
     @classmethod
-    @abc.abstractmethod
     def config_from_dict(cls, raw: Any, path: str) -> Any:
-        """The validated configuration of a dict (errors name the field under `path`)."""
+        """The validated configuration of a dict (errors name the field under `path`): by default the
+        fields of `config_class`, whose `__post_init__` validates them (a kind with nested sections
+        builds them itself)."""
+        data = {k: v for k, v in as_dict(raw, path).items() if k != "kind"}
+        return config_from_fields(cls.config_class, data, path)
 
     @abc.abstractmethod
     def module(self, options: RunOptions = DEFAULT) -> nn.Module:

@@ -22,6 +22,7 @@ class EntropyLMKind(ModelKind):
     config_class = EntropyLMConfig
     description = "an entropy LM"
     is_patcher = True
+    causal_stack = True
     config: EntropyLMConfig
 
     @classmethod

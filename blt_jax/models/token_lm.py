@@ -27,6 +27,7 @@ class TokenLMKind(ModelKind):
     config_class = TokenLMConfig
     description = "a token transformer"
     token_rows = True
+    causal_stack = True
     config: TokenLMConfig
 
     @classmethod

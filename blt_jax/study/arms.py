@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blt_jax.errors import InputError
+from blt_jax.models import ModelKind, model_config_from_dict, model_kind
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import QuickstartPlan
 from blt_jax.study.plan import REFERENCE_ARM, StudyPlan, is_entropy_arm, row_patches
@@ -163,6 +164,10 @@ class ArmModel:
     train_flops_per_byte: float
     row_length: int = 0
 
+    def kind(self) -> ModelKind:
+        """The model's kind, bound to its configuration (what it reads: patches, tokens or bytes)."""
+        return model_kind(model_config_from_dict(self.model))
+
 
 def token_row(row_bytes: int, bytes_per_token: float) -> int:
     """Tokens per row of a token transformer: about the bytes of a byte row, a multiple of 8."""
@@ -231,7 +236,8 @@ def experiment(plan: StudyPlan, arm: ArmModel, seed: int, sources: dict[str, str
     """
     view = quickstart_view(plan, seed)
     model = arm.model
-    if model.get("kind") == "blt":
+    kind = arm.kind()
+    if kind.patching is not None:
         stored = model["patching"]["mode"] == "entropy"
         train = sources["entropies_train" if stored else "train"]
         validation = sources["entropies_validation" if stored else "validation"]
@@ -244,7 +250,7 @@ def experiment(plan: StudyPlan, arm: ArmModel, seed: int, sources: dict[str, str
     raw = planning.experiment_dict(
         model, view, plan.arm_steps, sources["train"], sources["validation"], learning_rate=LEARNING_RATE
     )
-    if model.get("kind") == "token_lm":
+    if kind.token_rows:
         for section in ("data", "eval"):
             raw[section].update(row_bytes=arm.row_length, tokenizer=sources["tokenizer"])
     return raw

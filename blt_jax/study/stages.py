@@ -325,7 +325,8 @@ def report_row(
     """One arm and seed of `report.json` (`metrics`: the run's metrics.jsonl rows)."""
     params, hashed = _params(arm.model)
     inference = arm.train_flops_per_byte / 3  # training = 3 x forward
-    token_rows = arm.model.get("kind") == "token_lm"
+    kind = arm.kind()
+    token_rows = kind.token_rows
     # Bytes per row: N, or a token row's tokens x the measured bytes per token.
     row_bytes = (arm.row_length or plan.spec.row_bytes) * (arm.mean_patch_length if token_rows else 1.0)
     trained = plan.arm_steps * plan.spec.batch_size * row_bytes
@@ -346,7 +347,8 @@ def report_row(
         inference_flops_per_byte_with_entropy_lm=inference + extra,
         params=params,
         hash_params=hashed,
-        bytes_per_patch_or_token=patch_len if arm.model.get("kind") != "entropy_lm" and patch_len else 1.0,
+        # A byte transformer's rows report patches of 1 byte: only patches and tokens group bytes.
+        bytes_per_patch_or_token=patch_len if (kind.patching is not None or kind.token_rows) and patch_len else 1.0,
         planned_patch_length=arm.mean_patch_length,
         steps=plan.arm_steps,
         trained_bytes=trained,
