@@ -1,6 +1,6 @@
 """The package's layers (`.importlinter`): no module imports one above its layer, no import cycle.
 
-Order, top to bottom: cli, study | byteify, quickstart | evals, api | aot, train | inference, loading,
+Order, top to bottom: cli, study | byteify, quickstart | evals, api | aot | stages, train | inference, loading,
 experiment | checkpoint, convert, data, patching, params | parallel, models, nn | metrics, presets,
 config | tokenizer | paths, errors. A second contract forbids cycles between sibling modules at every depth.
 """
@@ -55,3 +55,21 @@ def test_importing_the_package_stays_light():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_in_the_package_is_over_100_lines():
+    """Long functions are cut into named steps (the structure a reader can follow); this keeps them so."""
+    import ast
+    import pathlib
+
+    long = []
+    for path in sorted(pathlib.Path(ROOT, "blt_jax").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "cut these into named steps: " + "; ".join(long)

@@ -198,7 +198,7 @@ def test_readme_lm_eval_commands_on_the_quickstart_models(run):
 
 def test_interrupted_stage_exits_130_with_how_to_resume(monkeypatch, tmp_path, capsys):
     import blt_jax.quickstart as quickstart
-    from blt_jax.quickstart.stages import StageInterrupted
+    from blt_jax.stages import StageInterrupted
 
     def stopped(*args, **kwargs):
         raise StageInterrupted("blt", "SIGINT", 17)

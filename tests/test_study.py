@@ -293,7 +293,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_a_plan_is_kept_once_the_corpus_is_split(tmp_path):
-    from blt_jax.quickstart.stages import StageResult, save_result
+    from blt_jax.stages import StageResult, save_result
     from blt_jax.study import open_plan
 
     workdir = str(tmp_path / "study")

@@ -234,7 +234,8 @@ def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
     already held, and its clock skips the evaluation)."""
     from types import SimpleNamespace
 
-    from blt_jax.train import loop
+    from blt_jax.metrics import throughput
+    from blt_jax.train import loop, step_log
 
     clock = [0.0]
 
@@ -248,7 +249,9 @@ def test_throughput_windows_exclude_evaluation_time(tmp_path, monkeypatch):
             return super().evaluate(params, batches)
 
     monkeypatch.setattr(loop, "TrainPrograms", TimedTrainer)
-    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    fake = SimpleNamespace(perf_counter=lambda: clock[0])
+    for module in (loop, step_log, throughput):  # the loop times evaluations, the log and its window steps
+        monkeypatch.setattr(module, "time", fake)
     exp = experiment(
         train__steps=30, train__log_every=10, train__eval_every=9, train__eval_batches=1, train__checkpoint_every=0
     )

@@ -11,8 +11,8 @@ stage2/ is the result.
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +21,7 @@ from blt_jax.byteify.plan import DEFAULT_MINUTES, ByteifyPlan, check_options, de
 from blt_jax.byteify.stages import Context, Paths
 from blt_jax.errors import InputError
 from blt_jax.paths import read_json, resolve, write_json
-from blt_jax.quickstart.stages import StageResult, load_result, save_result
+from blt_jax.stages import Stage, first_line, load_result, run_stages
 
 __all__ = ["DEFAULT_MINUTES", "ByteifyPlan", "Paths", "default_options", "run_byteify"]
 
@@ -65,6 +65,13 @@ def _plain(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value))
+
+
+def _stage(name: str, fn, ctx) -> Stage:
+    """A byteify stage: `fn(ctx)`, described by its stage function's docstring (the teacher and
+    report stages are lambdas around theirs); the report is redrawn every time."""
+    described = getattr(stages, f"stage_{name}") if name in ("teacher", "report") else fn
+    return Stage(name, functools.partial(fn, ctx), first_line(described), always=name == "report")
 
 
 def run_byteify(
@@ -143,20 +150,5 @@ def run_byteify(
         f"{plan.baseline_steps if baseline else 'none'}, of {plan.bytes_per_step:,} bytes",
         flush=True,
     )
-    for index, (name, stage) in enumerate(todo, 1):
-        done = load_result(paths, name)
-        if done is not None and name != "report":
-            print(f"[{index}/{len(todo)}] {name}: done earlier ({done.seconds:.1f}s), skipped", flush=True)
-            continue
-        doc = stage.__doc__ if name not in ("teacher", "report") else getattr(stages, f"stage_{name}").__doc__
-        print(f"[{index}/{len(todo)}] {name}: {(doc or '').strip().splitlines()[0]}", flush=True)
-        start = time.perf_counter()
-        result: StageResult = stage(ctx)
-        save_result(paths, result)
-        note = result.detail.get("note")
-        print(
-            f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
-            + (f" ({note})" if note else ""),
-            flush=True,
-        )
+    run_stages(paths, [_stage(name, fn, ctx) for name, fn in todo])
     return read_json(paths.report_json)

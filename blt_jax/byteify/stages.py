@@ -33,7 +33,7 @@ from blt_jax.config import TokenLMConfig
 from blt_jax.errors import InputError
 from blt_jax.paths import replacing, write_json
 from blt_jax.quickstart import stages as qs
-from blt_jax.quickstart.stages import StageResult
+from blt_jax.stages import StageResult, load_result, require_result, train_run
 
 
 class Paths(qs.Paths):
@@ -194,7 +194,7 @@ def stage_measure(ctx: Context) -> StageResult:
 
 
 def measured(ctx: Context) -> dict:
-    return qs.require_result(ctx.paths, "measure").detail
+    return require_result(ctx.paths, "measure").detail
 
 
 def teacher_embeddings(ctx: Context) -> bool:
@@ -258,7 +258,7 @@ def _flops(raw: dict, mean_patch_length: float) -> float:
 
 def _train(name: str, raw: dict, workdir: str, ctx: Context, mean_patch_length: float) -> StageResult:
     flops = _flops(raw, mean_patch_length)
-    return qs.train_run(
+    return train_run(
         name,
         raw,
         workdir,
@@ -323,7 +323,7 @@ def blt_experiment(ctx: Context, steps: int, learning_rate: float, **train) -> t
     teacher's tokens): (experiment, mean patch length)."""
     plan, paths = ctx.plan, ctx.paths
     if entropy_patched(ctx):
-        calibration = qs.require_result(paths, "calibrate")
+        calibration = require_result(paths, "calibrate")
         patching = dict(mode="entropy", threshold=calibration.detail["threshold"])
         entropy = planning.entropy_model_dict(plan)
         entropy.pop("kind")
@@ -367,7 +367,7 @@ def _heldout(ctx: Context, name: str, run: str) -> float:
         return heldout_bpb(
             run, ctx.paths.entropy_lm, ctx.paths.corpus_validation, ctx.plan.option("data", "row_bytes"), ctx.progress
         )[0]
-    return qs.require_result(ctx.paths, name).bpb
+    return require_result(ctx.paths, name).bpb
 
 
 def _stage_row(result: StageResult, stage: int | str, bpb: float, steps: int) -> dict:
@@ -391,14 +391,14 @@ def stage_report(ctx: Context, baseline: bool = True) -> StageResult:
     paths, plan = ctx.paths, ctx.plan
     m = measured(ctx)
     rows = []
-    one = qs.require_result(paths, "stage1")
+    one = require_result(paths, "stage1")
     rows.append(_stage_row(one, 1, one.bpb, plan.stage1_steps))
-    two = qs.load_result(paths, "stage2")
+    two = load_result(paths, "stage2")
     if two is not None:
         rows.append(_stage_row(two, 2, _heldout(ctx, "stage2", paths.stage2), plan.stage2_steps))
-    base = qs.load_result(paths, "baseline") if baseline else None
+    base = load_result(paths, "baseline") if baseline else None
     report = dict(
-        teacher=qs.require_result(paths, "teacher").detail["source"],
+        teacher=require_result(paths, "teacher").detail["source"],
         teacher_bpb=m["teacher_bpb"],
         bytes_per_token=m["bytes_per_token"],
         stages=rows,
@@ -407,9 +407,7 @@ def stage_report(ctx: Context, baseline: bool = True) -> StageResult:
         final_run=(paths.stage2 if two is not None else paths.stage1),
         patcher=plan.option("stage2", "patcher"),
         threshold=(
-            qs.require_result(paths, "calibrate").detail["threshold"]
-            if two is not None and entropy_patched(ctx)
-            else None
+            require_result(paths, "calibrate").detail["threshold"] if two is not None and entropy_patched(ctx) else None
         ),
         scoring=(
             "teacher and stage 2 / baseline: every held-out document in windows of one row (the teacher's "

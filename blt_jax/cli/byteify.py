@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from blt_jax import paths
     from blt_jax.byteify import default_options, run_byteify
     from blt_jax.experiment import apply_override, load_experiment
-    from blt_jax.quickstart.stages import StageInterrupted
+    from blt_jax.stages import StageInterrupted
 
     if paths.is_uri(args.workdir):
         raise InputError(f"--workdir {args.workdir}: byteify runs on this machine; give a local directory")

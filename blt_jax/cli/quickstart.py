@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from blt_jax import paths
     from blt_jax.quickstart import run_quickstart
-    from blt_jax.quickstart.stages import StageInterrupted
+    from blt_jax.stages import StageInterrupted
 
     if paths.is_uri(args.workdir):
         raise InputError(f"--workdir {args.workdir}: the quickstart runs on this machine; give a local directory")

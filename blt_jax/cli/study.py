@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from blt_jax import paths
-    from blt_jax.quickstart.stages import StageInterrupted
+    from blt_jax.stages import StageInterrupted
     from blt_jax.study import run_study
     from blt_jax.study.plan import parse_arms, parse_sizes
 

@@ -27,6 +27,7 @@ from lm_eval.api.registry import register_model
 from blt_jax.errors import InputError
 from blt_jax.evals import noise as noising
 from blt_jax.evals import scoring
+from blt_jax.metrics.throughput import Window
 
 logger = logging.getLogger("blt_jax.evals")
 
@@ -97,22 +98,22 @@ class BltLM(LM):
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [(self._context(r.args[0]), _as_bytes(r.args[1])) for r in requests]
-        meter = scoring.Throughput()
+        meter = Window()
         out = scoring.score_continuations(self.model, pairs, self.batch_size, self.max_length, self.progress)
-        meter.add(len(pairs), sum(len(a) + len(b) for a, b in pairs))
+        meter.add(requests=len(pairs), bytes=sum(len(a) + len(b) for a, b in pairs))
         logger.info(meter.line("loglikelihood"))
         return [(s.logprob, s.greedy) for s in out]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         documents = [_as_bytes(r.args[0]) for r in requests]
-        meter = scoring.Throughput()
+        meter = Window()
         out = scoring.score_documents(self.model, documents, self.batch_size, self.max_length, progress=self.progress)
-        meter.add(len(documents), sum(map(len, documents)))
+        meter.add(requests=len(documents), bytes=sum(map(len, documents)))
         logger.info(meter.line("loglikelihood_rolling"))
         return out
 
     def generate_until(self, requests) -> list[str]:
-        meter = scoring.Throughput()
+        meter = Window()
         groups: dict[tuple, list[int]] = {}
         settings = []
         for i, request in enumerate(requests):
@@ -134,7 +135,7 @@ class BltLM(LM):
                 outs = self.model.generate(prompts + filler, max_new_bytes=budget, temperature=temperature)
                 for i, text in zip(chunk, outs):
                     texts[i] = cut_at_stops(text, settings[i])
-                meter.add(len(chunk), sum(map(len, prompts)))
+                meter.add(requests=len(chunk), bytes=sum(map(len, prompts)))
         logger.info(meter.line("generate_until"))
         return texts
 

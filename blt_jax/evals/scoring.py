@@ -15,7 +15,6 @@ contexts and about as many continuation rows per context as the requests have on
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -118,24 +117,6 @@ def score_rows(
             on_batch(len(chunk))
     bar.close()
     return results  # type: ignore[return-value]
-
-
-class Throughput:
-    """Counts requests and bytes over a timed span and says it in one line."""
-
-    def __init__(self):
-        self.start, self.requests, self.bytes = time.perf_counter(), 0, 0
-
-    def add(self, requests: int, num_bytes: int) -> None:
-        self.requests += requests
-        self.bytes += num_bytes
-
-    def line(self, what: str) -> str:
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        return (
-            f"{what}: {self.requests} requests, {self.bytes:,} bytes in {seconds:.1f}s "
-            f"({self.requests / seconds:.2f} requests/s, {self.bytes / seconds:,.0f} bytes/s)"
-        )
 
 
 def load_model(path: str, entropy: str | None = None):

@@ -36,7 +36,7 @@ from blt_jax.nn.blt import BLT
 from blt_jax.nn.cache import KVCache
 from blt_jax.nn.entropy_lm import EntropyLM, entropies_from_logits
 from blt_jax.nn.latent import patch_document_ids
-from blt_jax.nn.local import max_pool_patches
+from blt_jax.nn.local import LocalDecoder, LocalEncoder, max_pool_patches
 from blt_jax.nn.masks import document_ids
 from blt_jax.nn.patch_ids import decoder_patch_ids, lengths_from_starts, patch_ids_from_lengths
 from blt_jax.patching.rules import patch_starts
@@ -85,6 +85,35 @@ class DecodeState:
     slot_kv: tuple[tuple[jax.Array, jax.Array], ...]
     dec_cache: KVCache
     starts: jax.Array
+
+
+def _at(x: jax.Array, i: jax.Array) -> jax.Array:
+    """x[b, i[b]] of x [B, N, ...] and i int [B]."""
+    return jnp.take_along_axis(x, i.reshape((x.shape[0], 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+
+class _Prefix:
+    """What prefill computes about a batch of prompt prefixes, step by step (trace-time only).
+
+    Args:
+      tokens: int32 [B, W] prefixes, right-padded.
+      length: int32 [B] bytes of each row.
+      num_patches: the static patch budget P.
+    """
+
+    def __init__(self, tokens: jax.Array, length: jax.Array, num_patches: int):
+        self.tokens, self.length, self.num_patches = tokens, length, num_patches
+        self.batch, self.width = tokens.shape
+        self.index = jnp.arange(self.width, dtype=jnp.int32)
+        self.valid = self.index[None] < length[:, None]  # [B, W]
+        self.last = length - 1
+        self.positions = jnp.broadcast_to(self.index, (self.batch, self.width))
+        self.docs = document_ids(tokens)
+        # Filled by the prefill steps: patching (entropy cache, starts [B, W + 1], patch lengths and
+        # ids), then the stacks (states, caches, keys and values, logits [B, W, V]).
+        self.ent_cache = self.ent_prev = self.starts = self.patch_lengths = self.patch_ids = None
+        self.states = self.enc_cache = self.byte_kv = self.patch_docs = self.n_closed = None
+        self.latent_cache = self.slot_kv = self.dec_ids = self.logits = self.dec_cache = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +172,13 @@ class DecodeEngine:
 
     # ---- modules ------------------------------------------------------------------------------
 
-    def _encoder(self, params, name, *args):
-        return BLT(self.config).apply({"params": params}, name, *args, method=BLT.encoder)
+    def _encoder(self, params, method, *args):
+        """`method` of the BLT's local encoder (`LocalEncoder.embed`, `.byte_states`, ...) on `args`."""
+        return BLT(self.config).apply({"params": params}, *args, method=lambda blt, *a: method(blt.local_encoder, *a))
 
-    def _decoder(self, params, name, *args):
-        return BLT(self.config).apply({"params": params}, name, *args, method=BLT.decoder)
+    def _decoder(self, params, method, *args):
+        """`method` of the BLT's local decoder (`LocalDecoder.slot_keys_values`, `.decode`) on `args`."""
+        return BLT(self.config).apply({"params": params}, *args, method=lambda blt, *a: method(blt.local_decoder, *a))
 
     def _latent(self, params, *args):
         return BLT(self.config).apply({"params": params}, *args, method=BLT.latent)
@@ -181,67 +212,76 @@ class DecodeEngine:
         Returns:
           (state at t = lengths, float32 logits [B, V] of the byte after each row's last).
         """
-        cfg = self.config
         batch, width = tokens.shape
         if width >= self.capacity:
             raise ValueError(f"prompt prefix of {width} bytes does not fit capacity {self.capacity}")
-        index = jnp.arange(width, dtype=jnp.int32)
         length = jnp.full((batch,), width, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
-        valid = index[None] < length[:, None]  # [B, W]
-        last = length - 1
+        num_patches = width + 1 if num_patches is None else min(num_patches, width + 1)
+        prefix = _Prefix(tokens, length, num_patches)
+        self._prefill_patching(prefix, entropy_params)
+        self._prefill_stacks(prefix, params)
+        return self._prefill_state(prefix), _at(prefix.logits, prefix.last)
 
-        def at(x, i):  # x[b, i[b]] of x [B, N, ...]
-            return jnp.take_along_axis(x, i.reshape((batch, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
-
-        positions = jnp.broadcast_to(index, (batch, width))
-        docs = document_ids(tokens)
-
+    def _prefill_patching(self, prefix: _Prefix, entropy_params) -> None:
+        """The entropy LM over the prefix (its cache, the last byte's entropy) and the patch starts
+        and ids of every row."""
+        cfg, batch, width = self.config, prefix.batch, prefix.width
         if self.uses_entropy:
-            ent_stack = cfg.entropy_model.stack
-            ent_logits, ent_cache = self._entropy(
-                entropy_params, tokens, positions, docs, self._ring(batch, ent_stack), valid
+            ring = self._ring(batch, cfg.entropy_model.stack)
+            ent_logits, prefix.ent_cache = self._entropy(
+                entropy_params, prefix.tokens, prefix.positions, prefix.docs, ring, prefix.valid
             )
             entropies = entropies_from_logits(ent_logits)
-            ent_prev = at(entropies, last)
+            prefix.ent_prev = _at(entropies, prefix.last)
         else:
-            entropies, ent_cache, ent_prev = None, None, jnp.zeros((batch,), jnp.float32)
+            entropies, prefix.ent_cache, prefix.ent_prev = None, None, jnp.zeros((batch,), jnp.float32)
         # Flags of positions 0..W; each row's own are those <= its length (the last, its next byte's).
-        starts = patch_starts(cfg.patching, tokens, entropies, include_next=True)  # [B, W + 1]
-        starts = starts & (jnp.arange(width + 1)[None] <= length[:, None])
-        num_patches = width + 1 if num_patches is None else min(num_patches, width + 1)
-        lengths_p = lengths_from_starts(starts, num_patches)
-        patch_ids = patch_ids_from_lengths(lengths_p, width)
+        starts = patch_starts(cfg.patching, prefix.tokens, entropies, include_next=True)  # [B, W + 1]
+        prefix.starts = starts & (jnp.arange(width + 1)[None] <= prefix.length[:, None])
+        prefix.patch_lengths = lengths_from_starts(prefix.starts, prefix.num_patches)
+        prefix.patch_ids = patch_ids_from_lengths(prefix.patch_lengths, width)
 
-        embeds = self._encoder(params, "embed", tokens)
-        states, enc_cache = self._encoder(
-            params, "byte_states", embeds, positions, docs, self._ring(batch, cfg.encoder), valid
+    def _prefill_stacks(self, prefix: _Prefix, params) -> None:
+        """The local encoder, the latent transformer over the closed patches and the local decoder,
+        each filling its cache."""
+        cfg, batch, num_patches, valid = self.config, prefix.batch, prefix.num_patches, prefix.valid
+        tokens, positions, docs, patch_ids = prefix.tokens, prefix.positions, prefix.docs, prefix.patch_ids
+        embeds = self._encoder(params, LocalEncoder.embed, tokens)
+        ring = self._ring(batch, cfg.encoder)
+        prefix.states, prefix.enc_cache = self._encoder(
+            params, LocalEncoder.byte_states, embeds, positions, docs, ring, valid
         )
-        byte_kv = self._encoder(params, "byte_keys_values", states)
-        pooled = max_pool_patches(states[0], patch_ids, num_patches)
-        patches = self._encoder(params, "slot_vectors", pooled, byte_kv, patch_ids)
-        patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
+        prefix.byte_kv = self._encoder(params, LocalEncoder.byte_keys_values, prefix.states)
+        pooled = max_pool_patches(prefix.states[0], patch_ids, num_patches)
+        patches = self._encoder(params, LocalEncoder.slot_vectors, pooled, prefix.byte_kv, patch_ids)
+        prefix.patch_docs = patch_document_ids(tokens, patch_ids, num_patches)
         # A patch is closed once the next one has started; only closed patches enter the latent cache.
-        n_closed = jnp.sum(starts[:, 1:], axis=1, dtype=jnp.int32)
+        prefix.n_closed = jnp.sum(prefix.starts[:, 1:], axis=1, dtype=jnp.int32)
         patch_pos = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
         latent_ring = self._ring(batch, cfg.latent, reach=self.max_patches)
-        latent_out, latent_cache = self._latent(
-            params, patches, patch_docs, patch_pos, latent_ring, patch_pos < n_closed[:, None]
+        closed = patch_pos < prefix.n_closed[:, None]
+        latent_out, prefix.latent_cache = self._latent(
+            params, patches, prefix.patch_docs, patch_pos, latent_ring, closed
         )
-        slot_kv = self._decoder(params, "slot_keys_values", latent_out)
-        dec_ids = decoder_patch_ids(lengths_p, width)
-        logits, dec_cache = self._decoder(
-            params, "decode", states[-1], slot_kv, dec_ids, positions, docs, self._ring(batch, cfg.decoder), valid
+        prefix.slot_kv = self._decoder(params, LocalDecoder.slot_keys_values, latent_out)
+        prefix.dec_ids = decoder_patch_ids(prefix.patch_lengths, prefix.width)
+        ring = self._ring(batch, cfg.decoder)
+        prefix.logits, prefix.dec_cache = self._decoder(
+            params, LocalDecoder.decode, prefix.states[-1], prefix.slot_kv, prefix.dec_ids, positions, docs, ring, valid
         )
 
-        k = cfg.cross_attn_k
-        current = at(dec_ids, last)  # the patch each row's last byte's decoder read
+    def _prefill_state(self, prefix: _Prefix) -> DecodeState:
+        """The decoding state after each row's last byte: the open patch's bytes, pool and encoder
+        keys buffered, the current patch's decoder slots, the recent bytes."""
+        batch, width, num_patches, k = prefix.batch, prefix.width, prefix.num_patches, self.config.cross_attn_k
+        tokens, length, valid, starts, index = prefix.tokens, prefix.length, prefix.valid, prefix.starts, prefix.index
+        current = _at(prefix.dec_ids, prefix.last)  # the patch each row's last byte's decoder read
 
         def patch_slots(x):  # [B, P*k, H, K] -> [B, k, H, K] of patch `current`
-            return at(x.reshape(batch, num_patches, k, *x.shape[2:]), current)
+            return _at(x.reshape(batch, num_patches, k, *x.shape[2:]), current)
 
-        closed_now = at(starts, length)
+        closed_now = _at(starts, length)
         open_start = jnp.max(jnp.where(starts[:, :width] & valid, index, 0), axis=1)
-        buf_len = jnp.where(closed_now, 0, length - open_start).astype(jnp.int32)
         span = self.patch_buffer
 
         def open_patch(x):  # [B, W, ...] -> [B, S, ...]: the open patch's bytes first
@@ -249,32 +289,31 @@ class DecodeEngine:
             return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, span, axis=0))(padded, open_start)
 
         in_open = (index[None] >= open_start[:, None]) & valid & ~closed_now[:, None]
+        states = prefix.states
         lowest = jnp.finfo(states[0].dtype).min
         context = self.context
         # The last C bytes of each row (zeros before its start).
         recent = jax.vmap(lambda row, n: jax.lax.dynamic_slice_in_dim(row, n, context))(
             jnp.pad(tokens, ((0, 0), (context, 0))), length
         )
-        start_flags = jnp.zeros((batch, self.capacity + 1), bool).at[:, : width + 1].set(starts)
-        state = DecodeState(
+        return DecodeState(
             t=length,
             recent=recent.astype(jnp.int32),
             doc=jnp.sum((tokens == EOS_ID) & valid, axis=1, dtype=jnp.int32),
-            ent_cache=ent_cache,
-            ent_prev=ent_prev,
-            enc_cache=enc_cache,
+            ent_cache=prefix.ent_cache,
+            ent_prev=prefix.ent_prev,
+            enc_cache=prefix.enc_cache,
             pool=jnp.max(jnp.where(in_open[:, :, None], states[0], lowest), axis=1),
-            buf_kv=tuple((open_patch(kk), open_patch(vv)) for kk, vv in byte_kv),
-            buf_len=buf_len,
+            buf_kv=tuple((open_patch(kk), open_patch(vv)) for kk, vv in prefix.byte_kv),
+            buf_len=jnp.where(closed_now, 0, length - open_start).astype(jnp.int32),
             open_eos=jnp.any(in_open & (tokens == EOS_ID), axis=1),
-            patch_doc=at(patch_docs, n_closed),
-            n_closed=n_closed,
-            latent_cache=latent_cache,
-            slot_kv=tuple((patch_slots(kk), patch_slots(vv)) for kk, vv in slot_kv),
-            dec_cache=dec_cache,
-            starts=start_flags,
+            patch_doc=_at(prefix.patch_docs, prefix.n_closed),
+            n_closed=prefix.n_closed,
+            latent_cache=prefix.latent_cache,
+            slot_kv=tuple((patch_slots(kk), patch_slots(vv)) for kk, vv in prefix.slot_kv),
+            dec_cache=prefix.dec_cache,
+            starts=jnp.zeros((batch, self.capacity + 1), bool).at[:, : width + 1].set(starts),
         )
-        return state, at(logits, last)
 
     # ---- one byte -----------------------------------------------------------------------------
 
@@ -292,11 +331,11 @@ class DecodeEngine:
         """Latent cache and decoder slots after closing the open patch of the rows in `close`."""
         span = self.patch_buffer
         ids = jnp.where(jnp.arange(span)[None, :] < buf_len[:, None], 0, 1)  # id 1 = not in the patch
-        vector = self._encoder(params, "slot_vectors", pool[:, None], list(buf_kv), ids)  # [B, 1, k * D]
+        vector = self._encoder(params, LocalEncoder.slot_vectors, pool[:, None], list(buf_kv), ids)  # [B, 1, k * D]
         latent_out, latent_cache = self._latent(
             params, vector, state.patch_doc[:, None], state.n_closed[:, None], state.latent_cache, close[:, None]
         )
-        new_kv = self._decoder(params, "slot_keys_values", latent_out)
+        new_kv = self._decoder(params, LocalDecoder.slot_keys_values, latent_out)
         pick = lambda new, old: jnp.where(close[:, None, None, None], new, old)
         return latent_cache, tuple((pick(nk, ok), pick(nv, ov)) for (nk, nv), (ok, ov) in zip(new_kv, state.slot_kv))
 
@@ -324,13 +363,13 @@ class DecodeEngine:
         buf_len = state.buf_len + 1
         close = self._starts_next(state, recent, entropy, buf_len)
 
-        embeds = self._encoder(params, "embed", recent)[:, -1:]
-        states, enc_cache = self._encoder(params, "byte_states", embeds, positions, docs, state.enc_cache)
+        embeds = self._encoder(params, LocalEncoder.embed, recent)[:, -1:]
+        states, enc_cache = self._encoder(params, LocalEncoder.byte_states, embeds, positions, docs, state.enc_cache)
         pool = jnp.maximum(state.pool, states[0][:, 0].astype(state.pool.dtype))
         write = jax.vmap(lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis=0))
         buf_kv = tuple(
             (write(bk, kk.astype(bk.dtype), state.buf_len), write(bv, vv.astype(bv.dtype), state.buf_len))
-            for (bk, bv), (kk, vv) in zip(state.buf_kv, self._encoder(params, "byte_keys_values", states))
+            for (bk, bv), (kk, vv) in zip(state.buf_kv, self._encoder(params, LocalEncoder.byte_keys_values, states))
         )
 
         latent_cache, slot_kv = jax.lax.cond(
@@ -341,7 +380,7 @@ class DecodeEngine:
         open_eos = state.open_eos | (token == EOS_ID)
         dec_ids = jnp.zeros((batch, 1), jnp.int32)  # slot_kv holds exactly the patch byte t reads
         logits, dec_cache = self._decoder(
-            params, "decode", states[-1], list(slot_kv), dec_ids, positions, docs, state.dec_cache
+            params, LocalDecoder.decode, states[-1], list(slot_kv), dec_ids, positions, docs, state.dec_cache
         )
         new_state = DecodeState(
             t=state.t + 1,
@@ -425,9 +464,11 @@ class DecodeEngine:
         # Past the budget, patches merge into the last one (P - 1), which no exact entry reads.
         patch_ids = jnp.minimum(after - starts[:, 1:].astype(jnp.int32), budget - 1)
 
-        embeds = self._encoder(params, "embed", jnp.concatenate([state.recent, tokens], axis=1))[:, self.context :]
-        states, _ = self._encoder(params, "byte_states", embeds, positions, docs, state.enc_cache)
-        byte_kv = self._encoder(params, "byte_keys_values", states)
+        embeds = self._encoder(params, LocalEncoder.embed, jnp.concatenate([state.recent, tokens], axis=1))[
+            :, self.context :
+        ]
+        states, _ = self._encoder(params, LocalEncoder.byte_states, embeds, positions, docs, state.enc_cache)
+        byte_kv = self._encoder(params, LocalEncoder.byte_keys_values, states)
         pooled = max_pool_patches(states[0], patch_ids, budget)  # [B, P, D]
         pooled = pooled.at[:, 0].set(jnp.maximum(pooled[:, 0], state.pool.astype(pooled.dtype)))
         # The open patch's earlier bytes are the state's buffer: patch 0 attends to them as well.
@@ -436,7 +477,9 @@ class DecodeEngine:
             (jnp.concatenate([bk.astype(kk.dtype), kk], axis=1), jnp.concatenate([bv.astype(vv.dtype), vv], axis=1))
             for (bk, bv), (kk, vv) in zip(state.buf_kv, byte_kv)
         ]
-        vectors = self._encoder(params, "slot_vectors", pooled, kv, jnp.concatenate([buffered, patch_ids], axis=1))
+        vectors = self._encoder(
+            params, LocalEncoder.slot_vectors, pooled, kv, jnp.concatenate([buffered, patch_ids], axis=1)
+        )
 
         # Patch documents: a new one starts after each patch holding an EOS (the open patch's earlier
         # bytes included).
@@ -453,7 +496,11 @@ class DecodeEngine:
         # patch after[i] - 1 (index after[i]).
         slot_kv = [
             (jnp.concatenate([ok, nk.astype(ok.dtype)], axis=1), jnp.concatenate([ov, nv.astype(ov.dtype)], axis=1))
-            for (ok, ov), (nk, nv) in zip(state.slot_kv, self._decoder(params, "slot_keys_values", latent_out))
+            for (ok, ov), (nk, nv) in zip(
+                state.slot_kv, self._decoder(params, LocalDecoder.slot_keys_values, latent_out)
+            )
         ]
-        logits, _ = self._decoder(params, "decode", states[-1], slot_kv, after, positions, docs, state.dec_cache)
+        logits, _ = self._decoder(
+            params, LocalDecoder.decode, states[-1], slot_kv, after, positions, docs, state.dec_cache
+        )
         return logits, after

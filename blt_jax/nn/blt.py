@@ -71,20 +71,10 @@ class BLT(nn.Module):
         -> (final states, states after block `tap`), each [B, P, D_latent]."""
         return self.global_transformer(embeds, patch_docs, embedded=True, tap=tap)
 
-    # The parts one at a time, for incremental decoding (`inference.decode`), which runs them step by
-    # step: `BLT(config).apply({"params": params}, name, *args, method=BLT.encoder)`.
-
-    def encoder(self, name: str, *args):
-        """`LocalEncoder.<name>(*args)` (embed, byte_states, byte_keys_values, slot_vectors)."""
-        return getattr(self.local_encoder, name)(*args)
-
     def latent(self, *args):
-        """`LatentTransformer(*args)`."""
+        """`LatentTransformer(*args)`: the latent transformer alone (incremental decoding runs the parts
+        one at a time; the local encoder's and decoder's methods it calls through `method=`)."""
         return self.global_transformer(*args)
-
-    def decoder(self, name: str, *args):
-        """`LocalDecoder.<name>(*args)` (slot_keys_values, decode)."""
-        return getattr(self.local_decoder, name)(*args)
 
 
 # The local encoder's embedding tables: its input is computed from them alone (`LocalEncoder.embed`).

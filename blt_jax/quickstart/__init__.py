@@ -10,15 +10,16 @@ with a `Paths(workdir)`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import time
 
 from blt_jax.errors import InputError
 from blt_jax.paths import resolve, write_json
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import DEFAULT_MINUTES, QuickstartPlan, make_plan
 from blt_jax.quickstart.report import summary_table
-from blt_jax.quickstart.stages import STAGES, Paths, StageResult, load_result, save_result
+from blt_jax.quickstart.stages import STAGES, Paths
+from blt_jax.stages import Stage, StageResult, first_line, run_stages
 
 PLAN_FILE = "plan.json"
 
@@ -93,21 +94,8 @@ def run_quickstart(
         f"target patch length {plan.target_patch_length:g}",
         flush=True,
     )
-    results = []
-    for index, (name, stage) in enumerate(STAGES, 1):
-        done = load_result(paths, name)
-        if done is not None:
-            print(f"[{index}/{len(STAGES)}] {name}: done earlier ({done.seconds:.1f}s), skipped", flush=True)
-            results.append(done)
-            continue
-        if only and name not in only:
-            continue
-        print(f"[{index}/{len(STAGES)}] {name}: {stage.__doc__.splitlines()[0]}", flush=True)
-        start = time.perf_counter()
-        result = stage(paths, plan, progress)
-        save_result(paths, result)
-        results.append(result)
-        print(f"[{index}/{len(STAGES)}] {name}: finished in {time.perf_counter() - start:.1f}s", flush=True)
+    todo = [Stage(name, functools.partial(fn, paths, plan, progress), first_line(fn)) for name, fn in STAGES]
+    results = run_stages(paths, todo, only)
     table = summary_table(results)
     print("\n" + table)
     write_json(os.path.join(workdir, "summary.json"), [dataclasses.asdict(r) for r in results])

@@ -18,62 +18,27 @@ inspected or redone with `blt-jax train / patch / calibrate / eval / plot-entrop
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from blt_jax.paths import read_json, write_json
+from blt_jax.paths import write_json
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart.plan import QuickstartPlan
+from blt_jax.stages import StagePaths, StageResult, read_metrics, require_result, train_run
 
 SAMPLE_TEXT = 'def greet(name):\n    return "Hello, " + name + "!"\n'
 PROMPT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def "
 
 
-class StageInterrupted(Exception):
-    """A training stage stopped on SIGTERM / Ctrl-C after saving a checkpoint (re-running resumes it)."""
-
-    def __init__(self, stage: str, signal_name: str, step: int):
-        super().__init__(
-            f"stage {stage} stopped by {signal_name} at step {step} after saving a checkpoint; "
-            "run the same command again to resume"
-        )
-        self.stage, self.signal_name, self.step = stage, signal_name, step
-
-
-@dataclasses.dataclass(frozen=True)
-class StageResult:
-    """What a stage reports in the summary table.
-
-    Attributes:
-      name: the stage.
-      seconds: wall-clock time of the run that finished it (compilation included).
-      bytes: bytes it processed (trained on, patched, generated).
-      bytes_per_s: its throughput (training: median of the logged windows, compilation excluded).
-      bpb: validation bits per byte of the model it trained (None if it trains none).
-      mean_patch_length: mean patch length it produced or trained with (None if not patching).
-      detail: anything else worth keeping (paths, thresholds, FLOPs).
-    """
-
-    name: str
-    seconds: float
-    bytes: int | None = None
-    bytes_per_s: float | None = None
-    bpb: float | None = None
-    mean_patch_length: float | None = None
-    detail: dict = dataclasses.field(default_factory=dict)
-
-
-class Paths:
+class Paths(StagePaths):
     """Where each stage writes, under one workdir."""
 
     def __init__(self, workdir: str):
-        self.root = workdir
+        super().__init__(workdir)
         self.corpus_train = os.path.join(workdir, "corpus", "train")
         self.corpus_validation = os.path.join(workdir, "corpus", "validation")
         self.entropy_lm = os.path.join(workdir, "entropy_lm")
@@ -86,28 +51,6 @@ class Paths:
         self.bpb_vs_flops = os.path.join(workdir, "bpb_vs_flops.png")
         self.entropy_figure = os.path.join(workdir, "entropy_figure.png")
         self.sample = os.path.join(workdir, "sample.txt")
-        self.stages = os.path.join(workdir, "stages")
-
-    def stage(self, name: str) -> str:
-        return os.path.join(self.stages, f"{name}.json")
-
-
-def load_result(paths: Paths, name: str) -> StageResult | None:
-    """The recorded result of a finished stage, or None."""
-    path = paths.stage(name)
-    return StageResult(**read_json(path)) if os.path.exists(path) else None
-
-
-def save_result(paths: Paths, result: StageResult) -> None:
-    os.makedirs(paths.stages, exist_ok=True)
-    write_json(paths.stage(result.name), dataclasses.asdict(result))
-
-
-def require_result(paths: Paths, name: str) -> StageResult:
-    result = load_result(paths, name)
-    if result is None:
-        raise RuntimeError(f"stage {name!r} has not finished in {paths.root}; run it first")
-    return result
 
 
 # ---- corpus ------------------------------------------------------------------------------------
@@ -166,49 +109,6 @@ def stage_corpus(paths: Paths, plan: QuickstartPlan, progress: bool) -> StageRes
 
 
 # ---- training ----------------------------------------------------------------------------------
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """The rows of a training workdir's metrics.jsonl (training and evaluation rows)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def train_run(name: str, raw: dict, workdir: str, progress: bool, extra: dict | None = None) -> StageResult:
-    """Trains (or resumes) one run and summarises it."""
-    from blt_jax.experiment.config import experiment_from_dict
-    from blt_jax.models import model_kind
-    from blt_jax.train.loop import train_and_evaluate
-
-    experiment = experiment_from_dict(raw)
-    start = time.perf_counter()
-    summary = train_and_evaluate(experiment, workdir, progress=progress)
-    seconds = time.perf_counter() - start
-    if summary["preempted"]:
-        raise StageInterrupted(name, summary.get("stop_signal") or "a signal", summary["step"])
-    rows = [r for r in read_metrics(workdir) if r.get("bytes_per_s") is not None]
-    rates = [r["bytes_per_s"] for r in rows]
-    evaluation = summary["eval"]
-    trained = experiment.train.steps * experiment.data.batch_size * experiment.data.row_bytes
-    mean_len = evaluation.get("eval_mean_patch_len") if model_kind(experiment.model).patching else None
-    return StageResult(
-        name,
-        seconds,
-        trained,
-        statistics.median(rates) if rates else trained / seconds,
-        bpb=evaluation.get("eval_bpb"),
-        mean_patch_length=mean_len,
-        detail=dict(
-            workdir=workdir,
-            steps=experiment.train.steps,
-            eval_bytes=evaluation.get("eval_bytes"),
-            resumed_from_step=summary["start_step"],
-            **(extra or {}),
-        ),
-    )
 
 
 def entropy_experiment(paths: Paths, plan: QuickstartPlan) -> dict:

@@ -10,12 +10,12 @@ matching, a held-out score per run and the report.
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 
 from blt_jax.errors import InputError
 from blt_jax.paths import read_json, resolve, write_json
-from blt_jax.quickstart.stages import StageResult, load_result, save_result
+from blt_jax.stages import Stage, StageResult, first_line, load_result, run_stages
 from blt_jax.study import plan as planning
 from blt_jax.study import stages
 from blt_jax.study.plan import ARMS, DEFAULT_MINUTES, DEFAULT_SEEDS, StudyPlan, make_plan
@@ -149,21 +149,13 @@ def run_study(
         f"{plan.arm_steps} steps of {plan.bytes_per_step:,} bytes per run, {plan.scale} models",
         flush=True,
     )
-    for index, (name, stage) in enumerate(todo, 1):
-        done = load_result(paths, name)
-        if done is not None and name != "report":
-            print(f"[{index}/{len(todo)}] {name}: done earlier ({done.seconds:.1f}s), skipped", flush=True)
-            continue
-        print(f"[{index}/{len(todo)}] {name}: {(stage.__doc__ or '').strip().splitlines()[0]}", flush=True)
-        start = time.perf_counter()
-        result: StageResult = stage(paths, plan, corpus, progress)
-        save_result(paths, result)
-        note = result.detail.get("note")
-        print(
-            f"[{index}/{len(todo)}] {name}: finished in {time.perf_counter() - start:.1f}s"
-            + (f" ({note})" if note else ""),
-            flush=True,
-        )
+    run_stages(
+        paths,
+        [
+            Stage(name, functools.partial(fn, paths, plan, corpus, progress), first_line(fn), always=name == "report")
+            for name, fn in todo
+        ],
+    )
     return read_json(paths.report_json)
 
 

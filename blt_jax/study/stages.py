@@ -32,7 +32,7 @@ from blt_jax.evals.heldout import heldout_bpb
 from blt_jax.paths import read_json, write_json
 from blt_jax.quickstart import plan as planning
 from blt_jax.quickstart import stages as qs
-from blt_jax.quickstart.stages import StageResult
+from blt_jax.stages import StageResult, read_metrics, require_result, train_run
 from blt_jax.study import arms as arming
 from blt_jax.study.plan import REFERENCE_ARM, StudyPlan, describe, is_entropy_arm, label
 
@@ -131,7 +131,7 @@ def stage_entropy_lm(paths: Paths, plan: StudyPlan, corpus: str, progress: bool)
         planning.entropy_model_dict(view), view, plan.entropy_steps, paths.corpus_train, paths.corpus_validation
     )
     flops = planning.model_flops_per_byte(raw["model"], plan.spec.row_bytes)
-    return qs.train_run(
+    return train_run(
         "entropy_lm",
         raw,
         paths.entropy_lm,
@@ -174,7 +174,7 @@ def stage_calibrate(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) 
 
 def thresholds(paths: Paths, plan: StudyPlan) -> dict[str, float]:
     """arm -> the calibrated threshold of its target, for every arm patched by entropy."""
-    by_target = qs.require_result(paths, "calibrate").detail["thresholds"]
+    by_target = require_result(paths, "calibrate").detail["thresholds"]
     return {arm: by_target[f"{plan.target_of(arm):g}"] for arm in plan.all_arms if is_entropy_arm(arm)}
 
 
@@ -227,7 +227,7 @@ def stage_arms(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> St
         if arm == "byte_lm":
             continue
         if arm == "bpe_lm":
-            vocab = qs.require_result(paths, "tokenizer").detail["vocab_size"]
+            vocab = require_result(paths, "tokenizer").detail["vocab_size"]
             row = arming.token_row(plan.spec.row_bytes, 4.0)  # any row length measures the same rate
             probe = arming.ArmModel(arm, arming.token_model(plan, vocab, row, 1e6), 4.0, 0.0, row)
             lengths[arm] = measure_bytes_per_token(arming.experiment(plan, probe, 0, paths.sources()))
@@ -279,7 +279,7 @@ def train_arm(paths: Paths, plan: StudyPlan, arm: str, seed: int, progress: bool
     earlier = read_json(spent_file)["seconds"] if os.path.exists(spent_file) else 0.0
     began = time.perf_counter()
     try:
-        result = qs.train_run(
+        result = train_run(
             run_name(arm, seed),
             raw,
             workdir,
@@ -371,11 +371,11 @@ def stage_report(paths: Paths, plan: StudyPlan, corpus: str, progress: bool) -> 
     entropy_flops = entropy_lm_forward_flops(config, n) / n
     rows, curves = [], {}
     for arm, seed in plan.runs():
-        result = qs.require_result(paths, run_name(arm, seed))
-        curves[(arm, seed)] = qs.read_metrics(result.detail["workdir"])
+        result = require_result(paths, run_name(arm, seed))
+        curves[(arm, seed)] = read_metrics(result.detail["workdir"])
         rows.append(report_row(plan, models[arm], result, curves[(arm, seed)], entropy_flops))
     claims = report.orderings(rows)
-    entropy_run = qs.require_result(paths, "entropy_lm")
+    entropy_run = require_result(paths, "entropy_lm")
     write_json(
         paths.report_json,
         dict(

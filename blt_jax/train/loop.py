@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from blt_jax import paths
 from blt_jax.checkpoint import Checkpointer
-from blt_jax.data.packing import mean_patch_length
 from blt_jax.data.pipeline import DataConfig, build_dataset, load_tokenizer
 from blt_jax.data.sources import SourceStats, resolve_spec
 from blt_jax.errors import InputError, TrainingStopped
@@ -31,15 +30,14 @@ from blt_jax.loading import CheckpointError, runs
 from blt_jax.loading.init_from import resolve_init_from
 from blt_jax.metrics.perf import total_peak_flops
 from blt_jax.metrics.writers import MetricsWriter
-from blt_jax.models import config_to_dict, model_kind
+from blt_jax.models import config_to_dict
 from blt_jax.parallel import describe_shardings, process_rows
 from blt_jax.params import init_params
 from blt_jax.train.programs import TrainPrograms
 from blt_jax.train.skips import SkipWatch, Verdict
+from blt_jax.train.step_log import StepLog
 
 logger = logging.getLogger("blt_jax.train")
-# What every train step reports (`train.step.train_step`); a kind's objective may add more.
-STEP_METRICS = ("loss", "bpb", "grad_norm", "skipped", "lr", "bytes", "patches")
 
 
 class _Preemption:
@@ -203,195 +201,198 @@ def train_and_evaluate(
       Summary: final step, last logged metrics, last evaluation, whether SIGTERM or Ctrl-C stopped it
       ("preempted", "stop_signal").
     """
-    train = experiment.train
-    lead = jax.process_index() == 0
     workdir = paths.resolve(workdir)
     experiment = resolve_experiment_paths(experiment)
-    config_dict = experiment_to_dict(experiment)
     check_workdir(workdir, experiment)
-    kind = model_kind(experiment.model)
     for data in (experiment.data, experiment.eval):
         if data is not None:
             load_tokenizer(data, experiment.model.vocab_size)  # a missing or too large tokenizer fails here
     programs = TrainPrograms(experiment)
-    if lead:
-        paths.makedirs(workdir)
-        paths.write_json(paths.join(workdir, "config.json"), config_dict)
-        if experiment.data.tokenizer:  # the run stays loadable when it moves off its study / corpus
-            paths.copy_file(experiment.data.tokenizer, paths.join(workdir, runs.TOKENIZER_FILE))
-        paths.write_json(
-            paths.join(workdir, "shardings.json"),
-            {
-                "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
-                "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),
-            },
+    if jax.process_index() == 0:
+        write_run_files(workdir, experiment, programs)
+    return _Session(experiment, workdir, programs, progress, evaluators).run()
+
+
+def write_run_files(workdir: str, experiment: ExperimentConfig, programs: TrainPrograms) -> None:
+    """`config.json`, `shardings.json` and the tokenizer (the run stays loadable when it moves off its
+    study or corpus) of a run directory."""
+    paths.makedirs(workdir)
+    paths.write_json(paths.join(workdir, "config.json"), experiment_to_dict(experiment))
+    if experiment.data.tokenizer:
+        paths.copy_file(experiment.data.tokenizer, paths.join(workdir, runs.TOKENIZER_FILE))
+    shardings = {
+        "mesh": {k: int(v) for k, v in programs.mesh.shape.items()},
+        "params": describe_shardings(programs.param_shardings, programs.abstract_state.params),
+    }
+    paths.write_json(paths.join(workdir, "shardings.json"), shardings)
+
+
+class _Session:
+    """One session of a run: from the newest checkpoint (or initialisation) to the last step, a
+    signal, or a stop."""
+
+    def __init__(
+        self,
+        experiment: ExperimentConfig,
+        workdir: str,
+        programs: TrainPrograms,
+        progress: bool,
+        evaluators: Sequence[Evaluator],
+    ):
+        train = experiment.train
+        self.experiment, self.train, self.programs, self.evaluators = experiment, train, programs, evaluators
+        self.config_dict = experiment_to_dict(experiment)
+        self.stats = SourceStats()
+        rows = process_rows(programs.batch_sharding, experiment.data.batch_size)  # this process's rows
+        self.iterator = iter(build_dataset(experiment.data, rows, stats=self.stats))
+        self.checkpointer = Checkpointer(runs.checkpoints_dir(workdir), train.keep_checkpoints)
+        self.start, self.state = self._initial_state(workdir)
+        self.writer = MetricsWriter(workdir, resumed_at=self.start)
+        lead = jax.process_index() == 0
+        self.bar = tqdm(
+            total=train.steps, initial=self.start, disable=not (progress and lead), unit="step", dynamic_ncols=True
         )
+        self.watch = SkipWatch(train.max_skipped_steps, train.rewind_on_spike)
+        peak = total_peak_flops(programs.mesh.devices.flat, train.peak_flops)
+        self.log = StepLog(experiment, self.writer, self.watch, peak, self.start, self.bar)
+        self.pending: tuple[int, Any] | None = None  # the step whose metrics are logged after the next
+        self.summary: dict[str, Any] = {"start_step": self.start, "preempted": False, "metrics": {}, "eval": {}}
 
-    stats = SourceStats()
-    rows = process_rows(programs.batch_sharding, experiment.data.batch_size)  # this process's rows of a batch
-    iterator = iter(build_dataset(experiment.data, rows, stats=stats))
-    checkpointer = Checkpointer(runs.checkpoints_dir(workdir), train.keep_checkpoints)
-    restored = checkpointer.restore_latest(programs.abstract_state, programs.state_shardings, iterator)
-    if restored is not None:
-        start, state = restored
-        logger.info("resumed from step %d of %s", start, workdir)
-    else:
-        start = 0
-        if train.init_from:
-            fresh = lambda: init_params(experiment.model, jax.random.key(train.seed))
-            state = programs.init_from_params(runs.load_initial_params(experiment.model, train.init_from, fresh))
-        else:
-            state = programs.init()
+    def _initial_state(self, workdir: str):
+        """(first step, train state): the newest readable checkpoint's, or a new state (from
+        `train.init_from` where given)."""
+        programs, train = self.programs, self.train
+        restored = self.checkpointer.restore_latest(programs.abstract_state, programs.state_shardings, self.iterator)
+        if restored is not None:
+            logger.info("resumed from step %d of %s", restored[0], workdir)
+            return restored
+        if not train.init_from:
+            return 0, programs.init()
+        model = self.experiment.model
+        fresh = lambda: init_params(model, jax.random.key(train.seed))
+        return 0, programs.init_from_params(runs.load_initial_params(model, train.init_from, fresh))
 
-    writer = MetricsWriter(workdir, resumed_at=start)
-    peak = total_peak_flops(programs.mesh.devices.flat, train.peak_flops)
-    row_bytes = experiment.data.row_bytes
-    summary: dict[str, Any] = {"start_step": start, "preempted": False, "metrics": {}, "eval": {}}
-    bar = tqdm(total=train.steps, initial=start, disable=not (progress and lead), unit="step", dynamic_ncols=True)
-    window = {"bytes": 0, "patches": 0, "rows": 0, "time": time.perf_counter()}
-    pending = None
-    step = start
-    watch = SkipWatch(train.max_skipped_steps, train.rewind_on_spike)
-    verdict = [Verdict.GO_ON]  # of the step flushed last
+    def run(self) -> dict:
+        train = self.train
+        with _Preemption() as preemption:
+            for step in range(self.start, train.steps):
+                self._step(step)
+                done = step + 1
+                if done < train.steps:
+                    self._evaluate_due(done)
+                if preemption.stop_after(done):
+                    self._save(done)
+                    self.summary.update(preempted=True, stop_signal=preemption.signal_name)
+                    break
+                if train.checkpoint_every and done % train.checkpoint_every == 0:
+                    self._save(done)
+            else:
+                self._finish()
+            self._log_pending(final=True, stop=False, rewind=False)  # a signal's: the checkpoint is saved
+        self._close()
+        return self._summary()
 
-    def flush(entry, final: bool = False) -> None:
-        """Logs a finished step's metrics (fetched one step late, so the device never waits).
+    def _step(self, step: int) -> None:
+        """Runs step `step`, then logs the one before it (its metrics are ready by now) and acts on
+        its verdict."""
+        self.log.step_started()
+        host = next(self.iterator)
+        self.state, metrics = self.programs.step(self.state, self.programs.global_batch(host))
+        self._log_pending()
+        self.pending = (step, metrics)
+        self.bar.update(1)
 
-        A window of steps is timed from the start of its first step to the start of the step after
-        its last (`window["step_start"]`, taken before each step reads its batch); the final row, with
-        no step after it, to now.
-        """
-        p_step, p_metrics = entry
-        now = time.perf_counter() if final else window["step_start"]
-        # The step's own global counts (over every process's rows), not this host's share.
-        values = {k: float(v) for k, v in jax.device_get(p_metrics).items()}
-        verdict[0] = watch.observe(p_step, values)
-        step_counts = {"bytes": values["bytes"], "patches": values["patches"], "rows": experiment.data.batch_size}
-        if p_step == start:  # the first step includes compilation: not throughput
-            window.update(bytes=0, patches=0, rows=0, time=now)
-        else:
-            for key in ("bytes", "patches", "rows"):
-                window[key] += step_counts[key]
-        if not ((p_step + 1) % train.log_every == 0 or final):
+    def _log_pending(self, final: bool = False, stop: bool = True, rewind: bool = True) -> None:
+        """Logs the pending step and, as asked, acts on its verdict: stop the run, rewind."""
+        if self.pending is None:
             return
-        timed = window["bytes"] > 0  # else only the compilation step is in the window
-        counts = window if timed else step_counts
-        elapsed = max(now - window["time"], 1e-9)
-        mean_len = mean_patch_length(counts["bytes"], counts["rows"], counts["patches"], kind.token_rows)
-        flops_per_byte = kind.training_flops_per_byte(row_bytes, mean_len)
-        bytes_per_s = window["bytes"] / elapsed if timed else None
-        row = {
-            "loss": values["loss"],
-            "bpb": values["bpb"],
-            "grad_norm": values["grad_norm"],
-            "lr": values["lr"],
-            "bytes_per_s": bytes_per_s,
-            "patches_per_s": window["patches"] / elapsed if timed else None,
-            "mean_patch_len": mean_len,
-            "flops_per_byte": flops_per_byte,
-            "mfu": flops_per_byte * bytes_per_s / peak if timed else None,
-            "skipped_steps": watch.total,
-            "rewinds": watch.rewinds,
-            # The objective's other losses (a model kind's own: byteification's hidden and distill).
-            **{k: v for k, v in values.items() if k not in STEP_METRICS},
-        }
-        writer.write(p_step + 1, row)
-        summary["metrics"] = {"step": p_step + 1, **row}
-        bar.set_postfix(loss=f"{row['loss']:.3f}", bpb=f"{row['bpb']:.3f}", Bps=f"{bytes_per_s:,.0f}" if timed else "-")
-        window.update(bytes=0, patches=0, rows=0, time=now)
+        step, metrics = self.pending
+        self.pending = None
+        verdict = self.log.log(step, metrics, final)
+        if stop and verdict is Verdict.STOP:
+            self._stop(step)
+        elif rewind and verdict is Verdict.REWIND:
+            self._rewind()
 
-    def stop_if_told(p_step: int) -> None:
-        """Ends the run in one line when the step flushed last was one skip too many; nothing is
-        saved after it (the checkpoints hold the parameters from before the skips)."""
-        if verdict[0] is not Verdict.STOP:
-            return
-        writer.flush()
-        checkpointer.wait()
-        newest = checkpointer.steps()[-1] if checkpointer.steps() else None
-        checkpointer.close()
-        bar.close()
-        writer.close()
-        raise TrainingStopped(watch.stop_message(p_step, newest))
+    def _stop(self, step: int) -> None:
+        """Ends the run in one line after one skip too many; nothing is saved after it (the
+        checkpoints hold the parameters from before the skips)."""
+        self.writer.flush()
+        self.checkpointer.wait()
+        steps = self.checkpointer.steps()
+        self._close()
+        raise TrainingStopped(self.watch.stop_message(step, steps[-1] if steps else None))
 
-    def rewind_if_told(state):
-        """The newest checkpoint's parameters and optimizer state when the step flushed last was skipped
-        and `train.rewind_on_spike` is on; the data stream and the step count go on from here."""
-        if verdict[0] is not Verdict.REWIND:
-            return state
-        checkpointer.wait()
-        steps = checkpointer.steps()
+    def _rewind(self) -> None:
+        """The newest checkpoint's parameters and optimizer state (`train.rewind_on_spike`, after a
+        skipped step); the data stream and the step count go on from here."""
+        self.checkpointer.wait()
+        steps = self.checkpointer.steps()
         if not steps:
             logger.warning("no checkpoint to rewind to yet: the skipped step is only skipped")
-            return state
-        restored = checkpointer.restore(steps[-1], programs.abstract_state, programs.state_shardings)
-        watch.rewinds += 1
-        now = int(jax.device_get(state.step))
+            return
+        programs = self.programs
+        restored = self.checkpointer.restore(steps[-1], programs.abstract_state, programs.state_shardings)
+        self.watch.rewinds += 1
+        now = int(jax.device_get(self.state.step))
         logger.warning(
             "rewound to checkpoint %d; the batches of steps %d to %d are skipped", steps[-1], steps[-1] + 1, now
         )
-        return restored.replace(step=state.step)
+        self.state = restored.replace(step=self.state.step)
 
-    with _Preemption() as preemption:
-        for step in range(start, train.steps):
-            window["step_start"] = time.perf_counter()
-            host = next(iterator)
-            state, metrics = programs.step(state, programs.global_batch(host))
-            if pending is not None:
-                flush(pending)
-                stop_if_told(pending[0])
-                state = rewind_if_told(state)
-            pending = (step, metrics)
-            bar.update(1)
-            done = step + 1
-            bpb_due = bool(train.eval_every) and done % train.eval_every == 0 and done < train.steps
-            due = [e for e in evaluators if done < train.steps and _due(e.every or train.eval_every, done)]
-            if bpb_due or due:
-                eval_start = time.perf_counter()
-                if bpb_due:
-                    result = programs.evaluate(state.params, _eval_batches(experiment, programs))
-                    writer.write(done, result)
-                    summary["eval"] = {"step": done, **result}
-                for evaluator in due:
-                    writer.write(done, evaluator(done, state.params))
-                # Evaluation time is not training time: the window's clock skips it, and keeps the
-                # training steps it already holds (restarting it would count their bytes in no time).
-                window["time"] += time.perf_counter() - eval_start
-            if preemption.stop_after(done):
-                checkpointer.save(done, state, iterator, config_dict)
-                writer.flush()
-                summary["preempted"] = True
-                summary["stop_signal"] = preemption.signal_name
-                break
-            if train.checkpoint_every and done % train.checkpoint_every == 0:
-                checkpointer.save(done, state, iterator, config_dict)
-                writer.flush()
-        else:
-            if pending is not None:
-                flush(pending, final=True)
-                stop_if_told(pending[0])
-                pending = None
-            done = train.steps
-            if done > start and (not checkpointer.steps() or checkpointer.steps()[-1] != done):
-                checkpointer.save(done, state, iterator, config_dict)
-                writer.flush()
-            if experiment.eval is not None:
-                result = programs.evaluate(state.params, _eval_batches(experiment, programs))
-                writer.write(done, result)
-                summary["eval"] = {"step": done, **result}
-            if done > start:
-                for evaluator in evaluators:
-                    scores = evaluator(done, state.params)
-                    writer.write(done, scores)
-                    summary.setdefault("extra_eval", {}).update(scores)
-        if pending is not None:
-            flush(pending, final=True)
-    checkpointer.wait()
-    checkpointer.close()
-    bar.close()
-    writer.close()
-    summary["step"] = int(jax.device_get(state.step))
-    summary["skipped_steps"], summary["rewinds"] = watch.total, watch.rewinds
-    summary["data"] = stats.as_dict()
-    if summary["eval"]:
-        logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])
-    return summary
+    def _evaluate_due(self, done: int) -> None:
+        """Bits per byte and the evaluators due after step `done` (not the last: `_finish` does it)."""
+        train = self.train
+        bpb_due = _due(train.eval_every, done)
+        due = [e for e in self.evaluators if _due(e.every or train.eval_every, done)]
+        if not (bpb_due or due):
+            return
+        began = time.perf_counter()
+        if bpb_due:
+            self._evaluate_bpb(done)
+        for evaluator in due:
+            self.writer.write(done, evaluator(done, self.state.params))
+        # Evaluation time is not training time: the window's clock skips it, and keeps the training
+        # steps it already holds (restarting it would count their bytes in no time).
+        self.log.pause(time.perf_counter() - began)
+
+    def _evaluate_bpb(self, done: int) -> None:
+        result = self.programs.evaluate(self.state.params, _eval_batches(self.experiment, self.programs))
+        self.writer.write(done, result)
+        self.summary["eval"] = {"step": done, **result}
+
+    def _save(self, done: int) -> None:
+        self.checkpointer.save(done, self.state, self.iterator, self.config_dict)
+        self.writer.flush()
+
+    def _finish(self) -> None:
+        """After the last step: its row (a stop still stops; a rewind would undo the final state),
+        its checkpoint, and every evaluation."""
+        self._log_pending(final=True, rewind=False)
+        done = self.train.steps
+        steps = self.checkpointer.steps()
+        if done > self.start and (not steps or steps[-1] != done):
+            self._save(done)
+        if self.experiment.eval is not None:
+            self._evaluate_bpb(done)
+        if done > self.start:
+            for evaluator in self.evaluators:
+                scores = evaluator(done, self.state.params)
+                self.writer.write(done, scores)
+                self.summary.setdefault("extra_eval", {}).update(scores)
+
+    def _close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
+        self.bar.close()
+        self.writer.close()
+
+    def _summary(self) -> dict:
+        summary = self.summary
+        summary["metrics"] = self.log.last
+        summary["step"] = int(jax.device_get(self.state.step))
+        summary["skipped_steps"], summary["rewinds"] = self.watch.total, self.watch.rewinds
+        summary["data"] = self.stats.as_dict()
+        if summary["eval"]:
+            logger.info("step %d: eval bpb %.4f", summary["eval"]["step"], summary["eval"]["eval_bpb"])
+        return summary
