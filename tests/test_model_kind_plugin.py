@@ -110,7 +110,7 @@ def plugin_env(tmp_path_factory):
     info = site / "conv_lm_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: conv-lm-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[blt_jax.model_kinds]\nconv_lm = test_new_kind:ConvLMKind\n")
+    (info / "entry_points.txt").write_text("[blt_jax.model_kinds]\nconv_lm = test_model_kind_plugin:ConvLMKind\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), TESTS, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
