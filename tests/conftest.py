@@ -39,3 +39,27 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> str:
     return FIXTURES
+
+
+# Tiers, counted from the test reports (which carry each test's markers, under xdist too) and said in
+# the summary, so tests the suite leaves to the release tier are never skipped silently.
+_TIERS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "setup":
+        return
+    tier = next((name for name in ("long", "released") if name in report.keywords), "suite")
+    _TIERS[tier] = _TIERS.get(tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TIERS:
+        return
+    runs_long = os.environ.get(LONG_TESTS) == "1"
+    runs_released = bool(os.environ.get("BLT_JAX_AOT_RELEASED"))
+    parts = [f"suite {_TIERS.get('suite', 0)}"]
+    for name, runs, variable in (("long", runs_long, LONG_TESTS), ("released", runs_released, "BLT_JAX_AOT_RELEASED")):
+        if _TIERS.get(name):
+            parts.append(f"{name} {_TIERS[name]} ({'run' if runs else f'release tier, skipped here: {variable}=1'})")
+    terminalreporter.write_line("tests by tier: " + "; ".join(parts))

@@ -1,15 +1,14 @@
 """Model semantics on the reference's rules, against the slow NumPy BLT (tests/numpy_blt.py)."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy_blt
 import pytest
+from factories import scaled, tiny_blt
 
-from blt_jax.config import BLTConfig, EntropyLMConfig, HashConfig, StackConfig
+from blt_jax.config import EntropyLMConfig, StackConfig
 from blt_jax.nn.attention import masked_attention
 from blt_jax.nn.blt import BLT
 from blt_jax.nn.entropy_lm import EntropyLM
@@ -23,21 +22,8 @@ from blt_jax.tokenizer import BOS_ID, EOS_ID
 N = 40
 
 
-def scaled(params, factor=3.0):
-    """Random init is near uniform; scaling matrices makes outputs peaked (hides fewer bugs)."""
-    return jax.tree_util.tree_map(lambda x: x * factor if x.ndim >= 2 else x, params)
-
-
 def make_config(**overrides):
-    base = BLTConfig(
-        encoder=StackConfig(32, 2, 4, 96, window=8),
-        latent=StackConfig(64, 2, 4, 192),
-        decoder=StackConfig(32, 2, 4, 96, window=8),
-        cross_attn_k=2,
-        cross_attn_all_layers_encoder=True,  # pooling once, then cross-attention after every layer
-        hash=HashConfig((3, 4, 6), 509, 2),
-    )
-    return dataclasses.replace(base, **overrides)
+    return tiny_blt(window=8, **overrides)
 
 
 CONFIGS = {

@@ -6,7 +6,6 @@ bytes: far past the local windows (16 bytes here), across many patches, with doc
 the rows, with patches cut by max_patch_length, and for every patching rule.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,14 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from factories import scaled, tiny_blt
 
 from blt_jax import tokenizer
 from blt_jax.api import BLTModel
 from blt_jax.config import (
-    BLTConfig,
     ConfigError,
-    EntropyLMConfig,
-    HashConfig,
     PatchingConfig,
     RopeScaling,
     StackConfig,
@@ -41,23 +38,8 @@ TEXT_A = ("The quick brown fox jumps over the lazy dog; then it naps. " * 8)[:33
 TEXT_B = ("Pack my box with five dozen liquor jugs! 0123456789 {}[] " * 8)[:330]
 
 
-def scaled(params, factor):
-    """Random init is near uniform; scaling matrices makes outputs peaked (hides fewer bugs)."""
-    return jax.tree_util.tree_map(lambda x: x * factor if x.ndim >= 2 else x, params)
-
-
 def make_model(patching: PatchingConfig, **overrides) -> BLTModel:
-    config = BLTConfig(
-        encoder=StackConfig(32, 2, 4, 96, window=WINDOW),
-        latent=StackConfig(64, 2, 4, 192),
-        decoder=StackConfig(32, 2, 4, 96, window=WINDOW),
-        cross_attn_k=2,
-        cross_attn_all_layers_encoder=True,
-        hash=HashConfig((3, 4, 6), 509, 2),
-        patching=patching,
-        entropy_model=EntropyLMConfig(StackConfig(32, 2, 4, 96, window=WINDOW, rope_theta=10000.0)),
-    )
-    config = dataclasses.replace(config, **overrides)
+    config = tiny_blt(window=WINDOW, entropy_lm=True, patching=patching, **overrides)
     model = BLTModel.random(config, seed=1)
     return BLTModel(config, scaled(model.params, 2.0), scaled(model.entropy_params, 3.0))
 
