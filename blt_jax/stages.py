@@ -132,7 +132,8 @@ def run_stages(paths: StagePaths, stages: Sequence[Stage], only: Sequence[str] |
 
 def first_line(fn: Callable) -> str:
     """The first line of a function's docstring (what a stage function says it does)."""
-    return (fn.__doc__ or "").strip().splitlines()[0] if (fn.__doc__ or "").strip() else ""
+    lines = (fn.__doc__ or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def read_metrics(workdir: str) -> list[dict]:

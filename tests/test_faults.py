@@ -456,24 +456,14 @@ def corrupt_work(tmp_path_factory):
         cwd=work,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = blt_jax(
-        "patch",
-        "--corpus",
-        "corpus",
-        "--out",
-        "ent",
-        "--config",
-        TINY,
-        "--docs-per-shard",
-        "4",
-        "--chunk",
-        "64",
-        "--no-progress",
-        cwd=work,
-    )
+    result = blt_jax(*PATCH, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return work
 
+
+# The corpus's entropies in shards of 4 documents (fixture `corrupt_work`, and again after a repair).
+PATCH = ["patch", "--corpus", "corpus", "--out", "ent", "--config", TINY, "--no-progress"]
+PATCH += ["--docs-per-shard", "4", "--chunk", "64"]  # three shards of the 12 documents
 
 ENTROPY_TRAIN = [
     "--config",
@@ -503,21 +493,7 @@ def test_a_truncated_entropy_shard_is_one_line_naming_it_and_the_pass_rewrites_i
     # What the line says to do: the pass rewrites the one shard, and training reads it.
     shard.unlink()
     (corrupt_work / "ent" / "entropies-00001.json").unlink()
-    result = blt_jax(
-        "patch",
-        "--corpus",
-        "corpus",
-        "--out",
-        "ent",
-        "--config",
-        TINY,
-        "--docs-per-shard",
-        "4",
-        "--chunk",
-        "64",
-        "--no-progress",
-        cwd=corrupt_work,
-    )
+    result = blt_jax(*PATCH, cwd=corrupt_work)
     assert result.returncode == 0 and "wrote entropies-00001.array_record" in result.stderr, result.stderr[-3000:]
     result = blt_jax("train", *ENTROPY_TRAIN, "--workdir", "run_ent", cwd=corrupt_work)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -159,22 +159,9 @@ def corpus(gcs):
 
 def test_entropy_pass_from_and_to_a_bucket_then_training_on_bucket_corpora(gcs, cwd, corpus):
     out = f"gs://{BUCKET}/entropies"
-    result = run(
-        gcs,
-        cwd,
-        "patch",
-        "--corpus",
-        corpus,
-        "--out",
-        out,
-        "--config",
-        TINY,
-        "--docs-per-shard",
-        "4",
-        "--chunk",
-        "64",
-        "--no-progress",
-    )
+    patch = ["patch", "--corpus", corpus, "--out", out, "--config", TINY, "--no-progress"]
+    patch += ["--docs-per-shard", "4", "--chunk", "64"]  # three shards of the 11 documents
+    result = run(gcs, cwd, *patch)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "11 documents" in result.stdout, result.stdout  # 3 text files + 4 JSONL lines + 4 Parquet rows
     manifest = json.loads(gcs.read(BUCKET, "entropies/manifest.json"))
@@ -183,22 +170,7 @@ def test_entropy_pass_from_and_to_a_bucket_then_training_on_bucket_corpora(gcs, 
     assert all(f"entropies/{s['name']}" in gcs.names(BUCKET, "entropies/") for s in manifest["shards"])
 
     # Run again: every shard is already in the bucket.
-    result = run(
-        gcs,
-        cwd,
-        "patch",
-        "--corpus",
-        corpus,
-        "--out",
-        out,
-        "--config",
-        TINY,
-        "--docs-per-shard",
-        "4",
-        "--chunk",
-        "64",
-        "--no-progress",
-    )
+    result = run(gcs, cwd, *patch)
     assert result.returncode == 0, result.stderr[-3000:]
 
     short = [

@@ -47,8 +47,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (with --config)")
 
 
-def model_config(spec: str | None, overrides: list[str]):
-    """The model config of an experiment file (the bundled tiny experiment when `spec` is None)."""
+def model_config(spec: str, overrides: list[str]):
+    """The model config of an experiment file (`FILE[:arg]`) with `--config.a.b=v` overrides."""
     from blt_jax.experiment import load_experiment
     from blt_jax.models import model_config_from_dict
 
