@@ -64,8 +64,16 @@ def _tail(path: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | None = None) -> int:
-    """Runs `argv` as `count` processes; returns the first failing exit code, else 0."""
+def run(
+    argv: list[str],
+    count: int,
+    devices: int,
+    logs: str,
+    timeout: float | None = None,
+    peer_grace: float = PEER_GRACE_S,
+) -> int:
+    """Runs `argv` as `count` processes; returns the first failing exit code, else 0. Once one fails,
+    the others get `peer_grace` seconds to end on their own before they are killed."""
     os.makedirs(logs, exist_ok=True)
     port = free_port()
     procs, files = [], []
@@ -98,7 +106,7 @@ def run(argv: list[str], count: int, devices: int, logs: str, timeout: float | N
             if failed_at is None and any(code not in (None, 0) for code in codes):
                 failed_at = time.monotonic()
                 first = next(i for i, code in enumerate(codes) if code not in (None, 0))
-            late = failed_at is not None and time.monotonic() - failed_at > PEER_GRACE_S
+            late = failed_at is not None and time.monotonic() - failed_at > peer_grace
             if late or (timeout is not None and time.monotonic() - start > timeout):
                 for index, proc in enumerate(procs):
                     if proc.poll() is None:
@@ -140,9 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="shared by every process: local, ~ or gs:// (training)")
     parser.add_argument("--logs", default=os.path.join("logs", "local_multihost"), help="one log per process")
     parser.add_argument("--timeout", type=float, default=None, help="kill every process after this many seconds")
+    parser.add_argument(
+        "--peer-grace",
+        type=float,
+        default=PEER_GRACE_S,
+        help=f"seconds the others get to end once one failed, before they are killed (default {PEER_GRACE_S:g})",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.num_processes < 1 or args.devices < 1:
         parser.error("--num-processes and --devices must be >= 1")
+    if args.peer_grace < 0:
+        parser.error("--peer-grace must be >= 0")
     if given is not None:
         if rest or args.config or args.workdir:
             parser.error("give either --config/--workdir (training) or a command after --, not both")
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [a for a in rest if a.startswith("--config.")]
         command = train_argv(args.config, args.workdir, overrides, extra=["--no-progress"])
     command[0] = os.path.join(os.path.dirname(sys.executable), "blt-jax")  # this environment's script
-    return run(command, args.num_processes, args.devices, args.logs, args.timeout)
+    return run(command, args.num_processes, args.devices, args.logs, args.timeout, args.peer_grace)
 
 
 if __name__ == "__main__":

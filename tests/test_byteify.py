@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 import teachers
-from user import blt_jax
+from user import blt_jax_many
 
 from blt_jax.config import ConfigError
 from blt_jax.data.bpe import train_bpe
@@ -292,8 +292,8 @@ def test_byteify_refuses_bad_input_in_one_line(tmp_path):
         ),
         (["--teacher", "teacher", "--heldout", "nowhere"], "nowhere"),
     ]
-    for extra, needle in cases:
-        done = blt_jax("byteify", *extra, "--corpus", "corpus", "--workdir", "out", "--scale", "tiny", cwd=tmp_path)
+    commands = [["byteify", *extra, "--corpus", "corpus", "--workdir", "out", "--scale", "tiny"] for extra, _ in cases]
+    for (extra, needle), done in zip(cases, blt_jax_many(commands, cwd=tmp_path), strict=True):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2, (extra, done.stderr)
         assert len(lines) == 1 and lines[0].startswith("blt-jax byteify: error:") and needle in lines[0], (extra, lines)

@@ -9,7 +9,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from user import TINY
+from user import TINY, blt_jax_many
 from user import blt_jax as run
 
 import blt_jax
@@ -218,6 +218,7 @@ THINGS = ["ball", "car", "door", "lamp", "boat", "cup", "hat", "kite", "sock", "
 COLORS = ["red", "blue", "green", "pink", "gray", "gold"]
 
 
+@pytest.mark.long  # 120 training steps with lm-eval during training, then every task kind: the release tier
 def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     """A tiny BLT trained here (`blt-jax train`) on facts "the color of the X is Y." answers the
     multiple-choice task built from them through `blt-jax lm-eval` far above chance (1/2); the
@@ -310,25 +311,26 @@ def test_lm_eval_command_on_a_trained_run_beats_chance(tmp_path):
     want = -total / (math.log(2) * sum(len(d.encode()) for d in DOCS))
     assert results["tiny_roll"]["bits_per_byte,none"] == pytest.approx(want, rel=1e-5)
 
-    result = run("lm-eval", "--checkpoint", "run", "--tasks", "tiny_mcq", "--include-path", "tasks", cwd=tmp_path)
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
-    assert result.returncode == 2 and lines[-1].startswith(
-        "blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you mean tiny_mc"
-    ), result.stderr[-2000:]
-    result = run(
-        "lm-eval",
-        "--checkpoint",
-        "run",
-        "--tasks",
-        "tiny_mc",
-        "--include-path",
-        "tasks",
-        "--noise",
-        "dorp",
+
+def test_misspelt_task_and_noise_names_are_one_line_before_any_model_loads(tmp_path):
+    """Each command line a process of its own (forked from one interpreter); no checkpoint is read."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, text in TASKS.items():
+        (tasks / name).write_text(text)
+    misspelt, bad_noise = blt_jax_many(
+        [
+            ["lm-eval", "--checkpoint", "nowhere", "--tasks", "tiny_mcq", "--include-path", "tasks"],
+            ["lm-eval", "--checkpoint", "nowhere", "--tasks", "tiny_mc", "--include-path", "tasks", "--noise", "dorp"],
+        ],
         cwd=tmp_path,
     )
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "not a git repository" not in line]
-    assert result.returncode == 2 and lines[-1] == (
+    lines = [line for line in misspelt.stderr.splitlines() if line.strip() and "not a git repository" not in line]
+    assert misspelt.returncode == 2 and lines[-1].startswith(
+        "blt-jax lm-eval: error: unknown task 'tiny_mcq'; did you mean tiny_mc"
+    ), misspelt.stderr[-2000:]
+    lines = [line for line in bad_noise.stderr.splitlines() if line.strip() and "not a git repository" not in line]
+    assert bad_noise.returncode == 2 and lines[-1] == (
         "blt-jax lm-eval: error: unknown noise 'dorp'; choose one of "
         "antspeak, drop, randomcase, repeat, uppercase (or none)"
     ), lines
@@ -367,3 +369,31 @@ def test_training_with_an_unknown_lm_eval_task_fails_before_it_starts(tmp_path):
         "blt-jax train: error: unknown task 'color_quiz' (lm_eval.include_path adds a directory of task YAMLs)"
     ), lines[-3:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_lm_eval_task_names_are_indexed_once_and_kept(tmp_path, monkeypatch):
+    """lm-eval's own task names are indexed once per lm-eval version (about 15 s on 2 cores) and kept
+    under $XDG_CACHE_HOME/blt_jax: a later misspelt name is answered from there, with its close matches."""
+    import lm_eval.tasks
+
+    from blt_jax.errors import InputError
+    from blt_jax.evals import harness
+
+    indexed = []
+
+    class Index:  # lm-eval's TaskManager, as far as the index goes
+        def __init__(self, include_path=None, include_defaults=True):
+            indexed.append(include_defaults)
+            self.all_tasks = ["arc_easy", "hellaswag"] if include_defaults else []
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
+    assert harness.lm_eval_task_names() == ["arc_easy", "hellaswag"] and indexed == [True]
+    kept = list((tmp_path / "cache" / "blt_jax").iterdir())
+    assert [p.name for p in kept] == [f"lm_eval_tasks-{lm_eval.__version__}.json"], kept
+    assert harness.lm_eval_task_names() == ["arc_easy", "hellaswag"] and indexed == [True]  # read, not indexed
+    with pytest.raises(InputError, match="unknown task 'arc_eassy'; did you mean arc_easy"):
+        harness.task_manager(["arc_eassy"], str(tmp_path))
+    assert indexed == [True, False]  # only the include path was indexed again
+    kept[0].write_text("{ torn")  # a damaged file is indexed again
+    assert harness.lm_eval_task_names() == ["arc_easy", "hellaswag"] and indexed == [True, False, True]

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from user import TPU_NOISE, blt_jax, start
+from user import TPU_NOISE, blt_jax, blt_jax_many, start
 
 from blt_jax.config import ConfigError
 from blt_jax.data.pipeline import build_dataset
@@ -274,20 +274,17 @@ def test_cli_errors_are_one_line(tmp_path):
     write_corpus(tmp_path / "texts", documents=3)
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "only.txt").write_text("a single document\n" * 100)  # one piece: nothing to hold out
-    _one_line_error(
-        blt_jax("study", "--corpus", "texts", "--arms", "blt_space,bpe", *TINY, cwd=tmp_path),
-        "unknown arm 'bpe'",
-        "byte_lm",
-    )
-    _one_line_error(blt_jax("study", "--corpus", "no_such_dir", *TINY, cwd=tmp_path), "no_such_dir")
-    _one_line_error(
-        blt_jax("study", "--corpus", "one", "--workdir", "runs/one", *TINY, cwd=tmp_path), "too little text"
-    )
-    _one_line_error(
-        blt_jax("study", "--corpus", "texts", "--workdir", "gs://bucket/study", *TINY, cwd=tmp_path), "local directory"
-    )
-    _one_line_error(blt_jax("study", "--corpus", "texts", "--patch-sizes", "6,x", *TINY, cwd=tmp_path), "6,8")
-    _one_line_error(blt_jax("study", "--corpus", "texts", "--bpe-vocab", "12", *TINY, cwd=tmp_path), "bpe_vocab")
+    cases = [
+        (["--corpus", "texts", "--arms", "blt_space,bpe"], ("unknown arm 'bpe'", "byte_lm")),
+        (["--corpus", "no_such_dir"], ("no_such_dir",)),
+        (["--corpus", "one", "--workdir", "runs/one"], ("too little text",)),
+        (["--corpus", "texts", "--workdir", "gs://bucket/study"], ("local directory",)),
+        (["--corpus", "texts", "--patch-sizes", "6,x"], ("6,8",)),
+        (["--corpus", "texts", "--bpe-vocab", "12"], ("bpe_vocab",)),
+    ]
+    results = blt_jax_many([["study", *args, *TINY] for args, _ in cases], cwd=tmp_path)
+    for (_, needles), result in zip(cases, results, strict=True):
+        _one_line_error(result, *needles)
     assert not os.path.exists(tmp_path / "runs" / "study")  # nothing written by a refused command
     assert os.path.exists(tmp_path / "runs" / "one" / "plan.json")  # planned before the split failed
 

@@ -11,21 +11,12 @@ import sys
 import time
 
 import pytest
-from user import TINY, TPU_NOISE, blt_jax, start, user_env
+import shared_runs
+from user import TINY, TPU_NOISE, blt_jax, blt_jax_many, start, user_env
 
-STEPS = 24
-# A short tiny run: checkpoints every 4 steps (the last 3 kept), metrics every step, no periodic evaluation.
-TRAIN = [
-    "--config",
-    TINY,
-    f"--config.train.steps={STEPS}",
-    "--config.train.warmup_steps=2",
-    "--config.train.checkpoint_every=4",
-    "--config.train.log_every=1",
-    "--config.train.eval_every=0",
-    "--config.train.eval_batches=1",
-    "--no-progress",
-]
+# A short tiny run: 24 steps, checkpoints every 4 steps (the last 3 kept), metrics every step, no
+# periodic evaluation; the uninterrupted one is shared with other tests (tests/shared_runs.py).
+TRAIN = list(shared_runs.TINY_24)
 
 
 def _last_loss(workdir) -> tuple[int, float]:
@@ -54,12 +45,9 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(home):
-    """An uninterrupted run in a relative workdir: (workdir, final step, final loss)."""
-    result = blt_jax("train", *TRAIN, "--workdir", "runs/straight", cwd=home / "work", home=home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for noise in TPU_NOISE:
-        assert noise not in result.stderr, result.stderr[-3000:]
-    workdir = home / "work" / "runs" / "straight"
+    """An uninterrupted run (trained once for the suite from a relative workdir), copied to
+    `runs/straight` of the working directory: (workdir, final step, final loss)."""
+    workdir = shared_runs.copy_to(shared_runs.trained(shared_runs.TINY_24), home / "work" / "runs" / "straight")
     assert sorted(os.listdir(workdir / "checkpoints"), key=int) == ["16", "20", "24"]
     return workdir, *_last_loss(workdir)
 
@@ -240,10 +228,15 @@ def _cases(bad, straight_workdir):
 
 
 def test_every_command_answers_bad_input_in_one_line(home, bad_inputs, straight):
-    for args, needle in _cases(bad_inputs, straight[0]):
-        result = blt_jax(*args, cwd=home / "work", home=home, timeout=600)
+    """Each case is a real process (forked from one that imported the CLI once, tests/cli_forks.py);
+    the first also runs as the console script, so the two ways are held to the same answer."""
+    cases = _cases(bad_inputs, straight[0])
+    results = blt_jax_many([args for args, _ in cases], cwd=home / "work", home=home, timeout=900)
+    for (args, needle), result in zip(cases, results, strict=True):
         line = _one_line_error(result, args[0])
         assert needle in line, (args, line)
+    console = blt_jax(*cases[0][0], cwd=home / "work", home=home)
+    assert (console.returncode, console.stderr) == (results[0].returncode, results[0].stderr)
     # --verbose shows where it came from.
     result = blt_jax("train", "--config", "nope.py", "--workdir", "w", "--verbose", cwd=home / "work", home=home)
     assert result.returncode == 2 and "Traceback" in result.stderr

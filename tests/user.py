@@ -2,12 +2,14 @@
 choosing, with the environment a user has (no JAX_PLATFORMS), HOME optionally moved so `~` paths
 land in the test's directory."""
 
+import json
 import os
 import subprocess
 import sys
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "blt-jax")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FORKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_forks.py")
 TINY = os.path.join(ROOT, "experiments", "tiny.py")
 # What libtpu prints when it starts on a host without TPUs: a user reads it as a failure.
 TPU_NOISE = ("E0000", "host bounds", "TPU_WORKER_HOSTNAMES", "libtpu")
@@ -24,6 +26,9 @@ def user_env(home=None, **extra) -> dict:
         "JAX_COMPILATION_CACHE_DIR",
         os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")),
     )
+    # Every program is kept, not only those that took a second to compile: a test's command lines
+    # repeat the same small programs in many processes.
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if home is not None:
         env["HOME"] = str(home)
     env.update({k: str(v) for k, v in extra.items()})
@@ -42,6 +47,29 @@ def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.Complete
         text=True,
         timeout=timeout,
     )
+
+
+def blt_jax_many(commands, cwd, home=None, timeout=1500, **extra) -> list[subprocess.CompletedProcess]:
+    """Runs each `blt-jax ARGS` of `commands` to the end in `cwd`, as `blt_jax` does, but in forked
+    children of one interpreter that imported the CLI once (tests/cli_forks.py): for walks of many
+    quick command lines, where starting Python and importing JAX would be most of the time."""
+    commands = [[str(a) for a in args] for args in commands]
+    result = subprocess.run(
+        [sys.executable, FORKS],
+        input=json.dumps(commands),
+        cwd=cwd,
+        env=user_env(home, **extra),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [
+        subprocess.CompletedProcess(["blt-jax", *args], r["returncode"], r["stdout"], r["stderr"])
+        for args, r in zip(commands, json.loads(result.stdout), strict=True)
+    ]
 
 
 def start(*args, cwd, home=None, **extra) -> subprocess.Popen:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -14,6 +15,24 @@ import jax
 
 from blt_jax import paths
 from blt_jax.errors import DiskFull, no_space
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed (only to accept torch tensors as values); we
+    write Python floats, and importing torch costs seconds and hundreds of MB at every run's start.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -56,8 +75,7 @@ class MetricsWriter:
                     paths.write_text(self._path, "".join(line + "\n" for line in kept))
                 self._jsonl = open(self._path, "a")
             try:
-                from tensorboardX import SummaryWriter
-
+                SummaryWriter = _summary_writer_class()
                 if self._remote:
                     self._tb_local = tempfile.mkdtemp(prefix="blt_jax_tensorboard_")
                 self._tb = SummaryWriter(self._tb_local or self._tb_remote)
