@@ -25,7 +25,8 @@ import time
 import gcs_server
 import numpy as np
 import pytest
-from user import TINY, blt_jax, user_env
+import shared_runs
+from user import TINY, user_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multihost.py")
@@ -131,20 +132,12 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(tmp):
-    """The reference: one `blt-jax train` process over 8 CPU devices: (metrics rows, final parameters)."""
-    result = blt_jax(
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        "runs/single",
-        *TRAIN,
-        cwd=tmp,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    """The reference: one `blt-jax train` process over 8 CPU devices (trained once for the suite,
+    tests/shared_runs.py): (metrics rows, final parameters)."""
+    run = shared_runs.trained(
+        ("--config", TINY, *TRAIN), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return rows(tmp / "runs" / "single"), read_params(tmp, "runs/single")
+    return rows(run), read_params(tmp, run)
 
 
 @pytest.fixture(scope="module")
