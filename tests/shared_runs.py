@@ -17,24 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from user import ROOT, TINY, TPU_NOISE, blt_jax
+from user import ROOT, TINY, TPU_NOISE, blt_jax, tiny_train
 
 CACHE = Path(os.environ.get("BLT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/blt_jax/jax_test_cache")))
 RUNS = CACHE.parent / "test_runs"
 
-# A tiny BLT trained 24 steps: checkpoints every 4 steps (the last 3 kept, so 16, 20 and 24), metrics
-# every step, one evaluation batch at the end.
-TINY_24 = (
-    "--config",
-    TINY,
-    "--config.train.steps=24",
-    "--config.train.warmup_steps=2",
-    "--config.train.checkpoint_every=4",
-    "--config.train.log_every=1",
-    "--config.train.eval_every=0",
-    "--config.train.eval_batches=1",
-    "--no-progress",
-)
+# A tiny BLT trained 24 steps (checkpoints 16, 20 and 24 kept).
+TINY_24 = tuple(tiny_train(24))
 
 
 # The packages whose versions change what a run computes.

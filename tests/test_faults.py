@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from user import TINY, TPU_NOISE, blt_jax
+from user import TINY, TPU_NOISE, blt_jax, tiny_train
 
 
 def _errors(stderr: str) -> list[str]:
@@ -189,17 +189,7 @@ def test_rewind_on_spike_goes_back_to_the_last_checkpoint_and_on_past_the_bad_ba
 
 BUCKET = "blt"
 GCS_STEPS = 16
-GCS_TRAIN = [
-    "--config",
-    TINY,
-    f"--config.train.steps={GCS_STEPS}",
-    "--config.train.warmup_steps=2",
-    "--config.train.checkpoint_every=4",
-    "--config.train.log_every=1",
-    "--config.train.eval_every=0",
-    "--config.train.eval_batches=1",
-    "--no-progress",
-]
+GCS_TRAIN = tiny_train(GCS_STEPS)
 INJECTED: dict = {}  # fault kind -> times injected, over the tests of this module (the README's table)
 
 

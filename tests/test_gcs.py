@@ -13,21 +13,11 @@ import time
 
 import gcs_server
 import pytest
-from user import TINY, blt_jax, start
+from user import TINY, blt_jax, start, tiny_train
 
 BUCKET = "blt"
 STEPS = 16
-TRAIN = [
-    "--config",
-    TINY,
-    f"--config.train.steps={STEPS}",
-    "--config.train.warmup_steps=2",
-    "--config.train.checkpoint_every=4",
-    "--config.train.log_every=1",
-    "--config.train.eval_every=0",
-    "--config.train.eval_batches=1",
-    "--no-progress",
-]
+TRAIN = tiny_train(STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,26 @@ def user_env(home=None, **extra) -> dict:
     return env
 
 
-def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.CompletedProcess:
-    """Runs `blt-jax ARGS` to the end in `cwd`; returns the completed process (text output)."""
+def tiny_train(steps: int) -> list[str]:
+    """`blt-jax train` arguments of a short tiny run: checkpoints every 4 steps (the last 3 kept),
+    metrics every step, one evaluation batch at the end and none on the way."""
+    return [
+        "--config",
+        TINY,
+        f"--config.train.steps={steps}",
+        "--config.train.warmup_steps=2",
+        "--config.train.checkpoint_every=4",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.train.eval_batches=1",
+        "--no-progress",
+    ]
+
+
+def _run(argv: list, cwd, home, timeout: float, extra: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [SCRIPT, *map(str, args)],
+        [str(a) for a in argv],
+        input=stdin,
         cwd=cwd,
         env=user_env(home, **extra),
         capture_output=True,
@@ -47,6 +63,11 @@ def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.Complete
         text=True,
         timeout=timeout,
     )
+
+
+def blt_jax(*args, cwd, home=None, timeout=1500, **extra) -> subprocess.CompletedProcess:
+    """Runs `blt-jax ARGS` to the end in `cwd`; returns the completed process (text output)."""
+    return _run([SCRIPT, *args], cwd, home, timeout, extra)
 
 
 def blt_jax_many(commands, cwd, home=None, timeout=1500, **extra) -> list[subprocess.CompletedProcess]:
@@ -54,17 +75,7 @@ def blt_jax_many(commands, cwd, home=None, timeout=1500, **extra) -> list[subpro
     children of one interpreter that imported the CLI once (tests/cli_forks.py): for walks of many
     quick command lines, where starting Python and importing JAX would be most of the time."""
     commands = [[str(a) for a in args] for args in commands]
-    result = subprocess.run(
-        [sys.executable, FORKS],
-        input=json.dumps(commands),
-        cwd=cwd,
-        env=user_env(home, **extra),
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        text=True,
-        timeout=timeout,
-    )
+    result = _run([sys.executable, FORKS], cwd, home, timeout, extra, stdin=json.dumps(commands))
     assert result.returncode == 0, result.stderr[-3000:]
     return [
         subprocess.CompletedProcess(["blt-jax", *args], r["returncode"], r["stdout"], r["stderr"])
