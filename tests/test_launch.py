@@ -142,6 +142,10 @@ def test_the_pod_and_the_local_launcher_run_one_worker_command(monkeypatch):
         ),
         (["--num-processes", "0", "--config", "c.py", "--workdir", "w"], "--num-processes and --devices must be >= 1"),
         (
+            ["--num-processes", "2", "--peer-grace", "-1", "--config", "c.py", "--workdir", "w"],
+            "--peer-grace must be >= 0",
+        ),
+        (
             ["--num-processes", "2", "--config", "c.py", "--workdir", "w", "--steps", "3"],
             "unrecognised arguments: --steps",
         ),

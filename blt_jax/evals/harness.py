@@ -161,7 +161,8 @@ def task_manager(tasks: Sequence[str], include_path: str | None = None, include_
         if all(task in manager.all_tasks for task in tasks):
             return manager
         known = list(manager.all_tasks)
-    known += [name for name in lm_eval_task_names() if name not in set(known)]
+    included = set(known)
+    known += [name for name in lm_eval_task_names() if name not in included]
     for task in tasks:
         if task not in known:
             close = difflib.get_close_matches(task, known, n=3)
