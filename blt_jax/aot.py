@@ -156,7 +156,12 @@ class DoesNotFit(Exception):
 def compile_lowered(lowered, dump_to: str | None = None):
     """`lowered.compile()`, with the TPU compiler's out-of-HBM refusal turned into `DoesNotFit` (the
     numbers of how far over it is), so a profile that does not fit is a report, not a traceback.
-    With `dump_to`, XLA writes its dumps there (`largest_buffers` reads them), refused or not."""
+    With `dump_to`, XLA writes its dumps there (`largest_buffers` reads them), refused or not.
+
+    The program is not kept in the persistent compilation cache: compiled for devices this host does
+    not have, it could not be loaded back, and every later run would warn that it failed to read it."""
+    min_compile_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
     try:
         return lowered.compile() if dump_to is None else lowered.compile(compiler_options={"xla_dump_to": dump_to})
     except Exception as e:
@@ -167,6 +172,8 @@ def compile_lowered(lowered, dump_to: str | None = None):
         need = int(float(match["need"]) * _UNITS[match["unit"]])
         have = int(float(match["have"]) * _UNITS[match["have_unit"]])
         raise DoesNotFit(need, have, match["what"].strip(), text.strip().splitlines()[-1]) from None
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
 
 
 _REPORT_ROW = re.compile(
@@ -229,8 +236,7 @@ def aot_train_step(experiment: ExperimentConfig, topology: str) -> dict:
     programs = TrainPrograms(experiment, mesh, options)
     state = _abstract(programs.abstract_state, programs.state_shardings)
     batch = abstract_batch(experiment, programs.batch_sharding)
-    with programs.context():
-        lowered = programs._step.lower(state, batch)
+    lowered = programs.lower_step(state, batch)
 
     data = experiment.data
     # The compiled program runs every patch slot: compare at the static budget's patch length.

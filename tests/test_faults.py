@@ -42,7 +42,7 @@ def test_a_step_whose_loss_is_not_finite_changes_nothing_but_the_step_count():
     rng = np.random.default_rng(0)
     good = {"x": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "y": jnp.zeros((4, 2)), "poison": jnp.bool_(False)}
     bad = dict(good, poison=jnp.bool_(True))
-    step = jax.jit(lambda s, b: train_step(s, b, objective=objective, tx=tx, schedule=lambda n: 1e-2))
+    step = jax.jit(lambda s, b: train_step(s, b, {}, objective=objective, optimizer=lambda _: (tx, lambda n: 1e-2)))
 
     after_bad, metrics = step(state, bad)
     assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))

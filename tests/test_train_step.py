@@ -85,6 +85,24 @@ def test_schedule_warmup_then_cosine_to_floor():
     assert float(lr(110)) == pytest.approx(1e-5, rel=1e-4)
 
 
+def test_runs_differing_only_in_the_optimizers_numbers_share_one_compiled_step(batches):
+    """Steps, warmup, learning rate, floor, AdamW's numbers and clipping are arguments of the train
+    step, not constants of its program: a run resumed with more steps, or a sweep over learning rates,
+    lowers to the same program (the persistent cache's key), so nothing is compiled again."""
+    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    numbers = dict(
+        steps=77, warmup_steps=0, learning_rate=3e-3, min_lr_ratio=0.2, weight_decay=0.0, b1=0.8, b2=0.99, eps=1e-6
+    )
+
+    def program(**train):
+        programs = TrainPrograms(tiny_experiment(**train), mesh)
+        return programs.lower_step(programs.abstract_state, programs.global_batch(batches[0])).as_text()
+
+    base = program()
+    assert program(**numbers, clip_norm=0.5) == base
+    assert program(grad_accum=2) != base  # the structure still makes a program of its own
+
+
 @pytest.mark.parametrize(
     "section,key,value,field",
     [

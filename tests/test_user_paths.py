@@ -305,7 +305,8 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
     for noise in TPU_NOISE:
         assert noise not in result.stderr, result.stderr[-3000:]
     # The suite's other worker may hold libtpu (test_aot compiles in-process): a user's machine has one
-    # libtpu process, so only the lock is lifted, not anything that could print.
+    # libtpu process, so only the lock is lifted, not anything that could print. Compiled programs go to
+    # the cache a user names (relative), not the suite's.
     result = blt_jax(
         "aot",
         "--config",
@@ -316,11 +317,17 @@ def test_no_libtpu_noise_on_a_cpu_host(home):
         cwd=home / "work",
         home=home,
         ALLOW_MULTIPLE_LIBTPU_LOAD=1,
+        JAX_COMPILATION_CACHE_DIR="",
+        BLT_JAX_COMPILATION_CACHE="xla_cache",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["devices"] == 4 and report["largest_buffers"][0]["bytes"] > 0
     assert not list((home / "work").rglob("*memory-usage-report*"))  # XLA's dumps went to a temporary directory
+    # The TPU program is not kept: this host could not load it back, and every later run would warn
+    # that it failed to read it.
+    kept = os.listdir(home / "work" / "xla_cache")
+    assert kept and not [name for name in kept if name.startswith("jit_train_step")], kept
     for noise in TPU_NOISE:
         assert noise not in result.stderr, result.stderr[-3000:]
 

@@ -34,7 +34,7 @@ from blt_jax.parallel import (
     wait_for_all_processes,
 )
 from blt_jax.params import abstract_params, init_params, logical_axes
-from blt_jax.train.optimizer import check_groups, learning_rate, make_optimizer, stop_frozen
+from blt_jax.train.optimizer import check_groups, hyperparameters, make_optimizer, schedule_of, stop_frozen
 from blt_jax.train.state import TrainState, init_state
 from blt_jax.train.step import eval_step, train_step
 
@@ -87,8 +87,7 @@ class TrainPrograms:
         self.experiment = experiment
         self.mesh = mesh if mesh is not None else make_mesh(experiment.mesh)
         model, train = experiment.model, experiment.train
-        self.tx = make_optimizer(train)
-        self.schedule = learning_rate(train)
+        self.tx = make_optimizer(train)  # its state's structure; the step builds it from `hyper`
         self.options = experiment.options if options is None else options
         self.scan = self.options.scan
         kind = model_kind(model)
@@ -113,17 +112,20 @@ class TrainPrograms:
         fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))
         self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
+        # The optimizer's numbers are an argument of the step (replicated scalars), not constants of its
+        # program: runs that differ only in them reuse its compilation (persistent cache, AOT).
+        self._hyper_values = hyperparameters(train)
+        self._hyper: dict[str, jax.Array] | None = None  # placed on the mesh at the first step
         step = functools.partial(
             train_step,
             objective=self.objective,
-            tx=self.tx,
-            schedule=self.schedule,
+            optimizer=lambda hyper: (make_optimizer(train, hyper), schedule_of(hyper)),
             grad_accum=train.grad_accum,
             embed=kind.encoder_input(),
         )
         self._step = jax.jit(
             step,
-            in_shardings=(self.state_shardings, self.batch_sharding),
+            in_shardings=(self.state_shardings, self.batch_sharding, replicated(self.mesh)),
             out_shardings=(self.state_shardings, replicated(self.mesh)),
             donate_argnums=0,
         )
@@ -180,7 +182,21 @@ class TrainPrograms:
 
     def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step (the input state is donated)."""
-        return self._run("train step", self._step, state, batch)
+        if self._hyper is None:
+            self._hyper = {
+                name: jax.make_array_from_callback((), replicated(self.mesh), lambda _, v=value: v)
+                for name, value in self._hyper_values.items()
+            }
+        return self._run("train step", self._step, state, batch, self._hyper)
+
+    def lower_step(self, state: Any, batch: Any) -> jax.stages.Lowered:
+        """The train step lowered for (abstract) `state` and `batch`, e.g. to compile ahead of time for
+        devices this host does not have."""
+        hyper = {
+            name: jax.ShapeDtypeStruct((), np.float32, sharding=replicated(self.mesh)) for name in self._hyper_values
+        }
+        with self.context():
+            return self._step.lower(state, batch, hyper)
 
     def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
         """Bits per byte (CE summed over real targets / (ln 2 x the bytes they stand for: their number

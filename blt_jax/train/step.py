@@ -88,17 +88,20 @@ def _accumulated_grads(params, batch, objective, grad_accum, embed):
 def train_step(
     state: TrainState,
     batch: Batch,
+    hyper: Any,
     *,
     objective: Objective,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    optimizer: Callable[[Any], tuple[optax.GradientTransformation, optax.Schedule]],
     grad_accum: int = 1,
     embed: EncoderInput | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a batch (split into `grad_accum` micro-batches, gradients summed exactly).
 
     Args:
+      hyper: the optimizer's numbers (a pytree of scalars, e.g. `optimizer.hyperparameters`): an
+        argument, so that runs differing only in them share the compiled step.
       objective: the model kind's `objective_fn` (cross-entropy, plus a kind's other losses).
+      optimizer: hyper -> (the optimizer, its learning-rate schedule).
       embed: the model's `ModelKind.encoder_input()`, if it has one (its big embedding tables are then
         differentiated once per step).
 
@@ -116,6 +119,7 @@ def train_step(
     total, count, extras = sums
     count = jnp.maximum(count, 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+    tx, schedule = optimizer(hyper)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = total / count
