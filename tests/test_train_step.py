@@ -103,6 +103,19 @@ def test_runs_differing_only_in_the_optimizers_numbers_share_one_compiled_step(b
     assert program(grad_accum=2) != base  # the structure still makes a program of its own
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_a_step_gives_back_the_state_it_takes(param_dtype, batches):
+    """The state after a step has the structure and dtypes of the state before it (bfloat16
+    parameters keep bfloat16 Adam moments: the optimizer's numbers stay constants of their dtype)."""
+    raw = load_experiment(TINY)
+    raw.model.param_dtype = param_dtype
+    programs = TrainPrograms(experiment_from_dict(raw), make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    state_out, _ = programs.lower_step(programs.abstract_state, programs.global_batch(batches[0])).out_info
+    dtypes = lambda tree: jax.tree_util.tree_map(lambda x: str(x.dtype), tree)
+    assert dtypes(state_out) == dtypes(programs.abstract_state)
+    assert {str(x.dtype) for x in jax.tree_util.tree_leaves(programs.abstract_state.params)} == {param_dtype}
+
+
 @pytest.mark.parametrize(
     "section,key,value,field",
     [

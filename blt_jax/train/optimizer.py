@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from blt_jax.config import ConfigError
@@ -41,12 +40,13 @@ HYPERPARAMETERS = (
     "clip_norm",
 )
 
-Hyper = Mapping[str, Any]  # HYPERPARAMETERS -> float32 scalar (numpy on the host, traced in a step)
+Hyper = Mapping[str, Any]  # HYPERPARAMETERS -> Python float, or a float32 scalar traced in a step
 
 
-def hyperparameters(config: TrainConfig) -> dict[str, np.float32]:
-    """The optimizer's numbers of a run (`HYPERPARAMETERS`), as float32 scalars."""
-    return {name: np.float32(getattr(config, name)) for name in HYPERPARAMETERS}
+def hyperparameters(config: TrainConfig) -> dict[str, float]:
+    """The optimizer's numbers of a run (`HYPERPARAMETERS`), as Python floats (weakly typed in JAX:
+    they take the dtype of the arrays they meet)."""
+    return {name: float(getattr(config, name)) for name in HYPERPARAMETERS}
 
 
 def schedule_of(hyper: Hyper, scale: float = 1.0) -> optax.Schedule:

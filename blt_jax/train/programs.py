@@ -112,14 +112,20 @@ class TrainPrograms:
         fresh = lambda key: init_state(model, self.tx, None, stack(init_params(model, key)))
         self.abstract_state = jax.eval_shape(fresh, jax.random.key(0))
 
-        # The optimizer's numbers are an argument of the step (replicated scalars), not constants of its
-        # program: runs that differ only in them reuse its compilation (persistent cache, AOT).
+        # The optimizer's numbers are an argument of the step (replicated float32 scalars), not constants
+        # of its program: runs that differ only in them reuse its compilation (persistent cache, AOT).
+        # Parameters of another dtype keep them as constants: a float32 array would promote their Adam
+        # moments to float32, where a constant takes the parameters' dtype.
         self._hyper_values = hyperparameters(train)
         self._hyper: dict[str, jax.Array] | None = None  # placed on the mesh at the first step
+        if all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(abstract)):
+            optimizer = lambda hyper: (make_optimizer(train, hyper), schedule_of(hyper))
+        else:
+            optimizer = lambda _: (make_optimizer(train), schedule_of(self._hyper_values))
         step = functools.partial(
             train_step,
             objective=self.objective,
-            optimizer=lambda hyper: (make_optimizer(train, hyper), schedule_of(hyper)),
+            optimizer=optimizer,
             grad_accum=train.grad_accum,
             embed=kind.encoder_input(),
         )
@@ -184,7 +190,7 @@ class TrainPrograms:
         """One optimizer step (the input state is donated)."""
         if self._hyper is None:
             self._hyper = {
-                name: jax.make_array_from_callback((), replicated(self.mesh), lambda _, v=value: v)
+                name: jax.make_array_from_callback((), replicated(self.mesh), lambda _, v=value: np.float32(v))
                 for name, value in self._hyper_values.items()
             }
         return self._run("train step", self._step, state, batch, self._hyper)

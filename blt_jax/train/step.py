@@ -118,12 +118,15 @@ def train_step(
         sums, grads = _accumulated_grads(state.params, batch, objective, grad_accum, embed)
     total, count, extras = sums
     count = jnp.maximum(count, 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+    mean_grads = jax.tree_util.tree_map(lambda g: g / count, grads)  # float32 (count is)
+    grad_norm = optax.tree.norm(mean_grads)
+    # Back in the gradients' own dtype: bfloat16 parameters keep bfloat16 Adam moments (the state's
+    # dtypes must not change from one step to the next).
+    grads = jax.tree_util.tree_map(lambda m, g: m.astype(g.dtype), mean_grads, grads)
     tx, schedule = optimizer(hyper)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = total / count
-    grad_norm = optax.tree.norm(grads)
     # A step whose loss or gradient is not finite (a bad batch, a spike) changes nothing: once a NaN is
     # in the parameters or Adam's moments, every later step inherits it. The host counts the skips.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
