@@ -215,16 +215,13 @@ def test_first_ctrl_c_asks_for_a_checkpoint_second_one_interrupts():
         pytest.skip("signal handlers can only be installed from the main thread")
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with _Preemption() as preemption:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)
+        signal.raise_signal(signal.SIGINT)  # the handler has run when this returns
         assert preemption.requested and preemption.signal_name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)
+            signal.raise_signal(signal.SIGINT)  # the handler has run when this returns
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     with _Preemption() as preemption:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.1)
+        signal.raise_signal(signal.SIGTERM)  # the handler has run when this returns
         assert preemption.requested and preemption.signal_name == "SIGTERM"
 
 
