@@ -135,3 +135,33 @@ def test_patch_missing_corpus_fails_fast(tmp_path):
     )
     assert result.returncode == 2 and "no such file or directory" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_one_line_error_is_a_line_of_its_own_whatever_other_threads_write():
+    """A background thread (Orbax's, tensorstore's) may leave a line open on stderr when the command's
+    error is printed: the error still starts its own line, nothing is added when the last write ended
+    one, and with `hold` (the process is about to end) a later writer is kept out."""
+    import io
+    import threading
+
+    from blt_jax.cli.stderr import Shared
+
+    error = "blt-jax train: error: no space left"
+    open_line = Shared(io.StringIO())
+    writer = threading.Thread(target=open_line.write, args=("Traceback (most recent call last):",))
+    writer.start()
+    writer.join()
+    open_line.last_line(error)
+    assert open_line.getvalue() == f"Traceback (most recent call last):\n{error}\n"
+
+    closed_line = Shared(io.StringIO())
+    closed_line.write("ERROR absl: a write failed\n")
+    closed_line.last_line(error)
+    assert closed_line.getvalue() == f"ERROR absl: a write failed\n{error}\n"
+
+    held = Shared(io.StringIO())
+    held.last_line(error, hold=True)
+    late = threading.Thread(target=held.write, args=("RuntimeError: Event loop is closed",), daemon=True)
+    late.start()
+    late.join(0.5)
+    assert late.is_alive() and held.getvalue() == f"{error}\n"

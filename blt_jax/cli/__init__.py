@@ -52,6 +52,7 @@ from blt_jax.cli import (
     quickstart,
     serve,
     smoke,
+    stderr,
     study,
     train,
 )
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     verbose = _verbose(argv)
     argv = [a for a in argv if a != "--verbose"]
     command = argv[0] if argv and not argv[0].startswith("-") else "?"
+    shared = stderr.share()  # before logging takes the stream
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("blt_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and grain log every save at INFO
@@ -125,12 +127,13 @@ def main(argv: list[str] | None = None) -> None:
 
             traceback.print_exc()
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-        print(f"blt-jax {command}: error: {message}", file=sys.stderr)
         code = 2
-        if isinstance(e, (StorageError, DiskFull)):
-            # Background writers (Orbax's, gcsfs's) may still be retrying against the failed store, and
-            # would keep the process alive or print tracebacks as the interpreter shuts them down.
-            sys.stderr.flush()
+        # Background writers (Orbax's, gcsfs's) may still be retrying against the failed store, and
+        # would keep the process alive or print tracebacks as the interpreter shuts them down: the
+        # line is the last thing written, and the process ends at once.
+        background = isinstance(e, (StorageError, DiskFull))
+        shared.last_line(f"blt-jax {command}: error: {message}", hold=background)
+        if background:
             sys.stdout.flush()
             os._exit(code)
     sys.exit(code)
