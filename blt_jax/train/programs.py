@@ -118,10 +118,12 @@ class TrainPrograms:
         # moments to float32, where a constant takes the parameters' dtype.
         self._hyper_values = hyperparameters(train)
         self._hyper: dict[str, jax.Array] | None = None  # placed on the mesh at the first step
-        if all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(abstract)):
-            optimizer = lambda hyper: (make_optimizer(train, hyper), schedule_of(hyper))
-        else:
-            optimizer = lambda _: (make_optimizer(train), schedule_of(self._hyper_values))
+        traced = all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(abstract))
+
+        def optimizer(hyper):
+            numbers = hyper if traced else self._hyper_values
+            return make_optimizer(train, numbers), schedule_of(numbers)
+
         step = functools.partial(
             train_step,
             objective=self.objective,
